@@ -1,0 +1,182 @@
+"""REST API (`/api/v1/…`) and the owner's dashboard (`/`).
+
+The API is what a shop's online side (mini-program, shop system) calls: read events and
+today's figures, see which kiosks are up, and ask for signed codes without ever holding
+the signing key. Every `/api/v1/` route needs `Authorization: Bearer <token>`; the
+dashboard page itself is public but holds no data: it asks for the token and then reads
+the same API.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import Depends, FastAPI, HTTPException, Query, status
+from fastapi.responses import HTMLResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud_bridge.config import BridgeConfig, load_api_token, load_signing_key
+from cloud_bridge.db import KioskState, Repository, StoredEvent, format_ts
+from cloud_bridge.issuing import issue
+from o2o_protocol.timeutil import parse_when
+
+_bearer = HTTPBearer(auto_error=False, description="The token in the bridge's api.token file")
+
+
+class CodeRequest(BaseModel):
+    """What `o2o-bridge issue` takes, as JSON. Times: Unix seconds or WHEN text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["member", "coupon", "pickup", "staff", "reservation"]
+    id: str | None = Field(default=None, max_length=64)
+    name: str | None = None
+    campaign: str | None = None
+    value: str | None = None
+    order: str | None = None
+    at: str | int | None = None
+    service: str | None = None
+    not_before: str | int | None = None
+    expires: str | int | None = None
+
+
+class CodeResponse(BaseModel):
+    code: str
+    type: str
+    id: str
+    store: str
+    exp: int | None
+    url: str | None = None
+
+
+def _event_json(e: StoredEvent) -> dict[str, Any]:
+    return {**e.envelope(), "received_at": format_ts(e.received_at)}
+
+
+def _kiosk_json(store: str, kiosk: str, state: KioskState | None) -> dict[str, Any]:
+    return {
+        "store": store,
+        "kiosk": kiosk,
+        "online": bool(state and state.online),
+        "last_seen": format_ts(state.last_seen) if state and state.last_seen else None,
+        "status": state.last_status if state else None,
+    }
+
+
+def create_app(
+    config: BridgeConfig,
+    repo: Repository,
+    *,
+    token: str | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
+) -> FastAPI:
+    """The bridge's web app. Token and key are read from the config's files unless given."""
+    api_token = token if token is not None else load_api_token(config)
+    key = signing_key if signing_key is not None else load_signing_key(config)
+    store = config.store
+    expected = f"Bearer {api_token}".encode()
+
+    def require_token(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        given = f"{creds.scheme} {creds.credentials}".encode() if creds else b""
+        if not hmac.compare_digest(given, expected):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing or wrong API token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    app = FastAPI(
+        title="o2o-bridge",
+        summary="Events, figures, kiosks and signed codes of one shop",
+        version="1",
+    )
+    auth = [Depends(require_token)]
+
+    @app.get("/health", tags=["service"])
+    def health() -> dict[str, str]:
+        """Liveness for load balancers and `o2o-kiosk check`; no token needed."""
+        return {"status": "ok", "store": store}
+
+    @app.get("/api/v1/events", dependencies=auth, tags=["events"])
+    def list_events(
+        since: Annotated[
+            str | None, Query(description="ISO 8601 time or an offset such as -2h")
+        ] = None,
+        type: Annotated[str | None, Query(description="event type, e.g. checkin")] = None,
+        kiosk: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        order: Literal["newest", "oldest"] = "newest",
+    ) -> dict[str, Any]:
+        """Stored events of this store, newest first by event time (or oldest first)."""
+        since_dt = None
+        if since is not None:
+            try:
+                since_dt = datetime.fromtimestamp(parse_when(since, time.time()), UTC)
+            except ValueError as exc:
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+        rows = repo.events(
+            store=store,
+            since=since_dt,
+            type=type,
+            kiosk=kiosk,
+            limit=limit,
+            oldest_first=order == "oldest",
+        )
+        return {"events": [_event_json(e) for e in rows]}
+
+    @app.get("/api/v1/stats", dependencies=auth, tags=["events"])
+    def stats() -> dict[str, Any]:
+        """Today's figures (the same document as the retained `o2o/v1/{store}/stats`)."""
+        return repo.today_stats(store)
+
+    @app.get("/api/v1/kiosks", dependencies=auth, tags=["kiosks"])
+    def kiosks() -> dict[str, Any]:
+        """Each kiosk's last status: the configured ones first, then any other seen."""
+        states = {k.kiosk: k for k in repo.kiosks(store)}
+        names = list(config.kiosks) + sorted(set(states) - set(config.kiosks))
+        return {"kiosks": [_kiosk_json(store, k, states.get(k)) for k in names]}
+
+    @app.post(
+        "/api/v1/codes",
+        dependencies=auth,
+        tags=["codes"],
+        status_code=status.HTTP_201_CREATED,
+        response_model=CodeResponse,
+        response_model_exclude_none=True,
+    )
+    def create_code(body: CodeRequest) -> dict[str, Any]:
+        """Sign a code for a customer (DESIGN §3); the key never leaves the bridge."""
+        try:
+            issued = issue(
+                key,
+                body.type,
+                store=store,
+                id=body.id,
+                name=body.name,
+                campaign=body.campaign,
+                value=body.value,
+                order=body.order,
+                at=body.at,
+                service=body.service,
+                not_before=body.not_before,
+                expires=body.expires,
+            )
+        except ValueError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+        return issued.as_dict(config.api.code_url)
+
+    dashboard = resources.files("cloud_bridge").joinpath("static/dashboard.html").read_text("utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(dashboard, headers={"Cache-Control": "no-cache"})
+
+    return app

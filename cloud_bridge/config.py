@@ -1,0 +1,249 @@
+"""The bridge's config file (`bridge.toml`, written by `o2o-bridge init`).
+
+Validated with pydantic and `extra="forbid"` in every section, so a misspelt key stops the
+bridge at start-up with one line naming file, key and problem. Relative paths are taken
+relative to the config file (validation context `config_dir`), so `o2o-bridge run
+--config /srv/shop/bridge.toml` works from any directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Annotated, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from o2o_protocol.config_file import ConfigError, load_toml, parse_mqtt_url
+from o2o_protocol.messages import check_id
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "bridge.toml"
+DEFAULT_DB_NAME = "bridge.db"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _config_dir(info: ValidationInfo) -> Path | None:
+    base = (info.context or {}).get("config_dir")
+    return None if base is None else Path(base)
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    """Relative paths in a config file are relative to that file, not to the shell's cwd."""
+    base = _config_dir(info)
+    return path if path.is_absolute() or base is None else (base / path)
+
+
+class MqttSection(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+    #: Stable id, so the broker keeps this bridge's session (and its queued messages)
+    #: across restarts. Each worker of a shared group needs its own.
+    client_id: str | None = None
+    #: MQTT v5 shared-subscription group: several workers with the same group split the
+    #: ingest between them (`$share/<group>/…`).
+    shared_group: str | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    #: How long the broker keeps the session (and queues QoS 1 messages) while the bridge
+    #: is away.
+    session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 86400
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parse_mqtt_url(v)
+        return v
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else _resolve(v, info)
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        return None if v is None else check_id(v, "shared_group")
+
+    @property
+    def tls(self) -> bool:
+        return parse_mqtt_url(self.url)[0]
+
+    @property
+    def host(self) -> str:
+        return parse_mqtt_url(self.url)[1]
+
+    @property
+    def port(self) -> int:
+        return parse_mqtt_url(self.url)[2]
+
+
+class DbSection(_Section):
+    #: SQLAlchemy URL. Empty means the SQLite file `bridge.db` beside the config file;
+    #: `postgresql+psycopg://user:pass@host/db` for PostgreSQL.
+    url: Annotated[str, Field(validate_default=True)] = ""
+
+    @field_validator("url")
+    @classmethod
+    def _db_url(cls, v: str, info: ValidationInfo) -> str:
+        return normalise_db_url(v, _config_dir(info))
+
+
+def normalise_db_url(url: str, config_dir: Path | None) -> str:
+    """Check a database URL and make a relative SQLite path relative to the config file."""
+    if not url:
+        base = config_dir or Path.cwd()
+        return f"sqlite:///{(base / DEFAULT_DB_NAME).resolve()}"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            "must be a database URL: sqlite:///path.db or postgresql+psycopg://user@host/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.drivername != "sqlite":
+            raise ValueError("use sqlite:///path.db (the built-in driver)")
+        db = parsed.database
+        if not db or db == ":memory:":
+            raise ValueError("SQLite needs a file path: sqlite:///bridge.db")
+        path = Path(db)
+        if not path.is_absolute() and config_dir is not None:
+            path = (config_dir / path).resolve()
+        return f"sqlite:///{path}"
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        elif parsed.drivername != "postgresql+psycopg":
+            raise ValueError("for PostgreSQL use postgresql+psycopg://user:pass@host/db")
+        return parsed.render_as_string(hide_password=False)
+    raise ValueError(f"unsupported database {backend!r}: use sqlite or postgresql+psycopg")
+
+
+class HttpSection(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+
+
+class ApiSection(_Section):
+    #: A file holding the bearer token the REST API and dashboard require.
+    token_file: Annotated[Path, Field(validate_default=True)] = Path("api.token")
+    #: Optional URL prefix: issued codes are also returned as `code_url + token`, a link
+    #: a phone can open and a kiosk still accepts (it reads the last path segment).
+    code_url: str | None = None
+
+    @field_validator("token_file")
+    @classmethod
+    def _token(cls, v: Path, info: ValidationInfo) -> Path:
+        return _resolve(v, info)
+
+
+class SigningSection(_Section):
+    #: The Ed25519 private key (PEM, mode 0600) that signs codes. Kiosks hold only the
+    #: public half.
+    key_file: Annotated[Path, Field(validate_default=True)] = Path("signing.key")
+
+    @field_validator("key_file")
+    @classmethod
+    def _key(cls, v: Path, info: ValidationInfo) -> Path:
+        return _resolve(v, info)
+
+
+def _section() -> Any:
+    # Validating the default ({}) lets path defaults resolve against the config's directory.
+    return Field(default_factory=dict, validate_default=True)
+
+
+class BridgeConfig(_Section):
+    store: str
+    mqtt: MqttSection = _section()
+    db: DbSection = _section()
+    http: HttpSection = _section()
+    api: ApiSection = _section()
+    signing: SigningSection = _section()
+    #: The kiosks this store expects, so the dashboard can show one that never came up.
+    kiosks: list[str] = Field(default_factory=list)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        return check_id(v, "store id")
+
+    @field_validator("kiosks")
+    @classmethod
+    def _kiosks(cls, v: list[str]) -> list[str]:
+        for k in v:
+            check_id(k, "kiosk id")
+        if len(set(v)) != len(v):
+            raise ValueError("kiosk ids must be unique")
+        return v
+
+    def client_id(self) -> str:
+        """The MQTT client id: configured, or derived from store (and host for a group)."""
+        if self.mqtt.client_id:
+            return self.mqtt.client_id
+        if self.mqtt.shared_group:
+            return f"o2o-bridge-{self.store}-{socket.gethostname()}"
+        return f"o2o-bridge-{self.store}"
+
+
+def load_config(path: str | Path) -> BridgeConfig:
+    """Read `bridge.toml`; raises ConfigError only."""
+    return load_toml(path, BridgeConfig)
+
+
+def load_signing_key(config: BridgeConfig) -> Ed25519PrivateKey:
+    """The private key that signs codes; ConfigError names the file if it is unusable."""
+    path = config.signing.key_file
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read the signing key: {exc.strerror}") from None
+    try:
+        key = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(path, "", "not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(path, "", "the signing key must be Ed25519")
+    _warn_if_open(path)
+    return key
+
+
+def load_api_token(config: BridgeConfig) -> str:
+    path = config.api.token_file
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot read the API token: {exc}") from None
+    if len(token) < 16:
+        raise ConfigError(path, "", "the API token must be at least 16 characters")
+    _warn_if_open(path)
+    return token
+
+
+def _warn_if_open(path: Path) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s is readable by other users: chmod 600 %s", path, path)

@@ -1,0 +1,370 @@
+"""MQTT ingest: kiosk events into the database, acks back only after they are committed.
+
+Delivery is end to end (DESIGN §4): a kiosk keeps each event until an ack names it, so an
+ack must never run ahead of the commit. The network thread only parses and queues; one
+worker thread stores a batch in one transaction, commits, then acks. Incoming MQTT
+messages are acknowledged to the broker (PUBACK) only after that, too: with a persistent
+MQTT v5 session, whatever the bridge had not finished when it stopped or crashed is
+delivered again when it comes back, on top of the kiosk's own re-sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from cloud_bridge.config import BridgeConfig
+from cloud_bridge.db import Repository
+from o2o_protocol.messages import Ack, Event, ProtocolError, Status, dumps, parse_events, parse_status
+from o2o_protocol.timeutil import parse_rfc3339
+from o2o_protocol.topics import ACKS, EVENTS, STATUS, kiosk_topic, parse_kiosk_topic, shared, stats_topic
+
+log = logging.getLogger(__name__)
+
+_PREVIEW = 200
+
+
+def _preview(payload: bytes) -> str:
+    """A log-safe excerpt of a payload: bad input is logged, but never in full."""
+    text = repr(payload[:_PREVIEW])
+    return text if len(payload) <= _PREVIEW else f"{text}… ({len(payload)} bytes)"
+
+
+@dataclass
+class _Message:
+    """One accepted MQTT message, waiting for the worker."""
+
+    store: str
+    kiosk: str
+    mid: int
+    qos: int
+    generation: int
+    events: list[Event] = field(default_factory=list)
+    status: Status | None = None
+    retained: bool = False
+    received: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+_STOP = object()
+
+
+class Ingest:
+    """Subscribes to the store's kiosks, stores their events once, acks, publishes stats.
+
+    `start()` returns at once (a broker that is down is retried in the background);
+    `wait_ready()` tells when the subscriptions are in place; `stop()` stops taking
+    messages, drains what was taken, then disconnects.
+    """
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        repo: Repository,
+        *,
+        max_batch: int = 500,
+        stats_interval_s: float = 1.0,
+        stats_refresh_s: float = 60.0,
+    ) -> None:
+        self.config = config
+        self.repo = repo
+        self.store = config.store
+        self.max_batch = max_batch
+        self.stats_interval_s = stats_interval_s
+        self.stats_refresh_s = stats_refresh_s
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._generation = 0
+        self._sub_mid: int | None = None
+        self._worker: threading.Thread | None = None
+        self._stats_dirty = True
+        self._stats_last = 0.0
+        self._client = self._make_client()
+
+    # -- set-up -----------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        m = self.config.mqtt
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.config.client_id(),
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        client.manual_ack_set(True)
+        if m.username:
+            client.username_pw_set(m.username, m.password.get_secret_value() if m.password else None)
+        if m.tls:
+            client.tls_set(ca_certs=str(m.ca_file) if m.ca_file else None)
+        client.reconnect_delay_set(1, 30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def topics(self) -> list[str]:
+        """The subscriptions: every kiosk of this store, shared when a group is set."""
+        plain = [kiosk_topic(self.store, "+", EVENTS), kiosk_topic(self.store, "+", STATUS)]
+        group = self.config.mqtt.shared_group
+        return [shared(t, group) for t in plain] if group else plain
+
+    def start(self) -> None:
+        m = self.config.mqtt
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = m.session_expiry_s
+        self._client.connect_async(
+            m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props
+        )
+        self._worker = threading.Thread(target=self._work, name="bridge-ingest", daemon=True)
+        self._worker.start()
+        self._client.loop_start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """True once connected and subscribed (tests and start-up logging wait on this)."""
+        return self._ready.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking messages, store and ack what was taken, then disconnect."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._queue.put(_STOP)
+        if self._worker is not None:
+            self._worker.join(timeout)
+            if self._worker.is_alive():
+                log.warning("ingest worker did not finish within %.0fs", timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._ready.clear()
+
+    # -- network thread -----------------------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker %s refused the connection: %s", self.config.mqtt.url, reason)
+            return
+        log.info(
+            "connected to %s as %s (session %s)",
+            self.config.mqtt.url,
+            self.config.client_id(),
+            "resumed" if flags.session_present else "new",
+        )
+        _, self._sub_mid = client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.topics()])
+
+    def _on_subscribe(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        _props: Properties | None,
+    ) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.error("broker refused the subscriptions %s: %s", self.topics(), ", ".join(failed))
+            return
+        self._ready.set()
+
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        _flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        self._ready.clear()
+        # Messages of the old connection are not PUBACKed on the new one: the resumed
+        # session delivers them again.
+        self._generation += 1
+        if not self._stopping.is_set():
+            log.warning("disconnected from %s (%s); reconnecting", self.config.mqtt.url, reason)
+
+    def _on_message(self, client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # Nothing may raise into paho's network thread.
+        try:
+            self._take(client, msg)
+        except Exception:
+            log.exception("dropped a message on %s: %s", msg.topic, _preview(msg.payload))
+            client.ack(msg.mid, msg.qos)
+
+    def _take(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
+        if self._stopping.is_set():
+            return  # not PUBACKed: the broker keeps it for this session's return
+        topic = parse_kiosk_topic(msg.topic)
+        if topic is None or topic.store != self.store:
+            log.warning("ignored a message on unexpected topic %s", msg.topic)
+            client.ack(msg.mid, msg.qos)
+            return
+        item = _Message(topic.store, topic.kiosk, msg.mid, msg.qos, self._generation)
+        item.retained = bool(msg.retain)
+        try:
+            if topic.leaf == EVENTS:
+                item.events = self._parse_events(msg.topic, topic.store, topic.kiosk, msg.payload)
+            elif topic.leaf == STATUS:
+                item.status = parse_status(msg.payload)
+        except ProtocolError as exc:
+            log.warning("dropped a bad payload on %s: %s: %s", msg.topic, exc, _preview(msg.payload))
+            client.ack(msg.mid, msg.qos)
+            return
+        if not item.events and item.status is None:
+            client.ack(msg.mid, msg.qos)
+            return
+        self._queue.put(item)
+
+    @staticmethod
+    def _parse_events(topic: str, store: str, kiosk: str, payload: bytes) -> list[Event]:
+        events, errors = parse_events(payload)
+        for err in errors:
+            log.warning("dropped an invalid event on %s: %s: %s", topic, err, _preview(payload))
+        good = []
+        for e in events:
+            if (e.store, e.kiosk) != (store, kiosk):
+                # A kiosk may only speak for itself: its credentials cover its own subtree.
+                log.warning(
+                    "refused event %s on %s: its envelope says store %r kiosk %r",
+                    e.id,
+                    topic,
+                    e.store,
+                    e.kiosk,
+                )
+            else:
+                good.append(e)
+        return good
+
+    # -- worker thread -------------------------------------------------------------------
+
+    def _work(self) -> None:
+        stopping = False
+        while not stopping:
+            try:
+                first = self._queue.get(timeout=self._stats_wait())
+            except queue.Empty:
+                self._maybe_publish_stats()
+                continue
+            batch: list[_Message] = []
+            n_events = 0
+            item = first
+            while True:
+                if item is _STOP:
+                    stopping = True  # finish what is queued, then leave
+                else:
+                    batch.append(item)
+                    n_events += len(item.events)
+                if n_events >= self.max_batch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            try:
+                self._process(batch)
+            except Exception:
+                log.exception("ingest batch failed; the kiosks will re-send")
+            self._maybe_publish_stats()
+        self._maybe_publish_stats(force=True)
+
+    def _stats_wait(self) -> float:
+        if self._stats_dirty:
+            return max(0.05, self._stats_last + self.stats_interval_s - time.monotonic())
+        return 0.5
+
+    def _process(self, batch: list[_Message]) -> None:
+        if not batch:
+            return
+        for item in batch:
+            if item.status is not None:
+                self._store_status(item)
+        events = [e for item in batch for e in item.events]
+        if events:
+            new = self._store_events(events)
+            if new is None:
+                return  # gave up while stopping: nothing acked, everything will come again
+            log.debug("stored %d new of %d events", len(new), len(events))
+            acks: dict[str, list[str]] = {}
+            for e in events:
+                ids = acks.setdefault(e.kiosk, [])
+                if e.id not in ids:
+                    ids.append(e.id)
+            for kiosk, ids in acks.items():
+                self._client.publish(
+                    kiosk_topic(self.store, kiosk, ACKS), dumps(Ack(ids=ids)), qos=1
+                )
+        generation = self._generation
+        for item in batch:
+            if item.generation == generation:
+                self._client.ack(item.mid, item.qos)
+        self._stats_dirty = True
+
+    def _store_events(self, events: list[Event]) -> list[str] | None:
+        delay, attempts = 0.5, 0
+        while True:
+            try:
+                return self.repo.add_events(events)
+            except Exception as exc:
+                attempts += 1
+                if self._stopping.is_set() and attempts >= 3:
+                    log.error("could not store %d events while stopping: %s", len(events), exc)
+                    return None
+                log.error("database error, retrying in %.1fs: %s", delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _store_status(self, item: _Message) -> None:
+        assert item.status is not None
+        status = item.status
+        seen: datetime | None = item.received
+        if item.retained:
+            # A retained status replayed at subscribe time is old news: trust its own ts.
+            seen = None
+            if status.ts:
+                try:
+                    seen = parse_rfc3339(status.ts)
+                except ValueError:
+                    seen = None
+        try:
+            self.repo.set_status(item.store, item.kiosk, status, seen=seen)
+        except Exception:
+            log.exception("could not record the status of %s/%s", item.store, item.kiosk)
+
+    def _maybe_publish_stats(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if now - self._stats_last >= self.stats_refresh_s:
+            self._stats_dirty = True  # also rolls the figures over at midnight
+        if not self._stats_dirty or (not force and now - self._stats_last < self.stats_interval_s):
+            return
+        self.publish_stats()
+
+    def publish_stats(self) -> None:
+        """Publish today's figures, retained, on `o2o/v1/{store}/stats`."""
+        self._stats_last = time.monotonic()
+        self._stats_dirty = False
+        try:
+            stats = self.repo.today_stats(self.store)
+        except Exception:
+            log.exception("could not compute today's figures")
+            return
+        self._client.publish(stats_topic(self.store), dumps(stats), qos=1, retain=True)

@@ -1,0 +1,173 @@
+"""The kiosk's config file (`kiosk-<ID>.toml`, written by `o2o-bridge init`).
+
+Validated with pydantic and `extra="forbid"`: a misspelt key stops the kiosk at start-up
+with one clear line instead of being silently ignored on a shop's door.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from o2o_protocol.codes import key_id, load_public_key
+from o2o_protocol.config_file import load_toml, parse_mqtt_url
+from o2o_protocol.messages import check_id
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    """Relative paths in a config file are relative to that file, not to the shell's cwd."""
+    base = (info.context or {}).get("config_dir")
+    return path if path.is_absolute() or base is None else (Path(base) / path)
+
+
+class MqttSection(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    #: Events per published batch while draining a backlog.
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 200
+    #: Un-acked events are published again after this long.
+    resend_after_s: Annotated[float, Field(gt=0)] = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parse_mqtt_url(v)
+        return v
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else _resolve(v, info)
+
+
+class RulesSection(_Section):
+    points_per_visit: Annotated[int, Field(ge=0, le=10_000)] = 10
+    #: Count at most one check-in (and its points) per member per day.
+    once_per_day: bool = False
+    #: The same code seen again within this window is the same scan, not a new one.
+    quiet_window_s: Annotated[float, Field(ge=0, le=60)] = 3.0
+    reservation_early_min: Annotated[int, Field(ge=0)] = 15
+    reservation_late_min: Annotated[int, Field(ge=0)] = 15
+
+
+class CameraSection(_Section):
+    type: Literal["v4l2", "picamera2", "file", "images"] = "v4l2"
+    #: Device index or path for v4l2, a video file, or an image directory.
+    source: str = "0"
+
+
+class LockerSection(_Section):
+    size: Literal["S", "M", "L"] = "M"
+    relay_pin: int | str | None = None
+    door_pin: int | str | None = None
+
+
+class LockersSection(_Section):
+    type: Literal["simulated", "gpio"] = "simulated"
+    active_high: bool = True
+    pulse_s: Annotated[float, Field(gt=0, le=10)] = 0.5
+    door_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    bank: list[LockerSection] = Field(default_factory=lambda: [LockerSection() for _ in range(4)])
+
+
+class PrinterSection(_Section):
+    type: Literal["simulated", "serial", "none"] = "simulated"
+    port: str = "/dev/serial0"
+    baudrate: int = 19200
+    codepage: str = "gb18030"
+
+
+class UiSection(_Section):
+    language: Literal["zh_CN", "en"] = "zh_CN"
+    #: Seconds a result screen stays before the kiosk returns to its start screen.
+    result_s: Annotated[float, Field(gt=0, le=120)] = 6.0
+    join_url: str = ""
+
+
+class KioskConfig(_Section):
+    store: str
+    kiosk: str
+    #: Where the kiosk keeps its TinyDB store (outbox, redeemed coupons, members).
+    data_dir: Path = Path("kiosk-data")
+    #: Trusted signing keys: key id -> base64url Ed25519 public key. Public keys only.
+    keys: dict[str, str]
+    mqtt: MqttSection = MqttSection()
+    rules: RulesSection = RulesSection()
+    camera: CameraSection = CameraSection()
+    lockers: LockersSection = LockersSection()
+    printer: PrinterSection = PrinterSection()
+    ui: UiSection = UiSection()
+
+    @field_validator("store", "kiosk")
+    @classmethod
+    def _ids(cls, v: str) -> str:
+        return check_id(v)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, v: Path, info: ValidationInfo) -> Path:
+        return _resolve(v, info)
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("at least one public key is needed to accept codes")
+        for kid, text in v.items():
+            try:
+                key = load_public_key(text)
+            except ValueError:
+                raise ValueError(f"key {kid!r} is not a base64url Ed25519 public key") from None
+            if key_id(key) != kid:
+                raise ValueError(f"key {kid!r} does not match its public key (id {key_id(key)})")
+        return v
+
+    @model_validator(mode="after")
+    def _lockers_pins(self) -> KioskConfig:
+        if self.lockers.type == "gpio":
+            for i, locker in enumerate(self.lockers.bank):
+                if locker.relay_pin is None or locker.door_pin is None:
+                    raise ValueError(f"lockers.bank[{i}] needs relay_pin and door_pin for gpio")
+        return self
+
+    def public_keys(self) -> dict[str, Ed25519PublicKey]:
+        return {kid: load_public_key(text) for kid, text in self.keys.items()}
+
+
+DEFAULT_CONFIG_GLOB = "kiosk-*.toml"
+
+
+def find_default_config(cwd: Path | None = None) -> Path:
+    """`--config` defaults to the one kiosk file `init` wrote in the current directory."""
+    cwd = cwd or Path.cwd()
+    found = sorted(cwd.glob(DEFAULT_CONFIG_GLOB))
+    if len(found) == 1:
+        return found[0]
+    from o2o_protocol.config_file import ConfigError
+
+    if not found:
+        raise ConfigError(cwd, "", "no kiosk-*.toml here: pass --config or run `o2o-bridge init`")
+    names = ", ".join(p.name for p in found)
+    raise ConfigError(cwd, "", f"several kiosk configs ({names}): pass --config")
+
+
+def load_config(path: str | Path) -> KioskConfig:
+    return load_toml(path, KioskConfig)

@@ -1,0 +1,282 @@
+"""Sync with the cloud bridge over MQTT: the outbox drains, acks empty it, commands arrive.
+
+Delivery is end to end: an event leaves the outbox only when the bridge's `acks` names
+it, so a broker that drops queued messages, restarts or vanishes for a day loses nothing.
+paho runs the network loop and reconnects by itself; one worker thread here publishes
+batches and applies acks and commands, so the network thread never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from kiosk.config import MqttSection
+from kiosk.store import KioskStore
+from o2o_protocol import topics
+from o2o_protocol.config_file import parse_mqtt_url
+from o2o_protocol.messages import (
+    Command,
+    ProtocolError,
+    dumps,
+    parse_ack,
+    parse_command,
+)
+from o2o_protocol.timeutil import rfc3339
+
+log = logging.getLogger(__name__)
+
+#: At most this many events are in flight (published, not yet acked) at once.
+MAX_IN_FLIGHT = 2000
+STATUS_EVERY_S = 30.0
+
+
+class Sync:
+    """Owns the kiosk's MQTT connection. Start once; `notify()` after each recorded event."""
+
+    def __init__(
+        self,
+        cfg: MqttSection,
+        store: KioskStore,
+        *,
+        version: str,
+        telemetry: Callable[[], dict[str, Any]] = dict,
+        on_command: Callable[[Command], None] | None = None,
+    ) -> None:
+        self.cfg, self.store, self.version = cfg, store, version
+        self._telemetry, self._on_command = telemetry, on_command
+        s, k = store.store_id, store.kiosk_id
+        self._t_events = topics.kiosk_topic(s, k, topics.EVENTS)
+        self._t_acks = topics.kiosk_topic(s, k, topics.ACKS)
+        self._t_cmd = topics.kiosk_topic(s, k, topics.CMD)
+        self._t_status = topics.kiosk_topic(s, k, topics.STATUS)
+        self._wake = threading.Condition()
+        self._acks: deque[list[str]] = deque()
+        self._commands: deque[Command] = deque()
+        self._in_flight: dict[str, float] = {}
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._status_due = True
+        self._worker = threading.Thread(target=self._run, name="sync", daemon=True)
+        self.client = self._make_client()
+
+    # --- set-up ----------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        s, k = self.store.store_id, self.store.kiosk_id
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"o2o-kiosk-{s}-{k}",
+            protocol=mqtt.MQTTv5,
+        )
+        if self.cfg.username:
+            password = self.cfg.password.get_secret_value() if self.cfg.password else None
+            client.username_pw_set(self.cfg.username, password)
+        tls, self._host, self._port = parse_mqtt_url(self.cfg.url)
+        if tls:
+            client.tls_set(
+                ca_certs=str(self.cfg.ca_file) if self.cfg.ca_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.will_set(self._t_status, dumps({"online": False}), qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.message_callback_add(self._t_acks, self._on_ack)
+        client.message_callback_add(self._t_cmd, self._on_cmd)
+        return client
+
+    def start(self) -> None:
+        """Connect in the background: a broker that is down at boot stops nothing."""
+        self.client.connect_async(self._host, self._port, keepalive=self.cfg.keepalive_s)
+        self.client.loop_start()
+        self._worker.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Say goodbye (offline status), then stop the worker and the network loop."""
+        self._stopping.set()
+        self.notify()
+        self._worker.join(timeout)
+        if self._connected.is_set():
+            info = self.client.publish(
+                self._t_status, dumps(self._status(online=False)), qos=1, retain=True
+            )
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=2.0)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # --- what others call ------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Something new to send (or to stop for): wake the worker now."""
+        with self._wake:
+            self._wake.notify()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Block until every event in the outbox is acked, or the timeout passes."""
+        deadline = time.monotonic() + timeout
+        while self.store.outbox_size() > 0:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    # --- paho callbacks (network thread: parse, queue, return) -----------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused the connection: %s", reason_code)
+            return
+        log.info("connected to %s:%d", self._host, self._port)
+        client.subscribe([(self._t_acks, 1), (self._t_cmd, 1)])
+        self._connected.set()
+        with self._wake:
+            self._in_flight.clear()  # whatever was in flight is re-sent on this connection
+            self._status_due = True
+            self._wake.notify()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self._connected.is_set():
+            log.warning("disconnected from the broker (%s); will reconnect", reason_code)
+        self._connected.clear()
+
+    def _on_ack(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            ack = parse_ack(msg.payload)
+        except ProtocolError as exc:
+            log.warning("dropped a bad ack on %s: %s (%.200r)", msg.topic, exc, msg.payload)
+            return
+        with self._wake:
+            self._acks.append(ack.ids)
+            self._wake.notify()
+
+    def _on_cmd(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            cmd = parse_command(msg.payload)
+        except ProtocolError as exc:
+            log.warning("dropped a bad command on %s: %s (%.200r)", msg.topic, exc, msg.payload)
+            return
+        with self._wake:
+            self._commands.append(cmd)
+            self._wake.notify()
+
+    # --- the worker ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        last_status = 0.0
+        while not self._stopping.is_set():
+            with self._wake:
+                if not (self._acks or self._commands or self._status_due):
+                    self._wake.wait(timeout=0.5)
+                acks = list(self._acks)
+                self._acks.clear()
+                commands = list(self._commands)
+                self._commands.clear()
+            try:
+                self._apply_acks(acks)
+                self._apply_commands(commands)
+                if self._connected.is_set():
+                    self._publish_pending()
+                    if self._status_due or time.monotonic() - last_status > STATUS_EVERY_S:
+                        self._status_due = False
+                        last_status = time.monotonic()
+                        self.client.publish(
+                            self._t_status, dumps(self._status(online=True)), qos=1, retain=True
+                        )
+            except Exception:  # the worker must outlive any one bad moment
+                log.exception("sync worker error; retrying")
+                time.sleep(1.0)
+
+    def _apply_acks(self, acks: list[list[str]]) -> None:
+        ids = [i for batch in acks for i in batch]
+        if not ids:
+            return
+        removed = self.store.ack(ids)
+        for i in ids:
+            self._in_flight.pop(i, None)
+        log.debug("bridge acked %d events (%d left the outbox)", len(ids), removed)
+
+    def _apply_commands(self, commands: list[Command]) -> None:
+        for cmd in sorted(commands, key=lambda c: c.seq):
+            if self.store.apply_command(cmd):
+                log.info("applied command %s (seq %d)", cmd.name, cmd.seq)
+                if self._on_command is not None:
+                    self._on_command(cmd)
+                self._status_due = True
+            else:
+                log.debug(
+                    "ignored command seq %d (applied up to %d)", cmd.seq, self.store.last_cmd_seq
+                )
+        if commands:
+            self._status_due = True
+
+    def _publish_pending(self) -> None:
+        now = time.monotonic()
+        stale = now - self.cfg.resend_after_s
+        room = MAX_IN_FLIGHT - sum(1 for t in self._in_flight.values() if t > stale)
+        if room <= 0:
+            return
+        batch: list[Any] = []
+        for event in self.store.pending(limit=MAX_IN_FLIGHT):
+            sent = self._in_flight.get(event.id)
+            if sent is not None and sent > stale:
+                continue
+            batch.append(event)
+            if len(batch) >= min(self.cfg.batch_size, room):
+                self._send(batch, now)
+                room -= len(batch)
+                batch = []
+                if room <= 0:
+                    return
+        if batch:
+            self._send(batch, now)
+
+    def _send(self, batch: list[Any], now: float) -> None:
+        info = self.client.publish(self._t_events, dumps(batch), qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return  # not connected after all; the next connection sends them
+        for event in batch:
+            self._in_flight[event.id] = now
+
+    def _status(self, *, online: bool) -> dict[str, Any]:
+        return {
+            "online": online,
+            "ts": rfc3339(time.time()),
+            "version": self.version,
+            "last_cmd_seq": self.store.last_cmd_seq,
+            "outbox": self.store.outbox_size(),
+            **self._telemetry(),
+        }

@@ -1,0 +1,71 @@
+"""Loading TOML config files into pydantic models, with errors a shop owner can act on.
+
+Both the kiosk and the bridge read their files through `load_toml`, so a bad file, key or
+value always produces the same kind of one-line message: `file: key: what is wrong`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """A config problem, already phrased for the person who wrote the file."""
+
+    def __init__(self, file: str | Path, key: str, problem: str) -> None:
+        self.file, self.key, self.problem = str(file), key, problem
+        super().__init__(f"{self.file}: {key}: {problem}" if key else f"{self.file}: {problem}")
+
+
+def load_toml(path: str | Path, model: type[M], **context: Any) -> M:
+    """Read and validate one config file; raises ConfigError only."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "", "no such file (run `o2o-bridge init` to make one)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot read: {exc}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    return validate_config(path, raw, model, **context)
+
+
+def validate_config(path: str | Path, raw: dict[str, Any], model: type[M], **context: Any) -> M:
+    try:
+        return model.model_validate(raw, context={"config_dir": Path(path).parent, **context})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and not isinstance(err["input"], dict | list):
+            msg = f"{msg} (got {err['input']!r})"
+        raise ConfigError(path, key, msg) from None
+
+
+def parse_mqtt_url(url: str) -> tuple[bool, str, int]:
+    """`mqtt://host:port` or `mqtts://host:port` into (tls, host, port)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError("must look like mqtt://host:port or mqtts://host:port") from None
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+    if parts.path not in ("", "/") or parts.query or parts.username:
+        raise ValueError("must be just mqtt://host:port (credentials go in username/password)")
+    tls = parts.scheme == "mqtts"
+    return tls, parts.hostname, port or (8883 if tls else 1883)

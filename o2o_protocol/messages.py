@@ -1,0 +1,191 @@
+"""Message models for the MQTT interface (DESIGN §4) and the rejection reasons (§3).
+
+Every payload that crosses the wire becomes one of these frozen models before any
+logic sees it; parsing failures raise `ProtocolError` only, never anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from typing import Any
+
+import uuid6
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ProtocolError(ValueError):
+    """A payload that does not follow the contract."""
+
+
+class Reason(StrEnum):
+    """Why a scan was refused. The values are the contract's exact strings."""
+
+    MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    WRONG_STORE = "wrong_store"
+    ALREADY_USED = "already_used"
+    REVOKED = "revoked"
+    UNKNOWN_ORDER = "unknown_order"
+    ORDER_NOT_READY = "order_not_ready"
+    NO_LOCKER_FREE = "no_locker_free"
+    NOT_ALLOWED = "not_allowed"
+
+
+class EventType(StrEnum):
+    CHECKIN = "checkin"
+    COUPON_REDEEMED = "coupon.redeemed"
+    SCAN_REJECTED = "scan.rejected"
+    RESERVATION_ARRIVED = "reservation.arrived"
+    MEMBER_JOINED = "member.joined"
+    PICKUP_OPENED = "pickup.opened"
+    PICKUP_COMPLETED = "pickup.completed"
+    PICKUP_FAILED = "pickup.failed"
+    LOCKER_LOADED = "locker.loaded"
+    LOCKER_FAULT = "locker.fault"
+    PRINTER_FAULT = "printer.fault"
+    STAFF_LOGIN = "staff.login"
+
+
+class CommandName(StrEnum):
+    PREORDER_UPSERT = "preorder.upsert"
+    PREORDER_CANCEL = "preorder.cancel"
+    CODE_REVOKE = "code.revoke"
+    MEMBER_UPSERT = "member.upsert"
+    LOCKER_OPEN = "locker.open"
+
+
+def new_event_id() -> str:
+    """A unique, time-ordered id (UUIDv7), so ids sort in the order events happened."""
+    return str(uuid6.uuid7())
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Store and kiosk ids become MQTT topic levels: no wildcards, no slashes."""
+    if not ID_PATTERN.match(value):
+        raise ValueError(f"{what} {value!r} must be 1-64 letters, digits, '-' or '_'")
+    return value
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Event(_Frozen):
+    """The event envelope every kiosk publishes on `…/events`."""
+
+    id: str = Field(min_length=1, max_length=64)
+    seq: int = Field(ge=1)
+    type: str = Field(min_length=1, max_length=64)
+    ts: str = Field(min_length=1, max_length=40)
+    store: str
+    kiosk: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("store", "kiosk")
+    @classmethod
+    def _topic_safe(cls, v: str) -> str:
+        return check_id(v)
+
+    @field_validator("ts")
+    @classmethod
+    def _rfc3339(cls, v: str) -> str:
+        from o2o_protocol.timeutil import parse_rfc3339
+
+        try:
+            parse_rfc3339(v)
+        except ValueError:
+            raise ValueError("ts must be an RFC 3339 time") from None
+        return v
+
+
+class Ack(_Frozen):
+    ids: list[str]
+
+
+class Command(_Frozen):
+    seq: int = Field(ge=1)
+    name: str = Field(min_length=1, max_length=64)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Status(BaseModel):
+    """Retained kiosk status; also its Last Will (`{"online": false}` only)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    online: bool
+    ts: str | None = None
+    version: str | None = None
+    last_cmd_seq: int | None = None
+    outbox: int | None = None
+    lockers: Any = None
+    printer: Any = None
+    camera: Any = None
+
+
+def _load_json(payload: bytes | bytearray | str) -> Any:
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+
+
+def parse_events(payload: bytes | bytearray | str) -> tuple[list[Event], list[str]]:
+    """Parse one envelope or an array of them.
+
+    Returns the valid events and a description of each invalid element, so one bad
+    envelope in a batch does not cost the good ones their delivery.
+    """
+    raw = _load_json(payload)
+    items = raw if isinstance(raw, list) else [raw]
+    events: list[Event] = []
+    errors: list[str] = []
+    for i, item in enumerate(items):
+        try:
+            events.append(Event.model_validate(item))
+        except ValidationError as exc:
+            errors.append(f"element {i}: {_first_error(exc)}")
+    return events, errors
+
+
+def parse_ack(payload: bytes | bytearray | str) -> Ack:
+    try:
+        return Ack.model_validate(_load_json(payload))
+    except ValidationError as exc:
+        raise ProtocolError(_first_error(exc)) from None
+
+
+def parse_command(payload: bytes | bytearray | str) -> Command:
+    try:
+        return Command.model_validate(_load_json(payload))
+    except ValidationError as exc:
+        raise ProtocolError(_first_error(exc)) from None
+
+
+def parse_status(payload: bytes | bytearray | str) -> Status:
+    try:
+        return Status.model_validate(_load_json(payload))
+    except ValidationError as exc:
+        raise ProtocolError(_first_error(exc)) from None
+
+
+def dumps(obj: BaseModel | list[BaseModel] | dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON for the wire."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json", exclude_none=True)
+    elif isinstance(obj, list):
+        return ("[" + ",".join(o.model_dump_json(exclude_none=True) for o in obj) + "]").encode()
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    return f"{loc}: {err['msg']}"

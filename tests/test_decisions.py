@@ -1,0 +1,96 @@
+"""The pure decisions: what a customer at the door gets for each kind of code."""
+
+from __future__ import annotations
+
+import time
+
+from kiosk.decisions import Facts, QuietWindow, Rules, decide
+from o2o_protocol.codes import Code, Rejected, verify_code
+from o2o_protocol.messages import EventType, Reason
+from tests.keys import Issuer
+
+ISSUER = Issuer()
+NOW = time.time()
+RULES = Rules(points_per_visit=10)
+
+
+def code(t: str, id: str, **fields: object) -> Code:
+    result = verify_code(ISSUER.code(t, id, **fields), ISSUER.public_keys, store="s1", now=NOW)
+    assert isinstance(result, Code)
+    return result
+
+
+def test_member_checkin_earns_points_and_names_the_member() -> None:
+    d = decide(code("m", "u1", n="Ann"), Facts(member_visits=2, member_points=20), RULES,
+               now=NOW, today="2026-11-26")
+    assert d.event_type is EventType.CHECKIN and d.accepted
+    assert d.data["name"] == "Ann" and d.data["visits"] == 3 and d.data["points"] == 30
+    assert d.member_visit is not None and d.member_visit.points == 30
+
+
+def test_once_per_day_counts_the_second_visit_without_points() -> None:
+    rules = Rules(points_per_visit=10, once_per_day=True)
+    facts = Facts(member_visits=1, member_points=10, member_last_day="2026-11-26")
+    d = decide(code("m", "u1"), facts, rules, now=NOW, today="2026-11-26")
+    assert d.event_type is EventType.CHECKIN
+    assert d.data["points_earned"] == 0 and d.data["counted"] is False and d.member_visit is None
+    d2 = decide(code("m", "u1"), facts, rules, now=NOW, today="2026-11-27")
+    assert d2.data["points_earned"] == 10 and d2.data["visits"] == 2
+
+
+def test_coupon_redeems_once() -> None:
+    c = code("c", "cp1", cp="spring", v="¥10 off")
+    first = decide(c, Facts(), RULES, now=NOW, today="d")
+    assert first.event_type is EventType.COUPON_REDEEMED and first.redeem_coupon == "cp1"
+    assert first.data == {"coupon_id": "cp1", "campaign": "spring", "value": "¥10 off"}
+    again = decide(c, Facts(coupon_used_at="2026-11-26T10:00:00.000Z"), RULES, now=NOW, today="d")
+    assert again.event_type is EventType.SCAN_REJECTED and again.reason is Reason.ALREADY_USED
+    assert again.redeem_coupon is None and again.data["code_id"] == "cp1"
+
+
+def test_revoked_code_is_refused_whatever_its_type() -> None:
+    for t in "mcrs":
+        d = decide(code(t, "x"), Facts(revoked=True), RULES, now=NOW, today="d")
+        assert d.reason is Reason.REVOKED
+
+
+def test_rejection_carries_its_reason_and_claimed_id() -> None:
+    stranger = Issuer()
+    text = stranger.code("c", "stolen")
+    result = verify_code(text, ISSUER.public_keys, store="s1", now=NOW)
+    assert isinstance(result, Rejected)
+    d = decide(result, Facts(), RULES, now=NOW, today="d", text=text)
+    assert d.event_type is EventType.SCAN_REJECTED
+    assert d.data["reason"] == "unknown_key" and d.data["claimed_id"] == "stolen"
+
+
+def test_reservation_timing() -> None:
+    def timing(offset_min: float) -> str:
+        c = code("r", "rv1", at=int(NOW - offset_min * 60), sv="haircut")
+        d = decide(c, Facts(), Rules(reservation_early_min=10, reservation_late_min=5),
+                   now=NOW, today="d")
+        assert d.event_type is EventType.RESERVATION_ARRIVED and d.data["service"] == "haircut"
+        return str(d.data["timing"])
+
+    assert timing(0) == "on_time"
+    assert timing(-30) == "early"
+    assert timing(20) == "late"
+
+
+def test_pickup_without_a_known_preorder_is_unknown_order() -> None:
+    d = decide(code("p", "pk1", o="A-17"), Facts(), RULES, now=NOW, today="d")
+    assert d.reason is Reason.UNKNOWN_ORDER
+
+
+def test_staff_code_logs_in() -> None:
+    d = decide(code("s", "st1", n="Bo"), Facts(), RULES, now=NOW, today="d")
+    assert d.event_type is EventType.STAFF_LOGIN and d.data["staff_id"] == "st1"
+
+
+def test_quiet_window_merges_a_code_held_up() -> None:
+    q = QuietWindow(3.0)
+    assert q.is_new("A", 0.0)
+    assert not q.is_new("A", 1.0)
+    assert not q.is_new("A", 3.5)  # still in sight: seen 2.5 s ago
+    assert q.is_new("B", 3.6)
+    assert q.is_new("A", 7.0)  # away for 3.5 s: a new scan
