@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_bridge.config import BridgeConfig, load_api_token, load_signing_key
 from cloud_bridge.db import KioskState, Repository, StoredEvent, format_ts
+from cloud_bridge.ingest import Ingest
 from cloud_bridge.issuing import issue
 from o2o_protocol.timeutil import parse_when
 
@@ -75,8 +76,10 @@ def create_app(
     *,
     token: str | None = None,
     signing_key: Ed25519PrivateKey | None = None,
+    ingest: Ingest | None = None,
 ) -> FastAPI:
-    """The bridge's web app. Token and key are read from the config's files unless given."""
+    """The bridge's web app. Token and key are read from the config's files unless given;
+    with `ingest`, `/health` also tells whether the broker connection is up."""
     api_token = token if token is not None else load_api_token(config)
     key = signing_key if signing_key is not None else load_signing_key(config)
     store = config.store
@@ -101,9 +104,12 @@ def create_app(
     auth = [Depends(require_token)]
 
     @app.get("/health", tags=["service"])
-    def health() -> dict[str, str]:
-        """Liveness for load balancers and `o2o-kiosk check`; no token needed."""
-        return {"status": "ok", "store": store}
+    def health() -> dict[str, Any]:
+        """Liveness for load balancers and scripts; no token needed, no data given away."""
+        body: dict[str, Any] = {"status": "ok", "store": store}
+        if ingest is not None:
+            body["mqtt_connected"] = ingest.ready
+        return body
 
     @app.get("/api/v1/events", dependencies=auth, tags=["events"])
     def list_events(

@@ -27,16 +27,32 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
-from o2o_protocol.messages import Ack, Event, ProtocolError, Status, dumps, parse_events, parse_status
+from o2o_protocol.messages import (
+    Ack,
+    Event,
+    ProtocolError,
+    Status,
+    dumps,
+    parse_events,
+    parse_status,
+)
 from o2o_protocol.timeutil import parse_rfc3339
-from o2o_protocol.topics import ACKS, EVENTS, STATUS, kiosk_topic, parse_kiosk_topic, shared, stats_topic
+from o2o_protocol.topics import (
+    ACKS,
+    EVENTS,
+    STATUS,
+    kiosk_topic,
+    parse_kiosk_topic,
+    shared,
+    stats_topic,
+)
 
 log = logging.getLogger(__name__)
 
 _PREVIEW = 200
 
 
-def _preview(payload: bytes) -> str:
+def _preview(payload: bytes | bytearray) -> str:
     """A log-safe excerpt of a payload: bad input is logged, but never in full."""
     text = repr(payload[:_PREVIEW])
     return text if len(payload) <= _PREVIEW else f"{text}… ({len(payload)} bytes)"
@@ -104,7 +120,9 @@ class Ingest:
         )
         client.manual_ack_set(True)
         if m.username:
-            client.username_pw_set(m.username, m.password.get_secret_value() if m.password else None)
+            client.username_pw_set(
+                m.username, m.password.get_secret_value() if m.password else None
+            )
         if m.tls:
             client.tls_set(ca_certs=str(m.ca_file) if m.ca_file else None)
         client.reconnect_delay_set(1, 30)
@@ -225,9 +243,11 @@ class Ingest:
             if topic.leaf == EVENTS:
                 item.events = self._parse_events(msg.topic, topic.store, topic.kiosk, msg.payload)
             elif topic.leaf == STATUS:
-                item.status = parse_status(msg.payload)
+                item.status = parse_status(bytes(msg.payload))
         except ProtocolError as exc:
-            log.warning("dropped a bad payload on %s: %s: %s", msg.topic, exc, _preview(msg.payload))
+            log.warning(
+                "dropped a bad payload on %s: %s: %s", msg.topic, exc, _preview(msg.payload)
+            )
             client.ack(msg.mid, msg.qos)
             return
         if not item.events and item.status is None:
@@ -236,8 +256,10 @@ class Ingest:
         self._queue.put(item)
 
     @staticmethod
-    def _parse_events(topic: str, store: str, kiosk: str, payload: bytes) -> list[Event]:
-        events, errors = parse_events(payload)
+    def _parse_events(
+        topic: str, store: str, kiosk: str, payload: bytes | bytearray
+    ) -> list[Event]:
+        events, errors = parse_events(bytes(payload))
         for err in errors:
             log.warning("dropped an invalid event on %s: %s: %s", topic, err, _preview(payload))
         good = []

@@ -232,6 +232,7 @@ class CameraThread:
         self._stop.set()
         with self._cond:
             self._ended = True
+            self._frame = None  # a closed camera hands out nothing more
             self._cond.notify_all()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
@@ -283,6 +284,8 @@ class CameraThread:
             if self.finite:
                 while self._frame is not None and not self._stop.is_set():
                     self._cond.wait(0.5)
+            if self._stop.is_set():
+                return  # closed while this frame was being read
             self._frame = frame  # live: overwrite, dropping the frame nobody took
             self._seq += 1
             self._cond.notify_all()

@@ -1,0 +1,94 @@
+"""`o2o-bridge run`: ingest, REST API and dashboard in one process, stopped in order.
+
+Start-up binds the HTTP socket first (a port in use is a one-line error, before anything
+else has started), then starts the ingest, then serves. SIGTERM or SIGINT stops uvicorn,
+then the ingest (which stores and acks what it has taken before disconnecting).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from sqlalchemy.engine import make_url
+
+from cloud_bridge.api import create_app
+from cloud_bridge.config import BridgeConfig
+from cloud_bridge.db import Repository
+from cloud_bridge.ingest import Ingest
+from o2o_protocol.config_file import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class Server(uvicorn.Server):
+    """uvicorn, but SIGINT/SIGTERM end `run` normally (exit 0) instead of being re-raised."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, self._on_signal) for s in signals}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _on_signal(self, sig: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(sig).name)
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+
+def run_service(
+    config: BridgeConfig, host: str, port: int, *, config_path: Path | str = "bridge.toml"
+) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit status. Raises ConfigError on bad set-up."""
+    repo = Repository.from_url(config.db.url)
+    try:
+        repo.create_tables()
+    except Exception as exc:
+        repo.close()
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(config_path, "db.url", f"cannot open the database: {first}") from None
+    ingest = Ingest(config, repo)
+    try:
+        app = create_app(config, repo, ingest=ingest)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            sock = socket.create_server((host, port), family=family)
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    except BaseException:
+        repo.close()
+        raise
+
+    ingest.start()
+    server = Server(
+        uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
+        )
+    )
+    log.info(
+        "o2o-bridge for store %s listening on http://%s:%d (broker %s, database %s)",
+        config.store,
+        host,
+        port,
+        config.mqtt.url,
+        make_url(config.db.url).render_as_string(hide_password=True),
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        ingest.stop()
+        repo.close()
+        sock.close()
+        log.info("stopped")
+    return 0

@@ -1,0 +1,117 @@
+"""QrDecoder reads codes a shop-door camera sees, and never invents or crashes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kiosk.devices import corpus
+from kiosk.devices.qr import Decoded, QrDecoder
+
+PER_DISTORTION = 6
+
+
+@pytest.fixture(scope="module")
+def decoder() -> QrDecoder:
+    return QrDecoder()
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    rng = np.random.default_rng(5)
+    return [corpus.sample_token(rng) for _ in range(PER_DISTORTION)]
+
+
+@pytest.fixture(scope="module")
+def frames(texts: list[str]) -> list[tuple[str | None, str, np.ndarray]]:
+    return corpus.corpus_frames(texts, (*corpus.DISTORTIONS, corpus.NO_CODE), seed=17)
+
+
+def test_read_rate_over_corpus(decoder: QrDecoder, frames: list) -> None:
+    hits: dict[str, list[bool]] = {}
+    for text, dist, frame in frames:
+        if text is not None:
+            hits.setdefault(dist, []).append(text in [d.text for d in decoder.decode(frame)])
+    overall = np.mean([h for v in hits.values() for h in v])
+    assert overall >= 0.9, {d: np.mean(v) for d, v in hits.items()}
+    # Every distortion except severe motion blur is read at least most of the time.
+    for dist, v in hits.items():
+        if dist != "motion_blur":
+            assert np.mean(v) >= 0.8, (dist, v)
+
+
+@pytest.mark.parametrize("distortion", ["clean", "inverted", "perspective", "small", "dark"])
+def test_reads_each_kind(decoder: QrDecoder, distortion: str) -> None:
+    rng = np.random.default_rng(3)
+    text = corpus.sample_token(rng)
+    frame = corpus.make_frame(text, distortion, rng)
+    assert [d.text for d in decoder.decode(frame)] == [text]
+
+
+def test_no_false_positives_on_empty_frames(decoder: QrDecoder, frames: list) -> None:
+    empty = [f for text, _, f in frames if text is None]
+    assert empty
+    for f in empty:
+        assert decoder.decode(f) == []
+
+
+def test_two_codes_in_one_frame(decoder: QrDecoder) -> None:
+    rng = np.random.default_rng(9)
+    a, b = corpus.sample_token(rng), corpus.sample_token(rng)
+    frame = corpus.make_multi_frame([a, b], "clean", rng)
+    assert sorted(d.text for d in decoder.decode(frame)) == sorted([a, b])
+
+
+def test_duplicate_codes_reported_once(decoder: QrDecoder) -> None:
+    rng = np.random.default_rng(4)
+    a = corpus.sample_token(rng)
+    frame = corpus.make_multi_frame([a, a], "clean", rng)
+    assert [d.text for d in decoder.decode(frame)] == [a]
+
+
+def test_grayscale_and_bgra_frames(decoder: QrDecoder) -> None:
+    rng = np.random.default_rng(8)
+    text = "https://shop.example/c/O2O1.abc.def"
+    bgr = corpus.make_frame(text, "clean", rng)
+    gray = bgr.mean(axis=2).astype(np.uint8)
+    bgra = np.dstack([bgr, np.full(bgr.shape[:2], 255, np.uint8)])
+    for f in (gray, bgra, gray[..., None], gray.astype(np.float32) / 255.0):
+        assert [d.text for d in decoder.decode(f)] == [text]
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        np.zeros((0, 0), np.uint8),
+        np.zeros((1, 1), np.uint8),
+        np.zeros((1, 1, 3), np.uint8),
+        np.zeros((480, 640, 3, 2), np.uint8),
+        np.zeros((480, 640, 5), np.uint8),
+        np.full((480, 640), np.nan, np.float64),
+        np.zeros((480, 640), np.complex64),
+        np.zeros((480, 640), dtype=object),
+        np.ones((480, 640), bool),
+        np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8),
+        np.random.default_rng(1).integers(-5000, 5000, (480, 640), dtype=np.int32),
+        np.zeros((480, 640, 3), np.uint8)[:, ::-1],  # non-contiguous
+        None,
+        "not an array",
+    ],
+)
+def test_garbage_returns_empty(decoder: QrDecoder, garbage: object) -> None:
+    assert decoder.decode(garbage) == []  # type: ignore[arg-type]
+
+
+def test_pyzbar_only_mode_reads_dark_on_light_and_inverted() -> None:
+    dec = QrDecoder(use_zxing=False)
+    rng = np.random.default_rng(12)
+    for dist in ("clean", "inverted"):
+        text = corpus.sample_token(rng)
+        assert [d.text for d in dec.decode(corpus.make_frame(text, dist, rng))] == [text]
+
+
+def test_decoded_is_a_frozen_value() -> None:
+    a = Decoded("x", ((0, 0),), "zxing")
+    assert a == Decoded("x")
+    with pytest.raises(AttributeError):
+        a.text = "y"  # type: ignore[misc]
