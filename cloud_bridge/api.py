@@ -127,7 +127,7 @@ def create_app(
             try:
                 since_dt = datetime.fromtimestamp(parse_when(since, time.time()), UTC)
             except ValueError as exc:
-                raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+                raise HTTPException(422, str(exc)) from None
         rows = repo.events(
             store=store,
             since=since_dt,
@@ -176,7 +176,7 @@ def create_app(
                 expires=body.expires,
             )
         except ValueError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+            raise HTTPException(422, str(exc)) from None
         return issued.as_dict(config.api.code_url)
 
     dashboard = resources.files("cloud_bridge").joinpath("static/dashboard.html").read_text("utf-8")

@@ -169,7 +169,7 @@ class Sync:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._stopping.is_set():
             log.warning("disconnected from the broker (%s); will reconnect", reason_code)
         self._connected.clear()
 

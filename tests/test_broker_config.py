@@ -110,7 +110,7 @@ def connect() -> Iterator[Connect]:
         peer = Peer(client, ReasonCode(mqtt.CONNACK >> 4, identifier=0))
         client.on_connect = lambda _c, _u, _f, rc, _p: connacks.put(rc)
         client.on_subscribe = lambda _c, _u, _m, rcs, _p: peer._subacks.put(list(rcs))
-        client.on_message = lambda _c, _u, msg: peer.messages.put((msg.topic, msg.payload))
+        client.on_message = lambda _c, _u, msg: peer.messages.put((msg.topic, bytes(msg.payload)))
         client.connect("127.0.0.1", port, keepalive=30)
         client.loop_start()
         peer.connack = connacks.get(timeout=TIMEOUT)

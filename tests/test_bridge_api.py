@@ -1,0 +1,150 @@
+"""The REST API and dashboard, as the shop's online side and the owner see them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
+
+from cloud_bridge.api import create_app
+from cloud_bridge.config import BridgeConfig
+from cloud_bridge.db import Repository
+from o2o_protocol.codes import Code, key_id, verify_code
+from o2o_protocol.config_file import validate_config
+from o2o_protocol.messages import Event, Status, new_event_id
+from o2o_protocol.timeutil import rfc3339
+
+TOKEN = "t0ken-for-tests-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+KEY = Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Repository]:
+    r = Repository.from_url(f"sqlite:///{tmp_path / 'bridge.db'}")
+    r.create_tables()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def client(tmp_path: Path, repo: Repository) -> TestClient:
+    raw = {"store": "s1", "kiosks": ["k1", "k2"], "api": {"code_url": "https://shop.example/c/"}}
+    config = validate_config(tmp_path / "bridge.toml", raw, BridgeConfig)
+    return TestClient(create_app(config, repo, token=TOKEN, signing_key=KEY))
+
+
+def ev(type_: str, seq: int, ts: float, kiosk: str = "k1", **data: object) -> Event:
+    return Event(
+        id=new_event_id(), seq=seq, type=type_, ts=rfc3339(ts), store="s1", kiosk=kiosk, data=data
+    )
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/stats", "/api/v1/kiosks"])
+def test_api_needs_the_token(client: TestClient, path: str) -> None:
+    assert client.get(path).status_code == 401
+    assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get(path, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+    assert client.get(path, headers=AUTH).status_code == 200
+    assert client.post("/api/v1/codes", json={"type": "member"}).status_code == 401
+
+
+def test_events_newest_first_with_filters(client: TestClient, repo: Repository) -> None:
+    now = time.time()
+    repo.add_events(
+        [
+            ev("checkin", 1, now - 7200),
+            ev("scan.rejected", 2, now - 60, reason="expired"),
+            ev("checkin", 1, now - 30, kiosk="k2"),
+        ]
+    )
+    body = client.get("/api/v1/events", headers=AUTH).json()
+    assert [(e["type"], e["kiosk"]) for e in body["events"]] == [
+        ("checkin", "k2"),
+        ("scan.rejected", "k1"),
+        ("checkin", "k1"),
+    ]
+    first = body["events"][1]
+    assert set(first) >= {"id", "seq", "type", "ts", "store", "kiosk", "data", "received_at"}
+    assert first["data"] == {"reason": "expired"}
+
+    def types(**params: object) -> list[str]:
+        r = client.get("/api/v1/events", headers=AUTH, params=params)
+        assert r.status_code == 200, r.text
+        return [e["type"] for e in r.json()["events"]]
+
+    assert types(type="checkin") == ["checkin", "checkin"]
+    assert types(kiosk="k1", limit=1) == ["scan.rejected"]
+    assert types(since="-1h") == ["checkin", "scan.rejected"]
+    assert types(since=datetime.now(UTC).isoformat()) == []
+    assert client.get("/api/v1/events?since=yesterday", headers=AUTH).status_code == 422
+    assert client.get("/api/v1/events?limit=0", headers=AUTH).status_code == 422
+
+
+def test_stats_and_kiosks(client: TestClient, repo: Repository) -> None:
+    now = time.time()
+    repo.add_events(
+        [
+            ev("checkin", 1, now),
+            ev("coupon.redeemed", 2, now),
+            ev("scan.rejected", 3, now, reason="already_used"),
+        ]
+    )
+    repo.set_status("s1", "k1", Status(online=True, outbox=2), seen=datetime.now(UTC))
+    stats = client.get("/api/v1/stats", headers=AUTH).json()
+    assert (stats["checkins"], stats["redemptions"], stats["rejected"]) == (1, 1, 1)
+    assert stats["rejections"] == {"already_used": 1}
+    kiosks = {k["kiosk"]: k for k in client.get("/api/v1/kiosks", headers=AUTH).json()["kiosks"]}
+    assert kiosks["k1"]["online"] is True and kiosks["k1"]["status"]["outbox"] == 2
+    assert kiosks["k1"]["last_seen"] is not None
+    assert kiosks["k2"] == {
+        "store": "s1",
+        "kiosk": "k2",
+        "online": False,
+        "last_seen": None,
+        "status": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "member", "name": "小明"},
+        {"type": "coupon", "campaign": "spring", "value": "¥10 off"},
+        {"type": "pickup", "order": "A12"},
+        {"type": "staff", "id": "alice"},
+        {"type": "reservation", "at": "+2h", "service": "haircut"},
+    ],
+)
+def test_post_codes_gives_codes_a_kiosk_accepts(client: TestClient, body: dict[str, str]) -> None:
+    r = client.post("/api/v1/codes", headers=AUTH, json=body)
+    assert r.status_code == 201, r.text
+    out = r.json()
+    keys = {key_id(KEY.public_key()): KEY.public_key()}
+    code = verify_code(out["code"], keys, store="s1", now=time.time())
+    assert isinstance(code, Code), code
+    assert code.id == out["id"]
+    assert out["url"] == "https://shop.example/c/" + out["code"]
+    assert isinstance(verify_code(out["url"], keys, store="s1", now=time.time()), Code)
+
+
+def test_post_codes_refuses_bad_requests(client: TestClient) -> None:
+    assert client.post("/api/v1/codes", headers=AUTH, json={"type": "pickup"}).status_code == 422
+    assert client.post("/api/v1/codes", headers=AUTH, json={"type": "gold"}).status_code == 422
+    r = client.post("/api/v1/codes", headers=AUTH, json={"type": "member", "colour": "red"})
+    assert r.status_code == 422
+
+
+def test_dashboard_health_and_openapi_are_public(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/api/v1/" in page.text and "localStorage" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN
+    assert client.get("/health").json()["status"] == "ok"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/v1/events", "/api/v1/stats", "/api/v1/kiosks", "/api/v1/codes"} <= set(paths)

@@ -1,0 +1,175 @@
+"""The bridge's database keeps each event exactly once, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from cloud_bridge.db import Repository
+from o2o_protocol.messages import Event, Status, new_event_id
+from o2o_protocol.timeutil import rfc3339
+
+
+def make_events(n: int, *, kiosk: str = "k1", store: str = "s1", **data: object) -> list[Event]:
+    now = time.time()
+    return [
+        Event(
+            id=new_event_id(),
+            seq=i + 1,
+            type="checkin",
+            ts=rfc3339(now + i / 1000),
+            store=store,
+            kiosk=kiosk,
+            data=dict(data),
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'bridge.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    r = Repository.from_url(url)
+    r.create_tables()
+    with r.engine.begin() as conn:  # the PostgreSQL database is shared by the session
+        conn.execute(text("DELETE FROM events"))
+        conn.execute(text("DELETE FROM kiosks"))
+    yield r
+    r.close()
+
+
+def test_an_event_sent_again_is_stored_once(repo: Repository) -> None:
+    events = make_events(3)
+    assert repo.add_events(events) == [e.id for e in events]
+    assert repo.add_events(events) == []
+    # The same id twice in one batch, plus one new event.
+    extra = make_events(1)
+    assert repo.add_events([extra[0], extra[0], events[0]]) == [extra[0].id]
+    assert repo.count_events() == 4
+
+
+def test_events_round_trip_as_envelopes(repo: Repository) -> None:
+    e = Event(
+        id=new_event_id(),
+        seq=7,
+        type="scan.rejected",
+        ts="2026-03-01T09:30:00.250+08:00",
+        store="s1",
+        kiosk="k1",
+        data={"reason": "expired", "名": "小明"},
+    )
+    repo.add_events([e])
+    [stored] = repo.events()
+    assert stored.envelope() == {
+        "id": e.id,
+        "seq": 7,
+        "type": "scan.rejected",
+        "ts": "2026-03-01T01:30:00.250Z",  # stored as UTC
+        "store": "s1",
+        "kiosk": "k1",
+        "data": {"reason": "expired", "名": "小明"},
+    }
+    assert stored.ts.tzinfo is not None
+
+
+def test_filters_and_newest_first(repo: Repository) -> None:
+    a = make_events(3, kiosk="k1")
+    b = make_events(2, kiosk="k2")
+    repo.add_events(a + b)
+    newest = repo.events(limit=10)
+    assert [e.ts for e in newest] == sorted((e.ts for e in newest), reverse=True)
+    assert {e.id for e in repo.events(kiosk="k2")} == {e.id for e in b}
+    assert len(repo.events(limit=2)) == 2
+    future = datetime.now(UTC) + timedelta(hours=1)
+    assert repo.events(since=future) == []
+
+
+def test_today_stats_counts_by_type_and_reason(repo: Repository) -> None:
+    now = time.time()
+
+    def ev(type_: str, **data: object) -> Event:
+        return Event(
+            id=new_event_id(), seq=1, type=type_, ts=rfc3339(now), store="s1", kiosk="k1", data=data
+        )
+
+    old = Event(
+        id=new_event_id(), seq=1, type="checkin", ts=rfc3339(now - 3 * 86400), store="s1", kiosk="k1"
+    )
+    repo.add_events(
+        [
+            ev("checkin"),
+            ev("checkin"),
+            ev("coupon.redeemed"),
+            ev("scan.rejected", reason="expired"),
+            ev("scan.rejected", reason="expired"),
+            ev("scan.rejected", reason="already_used"),
+            old,
+        ]
+    )
+    repo.set_status("s1", "k1", Status(online=True, ts=rfc3339(now)), seen=datetime.now(UTC))
+    stats = repo.today_stats("s1")
+    assert stats["checkins"] == 2
+    assert stats["redemptions"] == 1
+    assert stats["rejected"] == 3
+    assert stats["rejections"] == {"already_used": 1, "expired": 2}
+    assert stats["events"] == 6
+    assert stats["kiosks_online"] == 1
+    assert repo.today_stats("other")["events"] == 0
+
+
+def test_status_keeps_last_seen_when_the_will_arrives(repo: Repository) -> None:
+    seen = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+    repo.set_status("s1", "k1", Status(online=True, outbox=3), seen=seen)
+    repo.set_status("s1", "k1", Status(online=False), seen=None)
+    [k] = repo.kiosks("s1")
+    assert (k.online, k.last_seen, k.last_status) == (False, seen, {"online": False})
+
+
+def test_two_concurrent_writers_store_each_id_once(repo: Repository) -> None:
+    """Two bridge workers receiving the same re-sent batch at the same moment."""
+    events = make_events(300)
+    # A second writer with its own engine, as a second bridge process would have.
+    other = Repository.from_url(repo.engine.url.render_as_string(hide_password=False))
+    barrier = threading.Barrier(2)
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def write(r: Repository, batch: list[Event]) -> None:
+        try:
+            barrier.wait()
+            for i in range(0, len(batch), 20):
+                results.append(r.add_events(batch[i : i + 20]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=write, args=(repo, events)),
+        threading.Thread(target=write, args=(other, list(reversed(events)))),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    stored = [i for r in results for i in r]
+    assert sorted(stored) == sorted(e.id for e in events)  # each new exactly once
+    assert repo.count_events() == 300
+    other.close()
+
+
+def test_sqlite_uses_wal(tmp_path: Path) -> None:
+    r = Repository.from_url(f"sqlite:///{tmp_path / 'sub' / 'b.db'}")
+    r.create_tables()
+    with r.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    r.close()
+

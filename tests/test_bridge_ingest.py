@@ -1,0 +1,247 @@
+"""Ingest against a real Mosquitto: a kiosk publishes events, the bridge stores and acks.
+
+What a kiosk relies on: an ack names an event only once it is stored; a re-sent event is
+acked again but stored once; junk on the wire costs nothing but itself.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from cloud_bridge.config import BridgeConfig
+from cloud_bridge.db import Repository
+from cloud_bridge.ingest import Ingest
+from o2o_protocol.config_file import validate_config
+from o2o_protocol.messages import Event, dumps, new_event_id
+from o2o_protocol.timeutil import rfc3339
+from o2o_protocol.topics import kiosk_topic, stats_topic
+from tests.support import MosquittoBroker
+
+STORE = "s1"
+
+
+class Peer:
+    """A plain MQTT client standing in for a kiosk or a dashboard."""
+
+    def __init__(self, broker: MosquittoBroker, *subscriptions: str) -> None:
+        self.messages: queue.Queue[tuple[str, Any, bool]] = queue.Queue()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"peer-{uuid.uuid4().hex[:8]}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.client.on_message = lambda _c, _u, m: self.messages.put(
+            (m.topic, json.loads(m.payload), bool(m.retain))
+        )
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        for topic in subscriptions:
+            _, mid = self.client.subscribe(topic, qos=1)
+        time.sleep(0.2)  # let the SUBACKs arrive before anything is published
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def next(self, timeout: float = 5.0) -> tuple[str, Any, bool]:
+        return self.messages.get(timeout=timeout)
+
+    def nothing(self, wait: float = 0.5) -> bool:
+        try:
+            self.messages.get(timeout=wait)
+        except queue.Empty:
+            return True
+        return False
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def events(n: int, *, kiosk: str = "k1", store: str = STORE, start_seq: int = 1) -> list[Event]:
+    return [
+        Event(
+            id=new_event_id(),
+            seq=start_seq + i,
+            type="checkin",
+            ts=rfc3339(time.time()),
+            store=store,
+            kiosk=kiosk,
+            data={"member_id": f"u{i}"},
+        )
+        for i in range(n)
+    ]
+
+
+def make_config(tmp_path: Path, broker: MosquittoBroker, **mqtt: Any) -> BridgeConfig:
+    raw = {
+        "store": STORE,
+        "kiosks": ["k1"],
+        "mqtt": {"url": broker.url, "client_id": f"bridge-{uuid.uuid4().hex[:8]}", **mqtt},
+    }
+    return validate_config(tmp_path / "bridge.toml", raw, BridgeConfig)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Repository]:
+    r = Repository.from_url(f"sqlite:///{tmp_path / 'bridge.db'}")
+    r.create_tables()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def bridge(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, repo: Repository
+) -> Iterator[Ingest]:
+    ingest = Ingest(make_config(tmp_path, mosquitto_broker), repo, stats_interval_s=0.2)
+    ingest.start()
+    assert ingest.wait_ready(10), "bridge did not subscribe"
+    yield ingest
+    ingest.stop()
+
+
+@pytest.fixture
+def kiosk(mosquitto_broker: MosquittoBroker) -> Iterator[Peer]:
+    peer = Peer(mosquitto_broker, kiosk_topic(STORE, "k1", "acks"))
+    yield peer
+    peer.close()
+
+
+EVENTS_K1 = kiosk_topic(STORE, "k1", "events")
+
+
+def test_batch_is_acked_after_it_is_stored_and_resend_is_stored_once(
+    bridge: Ingest, kiosk: Peer, repo: Repository
+) -> None:
+    batch = events(3)
+    kiosk.publish(EVENTS_K1, dumps(batch))
+    topic, ack, _ = kiosk.next()
+    assert topic == kiosk_topic(STORE, "k1", "acks")
+    assert ack == {"ids": [e.id for e in batch]}
+    assert {e.id for e in repo.events()} == {e.id for e in batch}  # stored before the ack
+
+    # The kiosk did not see the ack (say) and sends the same events again, one at a time.
+    for e in batch:
+        kiosk.publish(EVENTS_K1, dumps(e))
+    acked = [kiosk.next()[1]["ids"] for _ in batch]
+    assert sorted(i for ids in acked for i in ids) == sorted(e.id for e in batch)
+    assert repo.count_events() == 3
+
+
+def test_junk_is_dropped_and_good_events_still_flow(
+    bridge: Ingest, kiosk: Peer, repo: Repository
+) -> None:
+    for junk in (b"not json", b"\xff\xfe", b'{"id": 1}', b"[]", b"42", b'[{"seq": 1}]'):
+        kiosk.publish(EVENTS_K1, junk)
+    good, mixed_good = events(1), events(1, start_seq=2)
+    kiosk.publish(EVENTS_K1, dumps(good[0]))
+    assert kiosk.next()[1] == {"ids": [good[0].id]}
+    # One broken element does not cost its neighbours their delivery.
+    mixed = b"[" + dumps(mixed_good[0]) + b',{"id":"x","seq":"no"}]'
+    kiosk.publish(EVENTS_K1, mixed)
+    assert kiosk.next()[1] == {"ids": [mixed_good[0].id]}
+    assert repo.count_events() == 2
+    assert bridge.ready  # nothing above broke the network thread
+
+
+def test_a_kiosk_cannot_speak_for_another(bridge: Ingest, kiosk: Peer, repo: Repository) -> None:
+    foreign = events(1, kiosk="k2")[0]
+    other_store = events(1, store="s2")[0]
+    own = events(1)[0]
+    kiosk.publish(EVENTS_K1, dumps([foreign, other_store, own]))
+    assert kiosk.next()[1] == {"ids": [own.id]}
+    assert [e.id for e in repo.events()] == [own.id]
+    # Only a refused envelope: no ack at all, nothing stored.
+    kiosk.publish(EVENTS_K1, dumps(foreign))
+    assert kiosk.nothing()
+    assert repo.count_events() == 1
+
+
+def test_stats_are_published_retained(
+    bridge: Ingest, kiosk: Peer, mosquitto_broker: MosquittoBroker
+) -> None:
+    kiosk.publish(EVENTS_K1, dumps(events(2)))
+    kiosk.next()
+    deadline = time.monotonic() + 5
+    while True:  # a dashboard that connects later still gets today's figures at once
+        dashboard = Peer(mosquitto_broker, stats_topic(STORE))
+        try:
+            topic, stats, retained = dashboard.next()
+        finally:
+            dashboard.close()
+        if stats["checkins"] == 2 or time.monotonic() > deadline:
+            break
+    assert (topic, retained) == (stats_topic(STORE), True)
+    assert stats["checkins"] == 2 and stats["store"] == STORE
+
+
+def test_status_updates_the_kiosk_table(bridge: Ingest, kiosk: Peer, repo: Repository) -> None:
+    status = kiosk_topic(STORE, "k1", "status")
+    kiosk.client.publish(status, json.dumps({"online": True, "outbox": 0}), qos=1, retain=True)
+    deadline = time.monotonic() + 5
+    while not repo.kiosks(STORE) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [k] = repo.kiosks(STORE)
+    assert k.online and k.last_seen is not None
+    kiosk.publish(status, b'{"online": false}')  # the Last Will
+    while repo.kiosks(STORE)[0].online and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not repo.kiosks(STORE)[0].online
+
+
+def test_events_sent_while_the_bridge_is_down_arrive_after_restart(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, repo: Repository, kiosk: Peer
+) -> None:
+    """The broker keeps the bridge's session: a bridge restart loses nothing queued."""
+    config = make_config(tmp_path, mosquitto_broker)
+    first = Ingest(config, repo)
+    first.start()
+    assert first.wait_ready(10)
+    first.stop()
+    batch = events(5)
+    for e in batch:
+        kiosk.publish(EVENTS_K1, dumps(e))
+    again = Ingest(config, repo)
+    again.start()
+    try:
+        acked: set[str] = set()
+        while len(acked) < 5:
+            acked.update(kiosk.next()[1]["ids"])
+        assert acked == {e.id for e in batch}
+        assert repo.count_events() == 5
+    finally:
+        again.stop()
+
+
+def test_shared_subscription_workers_store_each_event_once(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, repo: Repository, kiosk: Peer
+) -> None:
+    workers = [
+        Ingest(make_config(tmp_path, mosquitto_broker, shared_group="bridges"), repo)
+        for _ in range(2)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        assert all(w.wait_ready(10) for w in workers)
+        batch = events(20)
+        for e in batch:
+            kiosk.publish(EVENTS_K1, dumps(e))
+        acked: list[str] = []
+        while len(acked) < 20:
+            acked.extend(kiosk.next()[1]["ids"])
+        assert sorted(acked) == sorted(e.id for e in batch)  # each acked once: split, not doubled
+        assert repo.count_events() == 20
+    finally:
+        for w in workers:
+            w.stop()
