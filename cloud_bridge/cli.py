@@ -341,8 +341,9 @@ def _parse_hostport(text: str) -> tuple[str, int]:
 def cmd_run(args: argparse.Namespace) -> int:
     from cloud_bridge.service import run_service
 
+    listen = _parse_hostport(args.http) if args.http else None
     config = load_config(args.config)
-    host, port = _parse_hostport(args.http) if args.http else (config.http.host, config.http.port)
+    host, port = listen or (config.http.host, config.http.port)
     return run_service(config, host, port, config_path=args.config)
 
 

@@ -158,8 +158,13 @@ def test_issue_from_the_shop_directory_by_default(shop: Path) -> None:
     ],
 )
 def test_bad_command_lines_exit_2_with_one_line(
-    shop: Path, capsys: pytest.CaptureFixture[str], args: list[str], expect: str
+    shop: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    expect: str,
 ) -> None:
+    monkeypatch.chdir(shop)
     try:
         status = main(args)
     except SystemExit as exc:
