@@ -53,7 +53,11 @@ def test_init_writes_files_that_load(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert "bridge.toml" in out and "o2o-bridge run" in out and "o2o-kiosk run" in out
     config = load_config(target / "bridge.toml")
-    assert (config.store, config.kiosks, config.mqtt.url) == ("demo", ["door1"], "mqtt://127.0.0.1:1883")
+    assert (config.store, config.kiosks, config.mqtt.url) == (
+        "demo",
+        ["door1"],
+        "mqtt://127.0.0.1:1883",
+    )
     assert config.db.url == f"sqlite:///{(target / 'bridge.db').resolve()}"
     for secret in ("signing.key", "api.token"):
         assert stat.S_IMODE(os.stat(target / secret).st_mode) == 0o600
@@ -98,6 +102,7 @@ def test_every_code_type_verifies_with_the_kiosks_keys(
         "staff": (["--id", "alice"], CodeType.STAFF),
         "reservation": (["--at", "+2h", "--service", "cut"], CodeType.RESERVATION),
     }
+    codes: dict[str, Code] = {}
     for name, (args, type_) in cases.items():
         out = issue(shop, capsys, name, *args)
         code = verify_code(str(out["code"]), keys, store="s1", now=now)
@@ -105,8 +110,11 @@ def test_every_code_type_verifies_with_the_kiosks_keys(
         assert code.type is type_ and code.id == out["id"]
         if type_ in (CodeType.COUPON, CodeType.PICKUP, CodeType.RESERVATION):
             assert code.payload.exp is not None and code.payload.exp > now + 86400
-    assert verify_code(str(issue(shop, capsys, "member", "--id", "u1")["code"]), keys,
-                       store="s1", now=now).payload.n is None  # type: ignore[union-attr]
+        codes[name] = code
+    assert codes["member"].payload.n == "小明"
+    assert (codes["coupon"].payload.cp, codes["coupon"].payload.v) == ("spring", "¥10 off")
+    assert codes["pickup"].payload.o == "A12"
+    assert codes["reservation"].payload.sv == "cut"
 
 
 def test_expired_and_not_yet_valid(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:

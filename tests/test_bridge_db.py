@@ -102,7 +102,12 @@ def test_today_stats_counts_by_type_and_reason(repo: Repository) -> None:
         )
 
     old = Event(
-        id=new_event_id(), seq=1, type="checkin", ts=rfc3339(now - 3 * 86400), store="s1", kiosk="k1"
+        id=new_event_id(),
+        seq=1,
+        type="checkin",
+        ts=rfc3339(now - 3 * 86400),
+        store="s1",
+        kiosk="k1",
     )
     repo.add_events(
         [
@@ -172,4 +177,3 @@ def test_sqlite_uses_wal(tmp_path: Path) -> None:
     with r.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     r.close()
-

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,11 +44,13 @@ class Peer:
         self.client.on_message = lambda _c, _u, m: self.messages.put(
             (m.topic, json.loads(m.payload), bool(m.retain))
         )
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_args: subscribed.set()
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
-        for topic in subscriptions:
-            _, mid = self.client.subscribe(topic, qos=1)
-        time.sleep(0.2)  # let the SUBACKs arrive before anything is published
+        if subscriptions:
+            self.client.subscribe([(t, 1) for t in subscriptions])
+            assert subscribed.wait(5), "no SUBACK"
 
     def publish(self, topic: str, payload: bytes) -> None:
         self.client.publish(topic, payload, qos=1).wait_for_publish(5)
@@ -100,9 +103,7 @@ def repo(tmp_path: Path) -> Iterator[Repository]:
 
 
 @pytest.fixture
-def bridge(
-    tmp_path: Path, mosquitto_broker: MosquittoBroker, repo: Repository
-) -> Iterator[Ingest]:
+def bridge(tmp_path: Path, mosquitto_broker: MosquittoBroker, repo: Repository) -> Iterator[Ingest]:
     ingest = Ingest(make_config(tmp_path, mosquitto_broker), repo, stats_interval_s=0.2)
     ingest.start()
     assert ingest.wait_ready(10), "bridge did not subscribe"

@@ -136,11 +136,16 @@ def test_mutated_tokens_are_refused_never_raise(data: st.DataObject) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.text(max_size=5), st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
-    max_leaves=8,
-)))
+@given(
+    st.dictionaries(
+        st.text(max_size=5),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+            max_leaves=8,
+        ),
+    )
+)
 def test_signed_but_arbitrary_json_never_raises(body: dict[str, object]) -> None:
     payload = b64url_encode(json.dumps(body).encode())
     signed = f"O2O1.{payload}"

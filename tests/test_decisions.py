@@ -21,8 +21,13 @@ def code(t: str, id: str, **fields: object) -> Code:
 
 
 def test_member_checkin_earns_points_and_names_the_member() -> None:
-    d = decide(code("m", "u1", n="Ann"), Facts(member_visits=2, member_points=20), RULES,
-               now=NOW, today="2026-11-26")
+    d = decide(
+        code("m", "u1", n="Ann"),
+        Facts(member_visits=2, member_points=20),
+        RULES,
+        now=NOW,
+        today="2026-11-26",
+    )
     assert d.event_type is EventType.CHECKIN and d.accepted
     assert d.data["name"] == "Ann" and d.data["visits"] == 3 and d.data["points"] == 30
     assert d.member_visit is not None and d.member_visit.points == 30
@@ -67,8 +72,9 @@ def test_rejection_carries_its_reason_and_claimed_id() -> None:
 def test_reservation_timing() -> None:
     def timing(offset_min: float) -> str:
         c = code("r", "rv1", at=int(NOW - offset_min * 60), sv="haircut")
-        d = decide(c, Facts(), Rules(reservation_early_min=10, reservation_late_min=5),
-                   now=NOW, today="d")
+        d = decide(
+            c, Facts(), Rules(reservation_early_min=10, reservation_late_min=5), now=NOW, today="d"
+        )
         assert d.event_type is EventType.RESERVATION_ARRIVED and d.data["service"] == "haircut"
         return str(d.data["timing"])
 

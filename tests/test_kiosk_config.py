@@ -33,10 +33,10 @@ def test_minimal_config_loads_with_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "key", "words"),
     [
-        ("[mqtt]\nurl = \"http://x\"", "mqtt.url", "mqtt://host:port"),
+        ('[mqtt]\nurl = "http://x"', "mqtt.url", "mqtt://host:port"),
         ("[rules]\npoints_per_vist = 3", "rules.points_per_vist", "unknown key"),
         ("[rules]\npoints_per_visit = -1", "rules.points_per_visit", "greater than or equal"),
-        ("[camera]\ntype = \"webcam\"", "camera.type", "v4l2"),
+        ('[camera]\ntype = "webcam"', "camera.type", "v4l2"),
     ],
 )
 def test_bad_values_name_file_key_and_problem(

@@ -31,8 +31,10 @@ def test_recorded_outcome_survives_reopen_with_gapless_seq(tmp_path: Path) -> No
     s = open_store(tmp_path)
     ids = []
     for i in range(3):
-        rec = s.record(Decision(EventType.COUPON_REDEEMED, {"coupon_id": f"c{i}"},
-                                redeem_coupon=f"c{i}"), time.time())
+        rec = s.record(
+            Decision(EventType.COUPON_REDEEMED, {"coupon_id": f"c{i}"}, redeem_coupon=f"c{i}"),
+            time.time(),
+        )
         ids.append(rec.event.id)
     s.close()
     s2 = open_store(tmp_path)
