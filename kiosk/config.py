@@ -66,6 +66,13 @@ class RulesSection(_Section):
     quiet_window_s: Annotated[float, Field(ge=0, le=60)] = 3.0
     reservation_early_min: Annotated[int, Field(ge=0)] = 15
     reservation_late_min: Annotated[int, Field(ge=0)] = 15
+    #: Code types this kiosk serves (m member, c coupon, p pickup, s staff, r reservation);
+    #: others are refused with `not_allowed` (a shop without lockers drops "p").
+    accept: list[Literal["m", "c", "p", "s", "r"]] = ["m", "c", "p", "s", "r"]
+    #: How long a staff code keeps the kiosk in staff mode.
+    staff_session_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    #: Days of event history kept on the kiosk (events not yet acked are always kept).
+    history_days: Annotated[int, Field(ge=1, le=3650)] = 90
 
 
 class CameraSection(_Section):
@@ -75,24 +82,85 @@ class CameraSection(_Section):
 
 
 class LockerSection(_Section):
+    """One locker door: its size and the two GPIO pins wired to it (BCM numbers or names)."""
+
     size: Literal["S", "M", "L"] = "M"
+    #: Drives the latch relay. Optional for simulated lockers (mock pins are picked).
     relay_pin: int | str | None = None
+    #: Reads the door switch: closed while the door is shut (normally-open reed switch).
     door_pin: int | str | None = None
 
 
 class LockersSection(_Section):
+    """The locker bank; lockers are numbered 1..n in the order of `bank`."""
+
     type: Literal["simulated", "gpio"] = "simulated"
+    #: Relay boards differ: many cheap modules switch on a LOW input (active_high = false).
     active_high: bool = True
+    #: Door switch wired to ground with the Pi's pull-up (true), or to 3.3 V with a pull-down.
+    #: With a pull-up a cut wire reads "open", so a broken sensor is noticed, never trusted.
+    door_pull_up: bool = True
+    #: Switch debounce; a latch spring can rattle the reed switch.
+    door_bounce_s: Annotated[float, Field(ge=0, le=1)] = 0.05
+    #: How long the latch relay is powered for one unlock.
     pulse_s: Annotated[float, Field(gt=0, le=10)] = 0.5
+    #: How long after the pulse starts the door must read open, else `door_not_opened`.
     door_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    #: What an unlock does when the door sensor cannot be trusted (the door already reads
+    #: open, or it has not reported open after `sensor_fault_after` pulses in a row):
+    #: "trust_relay" pulses and reports the door opened (unconfirmed), so a broken sensor
+    #: never traps a customer's goods; "refuse" reports `sensor_fault` and leaves it to staff.
+    sensor_fault_policy: Literal["trust_relay", "refuse"] = "trust_relay"
+    #: Unlocks in a row without the door reading open before the sensor is suspected.
+    sensor_fault_after: Annotated[int, Field(ge=1, le=10)] = 2
+    #: Simulated lockers only: the door "springs open" this long after the relay fires...
+    sim_open_delay_s: Annotated[float, Field(ge=0, le=10)] = 0.1
+    #: ...and is "closed" by the simulated customer this long after it opened.
+    sim_close_after_s: Annotated[float, Field(ge=0, le=600)] = 3.0
     bank: list[LockerSection] = Field(default_factory=lambda: [LockerSection() for _ in range(4)])
+
+    @model_validator(mode="after")
+    def _distinct_pins(self) -> LockersSection:
+        seen: dict[str, str] = {}
+        for i, locker in enumerate(self.bank):
+            for role in ("relay_pin", "door_pin"):
+                pin = getattr(locker, role)
+                if pin is None:
+                    continue
+                key = str(pin).upper().removeprefix("GPIO").removeprefix("BCM")
+                if key in seen:
+                    raise ValueError(f"bank[{i}].{role} = {pin!r} is also {seen[key]}")
+                seen[key] = f"bank[{i}].{role}"
+        return self
 
 
 class PrinterSection(_Section):
+    """The receipt printer: ESC/POS over a serial port (the Pi's UART or USB serial)."""
+
     type: Literal["simulated", "serial", "none"] = "simulated"
+    #: /dev/serial0 is the Pi's UART on GPIO 14/15; a USB printer is usually /dev/ttyUSB0.
     port: str = "/dev/serial0"
-    baudrate: int = 19200
+    baudrate: Annotated[int, Field(ge=1200, le=921600)] = 19200
+    #: Text encoding the printer expects: gb18030 / gbk for Chinese printers (sent in the
+    #: printer's Chinese mode), big5, shift_jis; or a single-byte page such as cp437.
     codepage: str = "gb18030"
+    #: Characters per line: 32 on 58 mm paper, 48 on 80 mm.
+    width: Annotated[int, Field(ge=16, le=64)] = 32
+    #: How long to wait for the printer's answer to a status query before calling it offline.
+    status_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.5
+    #: Next-visit coupon: a link printed as a QR on every receipt ("" = off). A kiosk
+    #: cannot sign codes (DESIGN §3), so this is the shop's online page that hands one out.
+    next_visit_url: str = ""
+
+    @field_validator("codepage")
+    @classmethod
+    def _codepage(cls, v: str) -> str:
+        import codecs
+
+        try:
+            return codecs.lookup(v).name
+        except LookupError:
+            raise ValueError(f"unknown codepage {v!r} (try gb18030 or cp437)") from None
 
 
 class UiSection(_Section):

@@ -1,114 +1,41 @@
-"""The kiosk's durable store: outbox, redeemed coupons, members, revocations, commands.
+"""The kiosk's durable store: outbox, history, coupons, members, preorders, lockers.
 
-TinyDB behind one repository class. Every change a scan causes (the event in the
-outbox, the coupon marked used, the member's visit) lands in ONE durable write, and that
-write is on disk (written to a temporary file, fsynced, renamed over the old one, the
-directory fsynced) before `record` returns: the customer never sees an outcome that a
-power cut could take back, and a torn write can never leave a half file behind.
+TinyDB behind one repository class, on a journaled storage (`kiosk.journal`): every
+change a scan causes (the event in the outbox, the coupon marked used, the member's
+visit) lands in ONE fsynced journal line before `record` returns, so the customer never
+sees an outcome that a power cut could take back, and a write costs the same with a
+hundred or a hundred thousand events stored.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import logging
-import os
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinydb import TinyDB
-from tinydb.storages import Storage
 from tinydb.table import Document
 
-from kiosk.decisions import Decision, Facts
+from kiosk.decisions import Decision, Facts, Preorder
+from kiosk.journal import JournalDB, JournalStorage, StoreDamaged
 from o2o_protocol.codes import Code, CodeType
 from o2o_protocol.messages import Command, CommandName, Event, new_event_id
-from o2o_protocol.timeutil import rfc3339
+from o2o_protocol.timeutil import parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "kiosk.json"
 #: Revocations name a code id, whatever its type.
 REVOKED = "revoked"
+PRUNE_EVERY_S = 3600.0
 
 
 class StoreError(Exception):
     """The store could not be opened or written; nothing was recorded."""
-
-
-class AtomicJSONStorage(Storage):
-    """A TinyDB storage that keeps the data in memory and replaces the file atomically.
-
-    Inside `batch()` writes only touch memory; the batch ends with one durable write, so
-    several tables change together or not at all.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._data: dict[str, dict[str, Any]] | None = self._load()
-        self._depth = 0
-        self._dirty = False
-
-    def _load(self) -> dict[str, dict[str, Any]] | None:
-        tmp = self.path.with_suffix(".tmp")
-        if tmp.exists():  # a write that a power cut interrupted before its rename
-            tmp.unlink()
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise StoreError(f"{self.path}: store file is damaged ({exc})") from None
-        if not isinstance(data, dict):
-            raise StoreError(f"{self.path}: store file is damaged (not an object)")
-        return data
-
-    def read(self) -> dict[str, dict[str, Any]] | None:
-        return self._data
-
-    def write(self, data: dict[str, dict[str, Any]]) -> None:
-        self._data = data
-        if self._depth:
-            self._dirty = True
-        else:
-            self._flush()
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-        if self._depth == 0 and self._dirty:
-            self._dirty = False
-            self._flush()
-
-    def _flush(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        blob = json.dumps(self._data, separators=(",", ":"), ensure_ascii=False).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, blob)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -119,26 +46,64 @@ class Recorded:
     decision: Decision
 
 
+def _doc_id(key: str, namespace: str) -> int:
+    """A stable integer document id per (namespace, key), so lookups are O(1)."""
+    digest = hashlib.blake2b(f"{namespace}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
 class KioskStore:
     """Everything the kiosk must remember, behind small verbs. Thread-safe."""
 
-    def __init__(self, data_dir: Path, *, store: str, kiosk: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        store: str,
+        kiosk: str,
+        lockers: Iterable[tuple[int, str]] = (),
+        history_days: int = 90,
+    ) -> None:
         self.store_id, self.kiosk_id = store, kiosk
+        self.history_days = history_days
         self._lock = threading.RLock()
         try:
-            self._db = TinyDB(data_dir / DB_FILE, storage=AtomicJSONStorage)
+            self._db = JournalDB(data_dir / DB_FILE, storage=JournalStorage)
+        except StoreDamaged as exc:
+            raise StoreError(str(exc)) from None
         except OSError as exc:
             raise StoreError(f"{data_dir}: cannot open the kiosk store ({exc})") from None
-        self._storage: AtomicJSONStorage = self._db.storage  # type: ignore[assignment]
-        self._outbox = self._db.table("outbox", cache_size=0)
-        self._redeemed = self._db.table("redeemed", cache_size=0)
-        self._revoked = self._db.table("revoked", cache_size=0)
-        self._members = self._db.table("members", cache_size=0)
-        self._meta = self._db.table("meta", cache_size=0)
+        self._storage: JournalStorage = self._db.storage  # type: ignore[assignment]
+        t = self._db.table
+        self._outbox = t("outbox", cache_size=0)
+        self._history = t("history", cache_size=0)
+        self._redeemed = t("redeemed", cache_size=0)
+        self._revoked = t("revoked", cache_size=0)
+        self._members = t("members", cache_size=0)
+        self._phones = t("phones", cache_size=0)
+        self._preorders = t("preorders", cache_size=0)
+        self._lockers = t("lockers", cache_size=0)
+        self._meta = t("meta", cache_size=0)
+        # Acks name event ids; the outbox is keyed by seq. Rebuilt on open, kept in step.
+        self._outbox_seq = {doc["id"]: doc.doc_id for doc in self._outbox}
+        self._sync_lockers(lockers)
+        self._last_prune = 0.0
+        self.prune(time.time())
+
+    def _sync_lockers(self, lockers: Iterable[tuple[int, str]]) -> None:
+        """The configured bank is the truth for sizes; occupancy survives restarts."""
+        with self._storage.batch():
+            for number, size in lockers:
+                doc = self._lockers.get(doc_id=number)
+                if doc is None or doc.get("size") != size:
+                    order = doc.get("order") if doc else None
+                    self._lockers.upsert(
+                        Document({"number": number, "size": size, "order": order}, number)
+                    )
 
     # --- reading what decisions need -------------------------------------------------
 
-    def facts_for(self, code: Code) -> Facts:
+    def facts_for(self, code: Code, *, staff: bool = False) -> Facts:
         """The few stored facts the pure decision needs about one verified code."""
         with self._lock:
             revoked = self._revoked.contains(doc_id=_doc_id(code.id, REVOKED))
@@ -151,48 +116,135 @@ class KioskStore:
                     return Facts(revoked=revoked)
                 return Facts(
                     revoked=revoked,
-                    member_visits=member["visits"],
-                    member_points=member["points"],
+                    member_visits=member.get("visits", 0),
+                    member_points=member.get("points", 0),
                     member_last_day=member.get("last_day"),
                 )
+            if code.type is CodeType.PICKUP:
+                order = code.payload.o or ""
+                free = self.free_lockers() if staff else ()
+                return Facts(revoked=revoked, preorder=self.preorder(order), free_lockers=free)
             return Facts(revoked=revoked)
+
+    def preorder(self, order: str) -> Preorder | None:
+        with self._lock:
+            doc = self._preorders.get(doc_id=_doc_id(order, "order"))
+        if doc is None:
+            return None
+        return Preorder(
+            order=doc["order"],
+            status=doc.get("status", "pending"),
+            size=doc.get("size", "M"),
+            name=doc.get("name"),
+            locker=doc.get("locker"),
+        )
+
+    def preorders(self, status: str | None = None) -> list[Preorder]:
+        with self._lock:
+            docs = list(self._preorders)
+        out = [self.preorder(d["order"]) for d in docs]
+        return [p for p in out if p is not None and (status is None or p.status == status)]
+
+    def free_lockers(self) -> tuple[tuple[int, str], ...]:
+        with self._lock:
+            return tuple((d["number"], d["size"]) for d in self._lockers if d.get("order") is None)
+
+    def locker_orders(self) -> dict[int, str | None]:
+        with self._lock:
+            return {d["number"]: d.get("order") for d in self._lockers}
+
+    def member_by_phone(self, hashed: str) -> str | None:
+        with self._lock:
+            doc = self._phones.get(doc_id=_doc_id(hashed, "phone"))
+        return doc["member_id"] if doc else None
 
     # --- recording outcomes ----------------------------------------------------------
 
     def record(self, decision: Decision, now: float) -> Recorded:
         """Write the outcome's event and its effects in one durable write."""
-        with self._lock, self._storage.batch():
-            seq = self._next_seq()
-            event = Event(
-                id=new_event_id(),
-                seq=seq,
-                type=decision.event_type.value,
-                ts=rfc3339(now),
-                store=self.store_id,
-                kiosk=self.kiosk_id,
-                data=decision.data,
-            )
-            self._outbox.insert(Document(event.model_dump(mode="json"), doc_id=seq))
-            if decision.redeem_coupon is not None:
-                doc = {"id": decision.redeem_coupon, "at": event.ts, "event": event.id}
-                self._redeemed.insert(
-                    Document(doc, doc_id=_doc_id(decision.redeem_coupon, CodeType.COUPON))
-                )
-            if decision.member_visit is not None:
-                visit = decision.member_visit
-                self._members.upsert(
-                    Document(
-                        {
-                            "id": visit.member_id,
-                            "name": visit.name,
-                            "visits": visit.visits,
-                            "points": visit.points,
-                            "last_day": visit.day,
-                        },
-                        doc_id=_doc_id(visit.member_id, CodeType.MEMBER),
-                    )
-                )
+        if decision.needs_unlock:
+            raise ValueError("a locker intent is not an outcome: call after_unlock first")
+        with self._lock:
+            try:
+                with self._storage.batch():
+                    event = self._write(decision, now)
+            except OSError as exc:
+                raise StoreError(f"could not record the outcome: {exc}") from exc
+            self._outbox_seq[event.id] = event.seq
+            if now - self._last_prune > PRUNE_EVERY_S:
+                self.prune(now)
         return Recorded(event=event, decision=decision)
+
+    def _write(self, decision: Decision, now: float) -> Event:
+        seq = self._next_seq()
+        event = Event(
+            id=new_event_id(),
+            seq=seq,
+            type=decision.event_type.value,
+            ts=rfc3339(now),
+            store=self.store_id,
+            kiosk=self.kiosk_id,
+            data=decision.data,
+        )
+        doc = event.model_dump(mode="json")
+        self._outbox.insert(Document(doc, doc_id=seq))
+        self._history.insert(Document(doc, doc_id=seq))
+        if decision.redeem_coupon is not None:
+            self._redeemed.upsert(
+                Document(
+                    {
+                        "id": decision.redeem_coupon,
+                        "at": event.ts,
+                        "event": event.id,
+                        "exp": decision.coupon_exp,
+                    },
+                    doc_id=_doc_id(decision.redeem_coupon, CodeType.COUPON),
+                )
+            )
+        if decision.member_visit is not None:
+            v = decision.member_visit
+            key = _doc_id(v.member_id, CodeType.MEMBER)
+            old: dict[str, Any] = self._members.get(doc_id=key) or {}
+            self._members.upsert(
+                Document(
+                    {
+                        **old,
+                        "id": v.member_id,
+                        "name": v.name or old.get("name"),
+                        "visits": v.visits,
+                        "points": v.points,
+                        "last_day": v.day,
+                    },
+                    doc_id=key,
+                )
+            )
+        if decision.new_member is not None:
+            m = decision.new_member
+            self._members.upsert(Document(m, doc_id=_doc_id(m["id"], CodeType.MEMBER)))
+            self._phones.upsert(
+                Document({"member_id": m["id"]}, doc_id=_doc_id(m["phone_hash"], "phone"))
+            )
+        if decision.preorder is not None:
+            self._set_preorder(
+                decision.preorder.order, decision.preorder.status, decision.preorder.locker
+            )
+        return event
+
+    def _set_preorder(self, order: str, status: str, locker: int | None) -> None:
+        key = _doc_id(order, "order")
+        old: dict[str, Any] = self._preorders.get(doc_id=key) or {"order": order}
+        previous: int | None = old.get("locker")
+        if previous is not None and previous != locker:
+            self._free_locker(previous, order)
+        if locker is not None:
+            doc = self._lockers.get(doc_id=locker) or {"number": locker, "size": "M"}
+            self._lockers.upsert(Document({**doc, "order": order}, doc_id=locker))
+        self._preorders.upsert(Document({**old, "status": status, "locker": locker}, key))
+
+    def _free_locker(self, number: int, order: str) -> None:
+        doc = self._lockers.get(doc_id=number)
+        if doc is not None and doc.get("order") == order:
+            self._lockers.upsert(Document({**doc, "order": None}, doc_id=number))
 
     def _next_seq(self) -> int:
         meta = self._meta.get(doc_id=1) or {"seq": 0, "last_cmd_seq": 0}
@@ -203,27 +255,70 @@ class KioskStore:
     # --- the outbox ------------------------------------------------------------------
 
     def pending(self, limit: int | None = None) -> list[Event]:
-        """Un-acked events, oldest first."""
+        """Un-acked events, oldest first (the outbox keeps insertion = seq order)."""
         with self._lock:
-            docs = sorted(self._outbox.all(), key=lambda d: d.doc_id)
-        if limit is not None:
-            docs = docs[:limit]
-        return [Event.model_validate(dict(d)) for d in docs]
+            raw = self._storage.table_data("outbox")
+            docs: list[dict[str, Any]] = []
+            for doc in raw.values():
+                if limit is not None and len(docs) >= limit:
+                    break
+                docs.append(doc)
+        return [Event.model_construct(**d) for d in docs]
 
     def ack(self, ids: Iterable[str]) -> int:
         """Drop acked events from the outbox; returns how many left it."""
-        wanted = set(ids)
-        if not wanted:
-            return 0
         with self._lock:
-            doc_ids = [d.doc_id for d in self._outbox.all() if d["id"] in wanted]
-            if doc_ids:
-                self._outbox.remove(doc_ids=doc_ids)
-        return len(doc_ids)
+            seqs = [s for s in (self._outbox_seq.get(i) for i in set(ids)) if s is not None]
+            if not seqs:
+                return 0
+            removed = self._outbox.remove(doc_ids=seqs)
+            for i in set(ids):
+                self._outbox_seq.pop(i, None)
+        return len(removed)
 
     def outbox_size(self) -> int:
         with self._lock:
-            return len(self._outbox)
+            return len(self._outbox_seq)
+
+    def history(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recent events, newest first (for staff and the self-test)."""
+        with self._lock:
+            raw = self._storage.table_data("history")
+            keys = list(raw)[-limit:]
+            return [dict(raw[k]) for k in reversed(keys)]
+
+    def history_size(self) -> int:
+        with self._lock:
+            return len(self._history)
+
+    # --- retention -------------------------------------------------------------------
+
+    def prune(self, now: float) -> int:
+        """Drop history older than `history_days` and coupons long expired.
+
+        Un-acked events live in the outbox, which is never pruned.
+        """
+        cutoff = now - self.history_days * 86400
+        with self._lock:
+            self._last_prune = now
+            old: list[int] = []
+            for key, doc in self._storage.table_data("history").items():
+                if parse_rfc3339(doc["ts"]).timestamp() >= cutoff:
+                    break  # history is in time order: the rest is newer
+                old.append(int(key))
+            expired = [
+                int(k)
+                for k, d in self._storage.table_data("redeemed").items()
+                if d.get("exp") is not None and d["exp"] < now - 86400
+            ]
+            if old or expired:
+                with self._storage.batch():
+                    if old:
+                        self._history.remove(doc_ids=old)
+                    if expired:
+                        self._redeemed.remove(doc_ids=expired)
+                log.info("pruned %d old events and %d expired coupons", len(old), len(expired))
+        return len(old) + len(expired)
 
     # --- commands from the bridge ----------------------------------------------------
 
@@ -231,30 +326,64 @@ class KioskStore:
     def last_cmd_seq(self) -> int:
         with self._lock:
             meta = self._meta.get(doc_id=1)
-            return int(meta["last_cmd_seq"]) if meta else 0
+            return int(meta.get("last_cmd_seq", 0)) if meta else 0
 
     def apply_command(self, cmd: Command) -> bool:
-        """Apply a command once, in order. Returns False for a repeat or an out-of-order one."""
+        """Apply a command's data changes once, in order.
+
+        Returns False for a repeat or an out-of-order one (the bridge re-sends those).
+        Device actions (`locker.open`) are the caller's, after this returns True.
+        """
         with self._lock, self._storage.batch():
             last = self.last_cmd_seq
             if cmd.seq != last + 1:
                 return False
-            if cmd.name == CommandName.CODE_REVOKE:
-                code_id = str(cmd.data.get("id", ""))
-                if code_id:
-                    self._revoked.upsert(Document({"id": code_id}, _doc_id(code_id, REVOKED)))
-            else:
-                log.info("command %s (seq %d) is not handled by this kiosk", cmd.name, cmd.seq)
+            self._apply_data(cmd)
             meta = self._meta.get(doc_id=1) or {"seq": 0}
             self._meta.upsert(Document({**meta, "last_cmd_seq": cmd.seq}, doc_id=1))
             return True
 
+    def _apply_data(self, cmd: Command) -> None:
+        d = cmd.data
+        if cmd.name == CommandName.CODE_REVOKE:
+            code_id = str(d.get("id", ""))
+            if code_id:
+                self._revoked.upsert(
+                    Document({"id": code_id, "at": rfc3339(time.time())}, _doc_id(code_id, REVOKED))
+                )
+        elif cmd.name == CommandName.PREORDER_UPSERT:
+            order = str(d.get("order", ""))
+            if order:
+                key = _doc_id(order, "order")
+                old = self._preorders.get(doc_id=key) or {"status": "pending", "locker": None}
+                size = str(d.get("size", old.get("size", "M"))).upper()
+                self._preorders.upsert(
+                    Document(
+                        {
+                            **old,
+                            "order": order,
+                            "size": size if size in "SML" else "M",
+                            "name": d.get("name", old.get("name")),
+                            "items": d.get("items", old.get("items")),
+                        },
+                        key,
+                    )
+                )
+        elif cmd.name == CommandName.PREORDER_CANCEL:
+            order = str(d.get("order", ""))
+            pre = self.preorder(order) if order else None
+            if pre is not None:
+                self._set_preorder(order, "cancelled", None)
+        elif cmd.name == CommandName.MEMBER_UPSERT:
+            member_id = str(d.get("id", ""))
+            if member_id:
+                key = _doc_id(member_id, CodeType.MEMBER)
+                member: dict[str, Any] = self._members.get(doc_id=key) or {"visits": 0}
+                fields = {k: d[k] for k in ("name", "points", "visits") if k in d}
+                self._members.upsert(Document({**member, "id": member_id, **fields}, key))
+        elif cmd.name != CommandName.LOCKER_OPEN:
+            log.info("command %s (seq %d) is not known to this kiosk", cmd.name, cmd.seq)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _doc_id(code_id: str, namespace: str) -> int:
-    """A stable integer document id per (namespace, code id), so lookups are O(1)."""
-    digest = hashlib.blake2b(f"{namespace}:{code_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1

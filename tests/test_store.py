@@ -1,4 +1,5 @@
-"""The kiosk store: outcomes durable before they are shown, acks empty the outbox."""
+"""The kiosk store: outcomes durable before they are shown, acks empty the outbox,
+power cuts never corrupt it, and old history goes away while un-acked events stay."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kiosk.decisions import Decision, MemberVisit
+from kiosk.decisions import Decision, MemberVisit, PreorderChange
 from kiosk.store import DB_FILE, KioskStore, StoreError
 from o2o_protocol.codes import Code, verify_code
 from o2o_protocol.messages import Command, EventType
@@ -17,86 +18,161 @@ from tests.keys import Issuer
 ISSUER = Issuer()
 
 
-def open_store(path: Path) -> KioskStore:
-    return KioskStore(path, store="s1", kiosk="k1")
+def open_store(path: Path, **kw: object) -> KioskStore:
+    return KioskStore(path, store="s1", kiosk="k1", **kw)  # type: ignore[arg-type]
 
 
-def coupon(id: str) -> Code:
-    c = verify_code(ISSUER.code("c", id), ISSUER.public_keys, store="s1", now=time.time())
+def code(t: str, id: str, **fields: object) -> Code:
+    c = verify_code(ISSUER.code(t, id, **fields), ISSUER.public_keys, store="s1", now=time.time())
     assert isinstance(c, Code)
     return c
 
 
+def redeem(s: KioskStore, cid: str, now: float | None = None) -> str:
+    d = Decision(
+        EventType.COUPON_REDEEMED,
+        {"coupon_id": cid},
+        redeem_coupon=cid,
+        coupon_exp=int(time.time()) + 3600,
+    )
+    return s.record(d, now or time.time()).event.id
+
+
 def test_recorded_outcome_survives_reopen_with_gapless_seq(tmp_path: Path) -> None:
     s = open_store(tmp_path)
-    ids = []
-    for i in range(3):
-        rec = s.record(
-            Decision(EventType.COUPON_REDEEMED, {"coupon_id": f"c{i}"}, redeem_coupon=f"c{i}"),
-            time.time(),
-        )
-        ids.append(rec.event.id)
+    ids = [redeem(s, f"c{i}") for i in range(3)]
     s.close()
     s2 = open_store(tmp_path)
     pending = s2.pending()
     assert [e.id for e in pending] == ids
     assert [e.seq for e in pending] == [1, 2, 3]
-    assert s2.facts_for(coupon("c1")).coupon_used_at is not None
-    assert s2.facts_for(coupon("zz")).coupon_used_at is None
-    # The next event continues the sequence without a gap.
+    assert s2.facts_for(code("c", "c1")).coupon_used_at is not None
+    assert s2.facts_for(code("c", "zz")).coupon_used_at is None
     assert s2.record(Decision(EventType.CHECKIN), time.time()).event.seq == 4
 
 
-def test_ack_removes_only_named_events(tmp_path: Path) -> None:
+def test_ack_removes_only_named_events_and_survives_reopen(tmp_path: Path) -> None:
     s = open_store(tmp_path)
     events = [s.record(Decision(EventType.CHECKIN), time.time()).event for _ in range(5)]
     assert s.ack([events[1].id, events[3].id, "unknown"]) == 2
+    assert s.ack([events[1].id]) == 0
     assert [e.id for e in s.pending()] == [events[i].id for i in (0, 2, 4)]
-    assert s.outbox_size() == 3
+    assert [e.id for e in s.pending(limit=2)] == [events[0].id, events[2].id]
+    s.close()
+    s2 = open_store(tmp_path)
+    assert s2.outbox_size() == 3
+    assert s2.history_size() == 5  # history keeps acked events too
 
 
 def test_member_visits_accumulate(tmp_path: Path) -> None:
     s = open_store(tmp_path)
     s.record(Decision(EventType.CHECKIN, member_visit=MemberVisit("u1", "Ann", 1, 10, "d1")), 0)
-    s.record(Decision(EventType.CHECKIN, member_visit=MemberVisit("u1", "Ann", 2, 20, "d2")), 0)
-    m = verify_code(ISSUER.code("m", "u1"), ISSUER.public_keys, store="s1", now=time.time())
-    assert isinstance(m, Code)
-    facts = s.facts_for(m)
+    s.record(Decision(EventType.CHECKIN, member_visit=MemberVisit("u1", None, 2, 20, "d2")), 0)
+    facts = s.facts_for(code("m", "u1"))
     assert (facts.member_visits, facts.member_points, facts.member_last_day) == (2, 20, "d2")
 
 
 def test_commands_apply_once_and_in_order(tmp_path: Path) -> None:
-    s = open_store(tmp_path)
-    revoke = Command(seq=1, name="code.revoke", data={"id": "c9"})
+    s = open_store(tmp_path, lockers=[(1, "S"), (2, "L")])
     assert s.apply_command(Command(seq=2, name="code.revoke", data={"id": "c8"})) is False
-    assert s.apply_command(revoke) is True
-    assert s.apply_command(revoke) is False
-    assert s.last_cmd_seq == 1
-    assert s.facts_for(coupon("c9")).revoked
-    assert not s.facts_for(coupon("c8")).revoked
+    assert s.apply_command(Command(seq=1, name="code.revoke", data={"id": "c9"})) is True
+    assert s.apply_command(Command(seq=1, name="code.revoke", data={"id": "c9"})) is False
+    assert s.apply_command(
+        Command(seq=2, name="preorder.upsert", data={"order": "A1", "size": "l", "name": "Li"})
+    )
+    assert s.apply_command(Command(seq=3, name="member.upsert", data={"id": "u5", "points": 40}))
+    assert s.last_cmd_seq == 3
+    assert s.facts_for(code("c", "c9")).revoked and not s.facts_for(code("c", "c8")).revoked
+    pre = s.preorder("A1")
+    assert pre is not None and (pre.status, pre.size, pre.name) == ("pending", "L", "Li")
+    assert s.facts_for(code("m", "u5")).member_points == 40
     s.close()
-    assert open_store(tmp_path).last_cmd_seq == 1
+    s2 = open_store(tmp_path, lockers=[(1, "S"), (2, "L")])
+    assert s2.last_cmd_seq == 3
+    assert s2.facts_for(code("p", "pk", o="A1"), staff=True).free_lockers == ((1, "S"), (2, "L"))
 
 
-def test_interrupted_write_leaves_the_last_good_state(tmp_path: Path) -> None:
+def test_order_moves_through_a_locker_and_frees_it(tmp_path: Path) -> None:
+    s = open_store(tmp_path, lockers=[(1, "M"), (2, "M")])
+    s.apply_command(Command(seq=1, name="preorder.upsert", data={"order": "A1"}))
+    s.record(Decision(EventType.LOCKER_LOADED, preorder=PreorderChange("A1", "ready", 2)), 0)
+    assert s.free_lockers() == ((1, "M"),)
+    assert s.locker_orders() == {1: None, 2: "A1"}
+    s.record(
+        Decision(EventType.PICKUP_COMPLETED, preorder=PreorderChange("A1", "picked_up", None)), 0
+    )
+    assert s.free_lockers() == ((1, "M"), (2, "M"))
+    pre = s.preorder("A1")
+    assert pre is not None and pre.status == "picked_up"
+
+
+def test_cancel_frees_the_locker(tmp_path: Path) -> None:
+    s = open_store(tmp_path, lockers=[(1, "M")])
+    s.apply_command(Command(seq=1, name="preorder.upsert", data={"order": "A1"}))
+    s.record(Decision(EventType.LOCKER_LOADED, preorder=PreorderChange("A1", "ready", 1)), 0)
+    s.apply_command(Command(seq=2, name="preorder.cancel", data={"order": "A1"}))
+    assert s.free_lockers() == ((1, "M"),)
+    pre = s.preorder("A1")
+    assert pre is not None and pre.status == "cancelled"
+
+
+def test_torn_journal_tail_is_dropped(tmp_path: Path) -> None:
     s = open_store(tmp_path)
-    s.record(Decision(EventType.CHECKIN), 0)
+    first = redeem(s, "c1")
     s.close()
-    # A power cut after writing the temporary file but before the rename.
-    (tmp_path / DB_FILE).with_suffix(".tmp").write_text('{"outbox": {"1": {"trunc')
+    journal = (tmp_path / DB_FILE).with_suffix(".journal")
+    with journal.open("ab") as f:  # the power went mid-append
+        f.write(b'{"c":[["outbox",{"2":{"id":"x","se')
     s2 = open_store(tmp_path)
-    assert s2.outbox_size() == 1
+    assert [e.id for e in s2.pending()] == [first]
+    second = redeem(s2, "c2")  # and the store keeps working after the cut-off
+    s2.close()
+    assert [e.id for e in open_store(tmp_path).pending()] == [first, second]
 
 
-def test_damaged_store_file_is_a_clear_error(tmp_path: Path) -> None:
+def test_interrupted_compaction_leaves_the_last_good_state(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    first = redeem(s, "c1")
+    s._storage.compact()
+    second = redeem(s, "c2")
+    s.close()
+    (tmp_path / DB_FILE).with_suffix(".tmp").write_text('{"outbox": {"1": {"trunc')
+    assert [e.id for e in open_store(tmp_path).pending()] == [first, second]
+
+
+def test_damaged_snapshot_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / DB_FILE).write_text("{not json")
     with pytest.raises(StoreError, match="damaged"):
         open_store(tmp_path)
 
 
-def test_store_file_is_plain_json_an_owner_can_inspect(tmp_path: Path) -> None:
+def test_write_cost_does_not_depend_on_the_store_size(tmp_path: Path) -> None:
+    """Each write appends only what changed: the journal grows by about one event."""
+    s = open_store(tmp_path)
+    journal = (tmp_path / DB_FILE).with_suffix(".journal")
+    sizes = []
+    for i in range(300):
+        before = journal.stat().st_size if journal.exists() else 0
+        redeem(s, f"c{i}")
+        sizes.append(journal.stat().st_size - before)
+    assert max(sizes[-10:]) < 2 * max(sizes[:10])
+
+
+def test_history_is_pruned_but_unacked_events_never(tmp_path: Path) -> None:
+    now = time.time()
+    s = open_store(tmp_path, history_days=30)
+    old = [redeem(s, f"old{i}", now - 40 * 86400) for i in range(3)]
+    recent = redeem(s, "new", now - 86400)
+    s.ack(old[:2])
+    assert s.prune(now) >= 3
+    assert [e["id"] for e in s.history()] == [recent]
+    assert [e.id for e in s.pending()] == [old[2], recent]  # un-acked old event kept
+
+
+def test_store_files_are_plain_json_an_owner_can_inspect(tmp_path: Path) -> None:
     s = open_store(tmp_path)
     s.record(Decision(EventType.CHECKIN, {"member_id": "u1"}), 0)
+    s._storage.compact()
     data = json.loads((tmp_path / DB_FILE).read_text())
     (event,) = data["outbox"].values()
     assert event["type"] == "checkin" and event["data"] == {"member_id": "u1"}
