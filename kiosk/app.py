@@ -1,25 +1,52 @@
-"""The kiosk application object: wires the store, the decisions and sync together.
+"""The kiosk application object: wires the store, the decisions, devices and sync.
 
 Screens and the headless runner both talk to `Kiosk` only; it owns no widgets and no
-camera, so the same path from scanned text to durable outcome serves both.
+camera, so the same path from scanned text to durable outcome serves both. Every method
+that touches the disk or a locker blocks: call them off the UI thread.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kiosk import __version__
 from kiosk.config import KioskConfig
-from kiosk.decisions import Facts, QuietWindow, Rules, decide
+from kiosk.decisions import (
+    Decision,
+    Facts,
+    QuietWindow,
+    Rules,
+    after_unlock,
+    decide,
+    decide_join,
+    loaded,
+    pickup_completed,
+)
+from kiosk.devices.lockers import LockerBank
 from kiosk.store import KioskStore, Recorded
 from kiosk.sync import Sync
-from o2o_protocol.codes import Rejected, verify_code
+from o2o_protocol.codes import CodeType, Rejected, verify_code
+from o2o_protocol.messages import Command, CommandName, EventType, new_event_id
 from o2o_protocol.timeutil import local_day
 
 log = logging.getLogger(__name__)
+
+Listener = Callable[[Recorded], None]
+#: How long a door may stay open after a pickup or a load before the owner hears of it.
+DOOR_LEFT_OPEN_S = 300.0
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A locker was opened for staff to load an order; `locker.loaded` follows on close."""
+
+    locker: int
+    order: str
 
 
 class Kiosk:
@@ -31,52 +58,188 @@ class Kiosk:
         *,
         store: KioskStore | None = None,
         sync: Sync | None = None,
+        lockers: LockerBank | None = None,
         clock: Callable[[], float] = time.time,
-        telemetry: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
         self.keys = cfg.public_keys()
+        r = cfg.rules
         self.rules = Rules(
-            points_per_visit=cfg.rules.points_per_visit,
-            once_per_day=cfg.rules.once_per_day,
-            reservation_early_min=cfg.rules.reservation_early_min,
-            reservation_late_min=cfg.rules.reservation_late_min,
+            points_per_visit=r.points_per_visit,
+            once_per_day=r.once_per_day,
+            reservation_early_min=r.reservation_early_min,
+            reservation_late_min=r.reservation_late_min,
+            accept=frozenset(CodeType(t) for t in r.accept),
         )
-        self.store = store or KioskStore(cfg.data_dir, store=cfg.store, kiosk=cfg.kiosk)
-        self.sync = sync or Sync(cfg.mqtt, self.store, version=__version__, telemetry=telemetry)
-        self.quiet = QuietWindow(cfg.rules.quiet_window_s)
+        self.lockers = lockers or LockerBank.from_config(cfg.lockers)
+        self.lockers.on_fault = self._locker_fault
+        self.store = store or KioskStore(
+            cfg.data_dir,
+            store=cfg.store,
+            kiosk=cfg.kiosk,
+            lockers=[(locker.number, locker.size) for locker in self.lockers],
+            history_days=r.history_days,
+        )
+        self._telemetry: dict[str, Callable[[], Any]] = {"lockers": self.lockers.status}
+        self.sync = sync or Sync(
+            cfg.mqtt,
+            self.store,
+            version=__version__,
+            telemetry=self.telemetry,
+            on_command=self._command,
+        )
+        self.quiet = QuietWindow(r.quiet_window_s)
+        self._listeners: list[Listener] = []
+        self._staff_until = 0.0
+        self._watchers: list[threading.Thread] = []
+
+    # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         self.sync.start()
 
     def stop(self) -> None:
         self.sync.stop()
+        self.lockers.close()
         self.store.close()
+
+    def add_listener(self, listener: Listener) -> None:
+        """Called (from any thread) after every outcome is on disk."""
+        self._listeners.append(listener)
+
+    def add_telemetry(self, key: str, source: Callable[[], Any]) -> None:
+        """A value for the retained MQTT status (e.g. `camera` state)."""
+        self._telemetry[key] = source
+
+    def telemetry(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, source in self._telemetry.items():
+            try:
+                out[key] = source()
+            except Exception as exc:  # telemetry never breaks the status message
+                out[key] = f"error: {exc}"
+        return out
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait for open doors to close (their outcomes recorded); False on timeout."""
+        deadline = time.monotonic() + timeout
+        for watcher in list(self._watchers):
+            watcher.join(max(0.0, deadline - time.monotonic()))
+        return not any(w.is_alive() for w in self._watchers)
+
+    # --- customers and staff ---------------------------------------------------------
 
     def seen(self, text: str, t: float) -> bool:
         """True when this text is a new scan (not the same code still held up)."""
         return self.quiet.is_new(text, t)
 
-    def handle_scan(self, text: str) -> Recorded:
-        """Verify, decide, record durably, then wake sync. Returns only once on disk."""
+    def staff_active(self) -> bool:
+        return self.clock() < self._staff_until
+
+    def handle_scan(self, text: str) -> Recorded | Opening:
+        """Verify, decide, open a locker if needed, record durably. Returns once on disk."""
         now = self.clock()
+        staff = self.staff_active()
         result = verify_code(text, self.keys, store=self.cfg.store, now=now)
-        facts = Facts() if isinstance(result, Rejected) else self.store.facts_for(result)
+        if isinstance(result, Rejected):
+            facts = Facts()
+        else:
+            facts = self.store.facts_for(result, staff=staff)
         decision = decide(
-            result,
-            facts,
-            self.rules,
-            now=now,
-            today=local_day(now),
-            text=text,
+            result, facts, self.rules, now=now, today=local_day(now), text=text, staff=staff
         )
-        recorded = self.store.record(decision, now)
-        self.sync.notify()
-        log.info(
-            "scan -> %s%s (event %s)",
-            decision.event_type.value,
-            f" ({decision.reason.value})" if decision.reason else "",
-            recorded.event.id,
-        )
+        if decision.needs_unlock:
+            return self._unlock(decision)
+        recorded = self.record(decision)
+        if decision.event_type is EventType.STAFF_LOGIN:
+            self._staff_until = now + self.cfg.rules.staff_session_s
         return recorded
+
+    def join(self, phone: str) -> Recorded | None:
+        """A new member from a phone number typed at the kiosk; None if it is no number."""
+        from kiosk.decisions import normalise_phone, phone_hash
+
+        number = normalise_phone(phone)
+        if number is None:
+            return None
+        known = self.store.member_by_phone(phone_hash(number, self.cfg.store))
+        decision = decide_join(
+            number,
+            store=self.cfg.store,
+            member_id=known or new_event_id(),
+            join_url=self.cfg.ui.join_url,
+            known=known is not None,
+        )
+        return None if decision is None else self.record(decision)
+
+    def staff_open(self, number: int, *, source: str = "staff") -> Recorded:
+        """Open a locker on a staff member's (or the owner's remote) say-so, and log it."""
+        result = self.lockers.unlock(number, force=True)
+        data = {
+            "action": "locker.open",
+            "locker": number,
+            "source": source,
+            "opened": result.opened,
+            "order": self.store.locker_orders().get(number),
+        }
+        if result.reason:
+            data["reason"] = result.reason
+        return self.record(Decision(EventType.STAFF_ACTION, data))
+
+    def record(self, decision: Decision) -> Recorded:
+        recorded = self.store.record(decision, self.clock())
+        self.sync.notify()
+        reason = f" ({decision.reason.value})" if decision.reason else ""
+        log.info("%s%s (event %s)", decision.event_type.value, reason, recorded.event.id)
+        for listener in self._listeners:
+            try:
+                listener(recorded)
+            except Exception:
+                log.exception("outcome listener failed")
+        return recorded
+
+    # --- lockers ---------------------------------------------------------------------
+
+    def _unlock(self, intent: Decision) -> Recorded | Opening:
+        assert intent.open_locker is not None
+        number, order = intent.open_locker, str(intent.data["order"])
+        result = self.lockers.unlock(number)
+        outcome = after_unlock(intent, result.opened, result.reason)
+        if intent.purpose == "load":
+            if not result.opened:
+                return self.record(outcome)
+            self._watch_door(number, lambda: self.record(loaded(intent)))
+            return Opening(number, order)
+        recorded = self.record(outcome)
+        if result.opened:
+            self._watch_door(number, lambda: self.record(pickup_completed(order, number)))
+        return recorded
+
+    def _watch_door(self, number: int, on_closed: Callable[[], object]) -> None:
+        def watch() -> None:
+            if self.lockers.wait_closed(number, DOOR_LEFT_OPEN_S):
+                on_closed()
+            else:
+                self.record(
+                    Decision(EventType.LOCKER_FAULT, {"locker": number, "fault": "left_open"})
+                )
+
+        thread = threading.Thread(target=watch, name=f"door-{number}", daemon=True)
+        self._watchers = [w for w in self._watchers if w.is_alive()] + [thread]
+        thread.start()
+
+    def _locker_fault(self, number: int, kind: str, detail: str) -> None:
+        self.record(
+            Decision(EventType.LOCKER_FAULT, {"locker": number, "fault": kind, "detail": detail})
+        )
+
+    # --- commands from the bridge (sync's worker thread) -----------------------------
+
+    def _command(self, cmd: Command) -> None:
+        if cmd.name == CommandName.LOCKER_OPEN:
+            try:
+                number = int(cmd.data.get("locker", 0))
+                self.staff_open(number, source=f"remote:{cmd.data.get('by', 'bridge')}")
+            except (ValueError, LookupError) as exc:
+                log.warning("locker.open (seq %d) refused: %s", cmd.seq, exc)

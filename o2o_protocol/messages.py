@@ -51,6 +51,8 @@ class EventType(StrEnum):
     LOCKER_FAULT = "locker.fault"
     PRINTER_FAULT = "printer.fault"
     STAFF_LOGIN = "staff.login"
+    #: A staff action other than a login (a locker opened remotely or from staff mode).
+    STAFF_ACTION = "staff.action"
 
 
 class CommandName(StrEnum):

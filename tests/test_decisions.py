@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from kiosk.decisions import Facts, QuietWindow, Rules, decide
-from o2o_protocol.codes import Code, Rejected, verify_code
+from kiosk.decisions import Decision, Facts, QuietWindow, Rules, decide
+from o2o_protocol.codes import Code, CodeType, Rejected, verify_code
 from o2o_protocol.messages import EventType, Reason
 from tests.keys import Issuer
 
@@ -100,3 +100,99 @@ def test_quiet_window_merges_a_code_held_up() -> None:
     assert not q.is_new("A", 3.5)  # still in sight: seen 2.5 s ago
     assert q.is_new("B", 3.6)
     assert q.is_new("A", 7.0)  # away for 3.5 s: a new scan
+
+
+# --- pickups, loading, joining ------------------------------------------------------------
+
+from kiosk.decisions import (  # noqa: E402
+    Preorder,
+    after_unlock,
+    decide_join,
+    loaded,
+    normalise_phone,
+    pickup_completed,
+)
+
+
+def pickup(
+    status: str | None,
+    *,
+    locker: int | None = None,
+    staff: bool = False,
+    free: tuple[tuple[int, str], ...] = (),
+    size: str = "M",
+) -> Decision:
+    pre = None if status is None else Preorder("A1", status, size, "Li", locker)
+    return decide(
+        code("p", "pk1", o="A1"),
+        Facts(preorder=pre, free_lockers=free),
+        RULES,
+        now=NOW,
+        today="d",
+        staff=staff,
+    )
+
+
+def test_pickup_reasons() -> None:
+    assert pickup(None).reason is Reason.UNKNOWN_ORDER
+    assert pickup("cancelled").reason is Reason.UNKNOWN_ORDER
+    assert pickup("pending").reason is Reason.ORDER_NOT_READY
+    assert pickup("picked_up", locker=None).reason is Reason.ALREADY_USED
+
+
+def test_ready_order_opens_its_locker_then_completes() -> None:
+    intent = pickup("ready", locker=3)
+    assert intent.needs_unlock and intent.open_locker == 3
+    opened = after_unlock(intent, True)
+    assert opened.event_type is EventType.PICKUP_OPENED and not opened.needs_unlock
+    assert opened.preorder is not None and opened.preorder.status == "opened"
+    done = pickup_completed("A1", 3)
+    assert done.event_type is EventType.PICKUP_COMPLETED
+    assert done.preorder is not None and (done.preorder.status, done.preorder.locker) == (
+        "picked_up",
+        None,
+    )
+
+
+def test_door_that_does_not_open_fails_and_keeps_the_order_ready() -> None:
+    failed = after_unlock(pickup("ready", locker=3), False, "door_not_opened")
+    assert failed.event_type is EventType.PICKUP_FAILED
+    assert failed.data["reason"] == "door_not_opened" and failed.preorder is None
+
+
+def test_staff_load_picks_the_smallest_free_locker_that_fits() -> None:
+    free = ((1, "S"), (2, "L"), (3, "M"))
+    intent = pickup("pending", staff=True, free=free, size="M")
+    assert intent.open_locker == 3
+    done = loaded(intent)
+    assert done.event_type is EventType.LOCKER_LOADED
+    assert done.preorder is not None and (done.preorder.status, done.preorder.locker) == (
+        "ready",
+        3,
+    )
+    big = pickup("pending", staff=True, free=((1, "S"), (3, "M")), size="L")
+    assert big.reason is Reason.NO_LOCKER_FREE
+    jam = after_unlock(intent, False, "door_not_opened")
+    assert jam.event_type is EventType.LOCKER_FAULT
+
+
+def test_code_types_a_kiosk_does_not_take_are_not_allowed() -> None:
+    rules = Rules(accept=frozenset({CodeType.MEMBER}))
+    d = decide(code("p", "pk1", o="A1"), Facts(), rules, now=NOW, today="d")
+    assert d.reason is Reason.NOT_ALLOWED
+
+
+def test_join_hashes_the_phone_and_links_back_online() -> None:
+    d = decide_join(
+        "138 0013-8000",
+        store="s1",
+        member_id="new1",
+        join_url="https://shop.example/join",
+        known=False,
+    )
+    assert d is not None and d.event_type is EventType.MEMBER_JOINED
+    assert "13800138000" not in str(d.data)
+    assert d.data["join_url"] == "https://shop.example/join?j=new1"
+    assert d.new_member is not None and d.new_member["phone_hash"] == d.data["phone_hash"]
+    assert decide_join("hello", store="s1", member_id="x", join_url="", known=False) is None
+    assert normalise_phone("+86 138-0013-8000") == "+8613800138000"
