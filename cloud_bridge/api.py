@@ -25,6 +25,7 @@ from cloud_bridge.config import BridgeConfig, load_api_token, load_signing_key
 from cloud_bridge.db import KioskState, Repository, StoredEvent, format_ts
 from cloud_bridge.ingest import Ingest
 from cloud_bridge.issuing import issue
+from o2o_protocol.messages import check_id
 from o2o_protocol.timeutil import parse_when
 
 _bearer = HTTPBearer(auto_error=False, description="The token in the bridge's api.token file")
@@ -45,6 +46,13 @@ class CodeRequest(BaseModel):
     service: str | None = None
     not_before: str | int | None = None
     expires: str | int | None = None
+
+
+class CommandRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, examples=["preorder.upsert"])
+    data: dict[str, Any] = Field(default_factory=dict)
 
 
 class CodeResponse(BaseModel):
@@ -100,6 +108,10 @@ def create_app(
         title="o2o-bridge",
         summary="Events, figures, kiosks and signed codes of one shop",
         version="1",
+        # Swagger UI and ReDoc load their scripts from a CDN, which shop networks may
+        # not reach; /openapi.json is what integrators' tools read anyway.
+        docs_url=None,
+        redoc_url=None,
     )
     auth = [Depends(require_token)]
 
@@ -178,6 +190,28 @@ def create_app(
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         return issued.as_dict(config.api.code_url)
+
+    @app.post(
+        "/api/v1/kiosks/{kiosk}/commands",
+        dependencies=auth,
+        tags=["kiosks"],
+        status_code=status.HTTP_201_CREATED,
+    )
+    def send_command(kiosk: str, body: CommandRequest) -> dict[str, Any]:
+        """Queue a command (e.g. `preorder.upsert`, `code.revoke`) for one kiosk.
+
+        It carries the kiosk's next `seq`; the bridge re-sends it until the kiosk's status
+        reports it applied, so a kiosk that is offline now gets it when it comes back.
+        """
+        try:
+            check_id(kiosk, "kiosk id")
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if ingest is not None:
+            cmd = ingest.send_command(kiosk, body.name, body.data)
+        else:
+            cmd = repo.add_command(store, kiosk, body.name, body.data)
+        return {"kiosk": kiosk, **cmd.model_dump()}
 
     dashboard = resources.files("cloud_bridge").joinpath("static/dashboard.html").read_text("utf-8")
 

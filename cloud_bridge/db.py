@@ -32,10 +32,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from o2o_protocol.messages import Event, EventType, Status
+from o2o_protocol.messages import Command, Event, EventType, Status
 from o2o_protocol.timeutil import parse_rfc3339
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,19 @@ class KioskRow(Base):
     online: Mapped[bool] = mapped_column(Boolean)
     last_status: Mapped[dict[str, Any]]
     last_seen: Mapped[datetime | None]
+
+
+class CommandRow(Base):
+    """Commands for a kiosk, numbered per kiosk; re-sent until its status reports them."""
+
+    __tablename__ = "commands"
+
+    store: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kiosk: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
 
 
 @dataclass(frozen=True)
@@ -365,5 +379,48 @@ class Repository:
         with self._sessions() as session:
             return [
                 KioskState(r.store, r.kiosk, r.online, r.last_status, r.last_seen)
+                for r in session.execute(stmt).scalars()
+            ]
+
+    # -- commands ---------------------------------------------------------------------
+
+    def add_command(self, store: str, kiosk: str, name: str, data: dict[str, Any]) -> Command:
+        """Queue a command with the kiosk's next seq (gapless: the kiosk applies in order)."""
+        for attempt in range(5):
+            try:
+                with self._sessions.begin() as session:
+                    last = session.scalar(
+                        select(func.max(CommandRow.seq)).where(
+                            CommandRow.store == store, CommandRow.kiosk == kiosk
+                        )
+                    )
+                    cmd = Command(seq=int(last or 0) + 1, name=name, data=data)
+                    session.add(
+                        CommandRow(
+                            store=store,
+                            kiosk=kiosk,
+                            seq=cmd.seq,
+                            name=name,
+                            data=data,
+                            created_at=datetime.now(UTC),
+                        )
+                    )
+                return cmd
+            except (IntegrityError, OperationalError):
+                # Another writer took this seq (or held the SQLite lock): count again.
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def commands_after(self, store: str, kiosk: str, seq: int) -> list[Command]:
+        """The commands a kiosk that has applied up to `seq` still needs, in order."""
+        stmt = (
+            select(CommandRow)
+            .where(CommandRow.store == store, CommandRow.kiosk == kiosk, CommandRow.seq > seq)
+            .order_by(CommandRow.seq)
+        )
+        with self._sessions() as session:
+            return [
+                Command(seq=r.seq, name=r.name, data=r.data)
                 for r in session.execute(stmt).scalars()
             ]

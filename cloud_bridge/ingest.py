@@ -29,6 +29,7 @@ from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
 from o2o_protocol.messages import (
     Ack,
+    Command,
     Event,
     ProtocolError,
     Status,
@@ -39,6 +40,7 @@ from o2o_protocol.messages import (
 from o2o_protocol.timeutil import parse_rfc3339
 from o2o_protocol.topics import (
     ACKS,
+    CMD,
     EVENTS,
     STATUS,
     kiosk_topic,
@@ -371,6 +373,27 @@ class Ingest:
             self.repo.set_status(item.store, item.kiosk, status, seen=seen)
         except Exception:
             log.exception("could not record the status of %s/%s", item.store, item.kiosk)
+        if status.online and status.last_cmd_seq is not None:
+            # The status says how far the kiosk got: send again whatever it has not applied.
+            self._push_commands(item.kiosk, status.last_cmd_seq)
+
+    def _push_commands(self, kiosk: str, after_seq: int) -> None:
+        try:
+            pending = self.repo.commands_after(self.store, kiosk, after_seq)
+        except Exception:
+            log.exception("could not read the commands for %s", kiosk)
+            return
+        for cmd in pending:
+            self._client.publish(kiosk_topic(self.store, kiosk, CMD), dumps(cmd), qos=1)
+        if pending:
+            log.info("sent %d command(s) to %s from seq %d", len(pending), kiosk, pending[0].seq)
+
+    def send_command(self, kiosk: str, name: str, data: dict[str, Any]) -> Command:
+        """Queue a command for a kiosk and publish it now; it is re-sent, from the kiosk's
+        reported `last_cmd_seq`, each time the kiosk's status shows it has not applied it."""
+        cmd = self.repo.add_command(self.store, kiosk, name, data)
+        self._client.publish(kiosk_topic(self.store, kiosk, CMD), dumps(cmd), qos=1)
+        return cmd
 
     def _maybe_publish_stats(self, *, force: bool = False) -> None:
         now = time.monotonic()

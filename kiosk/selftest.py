@@ -6,8 +6,8 @@ pass or fail and a short detail; the exit status is 0 only when every check pass
 
 from __future__ import annotations
 
-import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,19 +62,90 @@ def check_camera(cfg: KioskConfig) -> CheckResult:
     )
 
 
-def check_lockers(cfg: KioskConfig) -> CheckResult:
-    n = len(cfg.lockers.bank)
-    if cfg.lockers.type == "simulated":
-        return CheckResult("lockers", True, f"{n} simulated lockers")
-    return CheckResult("lockers", False, "GPIO lockers are not supported by this version yet")
+#: How long `check` waits for a real door to be shut again after its test unlock.
+DOOR_CLOSE_WAIT_S = 60.0
+#: Simulated doors are "shut" quickly during a check: it tests the code path, not patience.
+SIM_CLOSE_AFTER_S = 0.3
+
+
+def check_lockers(cfg: KioskConfig) -> list[CheckResult]:
+    """Each locker: the relay pulses, the door sensor reads open, then closed again."""
+    from kiosk.devices.lockers import LockerBank, LockerError
+
+    lockers_cfg = cfg.lockers
+    if lockers_cfg.type == "simulated":
+        close_after = min(lockers_cfg.sim_close_after_s or SIM_CLOSE_AFTER_S, SIM_CLOSE_AFTER_S)
+        lockers_cfg = lockers_cfg.model_copy(update={"sim_close_after_s": close_after})
+    try:
+        bank = LockerBank.from_config(lockers_cfg)
+    except LockerError as exc:
+        return [CheckResult("lockers", False, str(exc))]
+    label = "simulated" if lockers_cfg.type == "simulated" else "gpio"
+    rows: list[CheckResult] = []
+    opened: list[tuple[int, str]] = []
+    try:
+        for locker in bank:
+            name = f"locker {locker.number}"
+            if locker.is_open:
+                rows.append(
+                    CheckResult(
+                        name,
+                        False,
+                        "door reads open before the test: shut it, or check the sensor wiring",
+                    )
+                )
+                continue
+            result = locker.unlock()
+            if not result.confirmed:
+                rows.append(
+                    CheckResult(
+                        name,
+                        False,
+                        f"{label} relay pulsed {locker.pulse_s:g} s; door not seen open within "
+                        f"{locker.door_timeout_s:g} s ({result.reason})",
+                    )
+                )
+                continue
+            opened.append((locker.number, f"{result.seconds:.2f}"))
+            if lockers_cfg.type == "gpio":
+                print(f"locker {locker.number} opened: please shut it", file=sys.stderr)
+        deadline = time.monotonic() + DOOR_CLOSE_WAIT_S
+        for number, seconds in opened:
+            locker = bank[number]
+            shut = locker.wait_closed(max(0.0, deadline - time.monotonic()))
+            detail = (
+                f"{label} ({locker.size}) relay pulsed {locker.pulse_s:g} s, "
+                f"door opened in {seconds} s, "
+                + ("closed again" if shut else "not closed again (sensor or door)")
+            )
+            rows.append(CheckResult(f"locker {number}", shut, detail))
+    finally:
+        bank.close()
+    rows.sort(key=lambda r: int(r.name.split()[-1]))
+    if not rows:
+        rows.append(CheckResult("lockers", False, "no lockers configured"))
+    return rows
 
 
 def check_printer(cfg: KioskConfig) -> CheckResult:
-    if cfg.printer.type in ("simulated", "none"):
-        return CheckResult("printer", True, f"{cfg.printer.type} printer")
-    if not os.path.exists(cfg.printer.port):
-        return CheckResult("printer", False, f"{cfg.printer.port}: no such serial port")
-    return CheckResult("printer", False, "serial printers are not supported by this version yet")
+    """Status query (paper, online), then a test slip with Chinese text and a QR code."""
+    from kiosk.devices.printer import PrinterFault, ReceiptPrinter
+    from kiosk.receipts import selftest_receipt
+
+    printer = ReceiptPrinter.from_config(cfg.printer)
+    try:
+        state = printer.status()
+        if state == "disabled":
+            return CheckResult("printer", True, "no printer configured (type none)")
+        if state != "ok":
+            return CheckResult("printer", False, f"{printer.describe()}: status {state}")
+        try:
+            printer.print_receipt(selftest_receipt(language=cfg.ui.language))
+        except PrinterFault as fault:
+            return CheckResult("printer", False, f"{printer.describe()}: {fault}")
+        return CheckResult("printer", True, f"{printer.describe()}: status ok, test slip printed")
+    finally:
+        printer.close()
 
 
 def check_broker(cfg: KioskConfig) -> CheckResult:
@@ -87,7 +158,7 @@ def check_broker(cfg: KioskConfig) -> CheckResult:
     return CheckResult("broker", True, f"{host}:{port} accepts connections")
 
 
-CHECKS: tuple[Callable[[KioskConfig], CheckResult], ...] = (
+CHECKS: tuple[Callable[[KioskConfig], CheckResult | list[CheckResult]], ...] = (
     check_store,
     check_camera,
     check_lockers,
@@ -96,14 +167,26 @@ CHECKS: tuple[Callable[[KioskConfig], CheckResult], ...] = (
 )
 
 
+def format_table(results: list[CheckResult]) -> str:
+    """Aligned columns (check, result, detail) an owner can read at a glance."""
+    rows = [("CHECK", "RESULT", "DETAIL")] + [
+        (r.name, "PASS" if r.ok else "FAIL", r.detail) for r in results
+    ]
+    width = max(len(name) for name, _, _ in rows)
+    lines = [f"{name:<{width}}  {res:<6}  {detail}".rstrip() for name, res, detail in rows]
+    passed = sum(r.ok for r in results)
+    lines.append(f"{passed}/{len(results)} checks passed")
+    return "\n".join(lines)
+
+
 def run_checks(cfg: KioskConfig) -> int:
-    results = []
+    """Run every check, print the table; exit status 0 only when all pass."""
+    results: list[CheckResult] = []
     for check in CHECKS:
         try:
-            results.append(check(cfg))
+            outcome = check(cfg)
         except Exception as exc:  # a check that breaks is a failed check, not a crash
-            results.append(CheckResult(check.__name__.removeprefix("check_"), False, repr(exc)))
-    width = max(len(r.name) for r in results)
-    for r in results:
-        print(f"{r.name:<{width}}  {'PASS' if r.ok else 'FAIL'}  {r.detail}")
-    return 0 if all(r.ok for r in results) else 1
+            outcome = CheckResult(check.__name__.removeprefix("check_"), False, repr(exc))
+        results.extend(outcome if isinstance(outcome, list) else [outcome])
+    print(format_table(results), flush=True)
+    return 0 if results and all(r.ok for r in results) else 1

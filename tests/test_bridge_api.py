@@ -148,3 +148,16 @@ def test_dashboard_health_and_openapi_are_public(client: TestClient) -> None:
     assert client.get("/health").json()["status"] == "ok"
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/v1/events", "/api/v1/stats", "/api/v1/kiosks", "/api/v1/codes"} <= set(paths)
+
+
+def test_commands_are_queued_per_kiosk(client: TestClient, repo: Repository) -> None:
+    url = "/api/v1/kiosks/k1/commands"
+    body = {"name": "preorder.upsert", "data": {"order": "A12", "locker": 2}}
+    assert client.post(url, json=body).status_code == 401
+    r = client.post(url, headers=AUTH, json=body)
+    assert r.status_code == 201, r.text
+    assert r.json() == {"kiosk": "k1", "seq": 1, **body}
+    assert client.post(url, headers=AUTH, json={"name": "code.revoke"}).json()["seq"] == 2
+    assert client.post("/api/v1/kiosks/k2/commands", headers=AUTH, json=body).json()["seq"] == 1
+    assert [c.seq for c in repo.commands_after("s1", "k1", 0)] == [1, 2]
+    assert client.post(url, headers=AUTH, json={"data": {}}).status_code == 422

@@ -6,10 +6,12 @@ import csv
 import io
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from kiosk.config import load_config as load_kiosk_config
 from o2o_protocol.codes import Code, CodeType, Rejected, verify_code
 from o2o_protocol.messages import Event, Reason, new_event_id
 from o2o_protocol.timeutil import rfc3339
+from tests.support import MosquittoBroker, free_port, wait_for_port
 
 BIN = Path(sys.executable).parent
 
@@ -233,3 +236,37 @@ def test_export_events_jsonl_and_csv(shop: Path, capsys: pytest.CaptureFixture[s
     assert list(rows[0]) == ["id", "seq", "type", "ts", "store", "kiosk", "data"]
     assert [r["id"] for r in rows] == [e.id for e in events]
     assert json.loads(rows[0]["data"]) == {"member_id": "u1", "name": "小明"}
+
+
+def test_run_serves_and_stops_cleanly_on_sigterm(
+    shop: Path, mosquitto_broker: MosquittoBroker
+) -> None:
+    path = shop / "bridge.toml"
+    path.write_text(path.read_text().replace("mqtt://10.0.0.2:1884", mosquitto_broker.url))
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "o2o-bridge"), "run", "--http", f"127.0.0.1:{port}"],
+        cwd=shop,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, timeout=20, alive=lambda: proc.poll() is None)
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if json.loads(r.read())["mqtt_connected"]:
+                    break
+            assert time.monotonic() < deadline, "bridge never connected to the broker"
+            time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+            assert b"<html" in r.read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert f"listening on http://127.0.0.1:{port}" in err and mosquitto_broker.url in err
+    assert "Traceback" not in err and out == ""
+    token = (shop / "api.token").read_text().strip()
+    assert token not in err

@@ -177,3 +177,16 @@ def test_sqlite_uses_wal(tmp_path: Path) -> None:
     with r.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     r.close()
+
+
+def test_commands_are_numbered_per_kiosk(repo: Repository) -> None:
+    assert [repo.add_command("s1", "k1", "code.revoke", {"id": f"c{i}"}).seq for i in range(3)] == [
+        1,
+        2,
+        3,
+    ]
+    assert repo.add_command("s1", "k2", "locker.open", {"locker": 1}).seq == 1
+    assert [(c.seq, c.data) for c in repo.commands_after("s1", "k1", 1)] == [
+        (2, {"id": "c1"}),
+        (3, {"id": "c2"}),
+    ]

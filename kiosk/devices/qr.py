@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,10 @@ class Decoded:
     stage: str = field(default="", compare=False)
 
 
+#: Decodes one (preprocessed) image; ``offset`` maps its pixels back to the frame.
+Reader = Callable[[np.ndarray, str, Point], list[Decoded]]
+
+
 def _sharpen(gray: np.ndarray, sigma: float, amount: float) -> np.ndarray:
     blurred = cv2.GaussianBlur(gray, (0, 0), sigma)
     return cv2.addWeighted(gray, 1.0 + amount, blurred, -amount, 0)
@@ -89,6 +93,152 @@ def _wiener_kernel(length: int, angle: float, k: float = 0.02, size: int = 31) -
     c, r = n // 2, size // 2
     ker = w[c - r : c + r + 1, c - r : c + r + 1].astype(np.float32)
     return ker / float(ker.sum())
+
+
+_CELL = 8  # cell side (px, at half resolution) of the gradient-energy map
+#: Below this ratio of weakest to strongest gradient-energy direction (at half
+#: resolution), a textured region is smeared along one direction: motion blur. Measured
+#: on two corpus seeds: motion-blurred codes 0.29-0.54; sharp, defocused, rotated,
+#: tilted, small codes and busy code-free scenes 0.67-1.0 (perspective the lowest).
+_MOTION_ANISOTROPY = 0.6
+_WIENER_K = 0.01  # noise-to-signal term; 0.005-0.02 read the same frames, 0.05 lost some
+
+
+@dataclass(frozen=True)
+class MotionBlur:
+    """Where the textured (code-like) region is and how it is smeared."""
+
+    #: ROI in frame pixels: x0, y0, x1, y1 (end-exclusive).
+    box: tuple[int, int, int, int]
+    #: Blur direction, degrees counter-clockwise from the x axis (as ``_line_psf``).
+    angle: float
+    #: Weakest / strongest gradient energy over the region (1 = isotropic).
+    anisotropy: float
+
+
+def _tensor(sxx: float, syy: float, sxy: float) -> tuple[float, float]:
+    """Anisotropy (weak / strong eigenvalue) and blur angle of a gradient structure tensor.
+
+    The strongest gradient direction (x right, y down) is across the smear; the blur runs
+    perpendicular to it. ``_line_psf`` angles are counter-clockwise with y up, hence the
+    sign flip.
+    """
+    half_tr = (sxx + syy) / 2
+    if half_tr <= 0:
+        return 1.0, 0.0
+    disc = float(np.sqrt(max(half_tr * half_tr - (sxx * syy - sxy * sxy), 0.0)))
+    across = 0.5 * float(np.degrees(np.arctan2(2 * sxy, sxx - syy)))
+    return (half_tr - disc) / (half_tr + disc), float((-(across + 90.0)) % 180.0)
+
+
+def find_motion_blur(gray: np.ndarray) -> MotionBlur | None:
+    """The code-like region of ``gray`` and its blur direction, or None when there is no
+    textured region or it is not smeared along one direction.
+
+    A QR code has as many edges across x as across y (in its own axes, so at any rotation
+    its gradient structure tensor is nearly isotropic); a straight shake removes the
+    gradient energy along its direction only. The decision costs one Sobel pass at half
+    resolution and some 40x30-cell sums (~0.5 ms on 640x480), so frames without a smeared
+    code (nearly all of them) never pay for deconvolution.
+    """
+    h, w = gray.shape
+    # Half resolution: the smear is still several pixels long, at a quarter of the cost.
+    small = cv2.resize(gray, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    bh, bw = small.shape[0] // _CELL, small.shape[1] // _CELL
+    if bh < 3 or bw < 3:
+        return None
+    g = small[: bh * _CELL, : bw * _CELL]
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+
+    def cells(a: np.ndarray) -> np.ndarray:
+        mean: np.ndarray = cv2.resize(a, (bw, bh), interpolation=cv2.INTER_AREA)
+        return mean
+
+    jxx, jyy, jxy = cells(gx * gx), cells(gy * gy), cells(gx * gy)
+    energy = jxx + jyy
+    flat = energy.ravel()
+    k98, k50 = int(0.98 * (flat.size - 1)), flat.size // 2
+    part = np.partition(flat, (k50, k98))
+    top = float(part[k98])
+    if top <= 8.0 * float(part[k50]):  # nothing stands out of the sensor noise
+        return None
+    mask = (energy >= 0.25 * top).astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n < 2:
+        return None
+    comp_energy = np.bincount(labels.ravel(), weights=flat, minlength=n)[1:]
+    best = int(np.argmax(comp_energy)) + 1
+    sel = labels == best
+    anisotropy, _ = _tensor(float(jxx[sel].sum()), float(jyy[sel].sum()), float(jxy[sel].sum()))
+    if anisotropy >= _MOTION_ANISOTROPY:
+        return None
+    # Every component nearly as strong as the best one: a second code shares the shake.
+    keep = [i + 1 for i, e in enumerate(comp_energy) if e >= 0.25 * comp_energy[best - 1]]
+    scale = 2 * _CELL
+    x0 = min(int(stats[i, cv2.CC_STAT_LEFT]) for i in keep) * scale
+    y0 = min(int(stats[i, cv2.CC_STAT_TOP]) for i in keep) * scale
+    x1 = max(int(stats[i, cv2.CC_STAT_LEFT] + stats[i, cv2.CC_STAT_WIDTH]) for i in keep)
+    y1 = max(int(stats[i, cv2.CC_STAT_TOP] + stats[i, cv2.CC_STAT_HEIGHT]) for i in keep)
+    m = scale  # the blur and the cell grid both blunt the region's edge
+    box = (max(0, x0 - m), max(0, y0 - m), min(w, x1 * scale + m), min(h, y1 * scale + m))
+    # The angle at full resolution, over the region only: half resolution and the
+    # background cost up to 7 degrees, and deconvolution tolerates about 5.
+    roi = gray[box[1] : box[3], box[0] : box[2]]
+    fx = cv2.Sobel(roi, cv2.CV_32F, 1, 0, ksize=3)
+    fy = cv2.Sobel(roi, cv2.CV_32F, 0, 1, ksize=3)
+    _, angle = _tensor(float((fx * fx).sum()), float((fy * fy).sum()), float((fx * fy).sum()))
+    return MotionBlur(box, angle, anisotropy)
+
+
+def blur_length(roi: np.ndarray, angle: float, *, longest: int = 20) -> float:
+    """Blur length in pixels along ``angle``, from the cepstrum of ``roi``.
+
+    A straight blur of length L multiplies the spectrum by a sinc whose zeros repeat
+    every 1/L; in the cepstrum (spectrum of the log spectrum) that shows as a negative
+    peak at distance L along the blur direction. Measured: within 0.5 px of the true
+    length on every motion-blurred corpus frame.
+    """
+    h, w = roi.shape
+    f = roi.astype(np.float32)
+    f -= float(f.mean())
+    f *= cv2.createHanningWindow((w, h), cv2.CV_32F)
+    spec = cv2.dft(f, flags=cv2.DFT_COMPLEX_OUTPUT)
+    logmag = np.log(cv2.magnitude(spec[..., 0], spec[..., 1]) + 1e-3)
+    # The log spectrum is real and even, so its forward transform is the (unscaled) real
+    # cepstrum; only where its minimum lies matters.
+    cep = np.fft.fftshift(cv2.dft(logmag, flags=cv2.DFT_COMPLEX_OUTPUT)[..., 0])
+    longest = max(4, min(longest, min(h, w) // 4))
+    r = np.arange(3.0, longest + 0.5, 0.5, dtype=np.float32)
+    t = np.radians(angle)
+    xs = (w // 2 + r * np.cos(t)).astype(np.float32)[None, :]
+    ys = (h // 2 - r * np.sin(t)).astype(np.float32)[None, :]
+    profile = cv2.remap(cep, xs, ys, cv2.INTER_LINEAR)[0]
+    return float(r[int(np.argmin(profile))])
+
+
+def wiener_deblur(roi: np.ndarray, length: int, angle: float, k: float = _WIENER_K) -> np.ndarray:
+    """Wiener deconvolution of a straight blur, in the frequency domain (one forward and
+    one inverse DFT of the ROI; replicate-padded so the wrap-around ringing stays off it)."""
+    h, w = roi.shape
+    pad = length + 8
+    ph, pw = cv2.getOptimalDFTSize(h + 2 * pad), cv2.getOptimalDFTSize(w + 2 * pad)
+    img = cv2.copyMakeBorder(
+        roi, pad, ph - h - pad, pad, pw - w - pad, cv2.BORDER_REPLICATE
+    ).astype(np.float32)
+    size = 2 * (length // 2 + 2) + 1
+    psf = np.zeros((ph, pw), np.float32)
+    psf[:size, :size] = _line_psf(length, angle, size)
+    psf = np.roll(psf, (-(size // 2), -(size // 2)), (0, 1))
+    hf = cv2.dft(psf, flags=cv2.DFT_COMPLEX_OUTPUT)
+    hr, hi = hf[..., 0], hf[..., 1]
+    den = hr * hr + hi * hi + np.float32(k)
+    filt = np.dstack((hr / den, hi / den))  # conj(H) / (|H|^2 + k), conj via CONJB below
+    spec = cv2.dft(img, flags=cv2.DFT_COMPLEX_OUTPUT)
+    out = cv2.mulSpectrums(spec, filt, 0, conjB=True)
+    res = cv2.idft(out, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+    return np.clip(res[pad : pad + h, pad : pad + w], 0, 255).astype(np.uint8)
 
 
 class QrDecoder:
@@ -127,6 +277,9 @@ class QrDecoder:
         found, damaged2 = _zxing(_sharpen(gray, 2.0, 1.0), "zxing-sharpen", downscale=False)
         if found:
             return found
+        found = self._motion(gray, _zxing_reader)
+        if found:
+            return found
         damaged += damaged2
         if not damaged:
             return []  # nothing that even looks like a symbol: the cheap, common path
@@ -140,6 +293,26 @@ class QrDecoder:
             deblurred = cv2.filter2D(roi, -1, kernel, borderType=cv2.BORDER_REPLICATE)
             found, _ = _zxing(deblurred, "zxing-deblur", downscale=False, offset=(x0, y0))
         return found
+
+    def _motion(self, gray: np.ndarray, read: Reader) -> list[Decoded]:
+        """Undo a straight motion blur around the code-like region, if there is one."""
+        blur = find_motion_blur(gray)
+        if blur is None:
+            return []
+        x0, y0, x1, y1 = blur.box
+        roi = gray[y0:y1, x0:x1]
+        est = blur_length(roi, blur.angle)
+        lo = int(np.floor(est))
+        # The nearest whole lengths first; deconvolution tolerates +-5 degrees but not a
+        # length off by 2.
+        lengths = [lo, lo + 1] if est > lo else [lo, lo - 1, lo + 1]
+        for length in lengths:
+            if length < 2:
+                continue
+            found = read(wiener_deblur(roi, length, blur.angle), "motion", (x0, y0))
+            if found:
+                return found
+        return []
 
     def _decode_zbar(self, gray: np.ndarray) -> list[Decoded]:
         if zbar_decode is None:
@@ -181,14 +354,23 @@ def _zxing(
     return found, damaged
 
 
-def _zbar(img: np.ndarray, stage: str) -> list[Decoded]:
+def _zxing_reader(img: np.ndarray, stage: str, offset: Point) -> list[Decoded]:
+    return _zxing(img, f"zxing-{stage}", downscale=False, offset=offset)[0]
+
+
+def _zbar_reader(img: np.ndarray, stage: str, offset: Point) -> list[Decoded]:
+    return _zbar(img, f"zbar-{stage}", offset=offset)
+
+
+def _zbar(img: np.ndarray, stage: str, *, offset: Point = (0, 0)) -> list[Decoded]:
     found: list[Decoded] = []
     seen: set[str] = set()
     for s in zbar_decode(img, symbols=[ZBarSymbol.QRCODE]):
         text = s.data.decode("utf-8", errors="replace")
         if text and text not in seen:
             seen.add(text)
-            found.append(Decoded(text, tuple((int(p.x), int(p.y)) for p in s.polygon), stage))
+            poly = tuple((int(p.x) + offset[0], int(p.y) + offset[1]) for p in s.polygon)
+            found.append(Decoded(text, poly, stage))
     return found
 
 

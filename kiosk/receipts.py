@@ -1,0 +1,177 @@
+"""What a receipt says: pure builders from an event's type and data, in Chinese or English.
+
+Kept apart from the printer so the wording is tested without hardware, and so the
+simulated printer, the screen and a real ESC/POS printer all show the same slip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from o2o_protocol.messages import EventType
+
+
+@dataclass(frozen=True)
+class Receipt:
+    title: str
+    lines: tuple[str, ...] = ()
+    #: Text of a QR code printed under the lines (a next-visit coupon link), or None.
+    qr: str | None = None
+    footer: str = ""
+
+
+STRINGS: dict[str, dict[str, str]] = {
+    "zh_CN": {
+        "checkin": "签到成功",
+        "member": "会员：{name}",
+        "visits": "到店次数：{visits}",
+        "earned": "本次积分：+{points_earned}",
+        "points": "积分余额：{points}",
+        "not_counted": "今日已签到，本次不计积分",
+        "coupon": "优惠券已核销",
+        "campaign": "活动：{campaign}",
+        "value": "优惠：{value}",
+        "coupon_id": "券号：{coupon_id}",
+        "pickup": "取货凭证",
+        "order": "订单号：{order_id}",
+        "locker": "柜门：{locker} 号",
+        "test": "打印测试",
+        "test_line": "中文打印正常：你好，欢迎光临！",
+        "time": "时间：{ts}",
+        "next_visit": "扫码领取下次到店优惠",
+        "thanks": "谢谢惠顾，欢迎再来！",
+    },
+    "en": {
+        "checkin": "Checked in",
+        "member": "Member: {name}",
+        "visits": "Visits: {visits}",
+        "earned": "Points earned: +{points_earned}",
+        "points": "Points balance: {points}",
+        "not_counted": "Already checked in today: no points this time",
+        "coupon": "Coupon redeemed",
+        "campaign": "Offer: {campaign}",
+        "value": "Value: {value}",
+        "coupon_id": "Coupon: {coupon_id}",
+        "pickup": "Pickup receipt",
+        "order": "Order: {order_id}",
+        "locker": "Locker: {locker}",
+        "test": "Printer test",
+        "test_line": "Chinese text: 你好，欢迎光临！",
+        "time": "Time: {ts}",
+        "next_visit": "Scan for a next-visit coupon",
+        "thanks": "Thank you, see you soon!",
+    },
+}
+
+
+def _t(language: str, key: str, **values: Any) -> str:
+    table = STRINGS.get(language, STRINGS["en"])
+    return table[key].format(**values)
+
+
+def _line(language: str, key: str, data: Mapping[str, Any], *fields: str) -> list[str]:
+    """One formatted line, or none when the event lacks a field it needs."""
+    values = {f: data.get(f) for f in fields}
+    if any(v is None or v == "" for v in values.values()):
+        return []
+    return [_t(language, key, **values)]
+
+
+def _finish(
+    title: str,
+    lines: list[str],
+    language: str,
+    ts: str | None,
+    next_visit_url: str | None,
+) -> Receipt:
+    if ts:
+        lines.append(_t(language, "time", ts=ts))
+    qr = next_visit_url or None
+    if qr:
+        lines.append(_t(language, "next_visit"))
+    return Receipt(title, tuple(lines), qr, _t(language, "thanks"))
+
+
+def checkin_receipt(
+    data: Mapping[str, Any],
+    *,
+    language: str = "zh_CN",
+    ts: str | None = None,
+    next_visit_url: str | None = None,
+) -> Receipt:
+    lines = _line(language, "member", data, "name")
+    lines += _line(language, "visits", data, "visits")
+    if data.get("counted", True):
+        lines += _line(language, "earned", data, "points_earned")
+    else:
+        lines.append(_t(language, "not_counted"))
+    lines += _line(language, "points", data, "points")
+    return _finish(_t(language, "checkin"), lines, language, ts, next_visit_url)
+
+
+def coupon_receipt(
+    data: Mapping[str, Any],
+    *,
+    language: str = "zh_CN",
+    ts: str | None = None,
+    next_visit_url: str | None = None,
+) -> Receipt:
+    lines = _line(language, "campaign", data, "campaign")
+    lines += _line(language, "value", data, "value")
+    lines += _line(language, "coupon_id", data, "coupon_id")
+    return _finish(_t(language, "coupon"), lines, language, ts, next_visit_url)
+
+
+def pickup_receipt(
+    data: Mapping[str, Any],
+    *,
+    language: str = "zh_CN",
+    ts: str | None = None,
+    next_visit_url: str | None = None,
+) -> Receipt:
+    values = dict(data)
+    values.setdefault("order_id", values.get("order"))
+    lines = _line(language, "order", values, "order_id")
+    lines += _line(language, "locker", values, "locker")
+    return _finish(_t(language, "pickup"), lines, language, ts, next_visit_url)
+
+
+def selftest_receipt(*, language: str = "zh_CN", qr: str | None = "O2O self-test") -> Receipt:
+    """The self-test slip: proves text, the code page and the QR command all print."""
+    return Receipt(_t(language, "test"), (_t(language, "test_line"),), qr, _t(language, "thanks"))
+
+
+_BUILDERS = {
+    EventType.CHECKIN.value: checkin_receipt,
+    EventType.COUPON_REDEEMED.value: coupon_receipt,
+    EventType.PICKUP_OPENED.value: pickup_receipt,
+    EventType.PICKUP_COMPLETED.value: pickup_receipt,
+}
+
+
+def receipt_for(
+    event_type: str,
+    data: Mapping[str, Any],
+    *,
+    language: str = "zh_CN",
+    ts: str | None = None,
+    next_visit_url: str | None = None,
+) -> Receipt | None:
+    """The receipt for an event, or None when that event prints nothing."""
+    build = _BUILDERS.get(str(event_type))
+    if build is None:
+        return None
+    return build(data, language=language, ts=ts, next_visit_url=next_visit_url)
+
+
+def render_text(receipt: Receipt, width: int = 32) -> str:
+    """Plain-text rendering (the simulated printer and logs show exactly this)."""
+    rule = "-" * width
+    out = [receipt.title.center(width).rstrip(), rule, *receipt.lines]
+    if receipt.qr:
+        out.append(f"[QR] {receipt.qr}")
+    if receipt.footer:
+        out += [rule, receipt.footer]
+    return "\n".join(out) + "\n"

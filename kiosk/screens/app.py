@@ -1,0 +1,140 @@
+"""The Kivy app: screens, navigation and language. It knows nothing of scanning.
+
+Outcomes come in through `show_outcome` (on the UI thread); `kiosk.ui` wires the camera,
+the decoder and `Kiosk` to it. Tests build it without any of those.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kivy.app import App
+from kivy.clock import Clock
+from kivy.core.window import Window
+from kivy.properties import BooleanProperty, NumericProperty, StringProperty
+from kivy.uix.screenmanager import FadeTransition, ScreenManager
+
+from kiosk.config import UiSection
+from kiosk.i18n import Messages, next_language
+from kiosk.screens.base import START, CustomerScreen
+from kiosk.screens.join import JoinScreen
+from kiosk.screens.outcome import Outcome, describe
+from kiosk.screens.result import ResultScreen
+from kiosk.screens.start import StartScreen
+
+log = logging.getLogger(__name__)
+
+RESULT = "result"
+JOIN = "join"
+#: The join screen waits longer than a result: people need time to get their phone out.
+JOIN_S = 30.0
+#: A language chosen by one customer goes back to the shop's default after this idle time.
+LANGUAGE_RESET_S = 60.0
+#: The layout is drawn for 1024x600; other screens scale it (800x480 -> 0.8).
+DESIGN_SIZE = (1024, 600)
+
+
+class KioskApp(App):
+    """The touch UI. Call its methods on the UI thread only."""
+
+    #: Current UI language; .kv texts are bound to it through `t(key, app.language)`.
+    language = StringProperty("zh_CN")
+    #: Layout scale for the window size, so the same .kv fits 1024x600 and 800x480.
+    scale = NumericProperty(1.0)
+    #: True while the camera is failing: the start screen asks people to see the staff.
+    camera_problem = BooleanProperty(False)
+    #: Small print in a corner of the start screen (store and kiosk id) for the staff.
+    store_label = StringProperty("")
+
+    def __init__(self, ui: UiSection, *, store_label: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ui = ui
+        self.default_language = ui.language
+        self.language = ui.language
+        self.store_label = store_label
+        self._messages = Messages(ui.language)
+        self._language_reset: Any = None
+        self.title = self._messages.get("app.title")
+
+    # -- strings ----------------------------------------------------------------------
+
+    @property
+    def messages(self) -> Messages:
+        return self._messages
+
+    def t(self, key: str, _language: str = "", **fields: Any) -> str:
+        """A UI string. .kv rules pass `app.language` as `_language` only so that Kivy
+        re-evaluates them when the language changes."""
+        return self._messages.get(key, **fields)
+
+    def on_language(self, _app: Any, language: str) -> None:
+        self._messages = Messages(language)
+        self.title = self._messages.get("app.title")
+
+    def toggle_language(self) -> None:
+        self.set_language(next_language(self.language))
+
+    def set_language(self, language: str) -> None:
+        self.language = language
+        if self._language_reset is not None:
+            self._language_reset.cancel()
+            self._language_reset = None
+        if language != self.default_language:
+            self._language_reset = Clock.schedule_once(
+                lambda _dt: self._reset_language(), LANGUAGE_RESET_S
+            )
+
+    def _reset_language(self) -> None:
+        self._language_reset = None
+        if self.root is not None and self.root.current == START:
+            self.language = self.default_language
+        else:  # not in the middle of someone's result: try again later
+            self.set_language(self.language)
+
+    # -- building ---------------------------------------------------------------------
+
+    def build(self) -> ScreenManager:
+        sm = ScreenManager(transition=FadeTransition(duration=0.15))
+        sm.add_widget(StartScreen(name=START))
+        sm.add_widget(ResultScreen(name=RESULT, timeout_s=self.ui.result_s))
+        join = JoinScreen(name=JOIN, timeout_s=max(JOIN_S, self.ui.result_s))
+        join.set_url(self.ui.join_url)
+        sm.add_widget(join)
+        sm.current = START
+        Window.bind(size=self._rescale)
+        self._rescale(Window, Window.size)
+        return sm
+
+    def _rescale(self, _window: Any, size: tuple[int, int]) -> None:
+        width, height = size
+        self.scale = max(0.5, min(width / DESIGN_SIZE[0], height / DESIGN_SIZE[1]))
+
+    # -- navigation -------------------------------------------------------------------
+
+    @property
+    def screen_name(self) -> str:
+        return str(self.root.current) if self.root is not None else ""
+
+    def show_outcome(self, outcome: Outcome) -> None:
+        """Show one scan's outcome; a new outcome replaces the one on screen."""
+        if self.root is None:
+            return
+        screen: ResultScreen = self.root.get_screen(RESULT)
+        screen.show(describe(outcome, self._messages))
+        if self.root.current == RESULT:
+            screen.restart_timer()
+        else:
+            self.root.current = RESULT
+        if self._language_reset is not None:
+            self.set_language(self.language)  # someone is using it: keep their language
+
+    def show_join(self) -> None:
+        if self.root is not None:
+            self.root.current = JOIN
+
+    def go_home(self) -> None:
+        if self.root is not None:
+            screen = self.root.current_screen
+            if isinstance(screen, CustomerScreen):
+                screen.go_home()

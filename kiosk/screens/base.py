@@ -1,0 +1,90 @@
+"""What every kiosk screen shares: .kv loading, and returning to the start screen.
+
+A customer walks away mid-screen all the time; every screen other than the start
+screen therefore goes back by itself after a while, and on any touch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kivy.animation import Animation
+from kivy.clock import Clock
+from kivy.lang import Builder
+from kivy.properties import ColorProperty, NumericProperty
+from kivy.uix.button import Button
+from kivy.uix.screenmanager import Screen
+from kivy.uix.widget import Widget
+
+START = "start"
+
+
+def load_kv(module_file: str) -> None:
+    """Load the .kv file next to a screen module once, however often it is imported."""
+    path = str(Path(module_file).with_suffix(".kv"))
+    if path not in Builder.files:
+        Builder.load_file(path)
+
+
+class BigButton(Button):
+    """A large rounded button; colours come from the .kv, not from Kivy's grey images."""
+
+    fill = ColorProperty((1.0, 0.76, 0.03, 1.0))
+    ink = ColorProperty((0.06, 0.13, 0.23, 1.0))
+    radius = NumericProperty(18.0)
+
+
+class CountdownBar(Widget):
+    """A thin bar showing how long until the screen goes back by itself."""
+
+    fraction = NumericProperty(1.0)
+
+
+load_kv(__file__)
+
+
+class CustomerScreen(Screen):
+    """A screen that returns to the start screen after `timeout_s`, or on a touch."""
+
+    #: Seconds before going back to the start screen by itself (0: never).
+    timeout_s = NumericProperty(0.0)
+    #: 1 -> 0 while the screen waits to go back; drawn as a bar so people see it will.
+    remaining = NumericProperty(1.0)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._timer: Any = None
+
+    def restart_timer(self) -> None:
+        """Start (or start again, for a new outcome) the countdown back to start."""
+        self.cancel_timer()
+        self.remaining = 1.0
+        if self.timeout_s > 0:
+            self._timer = Clock.schedule_once(lambda _dt: self.go_home(), self.timeout_s)
+            Animation(remaining=0.0, duration=self.timeout_s).start(self)
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        Animation.cancel_all(self, "remaining")
+
+    def on_pre_enter(self, *args: Any) -> None:
+        self.restart_timer()
+
+    def on_leave(self, *args: Any) -> None:
+        self.cancel_timer()
+
+    def on_touch_down(self, touch: Any) -> bool:
+        if self.manager is None or self.manager.current != self.name:
+            return False  # still fading in or out: not this screen's touch yet
+        if super().on_touch_down(touch):
+            return True  # a button on the screen took it
+        self.go_home()
+        return True
+
+    def go_home(self) -> None:
+        self.cancel_timer()
+        if self.manager is not None and self.manager.current != START:
+            self.manager.current = START

@@ -1,0 +1,123 @@
+"""What the result screen says about an outcome: plain data, no Kivy.
+
+Kept apart from the widgets so every event type and rejection reason can be checked
+for a customer-friendly message without opening a window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiosk.i18n import Messages
+
+#: Not events, UI states: the scan could not be recorded at all (e.g. the disk is full);
+#: a locker is open for staff to load an order (recorded once the door closes).
+ERROR = "error"
+LOADING = "locker.opening"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A recorded scan as the screens see it: the event type, the reason, the data."""
+
+    event_type: str
+    reason: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None and self.event_type not in _FAILURES
+
+
+#: Outcomes without a rejection reason that are still bad news for the person in front.
+_FAILURES = frozenset({ERROR, "pickup.failed", "locker.fault"})
+
+
+@dataclass(frozen=True)
+class ResultText:
+    """The lines of the result screen, already in the customer's language."""
+
+    ok: bool
+    title: str
+    detail: str = ""
+    extra: str = ""
+
+
+def _text(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    return "" if value is None else str(value).strip()
+
+
+def describe(outcome: Outcome, messages: Messages) -> ResultText:
+    """The customer-facing message for one outcome."""
+    m, data = messages, outcome.data
+    if outcome.event_type == ERROR:
+        return ResultText(False, m.get("result.error.title"), m.get("result.error.detail"))
+    if outcome.event_type == "pickup.failed":
+        title, detail = m.get("result.pickup_failed.title"), m.get("result.pickup_failed.detail")
+        return ResultText(False, title, detail)
+    if outcome.event_type == "locker.fault":
+        locker = _text(data, "locker")
+        title, detail = (
+            m.get("result.locker_fault.title"),
+            m.get("result.locker_fault.detail", locker=locker),
+        )
+        return ResultText(False, title, detail)
+    if outcome.reason is not None:
+        base = f"reason.{outcome.reason}"
+        if f"{base}.title" not in m:
+            base = "reason.other"
+        return ResultText(False, m.get(f"{base}.title"), m.get(f"{base}.detail"))
+
+    match outcome.event_type:
+        case "checkin":
+            name = _text(data, "name")
+            title = (
+                m.get("result.checkin.title", name=name)
+                if name
+                else m.get("result.checkin.title_anonymous")
+            )
+            points = data.get("points", 0)
+            if data.get("counted", True):
+                detail = m.get(
+                    "result.checkin.detail", earned=data.get("points_earned", 0), points=points
+                )
+            else:
+                detail = m.get("result.checkin.detail_not_counted", points=points)
+            visits = data.get("visits")
+            extra = m.get("result.checkin.visits", visits=visits) if visits else ""
+            return ResultText(True, title, detail, extra)
+        case "coupon.redeemed":
+            campaign, value = _text(data, "campaign"), _text(data, "value")
+            if campaign and value:
+                detail = m.get("result.coupon.detail", campaign=campaign, value=value)
+            else:
+                detail = campaign or value
+            return ResultText(True, m.get("result.coupon.title"), detail)
+        case "reservation.arrived":
+            name = _text(data, "name")
+            title = (
+                m.get("result.reservation.title_named", name=name)
+                if name
+                else m.get("result.reservation.title")
+            )
+            timing = _text(data, "timing") or "on_time"
+            key = f"result.reservation.{timing}"
+            extra = m.get(key) if key in m else ""
+            return ResultText(True, title, _text(data, "service"), extra)
+        case "staff.login":
+            name = _text(data, "name") or _text(data, "staff_id")
+            return ResultText(True, m.get("result.staff.title"), name)
+        case "locker.opening":
+            locker, order = _text(data, "locker"), _text(data, "order")
+            title = m.get("result.loading.title", locker=locker)
+            return ResultText(True, title, m.get("result.loading.detail", order=order))
+        case "member.joined":
+            return ResultText(True, m.get("result.joined.title"), m.get("result.joined.detail"))
+        case "pickup.opened":
+            locker = _text(data, "locker")
+            detail = m.get("result.pickup.detail", locker=locker) if locker else ""
+            return ResultText(True, m.get("result.pickup.title"), detail)
+    return ResultText(True, m.get("result.done.title"))
