@@ -228,15 +228,17 @@ class Repository:
             return []
         values = list(rows.values())
         new: set[str] = set()
+        # One cached statement run "executemany" style: SQLAlchemy batches the rows into
+        # multi-row INSERTs itself (insertmanyvalues) without compiling SQL per batch.
+        stmt = (
+            self._insert(EventRow.__table__)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(EventRow.__table__.c.id)
+        )
         with self._sessions.begin() as session:
             for i in range(0, len(values), _CHUNK):
-                stmt = (
-                    self._insert(EventRow)
-                    .values(values[i : i + _CHUNK])
-                    .on_conflict_do_nothing(index_elements=["id"])
-                    .returning(EventRow.id)
-                )
-                new.update(session.execute(stmt).scalars())
+                result = session.connection().execute(stmt, values[i : i + _CHUNK])
+                new.update(result.scalars())
         return [r["id"] for r in values if r["id"] in new]
 
     def events(

@@ -42,7 +42,7 @@ class MqttSection(_Section):
     ca_file: Path | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     #: Events per published batch while draining a backlog.
-    batch_size: Annotated[int, Field(ge=1, le=1000)] = 200
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 500
     #: Un-acked events are published again after this long.
     resend_after_s: Annotated[float, Field(gt=0)] = 10.0
 

@@ -10,6 +10,7 @@ hundred or a hundred thousand events stored.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -255,15 +256,19 @@ class KioskStore:
     # --- the outbox ------------------------------------------------------------------
 
     def pending(self, limit: int | None = None) -> list[Event]:
-        """Un-acked events, oldest first (the outbox keeps insertion = seq order)."""
+        """Un-acked events, oldest first."""
+        return [Event.model_construct(**d) for d in self.pending_raw(limit)]
+
+    def pending_raw(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Un-acked event envelopes as stored (oldest first; the outbox keeps seq order).
+
+        The documents are never changed once written, so callers may read them freely.
+        """
         with self._lock:
             raw = self._storage.table_data("outbox")
-            docs: list[dict[str, Any]] = []
-            for doc in raw.values():
-                if limit is not None and len(docs) >= limit:
-                    break
-                docs.append(doc)
-        return [Event.model_construct(**d) for d in docs]
+            if limit is None or limit >= len(raw):
+                return list(raw.values())
+            return list(itertools.islice(raw.values(), limit))
 
     def ack(self, ids: Iterable[str]) -> int:
         """Drop acked events from the outbox; returns how many left it."""

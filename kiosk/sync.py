@@ -9,6 +9,7 @@ batches and applies acks and commands, so the network thread never waits on the 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import ssl
 import threading
@@ -249,27 +250,30 @@ class Sync:
         room = MAX_IN_FLIGHT - sum(1 for t in self._in_flight.values() if t > stale)
         if room <= 0:
             return
-        batch: list[Any] = []
-        for event in self.store.pending(limit=MAX_IN_FLIGHT):
-            sent = self._in_flight.get(event.id)
+        batch: list[dict[str, Any]] = []
+        size = min(self.cfg.batch_size, room)
+        for event in self.store.pending_raw(limit=MAX_IN_FLIGHT):
+            sent = self._in_flight.get(event["id"])
             if sent is not None and sent > stale:
                 continue
             batch.append(event)
-            if len(batch) >= min(self.cfg.batch_size, room):
+            if len(batch) >= size:
                 self._send(batch, now)
                 room -= len(batch)
                 batch = []
                 if room <= 0:
                     return
+                size = min(self.cfg.batch_size, room)
         if batch:
             self._send(batch, now)
 
-    def _send(self, batch: list[Any], now: float) -> None:
-        info = self.client.publish(self._t_events, dumps(batch), qos=1)
+    def _send(self, batch: list[dict[str, Any]], now: float) -> None:
+        payload = json.dumps(batch, separators=(",", ":"), ensure_ascii=False).encode()
+        info = self.client.publish(self._t_events, payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return  # not connected after all; the next connection sends them
         for event in batch:
-            self._in_flight[event.id] = now
+            self._in_flight[event["id"]] = now
 
     def _status(self, *, online: bool) -> dict[str, Any]:
         return {

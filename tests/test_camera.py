@@ -1,7 +1,12 @@
-"""Frame sources deliver frames in order, end cleanly, and fail with a clear CameraError."""
+"""Frame sources deliver frames in order, end cleanly, and fail with a clear CameraError;
+a live camera is reopened with backoff, drops frames a slow decoder cannot take, and its
+state reaches the kiosk status."""
 
 from __future__ import annotations
 
+import io
+import itertools
+import json
 import threading
 import time
 from pathlib import Path
@@ -9,8 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kiosk.app import Kiosk
+from kiosk.config import load_config
 from kiosk.devices import corpus
 from kiosk.devices.camera import CameraError, CameraThread, FrameSource, open_source
+from kiosk.headless import run_headless
+from tests.keys import Issuer
 
 
 def _marked(i: int) -> np.ndarray:
@@ -165,3 +174,147 @@ def test_camera_thread_live_drops_stale_frames() -> None:
         assert int(later[0, 0]) != (int(first[0, 0]) + 1) % 256  # skipped ahead, not queued
     finally:
         cam.close()
+
+
+def test_live_camera_that_fails_goes_reopening_then_ok() -> None:
+    """Unplugged: the state says so while reopening fails, and recovers by itself."""
+    attempts = []
+
+    def opener(_spec: str) -> FrameSource:
+        attempts.append(time.monotonic())
+        if 2 <= len(attempts) <= 3:  # the first two reopen attempts find no device
+            raise CameraError("no such device")
+        return FlakyLive()
+
+    cam = CameraThread("fake", opener=opener, backoff=(0.02, 0.2))
+    states = [cam.state]
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not (len(attempts) >= 4 and states[-1] == "ok"):
+            cam.get(timeout=0.01)
+            if cam.state != states[-1]:
+                states.append(cam.state)
+        assert states[:3] == ["ok", "reopening", "ok"], states
+        assert len(attempts) >= 4
+        # Backoff: the wait before each failed attempt's successor doubles.
+        gaps = [b - a for a, b in itertools.pairwise(attempts[1:4])]
+        assert gaps[0] >= 0.02 and gaps[1] >= 0.04, gaps
+        assert cam.get(timeout=2) is not None  # frames flow again
+    finally:
+        cam.close()
+    assert cam.state == "closed"
+
+
+def test_slow_consumer_gets_fresh_frames_not_a_backlog() -> None:
+    """A decoder slower than the camera sees each frame at most once and always the
+    newest: nothing queues up behind it."""
+
+    class Numbered:
+        finite = False
+
+        def __init__(self) -> None:
+            self.i = 0
+
+        def read(self) -> np.ndarray | None:
+            time.sleep(0.002)  # a 500 frames/s camera
+            self.i += 1
+            return np.full((2, 2), self.i, np.int64)
+
+        def close(self) -> None:
+            pass
+
+    src = Numbered()
+    cam = CameraThread(src)
+    got, behind = [], []
+    try:
+        for _ in range(10):
+            frame = cam.get(timeout=2)
+            assert frame is not None
+            got.append(int(frame[0, 0]))
+            behind.append(src.i - got[-1])  # frames captured since this one
+            time.sleep(0.03)  # a 33 frames/s decoder
+        produced = src.i
+    finally:
+        cam.close()
+    assert got == sorted(set(got))  # in order, none twice
+    assert max(behind) <= 3, behind  # each frame taken was (nearly) the newest
+    assert len(got) < produced / 3  # most frames were dropped, not queued
+
+
+def _kiosk(tmp_path: Path) -> tuple[Kiosk, Issuer]:
+    """A kiosk on its own data directory, with a broker nobody listens on (it works offline)."""
+    issuer = Issuer(store="s1")
+    ((kid, key),) = issuer.config_keys.items()
+    config = tmp_path / "kiosk.toml"
+    config.write_text(
+        f'store = "s1"\nkiosk = "k1"\ndata_dir = "data"\n[keys]\n"{kid}" = "{key}"\n'
+        '[mqtt]\nurl = "mqtt://127.0.0.1:1"\n',
+        encoding="utf-8",
+    )
+    return Kiosk(load_config(config)), issuer
+
+
+def test_headless_loop_reports_camera_state_in_status(tmp_path: Path) -> None:
+    kiosk, issuer = _kiosk(tmp_path)
+    member = issuer.code("m", "u1", n="Ann")
+    frame = corpus.make_frame(member, "clean", np.random.default_rng(1))
+    attempts = []
+
+    class Door:
+        """Shows the member's code, then is unplugged; comes back on the third try."""
+
+        finite = False
+
+        def __init__(self) -> None:
+            self.n = 0
+
+        def read(self) -> np.ndarray | None:
+            self.n += 1
+            if self.n > 2:
+                raise CameraError("unplugged")
+            time.sleep(0.01)
+            return frame
+
+        def close(self) -> None:
+            pass
+
+    def reopen() -> FrameSource:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise CameraError("no such device")
+        return Door()
+
+    out = io.StringIO()
+    stop = threading.Event()
+    result: list[int] = []
+    runner = threading.Thread(
+        target=lambda: result.append(
+            run_headless(
+                kiosk,
+                Door(),
+                exit_at_end=False,
+                out=out,
+                reopen=reopen,
+                backoff=(0.02, 0.05),
+                stop=stop,
+            )
+        )
+    )
+    runner.start()
+    states: list[str] = []
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(attempts) < 4:
+            state = kiosk.telemetry().get("camera")
+            if state is not None and (not states or state != states[-1]):
+                states.append(state)
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        runner.join(10)
+    assert not runner.is_alive() and result == [0]
+    assert states[:3] == ["ok", "reopening", "ok"], states
+    assert kiosk.telemetry()["camera"] == "closed"
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    # The same code seen again after the camera came back is still one visit.
+    assert [(x["type"], x["data"]["member_id"]) for x in lines] == [("checkin", "u1")]

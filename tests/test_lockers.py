@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from gpiozero.pins.mock import MockFactory
 from pydantic import ValidationError
 
-from kiosk.config import LockersSection, LockerSection
+from kiosk.config import LockerSection, LockersSection
 from kiosk.devices.lockers import LockerBank, LockerConfigError, UnknownLocker
 
 PULSE = 0.1
@@ -75,13 +76,13 @@ def door_shut(factory: MockFactory, number: int) -> None:
     factory.pin(PINS[number - 1][1]).drive_low()
 
 
-def later(delay: float, action: object, *args: object) -> threading.Timer:
-    t = threading.Timer(delay, action, args)  # type: ignore[arg-type]
+def later(delay: float, action: Callable[..., None], *args: object) -> threading.Timer:
+    t = threading.Timer(delay, action, args)
     t.start()
     return t
 
 
-def relay_pin(factory: MockFactory, number: int):  # type: ignore[no-untyped-def]
+def relay_pin(factory: MockFactory, number: int) -> Any:
     return factory.pin(PINS[number - 1][0])
 
 
@@ -215,7 +216,7 @@ def test_pulses_never_overlap_across_the_bank(bank: LockerBank, factory: MockFac
 
 
 def test_unknown_locker(bank: LockerBank) -> None:
-    with pytest.raises(UnknownLocker, match="1..2"):
+    with pytest.raises(UnknownLocker, match=r"1\.\.2"):
         bank.unlock(3)
     with pytest.raises(LookupError):
         bank.is_open(0)
@@ -302,7 +303,7 @@ def test_sensor_stuck_closed_refuse_policy(factory: MockFactory, faults: Faults)
 
 
 def test_config_rejects_a_pin_used_twice() -> None:
-    with pytest.raises(ValidationError, match="also bank\\[0\\].relay_pin"):
+    with pytest.raises(ValidationError, match=r"also bank\[0\]\.relay_pin"):
         make_cfg(
             bank=[
                 LockerSection(relay_pin=17, door_pin=27),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from kiosk.devices import corpus
-from kiosk.devices.qr import Decoded, QrDecoder
+from kiosk.devices.qr import Decoded, QrDecoder, blur_length, find_motion_blur
 
 PER_DISTORTION = 6
 
@@ -33,11 +34,53 @@ def test_read_rate_over_corpus(decoder: QrDecoder, frames: list) -> None:
         if text is not None:
             hits.setdefault(dist, []).append(text in [d.text for d in decoder.decode(frame)])
     overall = np.mean([h for v in hits.values() for h in v])
-    assert overall >= 0.9, {d: np.mean(v) for d, v in hits.items()}
-    # Every distortion except severe motion blur is read at least most of the time.
+    assert overall >= 0.96, {d: np.mean(v) for d, v in hits.items()}  # the issue's target
     for dist, v in hits.items():
-        if dist != "motion_blur":
-            assert np.mean(v) >= 0.8, (dist, v)
+        assert np.mean(v) >= 0.8, (dist, v)
+
+
+def _shaken(text: str, angle: float, rng: np.random.Generator, length: int = 9) -> np.ndarray:
+    """A code under a straight shake: 9 px is the corpus's strongest, two modules long."""
+    sharp = corpus.make_multi_frame([text], "clean", rng)
+    return cv2.filter2D(sharp, -1, corpus._motion_kernel(length, angle))
+
+
+def test_reads_motion_blurred_codes_in_every_direction(decoder: QrDecoder) -> None:
+    rng = np.random.default_rng(22)
+    stages = []
+    for angle in range(0, 180, 20):
+        text = corpus.sample_token(rng)
+        found = decoder.decode(_shaken(text, float(angle), rng))
+        assert [d.text for d in found] == [text], angle
+        stages.append(found[0].stage)
+        # Corners are in frame coordinates, not those of the deblurred region.
+        xs, ys = zip(*found[0].polygon, strict=True)
+        assert 0 <= min(xs) < max(xs) <= corpus.WIDTH and 0 <= min(ys) < max(ys) <= corpus.HEIGHT
+    assert stages.count("zxing-motion") >= 5, stages  # the deblur stage did the work
+
+
+def test_motion_blur_gate(frames: list) -> None:
+    """The deconvolution runs only on smeared frames, so code-free frames stay cheap."""
+    for _text, dist, frame in frames:
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        blur = find_motion_blur(gray)
+        if dist == "motion_blur":
+            assert blur is not None
+            length = blur_length(
+                gray[blur.box[1] : blur.box[3], blur.box[0] : blur.box[2]], blur.angle
+            )
+            assert 6.5 <= length <= 9.5
+        else:
+            assert blur is None, dist
+
+
+def test_two_motion_blurred_codes(decoder: QrDecoder) -> None:
+    rng = np.random.default_rng(23)
+    a, b = corpus.sample_token(rng), corpus.sample_token(rng)
+    frame = cv2.filter2D(
+        corpus.make_multi_frame([a, b], "clean", rng), -1, corpus._motion_kernel(8, 30.0)
+    )
+    assert sorted(d.text for d in decoder.decode(frame)) == sorted([a, b])
 
 
 @pytest.mark.parametrize("distortion", ["clean", "inverted", "perspective", "small", "dark"])
@@ -102,10 +145,10 @@ def test_garbage_returns_empty(decoder: QrDecoder, garbage: object) -> None:
     assert decoder.decode(garbage) == []  # type: ignore[arg-type]
 
 
-def test_pyzbar_only_mode_reads_dark_on_light_and_inverted() -> None:
+def test_pyzbar_only_mode_reads_dark_on_light_inverted_and_motion_blur() -> None:
     dec = QrDecoder(use_zxing=False)
     rng = np.random.default_rng(12)
-    for dist in ("clean", "inverted"):
+    for dist in ("clean", "inverted", "motion_blur"):
         text = corpus.sample_token(rng)
         assert [d.text for d in dec.decode(corpus.make_frame(text, dist, rng))] == [text]
 

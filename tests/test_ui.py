@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from kiosk.i18n import LANGUAGES, Messages, load_catalog
-from kiosk.screens.outcome import ERROR, Outcome, describe
+from kiosk.screens.outcome import ERROR, LOADING, Outcome, describe
 from o2o_protocol.messages import Reason
 from tests.keys import Issuer
 from tests.support import free_port, missing_component
@@ -369,6 +369,9 @@ def test_every_reason_has_a_customer_message() -> None:
             titles.add(text.title)
         assert len(titles) >= len(Reason) - 2  # a few share a wording on purpose
         assert describe(Outcome(ERROR), m).ok is False
+        assert describe(Outcome("pickup.failed", None, {"locker": 2}), m).ok is False
+        loading = describe(Outcome(LOADING, None, {"locker": 3, "order": "A-7"}), m)
+        assert loading.ok and "3" in loading.title and "A-7" in loading.detail
         reservation = describe(
             Outcome("reservation.arrived", None, {"service": "剪发", "timing": "late"}), m
         )

@@ -189,7 +189,6 @@ class Locker:
         even when the sensor policy would refuse.
         """
         with self._unlock_lock:
-            start = time.monotonic()
             already_open = self.is_open
             suspect = already_open or self._fault == SENSOR_FAULT
             if already_open:
@@ -198,11 +197,7 @@ class Locker:
                 )
             if suspect and self.sensor_fault_policy == "refuse" and not force:
                 return UnlockResult(self.number, False, SENSOR_FAULT)
-            with self._state_lock:
-                self._opened.clear()
-                self._window_until = start + self.door_timeout_s
-                self._last_unlock = start
-            self.pulse()
+            start = self._pulse(arm=True)
             if already_open:
                 return UnlockResult(self.number, True, SENSOR_FAULT, time.monotonic() - start)
             opened = self._opened.wait(max(0.0, start + self.door_timeout_s - time.monotonic()))
@@ -226,13 +221,28 @@ class Locker:
             return UnlockResult(self.number, False, DOOR_NOT_OPENED, seconds)
 
     def pulse(self) -> None:
-        """Power the latch for `pulse_s`; the relay is off again whatever happens."""
+        """Power the latch for `pulse_s` without watching the door (a relay test)."""
+        self._pulse(arm=False)
+
+    def _pulse(self, *, arm: bool) -> float:
+        """Pulse once the bank's other relays are quiet; the relay is off whatever happens.
+
+        With `arm`, the unlock window (when a door opening is expected, not forced) starts
+        with the pulse, so waiting for another locker's pulse does not eat into it.
+        """
         with self._pulse_lock:
+            start = time.monotonic()
+            if arm:
+                with self._state_lock:
+                    self._opened.clear()
+                    self._window_until = start + self.door_timeout_s
+                    self._last_unlock = start
             try:
                 self.relay.on()
                 time.sleep(self.pulse_s)
             finally:
                 self.relay.off()
+        return start
 
     def wait_closed(self, timeout: float | None) -> bool:
         """Block until the door reads closed (True) or `timeout` seconds pass (False)."""

@@ -379,6 +379,8 @@ class PrinterWorker:
 
     def _run(self) -> None:
         poll = self.poll_s if self.poll_s > 0 else None
+        if poll is not None:
+            self._poll()  # know the state at start-up (and load escpos off the UI thread)
         while True:
             try:
                 receipt = self._queue.get(timeout=poll)
