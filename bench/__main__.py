@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_decode, bench_sync
+from bench import bench_decode, bench_store, bench_sync
 
 
 def main() -> int:
@@ -21,12 +21,16 @@ def main() -> int:
     decode = bench_decode.run(quick=quick)
     bench_decode.print_table(decode)
     print()
+    store = bench_store.run(quick=quick)
+    bench_store.print_table(store)
+    print()
     sync = bench_sync.run(quick=quick)
     bench_sync.print_table(sync)
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": {"python": platform.python_version(), "cpu": platform.machine()},
         "decode": decode,
+        "store": store,
         "sync": sync,
     }
     out = Path(__file__).parent / "results.json"

@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from kiosk import ha
 from kiosk.config import MqttSection
 from kiosk.store import KioskStore
 from o2o_protocol import topics
@@ -96,6 +97,7 @@ class Sync:
         client.on_disconnect = self._on_disconnect
         client.message_callback_add(self._t_acks, self._on_ack)
         client.message_callback_add(self._t_cmd, self._on_cmd)
+        client.message_callback_add(topics.HA_STATUS, self._on_ha_status)
         return client
 
     def start(self) -> None:
@@ -155,7 +157,8 @@ class Sync:
             log.warning("broker refused the connection: %s", reason_code)
             return
         log.info("connected to %s:%d", self._host, self._port)
-        client.subscribe([(self._t_acks, 1), (self._t_cmd, 1)])
+        client.subscribe([(self._t_acks, 1), (self._t_cmd, 1), (topics.HA_STATUS, 1)])
+        self._publish_discovery()
         self._connected.set()
         with self._wake:
             self._in_flight.clear()  # whatever was in flight is re-sent on this connection
@@ -193,6 +196,15 @@ class Sync:
         with self._wake:
             self._commands.append(cmd)
             self._wake.notify()
+
+    def _on_ha_status(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Home Assistant came (back) online: it forgets devices, so tell it again."""
+        if msg.payload.strip() == b"online":
+            self._publish_discovery()
+
+    def _publish_discovery(self) -> None:
+        topic, payload = ha.discovery(self.store.store_id, self.store.kiosk_id, self.version)
+        self.client.publish(topic, dumps(payload), qos=1, retain=True)
 
     # --- the worker ------------------------------------------------------------------
 
