@@ -28,6 +28,8 @@ from kiosk.decisions import (
     pickup_completed,
 )
 from kiosk.devices.lockers import LockerBank
+from kiosk.devices.printer import PrinterWorker, ReceiptPrinter
+from kiosk.receipts import receipt_for
 from kiosk.store import KioskStore, Recorded
 from kiosk.sync import Sync
 from o2o_protocol.codes import CodeType, Rejected, verify_code
@@ -59,6 +61,7 @@ class Kiosk:
         store: KioskStore | None = None,
         sync: Sync | None = None,
         lockers: LockerBank | None = None,
+        printer: ReceiptPrinter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
@@ -81,7 +84,13 @@ class Kiosk:
             lockers=[(locker.number, locker.size) for locker in self.lockers],
             history_days=r.history_days,
         )
-        self._telemetry: dict[str, Callable[[], Any]] = {"lockers": self.lockers.status}
+        self.printer = PrinterWorker(
+            printer or ReceiptPrinter.from_config(cfg.printer), on_fault=self._printer_fault
+        )
+        self._telemetry: dict[str, Callable[[], Any]] = {
+            "lockers": self.lockers.status,
+            "printer": lambda: self.printer.status,
+        }
         self.sync = sync or Sync(
             cfg.mqtt,
             self.store,
@@ -93,14 +102,19 @@ class Kiosk:
         self._listeners: list[Listener] = []
         self._staff_until = 0.0
         self._watchers: list[threading.Thread] = []
+        self._started = False
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
+        self.printer.start()
         self.sync.start()
+        self._started = True
 
     def stop(self) -> None:
-        self.sync.stop()
+        if self._started:
+            self.sync.stop()
+            self.printer.stop()
         self.lockers.close()
         self.store.close()
 
@@ -197,7 +211,24 @@ class Kiosk:
                 listener(recorded)
             except Exception:
                 log.exception("outcome listener failed")
+        self._print(recorded)
         return recorded
+
+    def _print(self, recorded: Recorded) -> None:
+        """Receipts only for outcomes already on disk; a printer fault never stops a scan."""
+        event = recorded.event
+        receipt = receipt_for(
+            event.type,
+            event.data,
+            language=self.cfg.ui.language,
+            ts=event.ts,
+            next_visit_url=self.cfg.printer.next_visit_url or None,
+        )
+        if receipt is not None:
+            self.printer.submit(receipt)
+
+    def _printer_fault(self, kind: str, detail: str) -> None:
+        self.record(Decision(EventType.PRINTER_FAULT, {"fault": kind, "detail": detail}))
 
     # --- lockers ---------------------------------------------------------------------
 

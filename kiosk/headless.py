@@ -121,6 +121,15 @@ def run_headless(
     decoder = QrDecoder()
     camera = camera_thread(source, reopen=reopen, backoff=backoff)
     kiosk.add_telemetry("camera", lambda: camera.state)
+    printing = threading.Lock()
+
+    def _print(recorded: Recorded) -> None:
+        # Every outcome, including those recorded later by a door closing, once on disk.
+        with printing:
+            out.write(json.dumps(outcome_line(recorded), ensure_ascii=False) + "\n")
+            out.flush()
+
+    kiosk.add_listener(_print)
     kiosk.start()
     frames = 0
     status = 0
@@ -140,14 +149,13 @@ def run_headless(
                 if isinstance(outcome, Opening):
                     # Staff loading a locker: `locker.loaded` is recorded when it closes.
                     log.info("locker %d open to load order %s", outcome.locker, outcome.order)
-                    continue
-                out.write(json.dumps(outcome_line(outcome), ensure_ascii=False) + "\n")
-                out.flush()
         if camera.finite:
             log.info("camera source ended after %d frames", frames)
         elif not stop.is_set():
             log.error("camera stopped after %d frames and cannot be reopened", frames)
         if exit_at_end and not stop.is_set():
+            if not kiosk.wait_idle(drain_timeout_s):
+                log.warning("a locker door is still open; its outcome comes when it closes")
             pending = kiosk.store.outbox_size()
             log.info(
                 "waiting up to %.0f s for %d events to reach the bridge", drain_timeout_s, pending
