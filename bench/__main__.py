@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_decode, bench_store, bench_sync
+from bench import bench_decode, bench_latency, bench_store, bench_sync
 
 
 def main() -> int:
@@ -20,6 +20,9 @@ def main() -> int:
     started = time.time()
     decode = bench_decode.run(quick=quick)
     bench_decode.print_table(decode)
+    print()
+    latency = bench_latency.run(quick=quick)
+    bench_latency.print_table(latency)
     print()
     store = bench_store.run(quick=quick)
     bench_store.print_table(store)
@@ -30,6 +33,7 @@ def main() -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": {"python": platform.python_version(), "cpu": platform.machine()},
         "decode": decode,
+        "latency": latency,
         "store": store,
         "sync": sync,
     }

@@ -32,7 +32,7 @@ from kiosk.devices.camera import (
     open_source,
 )
 from kiosk.devices.qr import QrDecoder
-from kiosk.store import Recorded
+from kiosk.store import Recorded, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,12 @@ def run_headless(
             for decoded in decoder.decode(frame):
                 if not kiosk.seen(decoded.text, t):
                     continue
-                outcome = kiosk.handle_scan(decoded.text)
+                try:
+                    outcome = kiosk.handle_scan(decoded.text)
+                except StoreError as exc:
+                    # Nothing was recorded, so nothing is shown; the next scan may succeed.
+                    log.error("scan not recorded: %s", exc)
+                    continue
                 if isinstance(outcome, Opening):
                     # Staff loading a locker: `locker.loaded` is recorded when it closes.
                     log.info("locker %d open to load order %s", outcome.locker, outcome.order)

@@ -1,0 +1,158 @@
+"""The kiosk object with its real store, lockers (gpiozero mock pins) and printer worker:
+joins, receipts, faults and a full disk, as a customer or the owner would notice them."""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kiosk.app import Kiosk
+from kiosk.config import KioskConfig
+from kiosk.devices.printer import SimulatedPrinter
+from kiosk.store import DB_FILE, Recorded, StoreError
+from o2o_protocol.messages import Command
+from tests.keys import Issuer
+
+ISSUER = Issuer()
+
+
+def make_kiosk(tmp_path: Path, **rules: object) -> tuple[Kiosk, SimulatedPrinter]:
+    cfg = KioskConfig.model_validate(
+        {
+            "store": "s1",
+            "kiosk": "k1",
+            "data_dir": str(tmp_path / "data"),
+            "keys": ISSUER.config_keys,
+            "mqtt": {"url": "mqtt://127.0.0.1:9"},  # nobody there: the kiosk works offline
+            "lockers": {"sim_close_after_s": 0.2},
+            "ui": {"join_url": "https://shop.example/join", "language": "en"},
+            "rules": rules,
+        }
+    )
+    printer = SimulatedPrinter()
+    kiosk = Kiosk(cfg, printer=printer)
+    kiosk.printer.start()
+    return kiosk, printer
+
+
+@pytest.fixture
+def kiosk(tmp_path: Path) -> Iterator[tuple[Kiosk, SimulatedPrinter]]:
+    k, p = make_kiosk(tmp_path)
+    yield k, p
+    k.printer.stop()
+    k.lockers.close()
+    k.store.close()
+
+
+def wait_for(predicate: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_join_stores_only_a_hash_and_links_back_online(
+    kiosk: tuple[Kiosk, SimulatedPrinter], tmp_path: Path
+) -> None:
+    k, _printer = kiosk
+    assert k.join("not a phone") is None
+    first = k.join("138 0013 8000")
+    assert isinstance(first, Recorded) and first.event.type == "member.joined"
+    member_id = first.event.data["member_id"]
+    assert first.event.data["join_url"] == f"https://shop.example/join?j={member_id}"
+    again = k.join("13800138000")
+    assert again is not None and again.event.data["member_id"] == member_id
+    assert again.event.data["known"] is True
+    for f in (tmp_path / "data").iterdir():
+        assert "13800138000" not in f.read_text(errors="replace")
+    assert k.store.outbox_size() == 2
+
+
+def test_receipt_printed_after_redemption(kiosk: tuple[Kiosk, SimulatedPrinter]) -> None:
+    k, printer = kiosk
+    k.handle_scan(ISSUER.code("c", "cp1", cp="spring", v="10 off"))
+    wait_for(lambda: len(printer.printed) == 1)
+    assert "spring" in printer.printed[0] and "10 off" in printer.printed[0]
+
+
+def test_paper_out_is_reported_and_the_kiosk_keeps_serving(
+    kiosk: tuple[Kiosk, SimulatedPrinter],
+) -> None:
+    k, printer = kiosk
+    printer.paper_out = True
+    redeemed = k.handle_scan(ISSUER.code("c", "cp2"))
+    assert isinstance(redeemed, Recorded) and redeemed.event.type == "coupon.redeemed"
+    wait_for(lambda: any(e["type"] == "printer.fault" for e in k.store.history()))
+    fault = next(e for e in k.store.history() if e["type"] == "printer.fault")
+    assert fault["data"]["fault"] == "paper_out"
+    member = k.handle_scan(ISSUER.code("m", "u1"))
+    assert isinstance(member, Recorded) and member.event.type == "checkin"
+
+
+def test_full_disk_records_nothing_and_shows_nothing(
+    kiosk: tuple[Kiosk, SimulatedPrinter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    k, _printer = kiosk
+    shown: list[Recorded] = []
+    k.add_listener(shown.append)
+    coupon = ISSUER.code("c", "cp3")
+    import kiosk.journal as journal
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(journal.os, "write", full)
+        with pytest.raises(StoreError):
+            k.handle_scan(coupon)
+    assert shown == [] and k.store.outbox_size() == 0
+    # Space again: the same coupon was never marked used by the failed attempt.
+    ok = k.handle_scan(coupon)
+    assert isinstance(ok, Recorded) and ok.event.type == "coupon.redeemed" and ok.event.seq == 1
+
+
+def test_remote_locker_open_is_logged_as_a_staff_action(
+    kiosk: tuple[Kiosk, SimulatedPrinter],
+) -> None:
+    k, _ = kiosk
+    cmd = Command(seq=1, name="locker.open", data={"locker": 2, "by": "owner"})
+    assert k.store.apply_command(cmd)
+    k._command(cmd)
+    action = k.store.history()[0]
+    assert action["type"] == "staff.action"
+    assert action["data"] == {
+        "action": "locker.open",
+        "locker": 2,
+        "source": "remote:owner",
+        "opened": True,
+        "order": None,
+    }
+
+
+def test_forced_door_is_a_locker_fault(kiosk: tuple[Kiosk, SimulatedPrinter]) -> None:
+    k, _ = kiosk
+    assert k.lockers.simulator is not None
+    k.lockers.simulator.open(3)
+    wait_for(lambda: any(e["type"] == "locker.fault" for e in k.store.history()))
+    fault = next(e for e in k.store.history() if e["type"] == "locker.fault")
+    assert fault["data"]["locker"] == 3 and fault["data"]["fault"] == "forced_open"
+
+
+def test_store_survives_restart_with_data_files_present(tmp_path: Path) -> None:
+    k, _ = make_kiosk(tmp_path)
+    k.handle_scan(ISSUER.code("m", "u9", n="Ann"))
+    k.printer.stop()
+    k.lockers.close()
+    k.store.close()
+    assert (tmp_path / "data" / DB_FILE).with_suffix(".journal").exists()
+    k2, _ = make_kiosk(tmp_path)
+    again = k2.handle_scan(ISSUER.code("m", "u9", n="Ann"))
+    assert isinstance(again, Recorded) and again.event.data["visits"] == 2
+    k2.printer.stop()
+    k2.lockers.close()
+    k2.store.close()
