@@ -18,17 +18,20 @@ from typing import Annotated, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    SecretStr,
     ValidationInfo,
     field_validator,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from o2o_protocol.config_file import ConfigError, load_toml, parse_mqtt_url
+from o2o_protocol.config_file import (
+    ConfigError,
+    ConfigSection,
+    MqttConnection,
+    load_toml,
+    resolve_path,
+)
 from o2o_protocol.messages import check_id
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,7 @@ CONFIG_NAME = "bridge.toml"
 DEFAULT_DB_NAME = "bridge.db"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Section = ConfigSection
 
 
 def _config_dir(info: ValidationInfo) -> Path | None:
@@ -46,55 +48,24 @@ def _config_dir(info: ValidationInfo) -> Path | None:
     return None if base is None else Path(base)
 
 
-def _resolve(path: Path, info: ValidationInfo) -> Path:
-    """Relative paths in a config file are relative to that file, not to the shell's cwd."""
-    base = _config_dir(info)
-    return path if path.is_absolute() or base is None else (base / path)
+_resolve = resolve_path
 
 
-class MqttSection(_Section):
-    url: str = "mqtt://127.0.0.1:1883"
-    username: str | None = None
-    password: SecretStr | None = None
-    ca_file: Path | None = None
+class MqttSection(MqttConnection):
     #: Stable id, so the broker keeps this bridge's session (and its queued messages)
     #: across restarts. Each worker of a shared group needs its own.
     client_id: str | None = None
     #: MQTT v5 shared-subscription group: several workers with the same group split the
     #: ingest between them (`$share/<group>/…`).
     shared_group: str | None = None
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     #: How long the broker keeps the session (and queues QoS 1 messages) while the bridge
     #: is away.
     session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 86400
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        parse_mqtt_url(v)
-        return v
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return None if v is None else _resolve(v, info)
 
     @field_validator("shared_group")
     @classmethod
     def _group(cls, v: str | None) -> str | None:
         return None if v is None else check_id(v, "shared_group")
-
-    @property
-    def tls(self) -> bool:
-        return parse_mqtt_url(self.url)[0]
-
-    @property
-    def host(self) -> str:
-        return parse_mqtt_url(self.url)[1]
-
-    @property
-    def port(self) -> int:
-        return parse_mqtt_url(self.url)[2]
 
 
 class DbSection(_Section):

@@ -11,51 +11,30 @@ from typing import Annotated, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    SecretStr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from o2o_protocol.codes import key_id, load_public_key
-from o2o_protocol.config_file import load_toml, parse_mqtt_url
+from o2o_protocol.config_file import (
+    ConfigSection,
+    MqttConnection,
+    load_toml,
+    resolve_path,
+)
 from o2o_protocol.messages import check_id
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _resolve(path: Path, info: ValidationInfo) -> Path:
-    """Relative paths in a config file are relative to that file, not to the shell's cwd."""
-    base = (info.context or {}).get("config_dir")
-    return path if path.is_absolute() or base is None else (Path(base) / path)
+_Section = ConfigSection
+_resolve = resolve_path
 
 
-class MqttSection(_Section):
-    url: str = "mqtt://127.0.0.1:1883"
-    username: str | None = None
-    password: SecretStr | None = None
-    ca_file: Path | None = None
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+class MqttSection(MqttConnection):
     #: Events per published batch while draining a backlog.
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 500
     #: Un-acked events are published again after this long.
     resend_after_s: Annotated[float, Field(gt=0)] = 10.0
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        parse_mqtt_url(v)
-        return v
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return None if v is None else _resolve(v, info)
 
 
 class RulesSection(_Section):
@@ -68,7 +47,9 @@ class RulesSection(_Section):
     reservation_late_min: Annotated[int, Field(ge=0)] = 15
     #: Code types this kiosk serves (m member, c coupon, p pickup, s staff, r reservation);
     #: others are refused with `not_allowed` (a shop without lockers drops "p").
-    accept: list[Literal["m", "c", "p", "s", "r"]] = ["m", "c", "p", "s", "r"]
+    accept: list[Literal["m", "c", "p", "s", "r"]] = Field(
+        default_factory=lambda: ["m", "c", "p", "s", "r"]
+    )
     #: How long a staff code keeps the kiosk in staff mode.
     staff_session_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     #: Days of event history kept on the kiosk (events not yet acked are always kept).

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -69,3 +77,49 @@ def parse_mqtt_url(url: str) -> tuple[bool, str, int]:
         raise ValueError("must be just mqtt://host:port (credentials go in username/password)")
     tls = parts.scheme == "mqtts"
     return tls, parts.hostname, port or (8883 if tls else 1883)
+
+
+class ConfigSection(BaseModel):
+    """A config table: unknown keys are errors, values are read-only once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def resolve_path(path: Path, info: ValidationInfo) -> Path:
+    """Relative paths in a config file are relative to that file, not to the shell's cwd."""
+    base = (info.context or {}).get("config_dir")
+    return path if path.is_absolute() or base is None else (Path(base) / path)
+
+
+class MqttConnection(ConfigSection):
+    """How to reach the broker; the same keys on the kiosk and the bridge."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    #: CA certificate that signed the broker's (for mqtts:// with a private CA).
+    ca_file: Path | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parse_mqtt_url(v)
+        return v
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else resolve_path(v, info)
+
+    @property
+    def tls(self) -> bool:
+        return parse_mqtt_url(self.url)[0]
+
+    @property
+    def host(self) -> str:
+        return parse_mqtt_url(self.url)[1]
+
+    @property
+    def port(self) -> int:
+        return parse_mqtt_url(self.url)[2]
