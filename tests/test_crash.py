@@ -8,78 +8,37 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from kiosk.devices.replay import write_session
-from tests.support import MosquittoBroker, free_port, wait_for_port
+from tests.shop import init_shop, issue, kiosk_args, run_kiosk, running_bridge, stored_events
+from tests.support import MosquittoBroker
 
-BIN = Path(sys.executable).parent
 KILLS = 50
-
-
-def _cli(shop: Path, *args: str) -> str:
-    proc = subprocess.run(
-        [str(BIN / "o2o-bridge"), *args], cwd=shop, capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def test_kiosk_killed_50_times_loses_nothing_and_doubles_nothing(
     tmp_path: Path, mosquitto_broker: MosquittoBroker
 ) -> None:
     shop = tmp_path
-    _cli(
-        shop,
-        "init",
-        "--dir",
-        str(shop),
-        "--store",
-        "s1",
-        "--kiosk",
-        "k1",
-        "--mqtt",
-        mosquitto_broker.url,
-    )
-    codes = [
-        json.loads(_cli(shop, "issue", "coupon", "--id", f"cp{i}", "--json"))["code"]
-        for i in range(6)
-    ]
-    codes += [
-        json.loads(_cli(shop, "issue", "member", "--id", f"m{i}", "--json"))["code"]
-        for i in range(3)
-    ]
-    sessions = []
+    init_shop(shop, mosquitto_broker.url)
+    codes = [issue(shop, "coupon", "--id", f"cp{i}") for i in range(6)]
+    codes += [issue(shop, "member", "--id", f"m{i}") for i in range(3)]
     rng = random.Random(1234)
+    sessions = []
     for n in range(4):
         texts = codes[:]
         rng.shuffle(texts)
         sessions.append(shop / f"session{n}")
         write_session(sessions[-1], texts, hold_frames=1, gap_frames=3)
 
-    port = free_port()
-    bridge = subprocess.Popen(
-        [str(BIN / "o2o-bridge"), "run", "--config", "bridge.toml", "--http", f"127.0.0.1:{port}"],
-        cwd=shop,
-        stdout=subprocess.DEVNULL,
-        stderr=(shop / "bridge.log").open("w"),
-    )
-    printed: list[dict[str, object]] = []
-    try:
-        wait_for_port("127.0.0.1", port, timeout=20, alive=lambda: bridge.poll() is None)
+    printed: list[dict[str, Any]] = []
+    with running_bridge(shop):
         for kill in range(KILLS):
             kiosk = subprocess.Popen(
-                [
-                    str(BIN / "o2o-kiosk"),
-                    "run",
-                    "--headless",
-                    "--config",
-                    "kiosk-k1.toml",
-                    "--camera",
-                    str(sessions[kill % len(sessions)]),
-                ],
+                kiosk_args(sessions[kill % len(sessions)]),
                 cwd=shop,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -90,35 +49,14 @@ def test_kiosk_killed_50_times_loses_nothing_and_doubles_nothing(
             time.sleep(rng.uniform(0.0, 0.3))
             kiosk.send_signal(signal.SIGKILL)
             rest, _ = kiosk.communicate(timeout=30)
-            out = first + rest
             # A line cut off by the kill was never a complete outcome shown to anyone.
-            printed += [json.loads(x) for x in out.splitlines() if x.endswith("}")]
+            printed += [json.loads(x) for x in (first + rest).splitlines() if x.endswith("}")]
         # Power back on for good: the kiosk drains what it holds.
-        final = subprocess.run(
-            [
-                str(BIN / "o2o-kiosk"),
-                "run",
-                "--headless",
-                "--config",
-                "kiosk-k1.toml",
-                "--camera",
-                str(sessions[0]),
-                "--exit-at-end",
-                "--drain-timeout",
-                "60",
-            ],
-            cwd=shop,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert final.returncode == 0, final.stderr[-2000:]
-        printed += [json.loads(x) for x in final.stdout.splitlines()]
-    finally:
-        bridge.send_signal(signal.SIGTERM)
-        bridge.wait(20)
+        status, lines, stderr = run_kiosk(shop, sessions[0], drain_timeout=60, timeout=180)
+        assert status == 0, stderr[-2000:]
+        printed += lines
 
-    stored = [json.loads(x) for x in _cli(shop, "export", "events").splitlines()]
+    stored = stored_events(shop)
     stored_ids = [e["id"] for e in stored]
     assert len(stored_ids) == len(set(stored_ids))
     missing = {str(p["event"]) for p in printed} - set(stored_ids)

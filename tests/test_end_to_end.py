@@ -7,37 +7,19 @@ exactly once, and bad codes are refused with the contract's reasons.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import pytest
 
 from kiosk.devices.corpus import write_video
 from kiosk.devices.replay import write_session
 from o2o_protocol.codes import b64url_decode, b64url_encode
-from tests.support import MosquittoBroker, free_port, wait_for_port
-
-BIN = Path(sys.executable).parent
-
-
-def cli(tool: str, *args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [str(BIN / tool), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
-
-
-def issue(shop: Path, *args: str) -> str:
-    proc = cli("o2o-bridge", "issue", *args, "--config", "bridge.toml", "--json", cwd=shop)
-    assert proc.returncode == 0, proc.stderr
-    return str(json.loads(proc.stdout)["code"])
+from tests.shop import init_shop, issue, outcomes, run_kiosk, running_bridge, stored_events
+from tests.support import MosquittoBroker
 
 
 def forge(token: str) -> str:
@@ -51,40 +33,10 @@ def forge(token: str) -> str:
 @pytest.fixture
 def shop(tmp_path: Path, mosquitto_broker: MosquittoBroker) -> Iterator[Path]:
     """A shop directory made by `o2o-bridge init`, with the bridge running."""
-    proc = cli(
-        "o2o-bridge",
-        "init",
-        "--dir",
-        str(tmp_path),
-        "--store",
-        "s1",
-        "--kiosk",
-        "k1",
-        "--mqtt",
-        mosquitto_broker.url,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    port = free_port()
-    log = (tmp_path / "bridge.log").open("w")
-    bridge = subprocess.Popen(
-        [str(BIN / "o2o-bridge"), "run", "--config", "bridge.toml", "--http", f"127.0.0.1:{port}"],
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_port("127.0.0.1", port, timeout=20, alive=lambda: bridge.poll() is None)
+    init_shop(tmp_path, mosquitto_broker.url)
+    with running_bridge(tmp_path) as port:
         _wait_health(port)
         yield tmp_path
-    finally:
-        bridge.send_signal(signal.SIGTERM)
-        try:
-            assert bridge.wait(15) == 0, (tmp_path / "bridge.log").read_text()
-        finally:
-            if bridge.poll() is None:
-                bridge.kill()
-            log.close()
 
 
 def _wait_health(port: int) -> None:
@@ -92,41 +44,13 @@ def _wait_health(port: int) -> None:
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                body = json.loads(r.read())
-            if body.get("mqtt_connected", True):
-                return
+                if json.loads(r.read()).get("mqtt_connected"):
+                    return
         except OSError:
             pass
         if time.monotonic() > deadline:
             raise TimeoutError("bridge did not report healthy")
         time.sleep(0.1)
-
-
-def run_kiosk(shop: Path, camera: Path) -> tuple[int, list[dict[str, object]], str]:
-    proc = cli(
-        "o2o-kiosk",
-        "run",
-        "--headless",
-        "--config",
-        "kiosk-k1.toml",
-        "--camera",
-        str(camera),
-        "--exit-at-end",
-        "--drain-timeout",
-        "30",
-        cwd=shop,
-        timeout=120,
-    )
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    return proc.returncode, lines, proc.stderr
-
-
-def stored_events(shop: Path) -> list[dict[str, object]]:
-    proc = cli(
-        "o2o-bridge", "export", "events", "--config", "bridge.toml", "--format", "jsonl", cwd=shop
-    )
-    assert proc.returncode == 0, proc.stderr
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
 def test_scans_reach_the_bridge_once_with_reasons(shop: Path) -> None:
@@ -139,8 +63,7 @@ def test_scans_reach_the_bridge_once_with_reasons(shop: Path) -> None:
 
     status, lines, stderr = run_kiosk(shop, shop / "frames")
     assert status == 0, stderr
-    got = [(line["type"], line["reason"]) for line in lines]
-    assert got == [
+    assert outcomes(lines) == [
         ("checkin", None),
         ("coupon.redeemed", None),
         ("scan.rejected", "already_used"),
@@ -149,38 +72,32 @@ def test_scans_reach_the_bridge_once_with_reasons(shop: Path) -> None:
         ("scan.rejected", "bad_signature"),
         ("scan.rejected", "malformed"),
     ], stderr
-    assert lines[0]["data"]["name"] == "小明"  # type: ignore[index]
+    assert lines[0]["data"]["name"] == "小明"
 
     stored = stored_events(shop)
     assert sorted(e["id"] for e in stored) == sorted(line["event"] for line in lines)
     by_id = {e["id"]: e for e in stored}
     for line in lines:
         event = by_id[line["event"]]
-        assert event["type"] == line["type"] and event["store"] == "s1"
-        assert event["kiosk"] == "k1"
-    assert [e["seq"] for e in sorted(stored, key=lambda e: e["seq"])] == list(range(1, 8))
+        assert (event["type"], event["store"], event["kiosk"]) == (line["type"], "s1", "k1")
+    assert sorted(e["seq"] for e in stored) == list(range(1, 8))
 
     # The kiosk remembers across restarts: the coupon stays used, the member visits again.
     write_session(shop / "frames2", [member, coupon])
     status, lines2, stderr = run_kiosk(shop, shop / "frames2")
     assert status == 0, stderr
-    assert [(x["type"], x["reason"]) for x in lines2] == [
-        ("checkin", None),
-        ("scan.rejected", "already_used"),
-    ]
-    assert lines2[0]["data"]["visits"] == 2  # type: ignore[index]
+    assert outcomes(lines2) == [("checkin", None), ("scan.rejected", "already_used")]
+    assert lines2[0]["data"]["visits"] == 2
     assert len(stored_events(shop)) == 9
 
 
 def test_video_file_camera(shop: Path) -> None:
-    import cv2
-
     member = issue(shop, "member", "--id", "u7")
     paths = write_session(shop / "frames", [member], gap_frames=5)
     video = write_video(shop / "door.avi", [cv2.imread(str(p)) for p in paths])
     status, lines, stderr = run_kiosk(shop, video)
     assert status == 0, stderr
-    assert [(x["type"], x["data"]["member_id"]) for x in lines] == [("checkin", "u7")]  # type: ignore[index]
+    assert [(x["type"], x["data"]["member_id"]) for x in lines] == [("checkin", "u7")]
 
 
 def test_outcomes_wait_in_the_outbox_while_the_broker_is_down(
@@ -189,35 +106,15 @@ def test_outcomes_wait_in_the_outbox_while_the_broker_is_down(
     coupon = issue(shop, "coupon", "--id", "cp9")
     write_session(shop / "frames", [coupon])
     mosquitto_broker.stop()
-    env_kiosk = subprocess.run(
-        [
-            str(BIN / "o2o-kiosk"),
-            "run",
-            "--headless",
-            "--config",
-            "kiosk-k1.toml",
-            "--camera",
-            str(shop / "frames"),
-            "--exit-at-end",
-            "--drain-timeout",
-            "2",
-        ],
-        cwd=shop,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=os.environ.copy(),
-    )
+    status, lines, stderr = run_kiosk(shop, shop / "frames", drain_timeout=2)
     # The customer got their redemption; it is queued, not lost, and the run says so.
-    assert [json.loads(x)["type"] for x in env_kiosk.stdout.splitlines()] == ["coupon.redeemed"]
-    assert env_kiosk.returncode == 1
-    assert "not yet acked" in env_kiosk.stderr
+    assert outcomes(lines) == [("coupon.redeemed", None)]
+    assert status == 1 and "not yet acked" in stderr
     mosquitto_broker.start()
-    time.sleep(1.0)  # the bridge reconnects by itself
     empty = shop / "empty"
     empty.mkdir()
     last = sorted((shop / "frames").iterdir())[-1]  # a frame with no code in it
     (empty / last.name).write_bytes(last.read_bytes())
     status, lines, stderr = run_kiosk(shop, empty)
     assert status == 0 and lines == [], stderr
-    assert [e["data"]["coupon_id"] for e in stored_events(shop)] == ["cp9"]  # type: ignore[index]
+    assert [e["data"]["coupon_id"] for e in stored_events(shop)] == ["cp9"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,24 +20,21 @@ from typing import Any
 import pytest
 
 from kiosk.devices.replay import write_session
-from tests.support import MosquittoBroker, free_port, wait_for_port
-
-BIN = Path(sys.executable).parent
-
-
-def bridge_cli(shop: Path, *args: str) -> str:
-    proc = subprocess.run(
-        [str(BIN / "o2o-bridge"), *args], cwd=shop, capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def issue(shop: Path, *args: str) -> str:
-    return str(json.loads(bridge_cli(shop, "issue", *args, "--json"))["code"])
+from tests.shop import (
+    init_shop,
+    issue,
+    kiosk_args,
+    outcomes,
+    run_kiosk,
+    running_bridge,
+    stored_events,
+)
+from tests.support import MosquittoBroker
 
 
 class Shop:
+    """The shop directory plus the running bridge's API, and the kiosk's config file."""
+
     def __init__(self, root: Path, http_port: int) -> None:
         self.root, self.http_port = root, http_port
         self.token = (root / "api.token").read_text().strip()
@@ -60,9 +56,7 @@ class Shop:
     def set_lockers(self, **settings: object) -> None:
         cfg = self.root / "kiosk-k1.toml"
         extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
-        text = cfg.read_text()
-        head, _, _ = text.partition("[lockers]\n")
-        tail = text.split("[lockers]\n", 1)[1]
+        head, _, tail = cfg.read_text().partition("[lockers]\n")
         cfg.write_text(head + "[lockers]\n" + extra + tail)
 
     def set_rule(self, key: str, value: object) -> None:
@@ -70,50 +64,22 @@ class Shop:
         cfg.write_text(cfg.read_text() + f"\n[rules]\n{key} = {json.dumps(value)}\n")
 
     def scan(self, name: str, texts: list[str]) -> list[dict[str, Any]]:
-        frames = write_session(self.root / name, texts, gap_frames=8)
-        assert frames
-        proc = subprocess.run(
-            [
-                str(BIN / "o2o-kiosk"),
-                "run",
-                "--headless",
-                "--config",
-                "kiosk-k1.toml",
-                "--camera",
-                name,
-                "--exit-at-end",
-                "--drain-timeout",
-                "30",
-            ],
-            cwd=self.root,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return [json.loads(x) for x in proc.stdout.splitlines()]
+        write_session(self.root / name, texts, gap_frames=8)
+        status, lines, stderr = run_kiosk(self.root, name)
+        assert status == 0, stderr[-3000:]
+        return lines
 
     def sync_commands(self, upto: int) -> None:
         """Bring the kiosk online until it has applied every command up to `upto`."""
-        empty = self.root / "idle"
-        if not empty.exists():
-            write_session(empty, ["idle"], gap_frames=1)
+        idle = self.root / "idle"
+        if not idle.exists():
+            write_session(idle, ["idle"], gap_frames=1)
         kiosk = subprocess.Popen(
-            [
-                str(BIN / "o2o-kiosk"),
-                "run",
-                "--headless",
-                "--config",
-                "kiosk-k1.toml",
-                "--camera",
-                str(empty),
-            ],
-            cwd=self.root,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            kiosk_args(idle), cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
             deadline = time.monotonic() + 30
+            status: dict[str, Any] = {}
             while time.monotonic() < deadline:
                 kiosks = self.api("GET", "/api/v1/kiosks")["kiosks"]
                 status = next((k["status"] for k in kiosks if k["kiosk"] == "k1"), None) or {}
@@ -126,39 +92,13 @@ class Shop:
             kiosk.wait(20)
 
 
-def outcomes(lines: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
-    return [(str(x["type"]), x["reason"]) for x in lines]
-
-
 @pytest.fixture
 def shop(tmp_path: Path, mosquitto_broker: MosquittoBroker) -> Iterator[Shop]:
-    bridge_cli(
-        tmp_path,
-        "init",
-        "--dir",
-        str(tmp_path),
-        "--store",
-        "s1",
-        "--kiosk",
-        "k1",
-        "--mqtt",
-        mosquitto_broker.url,
-    )
-    port = free_port()
-    bridge = subprocess.Popen(
-        [str(BIN / "o2o-bridge"), "run", "--config", "bridge.toml", "--http", f"127.0.0.1:{port}"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "bridge.log").open("w"),
-    )
-    try:
-        wait_for_port("127.0.0.1", port, timeout=20, alive=lambda: bridge.poll() is None)
+    init_shop(tmp_path, mosquitto_broker.url)
+    with running_bridge(tmp_path) as port:
         s = Shop(tmp_path, port)
         s.set_lockers(sim_close_after_s=0.5)
         yield s
-    finally:
-        bridge.send_signal(signal.SIGTERM)
-        bridge.wait(20)
 
 
 def test_preorder_loaded_by_staff_and_picked_up_by_customer(shop: Shop) -> None:
@@ -204,8 +144,7 @@ def test_preorder_loaded_by_staff_and_picked_up_by_customer(shop: Shop) -> None:
     again = shop.scan("again", [pick_a1])
     assert outcomes(again) == [("scan.rejected", "already_used")]
 
-    stored = [json.loads(x) for x in bridge_cli(root, "export", "events").splitlines()]
-    types = [e["type"] for e in stored]
+    types = [e["type"] for e in stored_events(root)]
     for t in (
         "staff.login",
         "locker.loaded",
