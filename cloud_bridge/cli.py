@@ -109,6 +109,7 @@ KIOSK_TEMPLATE = """\
 # o2o-kiosk configuration for kiosk {kiosk_raw}, written by `o2o-bridge init`.
 # Run: o2o-kiosk run --config {config}
 # Copy it to the kiosk with the [keys] below: they are public keys, safe to share.
+# Every key is checked at start-up; a misspelt one stops the kiosk with one clear line.
 
 store = {store}
 kiosk = {kiosk}
@@ -120,9 +121,25 @@ data_dir = {data_dir}
 {keys}
 
 [mqtt]
-url = {mqtt}
-# username = "{kiosk_raw}"           # per-kiosk credentials, if the broker asks for them
+url = {mqtt}                  # mqtts://host:8883 for TLS
+# username = "{store_raw}/{kiosk_raw}"   # per-kiosk login: broker_config/add-kiosk-user.sh
 # password = "..."
+# ca_file = "ca.crt"          # for mqtts:// with a private CA (broker_config/make-certs.sh)
+
+[rules]
+points_per_visit = 10
+once_per_day = false          # true: one counted visit (and its points) per member per day
+quiet_window_s = 3.0          # a code held up for seconds is one scan
+reservation_early_min = 15    # arriving more than this early (or late) is early (or late)
+reservation_late_min = 15
+accept = ["m", "c", "p", "s", "r"]   # member, coupon, pickup, staff, reservation
+staff_session_s = 120         # staff mode after a staff code
+history_days = 90             # event history kept on the kiosk (un-synced events always)
+
+[ui]
+language = "zh_CN"            # zh_CN | en
+result_s = 6.0                # seconds before a result screen returns to the start screen
+join_url = ""                 # the shop's online sign-up page (shown as a QR, printed)
 
 [camera]
 type = "v4l2"                 # v4l2 | picamera2 | file | images
@@ -130,9 +147,16 @@ source = "0"                  # device index or path, a video file, or an image 
 
 [lockers]
 type = "simulated"            # gpio, with relay_pin and door_pin per [[lockers.bank]]
+# sensor_fault_policy = "trust_relay"   # or "refuse": see kiosk/devices/lockers.py
+# [[lockers.bank]]
+# size = "M"                  # S | M | L
+# relay_pin = 17              # BCM numbering
+# door_pin = 27
 
 [printer]
-type = "simulated"            # serial, with port = "/dev/serial0"; or none
+type = "simulated"            # serial, with port = "/dev/serial0" (Pi UART) or a USB port
+# codepage = "gb18030"
+# next_visit_url = ""         # printed as a QR on check-in receipts
 """
 
 
@@ -196,6 +220,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             store=_toml_str(store),
             kiosk=_toml_str(k),
             kiosk_raw=k,
+            store_raw=store,
             data_dir=_toml_str(f"kiosk-{k}-data"),
             keys=f"{_toml_str(kid)} = {_toml_str(pub_text)}",
             mqtt=_toml_str(args.mqtt),

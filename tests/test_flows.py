@@ -54,14 +54,22 @@ class Shop:
         return int(self.api("POST", "/api/v1/kiosks/k1/commands", body)["seq"])
 
     def set_lockers(self, **settings: object) -> None:
-        cfg = self.root / "kiosk-k1.toml"
-        extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
-        head, _, tail = cfg.read_text().partition("[lockers]\n")
-        cfg.write_text(head + "[lockers]\n" + extra + tail)
+        self._set("lockers", settings)
 
     def set_rule(self, key: str, value: object) -> None:
+        self._set("rules", {key: value})
+
+    def _set(self, table: str, settings: dict[str, object]) -> None:
+        """Put `key = value` lines at the top of a table of the kiosk file, replacing any."""
         cfg = self.root / "kiosk-k1.toml"
-        cfg.write_text(cfg.read_text() + f"\n[rules]\n{key} = {json.dumps(value)}\n")
+        lines = [
+            line
+            for line in cfg.read_text().splitlines()
+            if not any(line.startswith(f"{k} =") for k in settings)
+        ]
+        at = lines.index(f"[{table}]") + 1
+        lines[at:at] = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        cfg.write_text("\n".join(lines) + "\n")
 
     def scan(self, name: str, texts: list[str]) -> list[dict[str, Any]]:
         write_session(self.root / name, texts, gap_frames=8)
@@ -170,12 +178,7 @@ def test_door_that_does_not_open_keeps_the_order_ready(shop: Shop) -> None:
     assert failed[0]["data"]["reason"] in ("door_not_opened", "sensor_fault")
 
     # Fixed: the same code now opens the same locker: the order had stayed ready.
-    cfg = root / "kiosk-k1.toml"
-    cfg.write_text(
-        cfg.read_text()
-        .replace("door_timeout_s = 0.3\n", "")
-        .replace("sim_open_delay_s = 1.0\n", "")
-    )
+    shop.set_lockers(door_timeout_s=5.0, sim_open_delay_s=0.1)
     ok = shop.scan("fixed", [pick])
     assert outcomes(ok)[0] == ("pickup.opened", None)
 
