@@ -22,15 +22,23 @@ stamp=$venv/.setup-stamp
 # under Xvfb that is Mesa's software renderer (llvmpipe): libgl1 + libglx-mesa0 +
 # libgl1-mesa-dri (EGL alike). libmtdev1 is Kivy's touch input. Checked by starting
 # a Kivy app under xvfb-run and taking a screenshot with CJK text.
+#
+# O2O_ROLE=kiosk (a Raspberry Pi at the door) installs what the kiosk runs with only:
+# no test database, no virtual screen, no dev tools.
+role=${O2O_ROLE:-dev}
 apt_packages=(
     mosquitto mosquitto-clients
     libzbar0
-    xvfb xauth
     fonts-noto-cjk
     libgl1 libglx-mesa0 libgl1-mesa-dri libegl1 libegl-mesa0 libmtdev1
-    postgresql
     openssl
 )
+extras="dev,ui"
+case $role in
+    dev) apt_packages+=(xvfb xauth postgresql) ;;
+    kiosk) extras="ui" ;;
+    *) printf 'setup: O2O_ROLE must be dev or kiosk (got %s)\n' "$role" >&2; exit 2 ;;
+esac
 
 say() { printf 'setup: %s\n' "$*"; }
 die() {
@@ -91,14 +99,14 @@ if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c '' 2>/dev/null; then
 fi
 
 # The stamp names what was installed: pyproject.toml's hash and the interpreter.
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) $("$venv/bin/python" -V 2>&1)"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $("$venv/bin/python" -V 2>&1) $extras"
 if [[ ! -f $stamp || $(<"$stamp") != "$want" ]]; then
     say "installing Python packages into .venv (log: .venv/setup.log)"
     {
-        echo "=== $(date -Is) pip install -e .[dev,ui]"
+        echo "=== $(date -Is) pip install -e .[$extras]"
         "$venv/bin/python" -m pip install -q --upgrade pip
-        "$venv/bin/python" -m pip install -q --progress-bar off -e '.[dev,ui]'
-    } >>"$log" 2>&1 </dev/null || die "pip install -e '.[dev,ui]'"
+        "$venv/bin/python" -m pip install -q --progress-bar off -e ".[$extras]"
+    } >>"$log" 2>&1 </dev/null || die "pip install -e '.[$extras]'"
     printf '%s' "$want" >"$stamp"
 fi
 
