@@ -151,6 +151,10 @@ class Kiosk:
     def staff_active(self) -> bool:
         return self.clock() < self._staff_until
 
+    def staff_logout(self) -> None:
+        """Leave staff mode now, so the next pickup code is a customer's, not a load."""
+        self._staff_until = 0.0
+
     def handle_scan(self, text: str) -> Recorded | Opening:
         """Verify, decide, open a locker if needed, record durably. Returns once on disk."""
         now = self.clock()

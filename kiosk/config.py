@@ -27,6 +27,8 @@ from o2o_protocol.config_file import (
 from o2o_protocol.messages import check_id
 
 _Section = ConfigSection
+CodeLetter = Literal["m", "c", "p", "s", "r"]
+ALL_CODE_TYPES: tuple[CodeLetter, ...] = ("m", "c", "p", "s", "r")
 _resolve = resolve_path
 
 
@@ -47,9 +49,7 @@ class RulesSection(_Section):
     reservation_late_min: Annotated[int, Field(ge=0)] = 15
     #: Code types this kiosk serves (m member, c coupon, p pickup, s staff, r reservation);
     #: others are refused with `not_allowed` (a shop without lockers drops "p").
-    accept: list[Literal["m", "c", "p", "s", "r"]] = Field(
-        default_factory=lambda: ["m", "c", "p", "s", "r"]
-    )
+    accept: list[CodeLetter] = Field(default_factory=lambda: list(ALL_CODE_TYPES))
     #: How long a staff code keeps the kiosk in staff mode.
     staff_session_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     #: Days of event history kept on the kiosk (events not yet acked are always kept).

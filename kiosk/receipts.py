@@ -42,6 +42,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "time": "时间：{ts}",
         "next_visit": "扫码领取下次到店优惠",
         "thanks": "谢谢惠顾，欢迎再来！",
+        "joined": "欢迎加入会员",
+        "joined_known": "您已经是本店会员",
+        "joined_welcome": "感谢加入！到店出示会员码即可积分。",
+        "joined_scan": "用手机扫码，完成会员注册",
+        "joined_scan_known": "用手机扫码，打开您的会员页面",
+        "member_id": "会员号：{member_id}",
     },
     "en": {
         "checkin": "Checked in",
@@ -62,6 +68,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "time": "Time: {ts}",
         "next_visit": "Scan for a next-visit coupon",
         "thanks": "Thank you, see you soon!",
+        "joined": "Welcome to our membership",
+        "joined_known": "You are already a member",
+        "joined_welcome": "Thanks for joining! Show your member code to earn points.",
+        "joined_scan": "Scan with your phone to finish signing up",
+        "joined_scan_known": "Scan with your phone to open your member page",
+        "member_id": "Member no.: {member_id}",
     },
 }
 
@@ -138,6 +150,31 @@ def pickup_receipt(
     return _finish(_t(language, "pickup"), lines, language, ts, next_visit_url)
 
 
+def joined_receipt(
+    data: Mapping[str, Any],
+    *,
+    language: str = "zh_CN",
+    ts: str | None = None,
+    next_visit_url: str | None = None,
+) -> Receipt:
+    """The new member's slip. A kiosk holds public keys only and cannot mint a member
+    code, so the slip's QR is the sign-up link carrying the member id: the customer
+    finishes on the phone and gets a real member code there. No next-visit coupon: the
+    one QR on the slip is the sign-up."""
+    known = bool(data.get("known"))
+    lines = [_t(language, "joined_welcome")] if not known else []
+    lines += _line(language, "member_id", data, "member_id")
+    url = str(data.get("join_url") or "")
+    # Without a configured sign-up page the "link" is the bare member id: nothing to scan.
+    qr = url if "://" in url else None
+    if qr:
+        lines.append(_t(language, "joined_scan_known" if known else "joined_scan"))
+    if ts:
+        lines.append(_t(language, "time", ts=ts))
+    title = _t(language, "joined_known" if known else "joined")
+    return Receipt(title, tuple(lines), qr, _t(language, "thanks"))
+
+
 def selftest_receipt(*, language: str = "zh_CN", qr: str | None = "O2O self-test") -> Receipt:
     """The self-test slip: proves text, the code page and the QR command all print."""
     return Receipt(_t(language, "test"), (_t(language, "test_line"),), qr, _t(language, "thanks"))
@@ -148,6 +185,7 @@ _BUILDERS = {
     EventType.COUPON_REDEEMED.value: coupon_receipt,
     EventType.PICKUP_OPENED.value: pickup_receipt,
     EventType.PICKUP_COMPLETED.value: pickup_receipt,
+    EventType.MEMBER_JOINED.value: joined_receipt,
 }
 
 

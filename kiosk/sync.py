@@ -66,10 +66,14 @@ class Sync:
         self._wake = threading.Condition()
         self._acks: deque[list[str]] = deque()
         self._commands: deque[Command] = deque()
+        #: Event id -> when it was last published. The worker's alone: the network thread
+        #: only raises `_resend_all`, so nobody mutates it while the worker iterates it.
         self._in_flight: dict[str, float] = {}
+        self._resend_all = False
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._status_due = True
+        self._refusal_logged = False
         self._worker = threading.Thread(target=self._run, name="sync", daemon=True)
         self.client = self._make_client()
 
@@ -95,6 +99,7 @@ class Sync:
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
         client.message_callback_add(self._t_acks, self._on_ack)
         client.message_callback_add(self._t_cmd, self._on_cmd)
         client.message_callback_add(topics.HA_STATUS, self._on_ha_status)
@@ -157,11 +162,12 @@ class Sync:
             log.warning("broker refused the connection: %s", reason_code)
             return
         log.info("connected to %s:%d", self._host, self._port)
+        self._refusal_logged = False
         client.subscribe([(self._t_acks, 1), (self._t_cmd, 1), (topics.HA_STATUS, 1)])
         self._publish_discovery()
         self._connected.set()
         with self._wake:
-            self._in_flight.clear()  # whatever was in flight is re-sent on this connection
+            self._resend_all = True  # whatever was in flight is re-sent on this connection
             self._status_due = True
             self._wake.notify()
 
@@ -176,6 +182,26 @@ class Sync:
         if self._connected.is_set() and not self._stopping.is_set():
             log.warning("disconnected from the broker (%s); will reconnect", reason_code)
         self._connected.clear()
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        """A broker's ACL drops a refused publish silently unless we listen (MQTT v5 PUBACK):
+        a kiosk whose login does not match its ids would otherwise retry forever, unseen."""
+        if reason_code.is_failure and not self._refusal_logged:
+            self._refusal_logged = True
+            log.error(
+                "the broker refused a publish (%s): does MQTT user %r match store/kiosk %s/%s?",
+                reason_code,
+                self.cfg.username,
+                self.store.store_id,
+                self.store.kiosk_id,
+            )
 
     def _on_ack(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -218,6 +244,9 @@ class Sync:
                 self._acks.clear()
                 commands = list(self._commands)
                 self._commands.clear()
+                if self._resend_all:
+                    self._resend_all = False
+                    self._in_flight.clear()
             try:
                 self._apply_acks(acks)
                 self._apply_commands(commands)
@@ -246,9 +275,14 @@ class Sync:
         for cmd in sorted(commands, key=lambda c: c.seq):
             if self.store.apply_command(cmd):
                 log.info("applied command %s (seq %d)", cmd.name, cmd.seq)
-                if self._on_command is not None:
-                    self._on_command(cmd)
                 self._status_due = True
+                if self._on_command is not None:
+                    try:
+                        self._on_command(cmd)
+                    except Exception:
+                        # Its data is applied and its seq recorded; a failed device action
+                        # must not cost the commands after it their turn.
+                        log.exception("command %s (seq %d) failed", cmd.name, cmd.seq)
             else:
                 log.debug(
                     "ignored command seq %d (applied up to %d)", cmd.seq, self.store.last_cmd_seq

@@ -1,9 +1,10 @@
 """`o2o-kiosk run`: the touch UI, wired to the camera, the decoder and `Kiosk`.
 
 Threads: the camera captures in its own (`CameraThread`); a reader decodes frames and
-drops codes still held up (`Kiosk.seen`); a scan worker records outcomes (`handle_scan`,
-disk I/O); only the Kivy UI thread touches widgets, through `Clock.schedule_once`. A slow
-disk or decoder therefore never freezes the screen a customer is looking at.
+drops codes still held up (`Kiosk.seen`); a worker records outcomes (scans, joins and
+staff calls: disk I/O, relays); only the Kivy UI thread touches widgets, through
+`Clock.schedule_once`. A slow disk, relay or decoder therefore never freezes the screen
+a customer is looking at.
 
 Environment: `O2O_UI_WINDOW=1024x600` runs in a window of that size instead of full
 screen (development, tests); `O2O_UI_FONT` names a font file (see `kiosk.screens.fonts`).
@@ -22,13 +23,15 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kiosk.app import Kiosk, Opening
 from kiosk.config import KioskConfig
 from kiosk.devices.camera import CameraError, CameraThread
 from kiosk.devices.qr import QrDecoder
 from kiosk.headless import REPLAY_FRAME_S
+from kiosk.receipts import Receipt, receipt_for
+from kiosk.screens.backend import PreorderView, StaffSnapshot, locker_views
 from kiosk.screens.outcome import ERROR, LOADING, Outcome
 from kiosk.store import Recorded
 
@@ -45,6 +48,10 @@ WINDOW_ENV = "O2O_UI_WINDOW"
 #: SDL video drivers that show something on a real screen. Without this list SDL falls
 #: back to its "offscreen" driver and the kiosk would run with an invisible window.
 SCREEN_DRIVERS = "x11,wayland,kmsdrm"
+#: How far back "reprint last receipt" looks for an event that printed something.
+REPRINT_SEARCH = 50
+
+T = TypeVar("T")
 
 
 def outcome_of(recorded: Recorded | Opening) -> Outcome:
@@ -60,35 +67,50 @@ def outcome_of(recorded: Recorded | Opening) -> Outcome:
 
 
 class ScanWorker:
-    """Records scans off the UI thread, one at a time, in the order they arrive."""
+    """Records scans, and runs the screens' other blocking calls (a join, a locker opened
+    by staff, a reprint), off the UI thread, one at a time, in the order they arrive."""
 
     def __init__(self, kiosk: Kiosk, deliver: Callable[[Outcome], None]) -> None:
         self.kiosk = kiosk
         self.deliver = deliver
-        self._inbox: queue.Queue[str | None] = queue.Queue()
+        self._inbox: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="scan-worker", daemon=True)
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, text: str) -> None:
         """Queue one scanned text (thread-safe): from the camera reader, or a test."""
-        self._inbox.put(text)
+        self._inbox.put(lambda: self._scan(text))
+
+    def call(self, job: Callable[[], None]) -> None:
+        """Queue any blocking job; it must catch its own errors and post its own result."""
+        self._inbox.put(job)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the scans already queued (they may be on their way to disk), then stop."""
+        """Finish the jobs already queued (they may be on their way to disk), then stop."""
         if self._thread.is_alive():
             self._inbox.put(None)
             self._thread.join(timeout)
 
+    def _scan(self, text: str) -> None:
+        try:
+            outcome = outcome_of(self.kiosk.handle_scan(text))
+        except Exception:
+            log.exception("could not record a scan")
+            outcome = Outcome(ERROR)
+        self.deliver(outcome)
+
     def _run(self) -> None:
-        while (text := self._inbox.get()) is not None:
+        while (job := self._inbox.get()) is not None:
             try:
-                outcome = outcome_of(self.kiosk.handle_scan(text))
-            except Exception:
-                log.exception("could not record a scan")
-                outcome = Outcome(ERROR)
-            self.deliver(outcome)
+                job()
+            except Exception:  # a job's own bug must not stop the scans behind it
+                log.exception("a UI job failed")
 
 
 class CameraReader:
@@ -141,17 +163,19 @@ class CameraReader:
 
 
 class Session:
-    """Everything behind the screen for one run; `stop` shuts it down in order, once."""
+    """Everything behind the screen for one run; `stop` shuts it down in order, once.
+
+    It is also the screens' `Backend`: each call runs on the worker thread and its answer
+    comes back on the UI thread, so no screen ever waits on a disk, a relay or a printer.
+    """
 
     def __init__(self, kiosk: Kiosk, app: KioskApp, camera: CameraThread | None) -> None:
-        from kivy.clock import Clock
-
         self.kiosk = kiosk
         self.app = app
         self.camera = camera
 
         def deliver(outcome: Outcome) -> None:
-            Clock.schedule_once(lambda _dt: app.show_outcome(outcome))
+            self._post(app.show_outcome, outcome)
 
         self.worker = ScanWorker(kiosk, deliver)
         self.reader = (
@@ -159,10 +183,113 @@ class Session:
         )
         self._watch: Any = None
         self._stopped = False
+        kiosk.add_listener(self._recorded)
+        app.backend = self
         app.bind(on_start=lambda *_: self.start(), on_stop=lambda *_: self.stop())
+
+    @staticmethod
+    def _post(fn: Callable[[T], Any], value: T) -> None:
+        from kivy.clock import Clock
+
+        Clock.schedule_once(lambda _dt: fn(value))
 
     def submit(self, text: str) -> None:
         self.worker.submit(text)
+
+    def _recorded(self, recorded: Recorded) -> None:
+        """Outcomes recorded outside the worker (a door shut on a loaded order, a printer
+        fault, a remote command) reach the screen here; the worker posts its own."""
+        if threading.current_thread() is self.worker.thread:
+            return
+        self._post(self.app.show_background, outcome_of(recorded))
+
+    # --- the screens' calls (Backend) ------------------------------------------------
+
+    def join(self, phone: str, done: Callable[[Outcome | None], None]) -> None:
+        """A member from a typed phone number. The number lives only in this closure:
+        it is never logged, and the screen has already cleared it."""
+
+        def job() -> None:
+            result: Outcome | None
+            try:
+                recorded = self.kiosk.join(phone)
+                result = None if recorded is None else outcome_of(recorded)
+            except Exception as exc:  # the message might quote the input: log its type only
+                log.error("could not record a join: %s", type(exc).__name__)
+                result = Outcome(ERROR)
+            self._post(done, result)
+
+        self.worker.call(job)
+
+    def staff_snapshot(self, done: Callable[[StaffSnapshot], None]) -> None:
+        self.worker.call(lambda: self._post(done, self._snapshot()))
+
+    def _snapshot(self) -> StaffSnapshot:
+        kiosk = self.kiosk
+        try:
+            preorders = [PreorderView(p.order, p.name) for p in kiosk.store.preorders("pending")]
+            lockers = locker_views(kiosk.store.locker_orders(), kiosk.lockers.status())
+            outbox = kiosk.store.outbox_size()
+        except Exception:
+            log.exception("could not read the kiosk's state for the staff screen")
+            preorders, lockers, outbox = [], [], -1
+        return StaffSnapshot(
+            active=kiosk.staff_active(),
+            preorders=preorders,
+            lockers=lockers,
+            printer=str(kiosk.printer.status),
+            camera=self.camera.state if self.camera is not None else "none",
+            outbox=outbox,
+            online=kiosk.sync.connected,
+        )
+
+    def staff_open(self, number: int, done: Callable[[Outcome], None]) -> None:
+        def job() -> None:
+            try:
+                result = outcome_of(self.kiosk.staff_open(number))
+            except Exception:
+                log.exception("staff could not open locker %d", number)
+                result = Outcome(ERROR)
+            self._post(done, result)
+
+        self.worker.call(job)
+
+    def reprint(self, done: Callable[[str | None], None]) -> None:
+        """Print the newest receipt again (paper jam, customer lost it); None if none."""
+
+        def job() -> None:
+            title = None
+            try:
+                receipt = self._last_receipt()
+                if receipt is not None and self.kiosk.printer.submit(receipt):
+                    title = receipt.title
+            except Exception:
+                log.exception("could not reprint the last receipt")
+            self._post(done, title)
+
+        self.worker.call(job)
+
+    def _last_receipt(self) -> Receipt | None:
+        cfg = self.kiosk.cfg
+        for event in self.kiosk.store.history(REPRINT_SEARCH):
+            receipt = receipt_for(
+                str(event.get("type", "")),
+                event.get("data") or {},
+                language=cfg.ui.language,
+                ts=event.get("ts"),
+                next_visit_url=cfg.printer.next_visit_url or None,
+            )
+            if receipt is not None:
+                return receipt
+        return None
+
+    def end_staff(self) -> None:
+        """Staff left the staff screen: end staff mode now, so the next customer's pickup
+        code opens their locker instead of starting a load."""
+        # `Kiosk` has no logout verb yet; its session is this one deadline.
+        self.kiosk.staff_logout()
+
+    # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         from kivy.clock import Clock

@@ -352,3 +352,19 @@ def test_receipt_builders_in_both_languages() -> None:
     with_coupon = receipt_for("checkin", CHECKIN, next_visit_url="https://s.example/n")
     assert with_coupon is not None and with_coupon.qr == "https://s.example/n"
     assert "[QR] https://s.example/n" in render_text(with_coupon)
+
+
+def test_member_joined_slip_carries_the_join_link() -> None:
+    url = "https://shop.example/join?store=s1&j=m-42"
+    data = {"member_id": "m-42", "phone_hash": "ab" * 16, "join_url": url, "known": False}
+    zh = receipt_for("member.joined", data, language="zh_CN", next_visit_url="https://x/c")
+    assert zh is not None and zh.title == "欢迎加入会员"
+    assert zh.qr == url  # the one QR is the sign-up, not a next-visit coupon
+    assert "会员号：m-42" in zh.lines and "用手机扫码，完成会员注册" in zh.lines
+    en = receipt_for("member.joined", {**data, "known": True}, language="en")
+    assert en is not None and en.title == "You are already a member" and en.qr == url
+    assert f"[QR] {url}" in render_text(en)
+    assert "ab" * 16 not in render_text(zh) + render_text(en)  # the hash is not for paper
+    # No sign-up page configured: the link is the bare member id, so nothing to scan.
+    bare = receipt_for("member.joined", {**data, "join_url": "m-42"}, language="en")
+    assert bare is not None and bare.qr is None and "Member no.: m-42" in bare.lines

@@ -34,6 +34,9 @@ RESULT_S = 1.5
 MEMBER_NAME = "王小明"
 CAMPAIGN, VALUE = "开业酬宾", "满50减10"
 JOIN_URL = "https://shop.example.com/join?store=s1"
+PHONE, BAD_PHONE = "13800138000", "12345"
+ORDER, ORDER_NAME, STAFF_NAME = "A-7", "李雷", "小张"
+STAFF_SESSION_S = 7.0
 
 
 # --- the driver, in the app's process ---------------------------------------------------
@@ -53,8 +56,13 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
     from kivy.resources import resource_find
     from kivy.tests.common import UnitTestTouch
 
+    from o2o_protocol.messages import Command
+
     codes = json.loads((out / "codes.json").read_text(encoding="utf-8"))
-    app, session = create_app(Kiosk(load_config(config_path)))
+    kiosk = Kiosk(load_config(config_path))
+    order = {"order": ORDER, "name": ORDER_NAME, "size": "M"}
+    kiosk.store.apply_command(Command(seq=1, name="preorder.upsert", data=order))
+    app, session = create_app(kiosk)
     report: dict[str, Any] = {}
 
     def on_ui(fn: Callable[[], Any]) -> Any:
@@ -99,8 +107,49 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
         on_ui(do)
 
     def shot(name: str) -> str:
-        time.sleep(0.4)  # let the fade finish and a frame reach the screen
-        return str(on_ui(lambda: Window.screenshot(name=str(out / f"{name}.png"))))
+        wait_for("the end of a transition", lambda: not app.root.transition.is_active)
+        time.sleep(0.3)  # let labels and textures settle
+
+        def take() -> str:
+            # glReadPixels reads the back buffer, which after a swap holds an older frame
+            # (with nothing changing, a mid-fade one): draw the current screen into it first.
+            Window.dispatch("on_draw")
+            return str(Window.screenshot(name=str(out / f"{name}.png")))
+
+        return str(on_ui(take))
+
+    def press_keys(digits: str, *, ok: bool = True) -> None:
+        join = app.root.get_screen("join")
+        for key in [*digits, "ok"] if ok else digits:
+            tap(lambda key=key: join.ids[f"key_{key}"])
+
+    def join_state() -> dict[str, Any]:
+        join = app.root.get_screen("join")
+        return {
+            "screen": app.root.current,
+            "message": join.ids.message.text,
+            "phone": join.ids.phone.text,
+            "digits": join.digits,
+            "busy": join.busy,
+        }
+
+    def staff_state() -> dict[str, Any]:
+        staff = app.root.get_screen("staff")
+        return {
+            "screen": app.root.current,
+            "title": staff.ids.title.text,
+            "preorders": staff.ids.preorders.text,
+            "message": staff.ids.message.text,
+            "status": staff.ids.status.text,
+            "lockers": [b.text for b in staff.ids.lockers.children[::-1]],
+            "min_button_h": min(
+                [b.height for b in staff.ids.lockers.children]
+                + [staff.ids.exit_button.height, staff.ids.reprint_button.height]
+            ),
+        }
+
+    def staff_says(text: str) -> Callable[[], bool]:
+        return lambda: app.root.current == "staff" and text in staff_state()["message"]
 
     def start_texts() -> dict[str, Any]:
         ids = app.root.get_screen("start").ids
@@ -177,8 +226,67 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
                 }
             )
             report["shot_join"] = shot("join")
-            tap(lambda: join.ids.title)
-            wait_for("a touch on the join screen", lambda: app.root.current == "start", 1.0)
+            report["key_heights"] = on_ui(
+                lambda: [w.height for w in join.ids.keypad.children] + [join.ids.key_ok.width]
+            )
+            tap(lambda: join.ids.title)  # a missed key: stays, keeps what was typed
+            report["join_after_stray_touch"] = screen()
+
+            zh = Messages("zh_CN")
+            press_keys(BAD_PHONE)
+            wait_for("the bad number", lambda: join_state()["message"] == zh.get("join.bad_phone"))
+            report["join_bad"] = on_ui(join_state)
+            report["shot_join_bad"] = shot("join_bad")
+
+            press_keys(PHONE[:4], ok=False)
+            report["join_typing"] = on_ui(join_state)
+            tap(lambda: join.ids.key_back)
+            press_keys(PHONE[3:], ok=False)
+            report["join_full"] = on_ui(join_state)
+            tap(lambda: join.ids.key_ok)
+            report["join_after_ok"] = on_ui(join_state)  # straight after OK: cleared
+            wait_for("the joined screen", lambda: app.root.current == "joined")
+            joined = app.root.get_screen("joined")
+            report["joined"] = on_ui(
+                lambda: {
+                    "title": joined.ids.title.text,
+                    "hint": joined.ids.hint.text,
+                    "has_qr": joined.has_qr,
+                    "join_phone": join.ids.phone.text,
+                }
+            )
+            report["shot_joined"] = shot("joined")
+            tap(lambda: joined.ids.done_button)
+            wait_for("start after joining", lambda: app.root.current == "start")
+
+            session.submit(codes["staff"])
+            login = wait_for("the staff screen", lambda: ORDER in staff_state()["preorders"])
+            report["staff"] = on_ui(staff_state)
+            report["shot_staff"] = shot("staff")
+
+            session.submit(codes["pickup"])
+            wait_for(
+                "the locker opening", staff_says(zh.get("staff.loading", locker=1, order=ORDER))
+            )
+            report["staff_loading"] = on_ui(staff_state)
+            report["shot_staff_loading"] = shot("staff_loading")
+            loaded_text = zh.get("staff.loaded", locker=1, order=ORDER)
+            wait_for("the door to shut", staff_says(loaded_text))
+            wait_for("locker 1 to show the order", lambda: ORDER in staff_state()["lockers"][0])
+            report["staff_loaded"] = on_ui(staff_state)
+
+            tap(lambda: app.root.get_screen("staff").ids.lockers.children[-2])  # locker 2
+            wait_for("locker 2 to open", staff_says(zh.get("staff.opened", locker=2)))
+            report["staff_opened"] = on_ui(staff_state)
+
+            tap(lambda: app.root.get_screen("staff").ids.reprint_button)
+            wait_for("the reprint", staff_says(zh.get("staff.reprinted", title="")))
+            report["staff_reprint"] = on_ui(staff_state)
+            report["shot_staff_reprint"] = shot("staff_reprint")
+
+            back = wait_for("the end of the staff session", lambda: app.root.current == "start", 15)
+            report["staff_returned_after_s"] = back - login
+            report["staff_active_after"] = kiosk.staff_active()
 
             tap(lambda: app.root.get_screen("start").ids.language_button)
             wait_for("English", lambda: app.language == "en")
@@ -225,6 +333,12 @@ url = "mqtt://127.0.0.1:{free_port()}"
 language = "zh_CN"
 result_s = {RESULT_S}
 join_url = "{JOIN_URL}"
+
+[rules]
+staff_session_s = {STAFF_SESSION_S}
+
+[lockers]
+sim_close_after_s = 1.0
 """,
         encoding="utf-8",
     )
@@ -261,6 +375,8 @@ def ui_run(xvfb_display: str, tmp_path_factory: pytest.TempPathFactory) -> dict[
     codes = {
         "member": issuer.code("m", "mem-1", n=MEMBER_NAME),
         "coupon": issuer.code("c", "cpn-1", cp=CAMPAIGN, v=VALUE),
+        "staff": issuer.code("s", "staff-1", n=STAFF_NAME),
+        "pickup": issuer.code("p", "pk-1", o=ORDER),
     }
     (out / "codes.json").write_text(json.dumps(codes), encoding="utf-8")
     env = _kivy_env(out / "kivy-home")
@@ -280,6 +396,8 @@ def ui_run(xvfb_display: str, tmp_path_factory: pytest.TempPathFactory) -> dict[
     assert "error" not in report, f"{report['error']}\n{proc.stderr[-3000:]}"
     assert proc.returncode == 0, proc.stderr[-3000:]
     report["out"] = str(out)
+    report["store"] = issuer.store
+    report["stderr"] = proc.stderr
     return report
 
 
@@ -321,6 +439,122 @@ def test_join_screen_shows_a_qr(ui_run: dict[str, Any]) -> None:
     assert [d.text for d in QrDecoder().decode(screenshot)] == [JOIN_URL]
 
 
+def _decode(path: str) -> list[str]:
+    import cv2
+
+    from kiosk.devices.qr import QrDecoder
+
+    return [d.text for d in QrDecoder().decode(cv2.imread(path))]
+
+
+def _history(ui_run: dict[str, Any]) -> list[dict[str, Any]]:
+    from kiosk.store import KioskStore
+
+    store = KioskStore(Path(ui_run["out"]) / "data", store=ui_run["store"], kiosk="k1")
+    try:
+        return store.history(100)
+    finally:
+        store.close()
+
+
+def test_join_by_phone_records_a_member_and_shows_its_qr(ui_run: dict[str, Any]) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from kiosk.decisions import phone_hash
+    from kiosk.store import KioskStore
+
+    zh = Messages("zh_CN")
+    assert min(ui_run["key_heights"]) >= 80
+    assert ui_run["join_after_stray_touch"] == "join"  # a missed key does not leave
+    assert ui_run["join_typing"]["phone"] == "138 0"
+    assert ui_run["join_full"]["phone"] == "138 0013 8000"
+    after = ui_run["join_after_ok"]
+    assert after["digits"] == "" and after["phone"] == zh.get("join.phone_placeholder")
+    joined = ui_run["joined"]
+    assert joined["title"] == zh.get("joined.title") and joined["has_qr"] is True
+    assert joined["hint"] == zh.get("joined.hint")
+
+    [url] = _decode(ui_run["shot_joined"])
+    assert url.startswith(JOIN_URL + "&j=")
+    member_id = parse_qs(urlsplit(url).query)["j"][0]
+    [event] = [e for e in _history(ui_run) if e["type"] == "member.joined"]
+    assert event["data"]["member_id"] == member_id and event["data"]["known"] is False
+    hashed = phone_hash(PHONE, ui_run["store"])
+    assert event["data"]["phone_hash"] == hashed
+    store = KioskStore(Path(ui_run["out"]) / "data", store=ui_run["store"], kiosk="k1")
+    try:
+        assert store.member_by_phone(hashed) == member_id
+    finally:
+        store.close()
+    # The number itself is nowhere: not in the kiosk's files, not in its logs.
+    files = [f for f in (Path(ui_run["out"]) / "data").rglob("*") if f.is_file()]
+    assert files
+    for f in files:
+        assert PHONE.encode() not in f.read_bytes(), f
+    assert PHONE not in ui_run["stderr"] and "138 0013" not in ui_run["stderr"]
+
+
+def test_bad_phone_number_says_so_and_stays(ui_run: dict[str, Any]) -> None:
+    bad = ui_run["join_bad"]
+    assert bad["screen"] == "join" and bad["busy"] is False
+    assert bad["message"] == Messages("zh_CN").get("join.bad_phone")
+    assert bad["digits"] == ""  # not shown again after OK
+
+
+def test_staff_code_shows_the_staff_screen(ui_run: dict[str, Any]) -> None:
+    zh = Messages("zh_CN")
+    staff = ui_run["staff"]
+    assert staff["screen"] == "staff" and STAFF_NAME in staff["title"]
+    assert ORDER in staff["preorders"] and ORDER_NAME in staff["preorders"]
+    assert staff["message"] == zh.get("staff.load_hint")
+    assert staff["lockers"] == [
+        f"{zh.get('staff.locker', number=n)}\n{zh.get('staff.locker.free')}" for n in (1, 2, 3, 4)
+    ]
+    assert staff["min_button_h"] >= 80
+    assert (
+        zh.get("staff.printer.ok") in staff["status"] and zh.get("staff.offline") in staff["status"]
+    )
+    # A pickup code scanned in staff mode loads the order: open, then loaded on close.
+    assert ui_run["staff_loading"]["message"] == zh.get("staff.loading", locker=1, order=ORDER)
+    assert zh.get("staff.locker.open") in ui_run["staff_loading"]["lockers"][0]
+    loaded = ui_run["staff_loaded"]
+    assert loaded["message"] == zh.get("staff.loaded", locker=1, order=ORDER)
+    assert loaded["preorders"] == zh.get("staff.preorders_none")
+    assert ui_run["staff_opened"]["message"] == zh.get("staff.opened", locker=2)
+    # Reprint: the newest event with a receipt is the join.
+    title = zh.get("staff.reprinted", title="欢迎加入会员")
+    assert ui_run["staff_reprint"]["message"] == title
+
+    history = _history(ui_run)
+    [action] = [e for e in history if e["type"] == "staff.action"]
+    assert action["data"] == {**action["data"], "locker": 2, "opened": True, "source": "staff"}
+    [load] = [e for e in history if e["type"] == "locker.loaded"]
+    assert load["data"]["order"] == ORDER and load["data"]["locker"] == 1
+
+
+def test_staff_screen_ends_with_the_staff_session(ui_run: dict[str, Any]) -> None:
+    assert STAFF_SESSION_S - 1 <= ui_run["staff_returned_after_s"] <= STAFF_SESSION_S + 3
+    assert ui_run["staff_active_after"] is False
+
+
+def test_screenshots_are_whole_screens_not_mid_fade(ui_run: dict[str, Any]) -> None:
+    """A fade caught half-way blends two screens; every background pixel must be pure."""
+    import cv2
+
+    backgrounds = {  # BGR of NAVY, OK_GREEN and the staff screen's slate, from the .kv
+        "shot_join": (59, 33, 15),
+        "shot_join_bad": (59, 33, 15),
+        "shot_joined": (56, 120, 23),
+        "shot_staff": (56, 41, 31),
+        "shot_staff_reprint": (56, 41, 31),
+    }
+    for key, bgr in backgrounds.items():
+        image = cv2.imread(ui_run[key])
+        assert image.shape[:2] == (600, 1024), key
+        for x, y in ((6, 300), (6, 580), (1018, 580)):
+            assert tuple(int(v) for v in image[y, x]) == pytest.approx(bgr, abs=2), (key, x, y)
+
+
 def test_language_toggle_switches_the_start_screen(ui_run: dict[str, Any]) -> None:
     zh, en = ui_run["start_zh"], ui_run["start_en"]
     assert zh["language"] == "zh_CN" and en["language"] == "en"
@@ -340,7 +574,16 @@ def test_chinese_glyphs_render(ui_run: dict[str, Any]) -> None:
     assert glyphs["ours_width"] > glyphs["latin_width"] * 1.3  # 4 ideographs vs "ABCD"
 
     shots = {}
-    for key in ("shot_start_zh", "shot_start_en", "shot_checkin", "shot_join"):
+    for key in (
+        "shot_start_zh",
+        "shot_start_en",
+        "shot_checkin",
+        "shot_join",
+        "shot_join_bad",
+        "shot_joined",
+        "shot_staff",
+        "shot_staff_loading",
+    ):
         image = cv2.imread(ui_run[key])
         assert image is not None, f"{ui_run[key]} is not an image"
         assert image.shape[:2] == (600, 1024)

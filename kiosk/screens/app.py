@@ -1,7 +1,9 @@
 """The Kivy app: screens, navigation and language. It knows nothing of scanning.
 
-Outcomes come in through `show_outcome` (on the UI thread); `kiosk.ui` wires the camera,
-the decoder and `Kiosk` to it. Tests build it without any of those.
+Outcomes come in through `show_outcome` and `show_background` (on the UI thread); the
+screens' blocking calls go out through `backend` (see `kiosk.screens.backend`).
+`kiosk.ui` wires the camera, the decoder and `Kiosk` to it. Tests build it without any
+of those.
 """
 
 from __future__ import annotations
@@ -17,18 +19,25 @@ from kivy.uix.screenmanager import FadeTransition, ScreenManager
 
 from kiosk.config import UiSection
 from kiosk.i18n import Messages, next_language
+from kiosk.screens.backend import Backend, staff_message
 from kiosk.screens.base import START, CustomerScreen
 from kiosk.screens.join import JoinScreen
+from kiosk.screens.joined import JoinedScreen
 from kiosk.screens.outcome import Outcome, describe
 from kiosk.screens.result import ResultScreen
+from kiosk.screens.staff import StaffScreen
 from kiosk.screens.start import StartScreen
 
 log = logging.getLogger(__name__)
 
 RESULT = "result"
 JOIN = "join"
+JOINED = "joined"
+STAFF = "staff"
 #: The join screen waits longer than a result: people need time to get their phone out.
 JOIN_S = 30.0
+#: Staff mode ends after this long without a touch or a scan, or when the session ends.
+STAFF_IDLE_S = 90.0
 #: A language chosen by one customer goes back to the shop's default after this idle time.
 LANGUAGE_RESET_S = 60.0
 #: The layout is drawn for 1024x600; other screens scale it (800x480 -> 0.8).
@@ -56,6 +65,8 @@ class KioskApp(App):
         self._messages = Messages(ui.language)
         self._language_reset: Any = None
         self.title = self._messages.get("app.title")
+        #: The blocking calls behind the screens; set by `kiosk.ui.Session`.
+        self.backend: Backend | None = None
 
     # -- strings ----------------------------------------------------------------------
 
@@ -101,6 +112,8 @@ class KioskApp(App):
         join = JoinScreen(name=JOIN, timeout_s=max(JOIN_S, self.ui.result_s))
         join.set_url(self.ui.join_url)
         sm.add_widget(join)
+        sm.add_widget(JoinedScreen(name=JOINED, timeout_s=max(JOIN_S, self.ui.result_s)))
+        sm.add_widget(StaffScreen(name=STAFF, timeout_s=STAFF_IDLE_S))
         sm.current = START
         Window.bind(size=self._rescale)
         self._rescale(Window, Window.size)
@@ -117,8 +130,18 @@ class KioskApp(App):
         return str(self.root.current) if self.root is not None else ""
 
     def show_outcome(self, outcome: Outcome) -> None:
-        """Show one scan's outcome; a new outcome replaces the one on screen."""
+        """Show one scan's outcome; a new outcome replaces the one on screen. A staff
+        code opens the staff screen; while it is up, outcomes are news on its banner."""
         if self.root is None:
+            return
+        if outcome.event_type == "staff.login" and outcome.accepted:
+            staff: StaffScreen = self.root.get_screen(STAFF)
+            data = outcome.data
+            staff.login(str(data.get("name") or data.get("staff_id") or ""))
+            self.root.current = STAFF
+            return
+        if self.root.current == STAFF:
+            self.root.get_screen(STAFF).show_message(staff_message(outcome, self._messages))
             return
         screen: ResultScreen = self.root.get_screen(RESULT)
         screen.show(describe(outcome, self._messages))
@@ -128,6 +151,30 @@ class KioskApp(App):
             self.root.current = RESULT
         if self._language_reset is not None:
             self.set_language(self.language)  # someone is using it: keep their language
+
+    def show_background(self, outcome: Outcome) -> None:
+        """An outcome nobody scanned just now (a door shut on a loaded order, a printer
+        fault): news for the staff screen; a customer's screen is left alone."""
+        if self.root is not None and self.root.current == STAFF:
+            self.root.get_screen(STAFF).show_message(staff_message(outcome, self._messages))
+
+    def submit_phone(self, phone: str) -> None:
+        """The join screen's OK: join on the backend's thread, answer in `_joined`."""
+        if self.backend is None:
+            self.root.get_screen(JOIN).answer("join.error")
+            return
+        self.backend.join(phone, self._joined)
+
+    def _joined(self, outcome: Outcome | None) -> None:
+        if self.root is None or self.root.current != JOIN:
+            return  # they left meanwhile; the slip still prints
+        if outcome is None:
+            self.root.get_screen(JOIN).answer("join.bad_phone")
+        elif outcome.event_type != "member.joined":  # ERROR: the disk, most likely
+            self.root.get_screen(JOIN).answer("join.error")
+        else:
+            self.root.get_screen(JOINED).show(outcome.data)
+            self.root.current = JOINED
 
     def show_join(self) -> None:
         if self.root is not None:

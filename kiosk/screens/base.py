@@ -47,6 +47,10 @@ load_kv(__file__)
 class CustomerScreen(Screen):
     """A screen that returns to the start screen after `timeout_s`, or on a touch."""
 
+    #: False on screens people type on: a thumb that misses a key must not throw away
+    #: what they typed; a stray touch there only restarts the countdown.
+    stray_touch_goes_home = True
+
     #: Seconds before going back to the start screen by itself (0: never).
     timeout_s = NumericProperty(0.0)
     #: 1 -> 0 while the screen waits to go back; drawn as a bar so people see it will.
@@ -79,6 +83,10 @@ class CustomerScreen(Screen):
     def on_touch_down(self, touch: Any) -> bool:
         if self.manager is None or self.manager.current != self.name:
             return False  # still fading in or out: not this screen's touch yet
+        if not self.stray_touch_goes_home:
+            self.restart_timer()  # someone is using this screen: give them the full time
+            super().on_touch_down(touch)
+            return True
         if super().on_touch_down(touch):
             return True  # a button on the screen took it
         self.go_home()

@@ -1,4 +1,9 @@
-"""The join screen: the shop's online sign-up as a QR code for the customer's phone."""
+"""The join screen: the shop's online sign-up as a QR code, and a keypad for a phone.
+
+Typing a phone number joins on the spot (`Kiosk.join`, through the app's backend). The
+number is cleared from the screen the moment OK is pressed, whatever the answer: the
+next person at the door must not read it.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,16 @@ import logging
 from typing import Any
 
 import segno
+from kivy.app import App
 from kivy.core.image import Image as CoreImage
-from kivy.properties import BooleanProperty, ObjectProperty
+from kivy.properties import BooleanProperty, ObjectProperty, StringProperty
 
 from kiosk.screens.base import CustomerScreen, load_kv
 
 log = logging.getLogger(__name__)
+
+#: E.164 allows 15 digits; more cannot be a phone number.
+MAX_DIGITS = 15
 
 load_kv(__file__)
 
@@ -34,18 +43,79 @@ def qr_texture(url: str) -> Any:
     return texture
 
 
+def safe_qr_texture(url: str) -> Any:
+    """`qr_texture`, or None for an empty or unencodable URL: a bad URL must not take
+    the kiosk down."""
+    url = url.strip()
+    if not url:
+        return None
+    try:
+        return qr_texture(url)
+    except Exception:
+        log.exception("cannot make a QR code of %r", url)
+        return None
+
+
+def group_digits(digits: str) -> str:
+    """138 0013 8000: groups people can check against their phone at a glance."""
+    if len(digits) <= 3:
+        return digits
+    head, rest = digits[:3], digits[3:]
+    return " ".join([head, *(rest[i : i + 4] for i in range(0, len(rest), 4))])
+
+
 class JoinScreen(CustomerScreen):
-    """Shows the QR of `join_url`, or a short "ask our staff" when there is none."""
+    """The sign-up QR (when the shop has a sign-up page) and a phone keypad."""
+
+    stray_touch_goes_home = False
 
     qr_texture = ObjectProperty(None, allownone=True)
     has_qr = BooleanProperty(False)
+    #: What has been typed so far, digits only.
+    digits = StringProperty("")
+    #: `digits` as shown: grouped for reading.
+    shown = StringProperty("")
+    #: A locale key for the line above the keypad ("" for none): a bad number, an error.
+    message = StringProperty("")
+    #: True from OK until the answer comes back: the keypad ignores presses meanwhile.
+    busy = BooleanProperty(False)
 
     def set_url(self, url: str) -> None:
-        url = url.strip()
-        self.qr_texture = None
-        if url:
-            try:
-                self.qr_texture = qr_texture(url)
-            except Exception:  # a bad URL must not take the kiosk down
-                log.exception("cannot make a QR code of ui.join_url %r", url)
+        self.qr_texture = safe_qr_texture(url)
         self.has_qr = self.qr_texture is not None
+
+    def on_digits(self, _screen: Any, digits: str) -> None:
+        self.shown = group_digits(digits)
+
+    def press(self, digit: str) -> None:
+        if self.busy or len(self.digits) >= MAX_DIGITS:
+            return
+        self.digits += digit
+        self.message = ""
+
+    def backspace(self) -> None:
+        if not self.busy:
+            self.digits = self.digits[:-1]
+            self.message = ""
+
+    def submit(self) -> None:
+        """OK: hand the number to the app and clear it from the screen at once."""
+        if self.busy:
+            return
+        if not self.digits:
+            self.message = "join.phone_empty"
+            return
+        number, self.digits = self.digits, ""
+        self.busy = True
+        self.message = "join.busy"
+        App.get_running_app().submit_phone(number)
+
+    def answer(self, message: str) -> None:
+        """The join did not happen (a bad number, an error): say so and stay."""
+        self.busy = False
+        self.message = message
+        self.restart_timer()
+
+    def on_leave(self, *args: Any) -> None:
+        super().on_leave(*args)
+        self.digits, self.message, self.busy = "", "", False
