@@ -220,6 +220,8 @@ class Kiosk:
 
     def _print(self, recorded: Recorded) -> None:
         """Receipts only for outcomes already on disk; a printer fault never stops a scan."""
+        if self.cfg.printer.type == "none" or not self.printer.running:
+            return
         event = recorded.event
         receipt = receipt_for(
             event.type,

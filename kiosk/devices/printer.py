@@ -346,6 +346,11 @@ class PrinterWorker:
         """The last status seen (``unknown`` before the first job or poll)."""
         return self._status
 
+    @property
+    def running(self) -> bool:
+        """Receipts are only queued while the worker runs (a stopped one would fill up)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> PrinterWorker:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="printer", daemon=True)
