@@ -96,13 +96,20 @@ def b64url_encode(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    """Strict unpadded base64url; raises ValueError on anything else."""
+    """Strict, canonical, unpadded base64url; raises ValueError on anything else.
+
+    Canonical: the unused low bits of the last character must be zero, so one code has
+    exactly one spelling (a kiosk remembers codes by what they say, not how).
+    """
     if not _B64URL.match(text) or len(text) % 4 == 1:
         raise ValueError("not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except binascii.Error as exc:
         raise ValueError(str(exc)) from None
+    if b64url_encode(raw) != text:
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -144,7 +151,13 @@ def issue_code(
     CodePayload.model_validate(body)  # refuse to sign what a kiosk would call malformed
     payload = b64url_encode(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
     signed = f"{CODE_PREFIX}.{payload}"
-    return f"{signed}.{b64url_encode(private_key.sign(signed.encode('ascii')))}"
+    token = f"{signed}.{b64url_encode(private_key.sign(signed.encode('ascii')))}"
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise ValueError(
+            f"the code would be {len(token)} characters; kiosks read at most {MAX_TOKEN_LENGTH}"
+            " (shorten the name, campaign or value)"
+        )
+    return token
 
 
 def extract_token(text: str) -> str:
@@ -172,7 +185,9 @@ def decode_unverified(token: str) -> CodePayload | Rejected:
         return Rejected(Reason.MALFORMED, f"not an {CODE_PREFIX} code")
     try:
         body = json.loads(b64url_decode(parts[1]).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        # Lone surrogates (\ud800) parse but cannot be stored or sent: not a real code.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError, RecursionError):
         return Rejected(Reason.MALFORMED, "payload is not base64url JSON")
     if not isinstance(body, dict):
         return Rejected(Reason.MALFORMED, "payload is not a JSON object")
@@ -225,8 +240,10 @@ def _verify(
         return Rejected(Reason.BAD_SIGNATURE, "signature does not match")
     if payload.st != store:
         return Rejected(Reason.WRONG_STORE, f"code is for store {payload.st!r}")
+    # Skew forgives an issuer whose clock runs a little ahead; an expiry is kept exactly,
+    # so a rotating member code or a coupon never lives longer than its issuer said.
     if payload.iat > now + skew_s or (payload.nbf is not None and payload.nbf > now + skew_s):
         return Rejected(Reason.NOT_YET_VALID, "not valid yet")
-    if payload.exp is not None and payload.exp <= now - skew_s:
+    if payload.exp is not None and payload.exp <= now:
         return Rejected(Reason.EXPIRED, "expired")
     return Code(token=token, payload=payload)

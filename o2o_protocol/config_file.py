@@ -6,6 +6,7 @@ value always produces the same kind of one-line message: `file: key: what is wro
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -60,8 +61,19 @@ def validate_config(path: str | Path, raw: dict[str, Any], model: type[M], **con
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and not isinstance(err["input"], dict | list):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {_shown(key, err['input'])})"
         raise ConfigError(path, key, msg) from None
+
+
+_SECRET_KEYS = ("password", "token", "secret", "private")
+_URL_CREDENTIALS = re.compile(r"(?<=://)([^/@:]*):([^/@]*)@")
+
+
+def _shown(key: str, value: Any) -> str:
+    """The bad value as a message may show it: never a password, even a wrong one."""
+    if any(word in key.lower() for word in _SECRET_KEYS):
+        return "a value (hidden)"
+    return repr(_URL_CREDENTIALS.sub(r"\1:***@", value) if isinstance(value, str) else value)
 
 
 def parse_mqtt_url(url: str) -> tuple[bool, str, int]:
@@ -110,7 +122,12 @@ class MqttConnection(ConfigSection):
     @field_validator("ca_file")
     @classmethod
     def _ca(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return None if v is None else resolve_path(v, info)
+        if v is None:
+            return None
+        path = resolve_path(v, info)
+        if not path.is_file():
+            raise ValueError(f"no CA certificate at {path}")
+        return path
 
     @property
     def tls(self) -> bool:

@@ -9,12 +9,19 @@ from __future__ import annotations
 import json
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import uuid6
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Event ids and types: UUIDs, ULIDs and dotted names; nothing a database or log chokes on.
+TOKEN_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+#: RFC 3339 with a zone, a year a database can hold.
+_RFC3339 = re.compile(
+    r"^(19[7-9]\d|2\d{3})-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+)
+MAX_SEQ = 2**63 - 1
 
 
 class ProtocolError(ValueError):
@@ -61,6 +68,8 @@ class CommandName(StrEnum):
     CODE_REVOKE = "code.revoke"
     MEMBER_UPSERT = "member.upsert"
     LOCKER_OPEN = "locker.open"
+    #: A coupon was redeemed at another kiosk of the store: single use per store.
+    COUPON_USED = "coupon.used"
 
 
 def new_event_id() -> str:
@@ -82,9 +91,9 @@ class _Frozen(BaseModel):
 class Event(_Frozen):
     """The event envelope every kiosk publishes on `…/events`."""
 
-    id: str = Field(min_length=1, max_length=64)
-    seq: int = Field(ge=1)
-    type: str = Field(min_length=1, max_length=64)
+    id: str = Field(pattern=TOKEN_PATTERN)
+    seq: int = Field(ge=1, le=MAX_SEQ)
+    type: str = Field(pattern=TOKEN_PATTERN)
     ts: str = Field(min_length=1, max_length=40)
     store: str
     kiosk: str
@@ -101,9 +110,11 @@ class Event(_Frozen):
         from o2o_protocol.timeutil import parse_rfc3339
 
         try:
+            if not _RFC3339.match(v):
+                raise ValueError
             parse_rfc3339(v)
-        except ValueError:
-            raise ValueError("ts must be an RFC 3339 time") from None
+        except (ValueError, OverflowError):
+            raise ValueError("ts must be an RFC 3339 time with a zone") from None
         return v
 
 
@@ -112,9 +123,76 @@ class Ack(_Frozen):
 
 
 class Command(_Frozen):
-    seq: int = Field(ge=1)
+    seq: int = Field(ge=1, le=MAX_SEQ)
     name: str = Field(min_length=1, max_length=64)
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- command data: one model per command name, checked on both sides -------------------
+
+
+class _CommandData(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+class PreorderUpsert(_CommandData):
+    order: str = Field(min_length=1, max_length=64)
+    size: Literal["S", "M", "L"] = "M"
+    name: str | None = Field(default=None, max_length=100)
+    items: list[Any] | None = None
+
+
+class PreorderCancel(_CommandData):
+    order: str = Field(min_length=1, max_length=64)
+
+
+class CodeRevoke(_CommandData):
+    id: str = Field(min_length=1, max_length=256)
+
+
+class MemberUpsert(_CommandData):
+    id: str = Field(min_length=1, max_length=256)
+    name: str | None = Field(default=None, max_length=100)
+    points: int | None = Field(default=None, ge=0, le=10**9)
+    visits: int | None = Field(default=None, ge=0, le=10**9)
+
+
+class LockerOpen(_CommandData):
+    locker: int = Field(ge=1, le=1000)
+    by: str = Field(default="bridge", max_length=64)
+    #: Unix seconds after which the kiosk ignores it: a locker must not open hours later
+    #: (say, when a kiosk with a fresh store is sent its whole command history again).
+    expires: int | None = None
+
+
+class CouponUsed(_CommandData):
+    id: str = Field(min_length=1, max_length=256)
+    at: str | None = None
+    kiosk: str | None = None
+
+
+COMMAND_DATA: dict[str, type[BaseModel]] = {
+    CommandName.PREORDER_UPSERT: PreorderUpsert,
+    CommandName.PREORDER_CANCEL: PreorderCancel,
+    CommandName.CODE_REVOKE: CodeRevoke,
+    CommandName.MEMBER_UPSERT: MemberUpsert,
+    CommandName.LOCKER_OPEN: LockerOpen,
+    CommandName.COUPON_USED: CouponUsed,
+}
+
+
+def command_data(name: str, data: dict[str, Any]) -> BaseModel | None:
+    """The checked data of a known command; None for a name this version does not know.
+
+    Raises ProtocolError for a known command with bad data.
+    """
+    model = COMMAND_DATA.get(name)
+    if model is None:
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(f"{name}: {_first_error(exc)}") from None
 
 
 class Status(BaseModel):
@@ -135,8 +213,8 @@ class Status(BaseModel):
 def _load_json(payload: bytes | bytearray | str) -> Any:
     try:
         return json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"not JSON: {type(exc).__name__}") from None
 
 
 def parse_events(payload: bytes | bytearray | str) -> tuple[list[Event], list[str]]:
@@ -184,7 +262,7 @@ def dumps(obj: BaseModel | list[BaseModel] | dict[str, Any]) -> bytes:
         obj = obj.model_dump(mode="json", exclude_none=True)
     elif isinstance(obj, list):
         return ("[" + ",".join(o.model_dump_json(exclude_none=True) for o in obj) + "]").encode()
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -30,10 +30,13 @@ def parse_when(text: str, now: float) -> int:
     m = _RELATIVE.match(text)
     if m:
         sign = 1 if m.group(1) == "+" else -1
-        return int(now + sign * float(m.group(2)) * _UNITS[m.group(3)])
+        seconds = float(m.group(2)) * _UNITS[m.group(3)]
+        if seconds > 200 * 365 * 86400:
+            raise ValueError(f"{text!r} is too far away (at most 200 years)")
+        return int(now + sign * seconds)
     try:
         return int(parse_rfc3339(text).timestamp())
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(
             f"{text!r} is not a time: use ISO 8601 (2026-12-01T10:00Z) or an offset (+2h, -1d)"
         ) from None
