@@ -7,6 +7,7 @@ that touches the disk or a locker blocks: call them off the UI thread.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -27,13 +28,21 @@ from kiosk.decisions import (
     loaded,
     pickup_completed,
 )
-from kiosk.devices.lockers import LockerBank
+from kiosk.devices.lockers import LockerBank, LockerError
 from kiosk.devices.printer import PrinterWorker, ReceiptPrinter
 from kiosk.receipts import receipt_for
-from kiosk.store import KioskStore, Recorded
+from kiosk.store import KioskStore, Recorded, StoreError
 from kiosk.sync import Sync
 from o2o_protocol.codes import CodeType, Rejected, verify_code
-from o2o_protocol.messages import Command, CommandName, EventType, new_event_id
+from o2o_protocol.messages import (
+    Command,
+    CommandName,
+    EventType,
+    LockerOpen,
+    ProtocolError,
+    command_data,
+    new_event_id,
+)
 from o2o_protocol.timeutil import local_day
 
 log = logging.getLogger(__name__)
@@ -74,6 +83,7 @@ class Kiosk:
             reservation_early_min=r.reservation_early_min,
             reservation_late_min=r.reservation_late_min,
             accept=frozenset(CodeType(t) for t in r.accept),
+            checkin_cooldown_min=r.checkin_cooldown_min,
         )
         self.lockers = lockers or LockerBank.from_config(cfg.lockers)
         self.lockers.on_fault = self._locker_fault
@@ -102,6 +112,7 @@ class Kiosk:
         self._listeners: list[Listener] = []
         self._staff_until = 0.0
         self._watchers: list[threading.Thread] = []
+        self._reserved: set[int] = set()
         self._started = False
 
     # --- lifecycle -------------------------------------------------------------------
@@ -110,6 +121,7 @@ class Kiosk:
         self.printer.start()
         self.sync.start()
         self._started = True
+        self._recover()
 
     def stop(self) -> None:
         if self._started:
@@ -164,10 +176,15 @@ class Kiosk:
             facts = Facts()
         else:
             facts = self.store.facts_for(result, staff=staff)
+            if self._reserved:  # lockers open for loading are not free, whatever the store says
+                free = tuple(f for f in facts.free_lockers if f[0] not in self._reserved)
+                facts = dataclasses.replace(facts, free_lockers=free)
         decision = decide(
             result, facts, self.rules, now=now, today=local_day(now), text=text, staff=staff
         )
         if decision.needs_unlock:
+            if decision.purpose == "load" and decision.open_locker is not None:
+                self._reserved.add(decision.open_locker)
             return self._unlock(decision)
         recorded = self.record(decision)
         if decision.event_type is EventType.STAFF_LOGIN:
@@ -241,42 +258,98 @@ class Kiosk:
     def _unlock(self, intent: Decision) -> Recorded | Opening:
         assert intent.open_locker is not None
         number, order = intent.open_locker, str(intent.data["order"])
-        result = self.lockers.unlock(number)
-        outcome = after_unlock(intent, result.opened, result.reason)
+        try:
+            result = self.lockers.unlock(number)
+            opened, reason = result.opened, result.reason
+        except LockerError as exc:  # a locker the store knows but the bank lost
+            log.error("locker %d cannot be opened: %s", number, exc)
+            opened, reason = False, "locker_missing"
+        outcome = after_unlock(intent, opened, reason)
         if intent.purpose == "load":
-            if not result.opened:
+            if not opened:
+                self._reserved.discard(number)
                 return self.record(outcome)
-            self._watch_door(number, lambda: self.record(loaded(intent)))
+            self._watch_door(number, lambda: self.record(loaded(intent)), release=number)
             return Opening(number, order)
         recorded = self.record(outcome)
-        if result.opened:
-            self._watch_door(number, lambda: self.record(pickup_completed(order, number)))
+        if opened:
+            self._watch_door(number, self._completer(order, number))
         return recorded
 
-    def _watch_door(self, number: int, on_closed: Callable[[], object]) -> None:
+    def _watch_door(
+        self, number: int, on_closed: Callable[[], object], *, release: int | None = None
+    ) -> None:
+        """Record what happens when the door shuts, retrying a write that fails."""
+
         def watch() -> None:
-            if self.lockers.wait_closed(number, DOOR_LEFT_OPEN_S):
-                on_closed()
-            else:
-                self.record(
-                    Decision(EventType.LOCKER_FAULT, {"locker": number, "fault": "left_open"})
-                )
+            closed = self.lockers.wait_closed(number, DOOR_LEFT_OPEN_S)
+            delay = 0.5
+            while True:
+                try:
+                    if closed:
+                        on_closed()
+                    else:
+                        self.record(
+                            Decision(
+                                EventType.LOCKER_FAULT, {"locker": number, "fault": "left_open"}
+                            )
+                        )
+                    break
+                except StoreError as exc:
+                    log.error("door %d: %s; retrying in %.0f s", number, exc, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+            if release is not None:
+                self._reserved.discard(release)
 
         thread = threading.Thread(target=watch, name=f"door-{number}", daemon=True)
         self._watchers = [w for w in self._watchers if w.is_alive()] + [thread]
         thread.start()
 
+    def _recover(self) -> None:
+        """Finish pickups whose door shut while the kiosk was off (their watcher was lost)."""
+        for pre in self.store.preorders("opened"):
+            if pre.locker is None:
+                continue
+            try:
+                still_open = self.lockers.is_open(pre.locker)
+            except LockerError:
+                still_open = False
+            if still_open:
+                self._watch_door(pre.locker, self._completer(pre.order, pre.locker))
+            else:
+                self.record(pickup_completed(pre.order, pre.locker))
+
+    def _completer(self, order: str, locker: int) -> Callable[[], object]:
+        return lambda: self.record(pickup_completed(order, locker))
+
     def _locker_fault(self, number: int, kind: str, detail: str) -> None:
-        self.record(
-            Decision(EventType.LOCKER_FAULT, {"locker": number, "fault": kind, "detail": detail})
-        )
+        try:
+            self.record(
+                Decision(
+                    EventType.LOCKER_FAULT, {"locker": number, "fault": kind, "detail": detail}
+                )
+            )
+        except StoreError as exc:
+            log.error("locker %d %s not recorded: %s", number, kind, exc)
 
     # --- commands from the bridge (sync's worker thread) -----------------------------
 
     def _command(self, cmd: Command) -> None:
-        if cmd.name == CommandName.LOCKER_OPEN:
-            try:
-                number = int(cmd.data.get("locker", 0))
-                self.staff_open(number, source=f"remote:{cmd.data.get('by', 'bridge')}")
-            except (ValueError, LookupError) as exc:
-                log.warning("locker.open (seq %d) refused: %s", cmd.seq, exc)
+        if cmd.name != CommandName.LOCKER_OPEN:
+            return
+        try:
+            data = command_data(cmd.name, cmd.data)
+        except ProtocolError as exc:
+            log.warning("locker.open (seq %d) refused: %s", cmd.seq, exc)
+            return
+        assert isinstance(data, LockerOpen)
+        if data.expires is not None and data.expires < self.clock():
+            log.warning(
+                "locker.open (seq %d) for locker %d expired; not opened", cmd.seq, data.locker
+            )
+            return
+        try:
+            self.staff_open(data.locker, source=f"remote:{data.by}")
+        except (LockerError, StoreError) as exc:
+            log.warning("locker.open (seq %d) failed: %s", cmd.seq, exc)

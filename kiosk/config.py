@@ -43,6 +43,9 @@ class RulesSection(_Section):
     points_per_visit: Annotated[int, Field(ge=0, le=10_000)] = 10
     #: Count at most one check-in (and its points) per member per day.
     once_per_day: bool = False
+    #: A member code shown again within this many minutes earns no new visit or points
+    #: (showing a phone twice at the door is not two visits).
+    checkin_cooldown_min: Annotated[float, Field(ge=0, le=24 * 60)] = 60.0
     #: The same code seen again within this window is the same scan, not a new one.
     quiet_window_s: Annotated[float, Field(ge=0, le=60)] = 3.0
     reservation_early_min: Annotated[int, Field(ge=0)] = 15

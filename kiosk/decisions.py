@@ -19,6 +19,8 @@ from o2o_protocol.codes import Code, CodeType, Rejected, decode_unverified
 from o2o_protocol.messages import EventType, Reason
 
 SIZES = ("S", "M", "L")
+#: What an unverified (maybe hostile) id may keep when it is quoted in an event.
+_UNSAFE = re.compile(r"[^\w\-.:@+]")
 PreorderStatus = Literal["pending", "ready", "opened", "picked_up", "cancelled"]
 
 
@@ -29,6 +31,8 @@ class Rules:
     reservation_early_min: int = 15
     reservation_late_min: int = 15
     accept: frozenset[CodeType] = frozenset(CodeType)
+    #: A member's code shown again within this many minutes earns no new visit or points.
+    checkin_cooldown_min: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Facts:
     member_visits: int = 0
     member_points: int = 0
     member_last_day: str | None = None
+    member_last_at: float | None = None
     preorder: Preorder | None = None
     #: Lockers holding no order, as (number, size); only looked up for staff loading.
     free_lockers: tuple[tuple[int, str], ...] = ()
@@ -107,7 +112,8 @@ def reject(reason: Reason, detail: str = "", code: Code | None = None, text: str
         # Unverified (maybe forged) fields: kept for the owner's view, never trusted.
         payload = decode_unverified(text)
         if not isinstance(payload, Rejected):
-            data["claimed_type"], data["claimed_id"] = payload.t.value, payload.id[:64]
+            data["claimed_type"] = payload.t.value
+            data["claimed_id"] = _UNSAFE.sub("?", payload.id[:64])
     return Decision(EventType.SCAN_REJECTED, data, reason)
 
 
@@ -131,7 +137,7 @@ def decide(
         return reject(Reason.REVOKED, "this code was withdrawn by the shop", code)
     match code.type:
         case CodeType.MEMBER:
-            return _member(code, facts, rules, today)
+            return _member(code, facts, rules, today, now)
         case CodeType.COUPON:
             return _coupon(code, facts)
         case CodeType.RESERVATION:
@@ -145,9 +151,14 @@ def decide(
     return reject(Reason.NOT_ALLOWED, "unsupported code type", code)
 
 
-def _member(code: Code, facts: Facts, rules: Rules, today: str) -> Decision:
+def _member(code: Code, facts: Facts, rules: Rules, today: str, now: float) -> Decision:
     name = code.payload.n
-    counted = not (rules.once_per_day and facts.member_last_day == today)
+    same_day = rules.once_per_day and facts.member_last_day == today
+    too_soon = (
+        facts.member_last_at is not None
+        and now - facts.member_last_at < rules.checkin_cooldown_min * 60
+    )
+    counted = not (same_day or too_soon)
     earned = rules.points_per_visit if counted else 0
     visits = facts.member_visits + (1 if counted else 0)
     points = facts.member_points + earned

@@ -151,6 +151,9 @@ def run_headless(
                     # Nothing was recorded, so nothing is shown; the next scan may succeed.
                     log.error("scan not recorded: %s", exc)
                     continue
+                except Exception:  # one bad scan must never take the door down
+                    log.exception("scan failed")
+                    continue
                 if isinstance(outcome, Opening):
                     # Staff loading a locker: `locker.loaded` is recorded when it closes.
                     log.info("locker %d open to load order %s", outcome.locker, outcome.order)

@@ -11,6 +11,7 @@ so the store always opens, in the state of the last write that completed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -80,19 +81,28 @@ class JournalStorage(Storage):
         self._journal_bytes = self._replay()
 
     def _replay(self) -> int:
-        """Apply every complete journal line; cut off a torn tail. Returns the good length."""
+        """Apply every journal line; cut off a torn last line. Returns the good length.
+
+        Appends only ever tear at the end. A bad line with good ones after it is damage,
+        not a power cut: the store refuses to open rather than drop the lines after it.
+        """
         try:
             blob = self.journal_path.read_bytes()
         except FileNotFoundError:
             return 0
         good = 0
-        for line in blob.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break
+        lines = blob.splitlines(keepends=True)
+        for i, line in enumerate(lines):
             try:
+                if not line.endswith(b"\n"):
+                    raise ValueError("no newline")
                 record = json.loads(line)
                 changes = [(str(t), dict(s), list(d)) for t, s, d in record["c"]]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
+                if i < len(lines) - 1:
+                    raise StoreDamaged(
+                        f"{self.journal_path}: line {i + 1} of {len(lines)} is damaged"
+                    ) from None
                 break
             for change in changes:
                 self._apply(change)
@@ -164,35 +174,59 @@ class JournalStorage(Storage):
             return
         changes = self._pending
         self._pending = []
-        line = json.dumps({"c": changes}, separators=(",", ":"), ensure_ascii=False) + "\n"
-        blob = line.encode()
+        start = self._journal_bytes
         try:
-            os.write(self._journal_fd, blob)
+            # ASCII-escaped: any text at all (even a lone surrogate) can be written.
+            blob = (json.dumps({"c": changes}, separators=(",", ":")) + "\n").encode()
+            _write_all(self._journal_fd, blob)
             os.fsync(self._journal_fd)
-        except OSError:
+        except BaseException:
+            # Nothing of this write may count: cut the journal back to where it was,
+            # then rebuild memory from the disk, which is the truth.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._journal_fd, start)
+                os.fsync(self._journal_fd)
             self._discard()
             raise
         self._journal_bytes += len(blob)
         if self._journal_bytes > max(self.min_compact_bytes, 2 * self._snapshot_bytes):
-            self.compact()
+            try:
+                self.compact()
+            except OSError as exc:  # the write above is safe in the journal; try later
+                log.warning("compaction failed (%s); the journal keeps growing for now", exc)
 
     def compact(self) -> None:
         """Write the whole state as the new snapshot, then start an empty journal."""
         tmp = self.snapshot_path.with_suffix(".tmp")
-        blob = json.dumps(self._data, separators=(",", ":"), ensure_ascii=False).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        blob = json.dumps(self._data, separators=(",", ":")).encode()
         try:
-            os.write(fd, blob)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.snapshot_path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                _write_all(fd, blob)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.snapshot_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         _fsync_dir(self.snapshot_path.parent)
         # Replaying the old journal onto the new snapshot changes nothing, so a power cut
         # between the rename and this truncate is harmless.
         os.ftruncate(self._journal_fd, 0)
         os.fsync(self._journal_fd)
         self._snapshot_bytes, self._journal_bytes = len(blob), 0
+
+
+def _write_all(fd: int, blob: bytes) -> None:
+    """os.write may write less than asked (a full disk): go on or fail, never stop short."""
+    view = memoryview(blob)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "short write")
+        view = view[written:]
 
 
 class _Tracked(MutableMapping[int, Doc]):

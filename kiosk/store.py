@@ -9,9 +9,11 @@ hundred or a hundred thousand events stored.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -24,7 +26,18 @@ from tinydb.table import Document
 from kiosk.decisions import Decision, Facts, Preorder
 from kiosk.journal import JournalDB, JournalStorage, StoreDamaged
 from o2o_protocol.codes import Code, CodeType
-from o2o_protocol.messages import Command, CommandName, Event, new_event_id
+from o2o_protocol.messages import (
+    CodeRevoke,
+    Command,
+    CouponUsed,
+    Event,
+    MemberUpsert,
+    PreorderCancel,
+    PreorderUpsert,
+    ProtocolError,
+    command_data,
+    new_event_id,
+)
 from o2o_protocol.timeutil import parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
@@ -68,11 +81,14 @@ class KioskStore:
         self.store_id, self.kiosk_id = store, kiosk
         self.history_days = history_days
         self._lock = threading.RLock()
+        self._lock_fd = _lock_dir(data_dir)
         try:
             self._db = JournalDB(data_dir / DB_FILE, storage=JournalStorage)
         except StoreDamaged as exc:
-            raise StoreError(str(exc)) from None
+            os.close(self._lock_fd)
+            raise StoreError(f"{exc}; a copy of {data_dir} helps recover it") from None
         except OSError as exc:
+            os.close(self._lock_fd)
             raise StoreError(f"{data_dir}: cannot open the kiosk store ({exc})") from None
         self._storage: JournalStorage = self._db.storage  # type: ignore[assignment]
         t = self._db.table
@@ -86,18 +102,40 @@ class KioskStore:
         self._lockers = t("lockers", cache_size=0)
         self._meta = t("meta", cache_size=0)
         # Acks name event ids; the outbox is keyed by seq. Rebuilt on open, kept in step.
-        self._outbox_seq = {doc["id"]: doc.doc_id for doc in self._outbox}
-        self._sync_lockers(lockers)
+        self._outbox_seq: dict[str, int] = {}
+        self._reindex()
         self._last_prune = 0.0
-        self.prune(time.time())
+        try:
+            self._sync_lockers(lockers)
+            self.prune(time.time())
+        except OSError as exc:
+            self.close()
+            raise StoreError(f"{data_dir}: cannot write the kiosk store ({exc})") from None
+
+    def _reindex(self) -> None:
+        """Acks name event ids; the outbox is keyed by seq. Rebuilt on open and rollback."""
+        self._outbox_seq = {
+            doc["id"]: int(k) for k, doc in self._storage.table_data("outbox").items()
+        }
 
     def _sync_lockers(self, lockers: Iterable[tuple[int, str]]) -> None:
-        """The configured bank is the truth for sizes; occupancy survives restarts."""
+        """The configured bank is the truth; occupancy survives restarts.
+
+        A locker no longer configured leaves the store (its order, if any, goes back to
+        waiting for staff), so no decision ever sends a customer to a door that is gone.
+        """
+        wanted = dict(lockers)
         with self._storage.batch():
-            for number, size in lockers:
-                doc = self._lockers.get(doc_id=number)
-                if doc is None or doc.get("size") != size:
-                    order = doc.get("order") if doc else None
+            for doc in list(self._lockers):
+                if wanted and doc["number"] not in wanted:
+                    order = doc.get("order")
+                    if order:
+                        self._set_preorder(order, "pending", None)
+                    self._lockers.remove(doc_ids=[doc.doc_id])
+            for number, size in wanted.items():
+                existing = self._lockers.get(doc_id=number)
+                if existing is None or existing.get("size") != size:
+                    order = existing.get("order") if existing else None
                     self._lockers.upsert(
                         Document({"number": number, "size": size, "order": order}, number)
                     )
@@ -117,9 +155,10 @@ class KioskStore:
                     return Facts(revoked=revoked)
                 return Facts(
                     revoked=revoked,
-                    member_visits=member.get("visits", 0),
-                    member_points=member.get("points", 0),
+                    member_visits=int(member.get("visits") or 0),
+                    member_points=int(member.get("points") or 0),
                     member_last_day=member.get("last_day"),
+                    member_last_at=member.get("last_at"),
                 )
             if code.type is CodeType.PICKUP:
                 order = code.payload.o or ""
@@ -169,11 +208,16 @@ class KioskStore:
             try:
                 with self._storage.batch():
                     event = self._write(decision, now)
-            except OSError as exc:
+            except Exception as exc:
+                # The storage rolled memory back to what is on disk; so do we.
+                self._reindex()
                 raise StoreError(f"could not record the outcome: {exc}") from exc
             self._outbox_seq[event.id] = event.seq
             if now - self._last_prune > PRUNE_EVERY_S:
-                self.prune(now)
+                try:
+                    self.prune(now)
+                except (OSError, StoreError) as exc:  # the outcome is safe; prune later
+                    log.warning("pruning failed: %s", exc)
         return Recorded(event=event, decision=decision)
 
     def _write(self, decision: Decision, now: float) -> Event:
@@ -276,7 +320,11 @@ class KioskStore:
             seqs = [s for s in (self._outbox_seq.get(i) for i in set(ids)) if s is not None]
             if not seqs:
                 return 0
-            removed = self._outbox.remove(doc_ids=seqs)
+            try:
+                removed = self._outbox.remove(doc_ids=seqs)
+            except Exception as exc:
+                self._reindex()
+                raise StoreError(f"could not drop acked events: {exc}") from exc
             for i in set(ids):
                 self._outbox_seq.pop(i, None)
         return len(removed)
@@ -337,58 +385,88 @@ class KioskStore:
         """Apply a command's data changes once, in order.
 
         Returns False for a repeat or an out-of-order one (the bridge re-sends those).
-        Device actions (`locker.open`) are the caller's, after this returns True.
+        A command with bad data is logged and skipped, but still counts as applied, so
+        one bad command never blocks the ones after it. Device actions (`locker.open`)
+        are the caller's, after this returns True.
         """
-        with self._lock, self._storage.batch():
-            last = self.last_cmd_seq
-            if cmd.seq != last + 1:
+        with self._lock:
+            if cmd.seq != self.last_cmd_seq + 1:
                 return False
-            self._apply_data(cmd)
-            meta = self._meta.get(doc_id=1) or {"seq": 0}
-            self._meta.upsert(Document({**meta, "last_cmd_seq": cmd.seq}, doc_id=1))
+            try:
+                with self._storage.batch():
+                    self._apply_data(cmd)
+                    meta = self._meta.get(doc_id=1) or {"seq": 0}
+                    self._meta.upsert(Document({**meta, "last_cmd_seq": cmd.seq}, doc_id=1))
+            except Exception as exc:
+                self._reindex()
+                raise StoreError(f"could not apply command {cmd.seq}: {exc}") from exc
             return True
 
     def _apply_data(self, cmd: Command) -> None:
-        d = cmd.data
-        if cmd.name == CommandName.CODE_REVOKE:
-            code_id = str(d.get("id", ""))
-            if code_id:
+        try:
+            data = command_data(cmd.name, cmd.data)
+        except ProtocolError as exc:
+            log.warning("skipped command %d: %s", cmd.seq, exc)
+            return
+        now = rfc3339(time.time())
+        match data:
+            case CodeRevoke(id=code_id):
                 self._revoked.upsert(
-                    Document({"id": code_id, "at": rfc3339(time.time())}, _doc_id(code_id, REVOKED))
+                    Document({"id": code_id, "at": now}, _doc_id(code_id, REVOKED))
                 )
-        elif cmd.name == CommandName.PREORDER_UPSERT:
-            order = str(d.get("order", ""))
-            if order:
-                key = _doc_id(order, "order")
-                old = self._preorders.get(doc_id=key) or {"status": "pending", "locker": None}
-                size = str(d.get("size", old.get("size", "M"))).upper()
+            case CouponUsed(id=coupon_id):
+                key = _doc_id(coupon_id, CodeType.COUPON)
+                if not self._redeemed.contains(doc_id=key):
+                    self._redeemed.upsert(
+                        Document({"id": coupon_id, "at": data.at or now, "kiosk": data.kiosk}, key)
+                    )
+            case PreorderUpsert():
+                key = _doc_id(data.order, "order")
+                old: dict[str, Any] = self._preorders.get(doc_id=key) or {
+                    "status": "pending",
+                    "locker": None,
+                }
                 self._preorders.upsert(
                     Document(
                         {
                             **old,
-                            "order": order,
-                            "size": size if size in "SML" else "M",
-                            "name": d.get("name", old.get("name")),
-                            "items": d.get("items", old.get("items")),
+                            "order": data.order,
+                            "size": data.size,
+                            "name": data.name if data.name is not None else old.get("name"),
+                            "items": data.items if data.items is not None else old.get("items"),
                         },
                         key,
                     )
                 )
-        elif cmd.name == CommandName.PREORDER_CANCEL:
-            order = str(d.get("order", ""))
-            pre = self.preorder(order) if order else None
-            if pre is not None:
-                self._set_preorder(order, "cancelled", None)
-        elif cmd.name == CommandName.MEMBER_UPSERT:
-            member_id = str(d.get("id", ""))
-            if member_id:
-                key = _doc_id(member_id, CodeType.MEMBER)
+            case PreorderCancel(order=order):
+                if self.preorder(order) is not None:
+                    self._set_preorder(order, "cancelled", None)
+            case MemberUpsert():
+                key = _doc_id(data.id, CodeType.MEMBER)
                 member: dict[str, Any] = self._members.get(doc_id=key) or {"visits": 0}
-                fields = {k: d[k] for k in ("name", "points", "visits") if k in d}
-                self._members.upsert(Document({**member, "id": member_id, **fields}, key))
-        elif cmd.name != CommandName.LOCKER_OPEN:
-            log.info("command %s (seq %d) is not known to this kiosk", cmd.name, cmd.seq)
+                fields = data.model_dump(include={"name", "points", "visits"}, exclude_none=True)
+                self._members.upsert(Document({**member, "id": data.id, **fields}, key))
+            case None:
+                log.info("command %s (seq %d) is not known to this kiosk", cmd.name, cmd.seq)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+
+
+def _lock_dir(data_dir: Path) -> int:
+    """One process per store: a second kiosk on the same data would redeem coupons twice."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(data_dir / "kiosk.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"{data_dir}: cannot open the kiosk store ({exc})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(f"{data_dir} is in use by another kiosk process") from None
+    return fd

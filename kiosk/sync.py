@@ -314,7 +314,8 @@ class Sync:
             self._send(batch, now)
 
     def _send(self, batch: list[dict[str, Any]], now: float) -> None:
-        payload = json.dumps(batch, separators=(",", ":"), ensure_ascii=False).encode()
+        # ASCII-escaped JSON is still UTF-8 JSON, and any text at all can be sent in it.
+        payload = json.dumps(batch, separators=(",", ":")).encode()
         info = self.client.publish(self._t_events, payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return  # not connected after all; the next connection sends them

@@ -141,6 +141,11 @@ class PreorderUpsert(_CommandData):
     name: str | None = Field(default=None, max_length=100)
     items: list[Any] | None = None
 
+    @field_validator("size", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
 
 class PreorderCancel(_CommandData):
     order: str = Field(min_length=1, max_length=64)

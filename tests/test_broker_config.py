@@ -301,6 +301,10 @@ def test_kiosk_publishes_only_in_its_own_subtree(prod: ProdBroker, connect: Conn
     assert bridge.next_message() == ("o2o/v1/s1/k1/events", b"mine")
 
     for forbidden in (
+        # Only the bridge speaks on a kiosk's cmd and acks: a copied kiosk password
+        # must not open a locker or drop events from the outbox.
+        "o2o/v1/s1/k1/cmd",
+        "o2o/v1/s1/k1/acks",
         "o2o/v1/s1/k2/events",
         "o2o/v1/s2/k1/events",
         "o2o/v1/s1/stats",

@@ -196,3 +196,12 @@ def test_join_hashes_the_phone_and_links_back_online() -> None:
     assert d.new_member is not None and d.new_member["phone_hash"] == d.data["phone_hash"]
     assert decide_join("hello", store="s1", member_id="x", join_url="", known=False) is None
     assert normalise_phone("+86 138-0013-8000") == "+8613800138000"
+
+
+def test_member_shown_again_within_the_cooldown_earns_nothing() -> None:
+    rules = Rules(points_per_visit=10, checkin_cooldown_min=60)
+    soon = Facts(member_visits=1, member_points=10, member_last_at=NOW - 600)
+    d = decide(code("m", "u1"), soon, rules, now=NOW, today="d")
+    assert d.data["counted"] is False and d.data["points_earned"] == 0 and d.member_visit is None
+    later = Facts(member_visits=1, member_points=10, member_last_at=NOW - 7200)
+    assert decide(code("m", "u1"), later, rules, now=NOW, today="d").data["visits"] == 2

@@ -82,12 +82,13 @@ def test_scans_reach_the_bridge_once_with_reasons(shop: Path) -> None:
         assert (event["type"], event["store"], event["kiosk"]) == (line["type"], "s1", "k1")
     assert sorted(e["seq"] for e in stored) == list(range(1, 8))
 
-    # The kiosk remembers across restarts: the coupon stays used, the member visits again.
+    # The kiosk remembers across restarts: the coupon stays used, and the member shown
+    # again within the hour is welcomed but earns no second visit.
     write_session(shop / "frames2", [member, coupon])
     status, lines2, stderr = run_kiosk(shop, shop / "frames2")
     assert status == 0, stderr
     assert outcomes(lines2) == [("checkin", None), ("scan.rejected", "already_used")]
-    assert lines2[0]["data"]["visits"] == 2
+    assert lines2[0]["data"]["visits"] == 1 and lines2[0]["data"]["counted"] is False
     assert len(stored_events(shop)) == 9
 
 

@@ -144,15 +144,45 @@ def test_forced_door_is_a_locker_fault(kiosk: tuple[Kiosk, SimulatedPrinter]) ->
 
 
 def test_store_survives_restart_with_data_files_present(tmp_path: Path) -> None:
-    k, _ = make_kiosk(tmp_path)
+    k, _ = make_kiosk(tmp_path, checkin_cooldown_min=0)
     k.handle_scan(ISSUER.code("m", "u9", n="Ann"))
     k.printer.stop()
     k.lockers.close()
     k.store.close()
     assert (tmp_path / "data" / DB_FILE).with_suffix(".journal").exists()
-    k2, _ = make_kiosk(tmp_path)
+    k2, _ = make_kiosk(tmp_path, checkin_cooldown_min=0)
     again = k2.handle_scan(ISSUER.code("m", "u9", n="Ann"))
     assert isinstance(again, Recorded) and again.event.data["visits"] == 2
     k2.printer.stop()
     k2.lockers.close()
     k2.store.close()
+
+
+def test_stale_remote_open_is_ignored(kiosk: tuple[Kiosk, SimulatedPrinter]) -> None:
+    """A kiosk re-sent its whole history (say, after a new SD card) opens nothing old."""
+    k, _ = kiosk
+    cmd = Command(seq=1, name="locker.open", data={"locker": 1, "expires": int(time.time()) - 60})
+    assert k.store.apply_command(cmd)
+    k._command(cmd)
+    assert [e["type"] for e in k.store.history()] == []
+
+
+def test_a_locker_open_for_loading_is_not_given_to_a_second_order(tmp_path: Path) -> None:
+    k, _ = make_kiosk(tmp_path)
+    k.lockers.simulator.close_after_s = 0  # type: ignore[union-attr]  # staff keep it open
+    for seq, order in enumerate(("A1", "A2"), start=1):
+        k.store.apply_command(Command(seq=seq, name="preorder.upsert", data={"order": order}))
+    k.handle_scan(ISSUER.code("s", "st1"))
+    first = k.handle_scan(ISSUER.code("p", "p1", o="A1"))
+    second = k.handle_scan(ISSUER.code("p", "p2", o="A2"))
+    assert first.locker != second.locker  # type: ignore[union-attr]
+    k.lockers.close()
+    k.store.close()
+
+
+def test_second_kiosk_process_on_the_same_data_is_refused(tmp_path: Path) -> None:
+    k, _ = make_kiosk(tmp_path)
+    with pytest.raises(StoreError, match="in use"):
+        make_kiosk(tmp_path)
+    k.lockers.close()
+    k.store.close()

@@ -176,3 +176,84 @@ def test_store_files_are_plain_json_an_owner_can_inspect(tmp_path: Path) -> None
     data = json.loads((tmp_path / DB_FILE).read_text())
     (event,) = data["outbox"].values()
     assert event["type"] == "checkin" and event["data"] == {"member_id": "u1"}
+
+
+def test_short_write_on_a_full_disk_leaves_the_store_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kiosk.journal as journal
+
+    s = open_store(tmp_path)
+    first = redeem(s, "c1")
+    real_write = journal.os.write
+
+    def short(fd: int, data: bytes) -> int:  # the disk takes a few bytes, then is full
+        if len(data) > 10:
+            return real_write(fd, bytes(data[:10]))
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(journal.os, "write", short)
+        with pytest.raises(StoreError):
+            redeem(s, "c2")
+    assert [e.id for e in s.pending()] == [first]
+    assert s.facts_for(code("c", "c1")).coupon_used_at is not None
+    assert s.facts_for(code("c", "c2")).coupon_used_at is None
+    third = redeem(s, "c3")
+    s.close()
+    s2 = open_store(tmp_path)
+    assert [e.id for e in s2.pending()] == [first, third]
+    assert [e.seq for e in s2.pending()] == [1, 2]
+
+
+def test_failed_fsync_counts_for_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kiosk.journal as journal
+
+    s = open_store(tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(journal.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "EIO")))
+        with pytest.raises(StoreError):
+            redeem(s, "c1")
+    assert s.outbox_size() == 0 and s.pending() == []
+    assert s.facts_for(code("c", "c1")).coupon_used_at is None
+    event = redeem(s, "c1")  # and the customer can simply try again
+    assert s.ack([event]) == 1 and s.outbox_size() == 0
+
+
+def test_damage_in_the_middle_of_the_journal_refuses_to_open(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    redeem(s, "c1")
+    redeem(s, "c2")
+    s.close()
+    journal = (tmp_path / DB_FILE).with_suffix(".journal")
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(lines[0][:20] + b"\n" + b"".join(lines[1:]))
+    with pytest.raises(StoreError, match="damaged"):
+        open_store(tmp_path)
+
+
+def test_commands_with_bad_data_are_skipped_not_blocking(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    assert s.apply_command(
+        Command(seq=1, name="member.upsert", data={"id": "u1", "points": "lots"})
+    )
+    assert s.apply_command(
+        Command(seq=2, name="preorder.upsert", data={"order": "A1", "size": "SM"})
+    )
+    assert s.apply_command(Command(seq=3, name="code.revoke", data={"id": "c1"}))
+    assert s.last_cmd_seq == 3
+    assert s.facts_for(code("m", "u1")).member_points == 0
+    assert s.preorder("A1") is None
+    assert s.facts_for(code("c", "c1")).revoked
+
+
+def test_coupon_used_at_another_kiosk_is_already_used_here(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    s.apply_command(
+        Command(
+            seq=1,
+            name="coupon.used",
+            data={"id": "c7", "at": "2026-11-26T10:00:00.000Z", "kiosk": "k2"},
+        )
+    )
+    assert s.facts_for(code("c", "c7")).coupon_used_at == "2026-11-26T10:00:00.000Z"
