@@ -129,6 +129,7 @@ url = {mqtt}                  # mqtts://host:8883 for TLS
 [rules]
 points_per_visit = 10
 once_per_day = false          # true: one counted visit (and its points) per member per day
+checkin_cooldown_min = 60     # a member code shown again within this earns nothing new
 quiet_window_s = 3.0          # a code held up for seconds is one scan
 reservation_early_min = 15    # arriving more than this early (or late) is early (or late)
 reservation_late_min = 15
