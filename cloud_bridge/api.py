@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud_bridge.commands import checked_command
 from cloud_bridge.config import BridgeConfig, load_api_token, load_signing_key
 from cloud_bridge.db import KioskState, Repository, StoredEvent, format_ts
 from cloud_bridge.ingest import Ingest
@@ -68,6 +69,16 @@ def _event_json(e: StoredEvent) -> dict[str, Any]:
     return {**e.envelope(), "received_at": format_ts(e.received_at)}
 
 
+def _since(text: str | None) -> datetime | None:
+    """A `since` query value (ISO 8601 or an offset); 422, never 500, when it is not one."""
+    if text is None:
+        return None
+    try:
+        return datetime.fromtimestamp(parse_when(text, time.time()), UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise HTTPException(422, f"since: {exc}") from None
+
+
 def _kiosk_json(store: str, kiosk: str, state: KioskState | None) -> dict[str, Any]:
     return {
         "store": store,
@@ -91,13 +102,16 @@ def create_app(
     api_token = token if token is not None else load_api_token(config)
     key = signing_key if signing_key is not None else load_signing_key(config)
     store = config.store
-    expected = f"Bearer {api_token}".encode()
+    expected = api_token.encode()
 
     def require_token(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
-        given = f"{creds.scheme} {creds.credentials}".encode() if creds else b""
-        if not hmac.compare_digest(given, expected):
+        # The scheme is case-insensitive (RFC 7235: `bearer x` is `Bearer x`); only the
+        # secret is compared, in constant time.
+        bearer = creds is not None and creds.scheme.lower() == "bearer"
+        given = creds.credentials.encode() if creds is not None and bearer else b""
+        if not (hmac.compare_digest(given, expected) and bearer):
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 "missing or wrong API token",
@@ -134,21 +148,27 @@ def create_app(
         order: Literal["newest", "oldest"] = "newest",
     ) -> dict[str, Any]:
         """Stored events of this store, newest first by event time (or oldest first)."""
-        since_dt = None
-        if since is not None:
-            try:
-                since_dt = datetime.fromtimestamp(parse_when(since, time.time()), UTC)
-            except ValueError as exc:
-                raise HTTPException(422, str(exc)) from None
         rows = repo.events(
             store=store,
-            since=since_dt,
+            since=_since(since),
             type=type,
             kiosk=kiosk,
             limit=limit,
             oldest_first=order == "oldest",
         )
         return {"events": [_event_json(e) for e in rows]}
+
+    @app.get("/api/v1/rejected-events", dependencies=auth, tags=["events"])
+    def list_rejected_events(
+        since: Annotated[
+            str | None, Query(description="received since: ISO 8601 time or an offset (-7d)")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """Events the database refused (quarantine), newest first, each with its raw JSON
+        and the error. They were acked to the kiosk: this is where they are kept."""
+        rows = repo.rejected_events(store=store, since=_since(since), limit=limit)
+        return {"rejected_events": [r.as_dict() for r in rows]}
 
     @app.get("/api/v1/stats", dependencies=auth, tags=["events"])
     def stats() -> dict[str, Any]:
@@ -205,12 +225,14 @@ def create_app(
         """
         try:
             check_id(kiosk, "kiosk id")
+            # Checked before queueing: a queued command is re-sent until applied.
+            data = checked_command(body.name, body.data)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         if ingest is not None:
-            cmd = ingest.send_command(kiosk, body.name, body.data)
+            cmd = ingest.send_command(kiosk, body.name, data)
         else:
-            cmd = repo.add_command(store, kiosk, body.name, body.data)
+            cmd = repo.add_command(store, kiosk, body.name, data)
         return {"kiosk": kiosk, **cmd.model_dump()}
 
     dashboard = resources.files("cloud_bridge").joinpath("static/dashboard.html").read_text("utf-8")

@@ -329,7 +329,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.since:
         try:
             since = datetime.fromtimestamp(parse_when(args.since, time.time()), UTC)
-        except ValueError as exc:
+        except (ValueError, OverflowError, OSError) as exc:
             raise UsageError(f"--since: {exc}") from None
     repo = Repository.from_url(config.db.url)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import stat
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -30,6 +32,7 @@ from o2o_protocol.config_file import (
     ConfigSection,
     MqttConnection,
     load_toml,
+    parse_mqtt_url,
     resolve_path,
 )
 from o2o_protocol.messages import check_id
@@ -50,6 +53,43 @@ def _config_dir(info: ValidationInfo) -> Path | None:
 
 _resolve = resolve_path
 
+#: Everything between `scheme://` and the last `@` of the authority: user and password.
+_USERINFO = re.compile(r"(?<=://)[^?#]*@")
+
+
+def redact_url(url: str) -> str:
+    """A URL as a message may show it: the user and password part becomes `***`.
+
+    Greedy up to the last `@`, so a password with `/` or `@` in it (which URL parsers
+    disagree about) is hidden whole rather than cut at the first odd character.
+    """
+    return _USERINFO.sub("***@", url, count=1)
+
+
+class _Hidden:
+    """A config value whose repr is redacted.
+
+    pydantic reports the value a failing validator was given; the shared config loader
+    adds its repr to the message (`(got …)`). Wrapping a URL before its validator runs
+    means an error can never echo a password, however oddly the URL is written.
+    """
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(redact_url(self.value))
+
+
+def _hide_url(data: Any) -> Any:
+    if isinstance(data, dict) and isinstance(data.get("url"), str):
+        return {**data, "url": _Hidden(data["url"])}
+    return data
+
+
+def _unwrap(value: Any) -> Any:
+    return value.value if isinstance(value, _Hidden) else value
+
 
 class MqttSection(MqttConnection):
     #: Stable id, so the broker keeps this bridge's session (and its queued messages)
@@ -67,16 +107,36 @@ class MqttSection(MqttConnection):
     def _group(cls, v: str | None) -> str | None:
         return None if v is None else check_id(v, "shared_group")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _hide(cls, data: Any) -> Any:
+        return _hide_url(data)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _checked_url(cls, v: Any) -> Any:
+        # Checked here, on the wrapped value, so an error shows the redacted URL only.
+        v = _unwrap(v)
+        if isinstance(v, str):
+            parse_mqtt_url(v)
+        return v
+
 
 class DbSection(_Section):
     #: SQLAlchemy URL. Empty means the SQLite file `bridge.db` beside the config file;
     #: `postgresql+psycopg://user:pass@host/db` for PostgreSQL.
     url: Annotated[str, Field(validate_default=True)] = ""
 
-    @field_validator("url")
+    @model_validator(mode="before")
     @classmethod
-    def _db_url(cls, v: str, info: ValidationInfo) -> str:
-        return normalise_db_url(v, _config_dir(info))
+    def _hide(cls, data: Any) -> Any:
+        return _hide_url(data)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _db_url(cls, v: Any, info: ValidationInfo) -> Any:
+        v = _unwrap(v)
+        return normalise_db_url(v, _config_dir(info)) if isinstance(v, str) else v
 
 
 def normalise_db_url(url: str, config_dir: Path | None) -> str:

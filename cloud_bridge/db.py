@@ -4,17 +4,23 @@ Works on SQLite (the embedded default, one shop) and PostgreSQL (a chain, severa
 workers). Exactly-once storage does not depend on who else is writing: each insert is an
 `INSERT … ON CONFLICT (id) DO NOTHING`, so a re-sent event, or the same event handled by
 two workers at once, lands once and the loser simply learns it was already there.
+
+Rows are inserted in id order, so two writers with overlapping batches take their row
+locks in one order and cannot deadlock each other on PostgreSQL; a transaction the server
+still aborts (deadlock, serialization failure, a locked SQLite file) is run again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -25,15 +31,26 @@ from sqlalchemy import (
     Engine,
     Index,
     String,
+    Text,
+    and_,
     create_engine,
     event,
+    exists,
     func,
+    or_,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from o2o_protocol.messages import Command, Event, EventType, Status
@@ -43,6 +60,55 @@ log = logging.getLogger(__name__)
 
 #: Rows per INSERT statement (well under SQLite's bound-parameter limit).
 _CHUNK = 500
+#: Attempts for a transaction the database aborted because of another writer.
+_CONFLICT_ATTEMPTS = 5
+#: SQLSTATEs of "run it again": serialization_failure, deadlock_detected.
+_RETRY_SQLSTATES = frozenset({"40001", "40P01"})
+
+T = TypeVar("T")
+
+
+class UnstorableEvent(ValueError):
+    """An event the bridge refuses on the database's behalf.
+
+    PostgreSQL's `json` type accepts `\\u0000` but every later `->>` on that row fails
+    (no NUL in `text`), which would break today's figures for good; SQLite would keep
+    it. Refused up front, such an event is quarantined the same way on both.
+    """
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    """An abort caused by a concurrent writer, not by the data: the same work will succeed
+    when run again (PostgreSQL deadlock or serialization failure, SQLite `locked`)."""
+    if not isinstance(exc, DBAPIError) or exc.connection_invalidated:
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _RETRY_SQLSTATES:
+        return True
+    return isinstance(exc, OperationalError) and "database is locked" in str(orig)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The database is unreachable or busy, not refusing this data: retrying is right.
+
+    Everything else (a DataError, an IntegrityError, a value the driver cannot bind) is
+    about the rows themselves and will fail again however often it is retried.
+    """
+    if isinstance(exc, DisconnectionError | PoolTimeoutError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, ConnectionError)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -107,6 +173,41 @@ class CommandRow(Base):
     name: Mapped[str] = mapped_column(String(64))
     data: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
+
+
+class RejectedEventRow(Base):
+    """Quarantine: events the database refused. Acked to the kiosk (retrying cannot help
+    and would block every later event), kept here for the owner to see."""
+
+    __tablename__ = "rejected_events"
+    __table_args__ = (Index("ix_rejected_events_store_received", "store", "received_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    store: Mapped[str] = mapped_column(String(64))
+    kiosk: Mapped[str] = mapped_column(String(64))
+    raw: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime]
+
+
+@dataclass(frozen=True)
+class RejectedEvent:
+    id: str
+    store: str
+    kiosk: str
+    raw: str
+    error: str
+    received_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "store": self.store,
+            "kiosk": self.kiosk,
+            "raw": self.raw,
+            "error": self.error,
+            "received_at": format_ts(self.received_at),
+        }
 
 
 @dataclass(frozen=True)
@@ -202,6 +303,21 @@ class Repository:
 
     # -- events ---------------------------------------------------------------------
 
+    def _retrying(self, work: Callable[[Session], T]) -> T:
+        """Run `work` in a transaction; again (a few times, jittered) if a concurrent
+        writer made the database abort it."""
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            try:
+                with self._sessions.begin() as session:
+                    return work(session)
+            except DBAPIError as exc:
+                if attempt == _CONFLICT_ATTEMPTS or not is_write_conflict(exc):
+                    raise
+                pause = random.uniform(0.01, 0.05) * 2**attempt
+                log.info("write conflict (%s), retrying in %.2fs", _first_line(exc), pause)
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
     def add_events(self, events: Sequence[Event], *, now: datetime | None = None) -> list[str]:
         """Store events in one transaction; returns the ids that were new.
 
@@ -211,6 +327,8 @@ class Repository:
         received = now or datetime.now(UTC)
         rows: dict[str, dict[str, Any]] = {}
         for e in events:
+            if e.id not in rows and _has_nul(e.data):
+                raise UnstorableEvent(f"event {e.id}: data holds a NUL character (\\u0000)")
             rows.setdefault(
                 e.id,
                 {
@@ -226,7 +344,13 @@ class Repository:
             )
         if not rows:
             return []
-        values = list(rows.values())
+        # One lock order for every writer: overlapping batches cannot deadlock.
+        values = [rows[k] for k in sorted(rows)]
+        new = self._retrying(lambda session: self._insert_events(session, values))
+        return [i for i in rows if i in new]  # in the order they came
+
+    def _insert_events(self, session: Session, values: list[dict[str, Any]]) -> set[str]:
+        """INSERT … ON CONFLICT DO NOTHING; the ids that were new."""
         new: set[str] = set()
         # One cached statement run "executemany" style: SQLAlchemy batches the rows into
         # multi-row INSERTs itself (insertmanyvalues) without compiling SQL per batch.
@@ -235,11 +359,67 @@ class Repository:
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(EventRow.__table__.c.id)
         )
-        with self._sessions.begin() as session:
-            for i in range(0, len(values), _CHUNK):
-                result = session.connection().execute(stmt, values[i : i + _CHUNK])
-                new.update(result.scalars())
-        return [r["id"] for r in values if r["id"] in new]
+        for i in range(0, len(values), _CHUNK):
+            result = session.connection().execute(stmt, values[i : i + _CHUNK])
+            new.update(result.scalars())
+        return new
+
+    # -- quarantine -------------------------------------------------------------------
+
+    def reject_event(self, event: Event, error: str, *, now: datetime | None = None) -> bool:
+        """Quarantine an event the database refused; False if it already was."""
+        raw = json.dumps(event.model_dump(), ensure_ascii=False, separators=(",", ":"))
+        row = {
+            "id": event.id,
+            "store": event.store,
+            "kiosk": event.kiosk,
+            # json.dumps escapes control characters: the text holds no NUL a database
+            # could refuse in turn.
+            "raw": raw,
+            "error": error.replace("\x00", "")[:2000],
+            "received_at": now or datetime.now(UTC),
+        }
+        stmt = (
+            self._insert(RejectedEventRow.__table__)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(RejectedEventRow.__table__.c.id)
+        )
+        return self._retrying(lambda session: session.execute(stmt).first() is not None)
+
+    def rejected_events(
+        self, *, store: str | None = None, since: datetime | None = None, limit: int | None = 100
+    ) -> list[RejectedEvent]:
+        """Quarantined events, newest first."""
+        stmt = select(RejectedEventRow)
+        if store is not None:
+            stmt = stmt.where(RejectedEventRow.store == store)
+        if since is not None:
+            stmt = stmt.where(RejectedEventRow.received_at >= since)
+        stmt = stmt.order_by(RejectedEventRow.received_at.desc(), RejectedEventRow.id.desc())
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._sessions() as session:
+            return [
+                RejectedEvent(r.id, r.store, r.kiosk, r.raw, r.error, r.received_at)
+                for r in session.execute(stmt).scalars()
+            ]
+
+    # -- coupons ----------------------------------------------------------------------
+
+    def redemptions(self, store: str, coupon_id: str) -> list[StoredEvent]:
+        """The stored `coupon.redeemed` events of one coupon, in the order they arrived."""
+        stmt = (
+            select(EventRow)
+            .where(
+                EventRow.store == store,
+                EventRow.type == EventType.COUPON_REDEEMED.value,
+                EventRow.data["coupon_id"].as_string() == coupon_id,
+            )
+            .order_by(EventRow.received_at, EventRow.id)
+        )
+        with self._sessions() as session:
+            return [_stored(r) for r in session.execute(stmt).scalars()]
 
     def events(
         self,
@@ -291,16 +471,7 @@ class Repository:
             stmt = stmt.limit(limit)
         with self._sessions() as session:
             for row in session.execute(stmt.execution_options(yield_per=1000)).scalars():
-                yield StoredEvent(
-                    id=row.id,
-                    seq=row.seq,
-                    type=row.type,
-                    ts=row.ts,
-                    store=row.store,
-                    kiosk=row.kiosk,
-                    data=row.data,
-                    received_at=row.received_at,
-                )
+                yield _stored(row)
 
     def count_events(self) -> int:
         with self._sessions() as session:
@@ -332,6 +503,7 @@ class Repository:
                 select(KioskRow.online).where(KioskRow.store == store)
             ).scalars()
             online = [bool(k) for k in kiosks]
+            doubles = int(session.scalar(self._double_redemptions(store, start, end)) or 0)
         return {
             "store": store,
             "day": start.strftime("%Y-%m-%d"),
@@ -343,11 +515,42 @@ class Repository:
             "reservations": by_type.get(EventType.RESERVATION_ARRIVED.value, 0),
             "joins": by_type.get(EventType.MEMBER_JOINED.value, 0),
             "rejected": by_type.get(EventType.SCAN_REJECTED.value, 0),
+            "double_redemptions": doubles,
             "rejections": dict(sorted(rejections.items())),
             "by_type": dict(sorted(by_type.items())),
             "kiosks_online": sum(online),
             "kiosks_seen": len(online),
         }
+
+    @staticmethod
+    def _double_redemptions(store: str, start: datetime, end: datetime) -> Any:
+        """Today's redemptions of a coupon the bridge had already stored as redeemed
+        (under another event id): two kiosks that were offline at once both accepted it."""
+        first = aliased(EventRow)
+        coupon = EventRow.data["coupon_id"].as_string()
+        redeemed = EventType.COUPON_REDEEMED.value
+        earlier = exists().where(
+            first.store == EventRow.store,
+            first.type == redeemed,
+            first.data["coupon_id"].as_string() == coupon,
+            first.id != EventRow.id,
+            or_(
+                first.received_at < EventRow.received_at,
+                and_(first.received_at == EventRow.received_at, first.id < EventRow.id),
+            ),
+        )
+        return (
+            select(func.count())
+            .select_from(EventRow)
+            .where(
+                EventRow.store == store,
+                EventRow.type == redeemed,
+                EventRow.ts >= start,
+                EventRow.ts < end,
+                coupon.is_not(None),
+                earlier,
+            )
+        )
 
     # -- kiosks ---------------------------------------------------------------------
 
@@ -373,6 +576,12 @@ class Repository:
         )
         with self._sessions.begin() as session:
             session.execute(stmt)
+
+    def kiosk_names(self, store: str) -> list[str]:
+        """Every kiosk of the store the bridge has heard from."""
+        stmt = select(KioskRow.kiosk).where(KioskRow.store == store).order_by(KioskRow.kiosk)
+        with self._sessions() as session:
+            return list(session.execute(stmt).scalars())
 
     def kiosks(self, store: str | None = None) -> list[KioskState]:
         stmt = select(KioskRow).order_by(KioskRow.store, KioskRow.kiosk)
@@ -426,3 +635,23 @@ class Repository:
                 Command(seq=r.seq, name=r.name, data=r.data)
                 for r in session.execute(stmt).scalars()
             ]
+
+
+def _stored(row: EventRow) -> StoredEvent:
+    return StoredEvent(
+        id=row.id,
+        seq=row.seq,
+        type=row.type,
+        ts=row.ts,
+        store=row.store,
+        kiosk=row.kiosk,
+        data=row.data,
+        received_at=row.received_at,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's own message, first line (no SQL, no parameters)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    return text.splitlines()[0] if text else type(orig).__name__

@@ -6,6 +6,10 @@ worker thread stores a batch in one transaction, commits, then acks. Incoming MQ
 messages are acknowledged to the broker (PUBACK) only after that, too: with a persistent
 MQTT v5 session, whatever the bridge had not finished when it stopped or crashed is
 delivered again when it comes back, on top of the kiosk's own re-sends.
+
+Only a database that is unreachable is waited for. An event the database refuses is
+quarantined (`rejected_events`) and acked like the others: retrying it could never
+succeed and would hold up every kiosk's events behind it.
 """
 
 from __future__ import annotations
@@ -24,13 +28,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
+from cloud_bridge.commands import checked_command
 from cloud_bridge.config import BridgeConfig
-from cloud_bridge.db import Repository
+from cloud_bridge.db import Repository, is_connection_error
 from o2o_protocol.messages import (
     Ack,
     Command,
+    CommandName,
     Event,
+    EventType,
     ProtocolError,
     Status,
     dumps,
@@ -337,6 +345,7 @@ class Ingest:
                 self._client.publish(
                     kiosk_topic(self.store, kiosk, ACKS), dumps(Ack(ids=ids)), qos=1
                 )
+            self._after_stored(events, set(new))
         generation = self._generation
         for item in batch:
             if item.generation == generation:
@@ -344,18 +353,88 @@ class Ingest:
         self._stats_dirty = True
 
     def _store_events(self, events: list[Event]) -> list[str] | None:
+        """Store a batch; the new ids. Waits out a database that is down (None if it gives
+        up while stopping); quarantines what the database refuses."""
         delay, attempts = 0.5, 0
         while True:
             try:
-                return self.repo.add_events(events)
+                return self._store_or_quarantine(events)
             except Exception as exc:
                 attempts += 1
                 if self._stopping.is_set() and attempts >= 3:
                     log.error("could not store %d events while stopping: %s", len(events), exc)
                     return None
-                log.error("database error, retrying in %.1fs: %s", delay, exc)
+                log.error("database error, retrying in %.1fs: %s", delay, _one_line(exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _store_or_quarantine(self, events: list[Event]) -> list[str]:
+        try:
+            return self.repo.add_events(events)
+        except Exception as exc:
+            if is_connection_error(exc) or not _refused_data(exc):
+                raise
+            log.warning(
+                "the database refused a batch of %d events: %s", len(events), _one_line(exc)
+            )
+        # Find the culprit(s): one event per transaction, the refused ones to quarantine.
+        new: list[str] = []
+        for e in events:
+            try:
+                new.extend(self.repo.add_events([e]))
+            except Exception as exc:
+                if is_connection_error(exc) or not _refused_data(exc):
+                    raise
+                error = _one_line(exc)
+                if self.repo.reject_event(e, error):
+                    log.error(
+                        "quarantined event %s (%s) from %s/%s: %s",
+                        e.id,
+                        e.type,
+                        e.store,
+                        e.kiosk,
+                        error,
+                    )
+        return new
+
+    # -- coupons: single use per store ----------------------------------------------
+
+    def _after_stored(self, events: list[Event], new: set[str]) -> None:
+        """Tell the other kiosks about each newly stored redemption (DESIGN §3: coupons are
+        single use per store, and each kiosk checks offline against its own store)."""
+        seen: set[str] = set()
+        for e in events:
+            if e.id in seen or e.id not in new or e.type != EventType.COUPON_REDEEMED:
+                continue
+            seen.add(e.id)
+            coupon = e.data.get("coupon_id")
+            if not isinstance(coupon, str) or not coupon:
+                continue
+            try:
+                self._coupon_redeemed(e, coupon)
+            except Exception:
+                log.exception("could not pass on the redemption of coupon %s", coupon)
+
+    def _coupon_redeemed(self, event: Event, coupon: str) -> None:
+        redemptions = self.repo.redemptions(self.store, coupon)
+        if redemptions and redemptions[0].id != event.id:
+            first = redemptions[0]
+            log.warning(
+                "coupon %s redeemed twice: event %s at kiosk %s (%s), already event %s at"
+                " kiosk %s (%s)",
+                coupon,
+                event.id,
+                event.kiosk,
+                event.ts,
+                first.id,
+                first.kiosk,
+                first.envelope()["ts"],
+            )
+        kiosks = dict.fromkeys([*self.config.kiosks, *self.repo.kiosk_names(self.store)])
+        data = {"id": coupon, "at": event.ts, "kiosk": event.kiosk}
+        for kiosk in kiosks:
+            if kiosk != event.kiosk:
+                self.send_command(kiosk, CommandName.COUPON_USED.value, data)
 
     def _store_status(self, item: _Message) -> None:
         assert item.status is not None
@@ -390,7 +469,11 @@ class Ingest:
 
     def send_command(self, kiosk: str, name: str, data: dict[str, Any]) -> Command:
         """Queue a command for a kiosk and publish it now; it is re-sent, from the kiosk's
-        reported `last_cmd_seq`, each time the kiosk's status shows it has not applied it."""
+        reported `last_cmd_seq`, each time the kiosk's status shows it has not applied it.
+
+        Raises ValueError for an unknown command or bad data (nothing is queued).
+        """
+        data = checked_command(name, data)
         cmd = self.repo.add_command(self.store, kiosk, name, data)
         self._client.publish(kiosk_topic(self.store, kiosk, CMD), dumps(cmd), qos=1)
         return cmd
@@ -413,3 +496,22 @@ class Ingest:
             log.exception("could not compute today's figures")
             return
         self._client.publish(stats_topic(self.store), dumps(stats), qos=1, retain=True)
+
+
+def _refused_data(exc: BaseException) -> bool:
+    """An error about the rows themselves (a value the database or driver refuses), as
+    opposed to the schema or server (missing table, permissions): only the former is
+    quarantined; the latter is the operator's to fix, so it is retried."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return False
+    return isinstance(exc, StatementError | ValueError | TypeError | OverflowError)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The driver's message, first line only: no SQL, no parameters in logs or tables."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__

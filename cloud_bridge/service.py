@@ -57,6 +57,9 @@ def run_service(
     except Exception as exc:
         repo.close()
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        password = make_url(config.db.url).password
+        if password:  # a driver may quote the URL it was given
+            first = first.replace(str(password), "***")
         raise ConfigError(config_path, "db.url", f"cannot open the database: {first}") from None
     ingest = Ingest(config, repo)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -157,7 +158,84 @@ def test_commands_are_queued_per_kiosk(client: TestClient, repo: Repository) -> 
     r = client.post(url, headers=AUTH, json=body)
     assert r.status_code == 201, r.text
     assert r.json() == {"kiosk": "k1", "seq": 1, **body}
-    assert client.post(url, headers=AUTH, json={"name": "code.revoke"}).json()["seq"] == 2
+    revoke = {"name": "code.revoke", "data": {"id": "c1"}}
+    assert client.post(url, headers=AUTH, json=revoke).json()["seq"] == 2
     assert client.post("/api/v1/kiosks/k2/commands", headers=AUTH, json=body).json()["seq"] == 1
     assert [c.seq for c in repo.commands_after("s1", "k1", 0)] == [1, 2]
     assert client.post(url, headers=AUTH, json={"data": {}}).status_code == 422
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+def test_the_auth_scheme_is_case_insensitive(client: TestClient, scheme: str) -> None:
+    ok = client.get("/api/v1/stats", headers={"Authorization": f"{scheme} {TOKEN}"})
+    assert ok.status_code == 200
+    wrong = client.get("/api/v1/stats", headers={"Authorization": f"{scheme} {TOKEN}x"})
+    assert wrong.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "expect"),
+    [
+        ({"name": "self.destruct", "data": {}}, "unknown command"),
+        ({"name": "locker.open", "data": {}}, "locker"),
+        ({"name": "locker.open", "data": {"locker": "three"}}, "locker"),
+        ({"name": "preorder.upsert", "data": {"size": "XL", "order": "A1"}}, "size"),
+        ({"name": "code.revoke", "data": {}}, "id"),
+    ],
+)
+def test_bad_commands_are_refused_and_not_queued(
+    client: TestClient, repo: Repository, body: dict[str, object], expect: str
+) -> None:
+    r = client.post("/api/v1/kiosks/k1/commands", headers=AUTH, json=body)
+    assert r.status_code == 422, r.text
+    assert expect in r.json()["detail"]
+    assert repo.commands_after("s1", "k1", 0) == []
+
+
+def test_locker_open_gets_a_short_expiry(client: TestClient, repo: Repository) -> None:
+    url = "/api/v1/kiosks/k1/commands"
+    before = int(time.time())
+    r = client.post(url, headers=AUTH, json={"name": "locker.open", "data": {"locker": 3}})
+    assert r.status_code == 201, r.text
+    expires = r.json()["data"]["expires"]
+    assert before + 300 <= expires <= int(time.time()) + 300
+    assert repo.commands_after("s1", "k1", 0)[0].data == {"locker": 3, "expires": expires}
+    own = {"name": "locker.open", "data": {"locker": 3, "expires": before + 60}}
+    assert client.post(url, headers=AUTH, json=own).json()["data"]["expires"] == before + 60
+
+
+def test_rejected_events_are_listed(client: TestClient, repo: Repository) -> None:
+    bad = ev("checkin", 1, time.time(), note="a\u0000b")
+    repo.reject_event(bad, "UnstorableEvent: NUL")
+    assert client.get("/api/v1/rejected-events").status_code == 401
+    r = client.get("/api/v1/rejected-events", headers=AUTH)
+    assert r.status_code == 200, r.text
+    [q] = r.json()["rejected_events"]
+    assert (q["id"], q["store"], q["kiosk"], q["error"]) == (
+        bad.id,
+        "s1",
+        "k1",
+        "UnstorableEvent: NUL",
+    )
+    assert json.loads(q["raw"]) == bad.model_dump() and q["received_at"].endswith("Z")
+    later = client.get("/api/v1/rejected-events", headers=AUTH, params={"since": "+1h"})
+    assert later.json() == {"rejected_events": []}
+    assert "/api/v1/rejected-events" in client.get("/openapi.json").json()["paths"]
+
+
+def test_bad_input_is_422_not_500(client: TestClient) -> None:
+    long_name = {"type": "member", "name": "字" * 700}
+    r = client.post("/api/v1/codes", headers=AUTH, json=long_name)
+    assert r.status_code == 422 and "2048" in r.json()["detail"]
+    for since in ("+99999999999999999999d", "-99999999999999999999d", "9999-12-31T23:00:00-05:00"):
+        for path in ("/api/v1/events", "/api/v1/rejected-events"):
+            r = client.get(path, headers=AUTH, params={"since": since})
+            assert r.status_code == 422, (path, since, r.text)
+
+
+def test_stats_show_double_redemptions(client: TestClient, repo: Repository) -> None:
+    now = time.time()
+    repo.add_events([ev("coupon.redeemed", 1, now, coupon_id="c9")])
+    repo.add_events([ev("coupon.redeemed", 1, now, kiosk="k2", coupon_id="c9")])
+    assert client.get("/api/v1/stats", headers=AUTH).json()["double_redemptions"] == 1
+    assert "double_redemptions" in client.get("/").text

@@ -165,6 +165,9 @@ def test_issue_from_the_shop_directory_by_default(shop: Path) -> None:
         (["init", "--dir", "x", "--store", "a/b"], "--store"),
         (["init", "--dir", "x", "--mqtt", "http://x"], "--mqtt"),
         (["init", "--dir", "x", "--db", "mysql://x/y"], "--db"),
+        (["issue", "member", "--name", "字" * 700], "at most 2048"),
+        (["export", "events", "--since=+99999999999999999999d"], "--since"),
+        (["export", "events", "--since=9999-12-31T23:00:00-05:00"], "--since"),
         ([], "required"),
     ],
 )
@@ -201,6 +204,35 @@ def test_a_broken_bridge_toml_is_one_clear_line(shop: Path, edit: object, expect
     proc = run("issue", "member", cwd=shop)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and expect in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("edit", "expect"),
+    [
+        (
+            lambda t: t.replace("[db]", '[db]\nurl = "postgres://shop:S3cretPw@db.example/o2o"'),
+            "db.url",
+        ),
+        (lambda t: t.replace("[db]", '[db]\nurl = "postgres://shop:S3c/retPw@db/o2o"'), "db.url"),
+        (lambda t: t.replace("[db]", '[db]\nurl = "oracle://shop:S3c@retPw@db/o2o"'), "db.url"),
+        (
+            lambda t: t.replace("[db]", '[db]\nurl = "postgresql+asyncpg://u:S3cretPw@db/o"'),
+            "db.url",
+        ),
+        (lambda t: t.replace("mqtt://10.0.0.2:1884", "mqtt://u:S3c/retPw@h:1883"), "mqtt.url"),
+        (lambda t: t.replace("mqtt://10.0.0.2:1884", "mqtt://u:S3cretPw@h:1883"), "mqtt.url"),
+        (lambda t: t.replace("# password = ", "password = 12 #"), "mqtt.password"),
+        (lambda t: t.replace("# password = ", 'password = ["S3cretPw"] #'), "mqtt.password"),
+    ],
+)
+def test_a_config_error_never_shows_a_password(shop: Path, edit: object, expect: str) -> None:
+    path = shop / "bridge.toml"
+    path.write_text(edit(path.read_text()))  # type: ignore[operator]
+    for args in (["issue", "member"], ["export", "events"], ["run"]):
+        proc = run(*args, cwd=shop)
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1 and expect in proc.stderr, proc.stderr
+        assert "S3c" not in proc.stderr and "retPw" not in proc.stderr, proc.stderr
 
 
 def test_a_missing_signing_key_is_one_clear_line(shop: Path) -> None:

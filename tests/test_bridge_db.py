@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
-from cloud_bridge.db import Repository
+from cloud_bridge.db import Repository, UnstorableEvent, is_connection_error, is_write_conflict
 from o2o_protocol.messages import Event, Status, new_event_id
 from o2o_protocol.timeutil import rfc3339
 
@@ -41,8 +44,8 @@ def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]
     r = Repository.from_url(url)
     r.create_tables()
     with r.engine.begin() as conn:  # the PostgreSQL database is shared by the session
-        conn.execute(text("DELETE FROM events"))
-        conn.execute(text("DELETE FROM kiosks"))
+        for table in ("events", "kiosks", "commands", "rejected_events"):
+            conn.execute(text(f"DELETE FROM {table}"))
     yield r
     r.close()
 
@@ -190,3 +193,141 @@ def test_commands_are_numbered_per_kiosk(repo: Repository) -> None:
         (2, {"id": "c1"}),
         (3, {"id": "c2"}),
     ]
+
+
+def _sorted_pair() -> tuple[Event, Event]:
+    low, high = sorted(make_events(2), key=lambda e: e.id)
+    return low, high
+
+
+def test_overlapping_batches_in_opposite_orders_do_not_deadlock(pg_url: str) -> None:
+    """Another transaction holds `low` and then wants `high`; our batch says [high, low].
+
+    Inserting in the batch's order would take `high`, wait for `low`: a lock cycle that
+    PostgreSQL breaks by aborting one side. In id order we wait for `low` holding nothing.
+    """
+    repo = Repository.from_url(pg_url)
+    repo.create_tables()
+    other = Repository.from_url(pg_url)
+    low, high = _sorted_pair()
+    result: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def ours() -> None:
+        try:
+            result.append(repo.add_events([high, low]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        with other.engine.connect() as conn:
+            conn.execute(text("SET deadlock_timeout = '200ms'"))
+            conn.execute(
+                text(
+                    "INSERT INTO events (id, store, kiosk, seq, type, ts, data, received_at)"
+                    " VALUES (:id, 's1', 'k1', 1, 'checkin', now(), '{}', now())"
+                ),
+                {"id": low.id},
+            )
+            thread = threading.Thread(target=ours)
+            thread.start()
+            deadline = time.monotonic() + 10
+            while True:  # wait until our insert is blocked on `low`
+                with repo.engine.connect() as probe:
+                    waiting = probe.scalar(
+                        text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                    )
+                if waiting or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            assert waiting, "our insert never waited for the other transaction"
+            conn.execute(
+                text(
+                    "INSERT INTO events (id, store, kiosk, seq, type, ts, data, received_at)"
+                    " VALUES (:id, 's1', 'k1', 2, 'checkin', now(), '{}', now())"
+                    " ON CONFLICT (id) DO NOTHING"
+                ),
+                {"id": high.id},
+            )
+            conn.commit()
+        thread.join(20)
+        assert not errors, errors
+        assert result == [[]]  # both were the other writer's
+        assert repo.count_events() >= 2
+    finally:
+        with repo.engine.begin() as conn:
+            conn.execute(text("DELETE FROM events"))
+        other.close()
+        repo.close()
+
+
+class _Deadlock(Exception):
+    sqlstate = "40P01"
+
+
+class _ServerGone(Exception):
+    pass
+
+
+def test_a_transaction_aborted_by_a_deadlock_is_run_again(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = repo._insert_events
+    calls: list[int] = []
+
+    def flaky(session: Any, values: list[dict[str, Any]]) -> set[str]:
+        calls.append(len(values))
+        if len(calls) < 3:
+            raise OperationalError("INSERT", {}, _Deadlock("deadlock detected"))
+        return real(session, values)
+
+    monkeypatch.setattr(repo, "_insert_events", flaky)
+    events = make_events(3)
+    assert repo.add_events(events) == [e.id for e in events]
+    assert len(calls) == 3 and repo.count_events() == 3
+
+
+def test_error_classification() -> None:
+    deadlock = OperationalError("x", {}, _Deadlock("deadlock detected"))
+    gone = OperationalError("x", {}, _ServerGone("server closed the connection"))
+    assert is_write_conflict(deadlock) and not is_write_conflict(gone)
+    assert is_connection_error(gone) and is_connection_error(deadlock)
+    assert not is_connection_error(ValueError("bad value"))
+    assert not is_connection_error(UnstorableEvent("NUL"))
+
+
+def test_a_nul_in_data_is_refused_and_can_be_quarantined(repo: Repository) -> None:
+    """PostgreSQL's json takes \\u0000 but every later ->> on the row fails: refuse it."""
+    [bad] = make_events(1, note="a\u0000b")
+    with pytest.raises(UnstorableEvent):
+        repo.add_events([bad])
+    assert repo.count_events() == 0
+    assert repo.reject_event(bad, "UnstorableEvent: NUL") is True
+    assert repo.reject_event(bad, "UnstorableEvent: NUL") is False  # a re-send: kept once
+    [q] = repo.rejected_events(store="s1")
+    assert (q.id, q.store, q.kiosk, q.error) == (bad.id, "s1", "k1", "UnstorableEvent: NUL")
+    assert json.loads(q.raw) == bad.model_dump()
+    assert repo.today_stats("s1")["events"] == 0  # and the figures still work
+
+
+def test_double_redemptions_are_counted(repo: Repository) -> None:
+    now = time.time()
+
+    def redeemed(coupon: str, kiosk: str) -> Event:
+        return Event(
+            id=new_event_id(),
+            seq=1,
+            type="coupon.redeemed",
+            ts=rfc3339(now),
+            store="s1",
+            kiosk=kiosk,
+            data={"coupon_id": coupon},
+        )
+
+    first = redeemed("cp1", "k1")
+    repo.add_events([first, redeemed("cp2", "k1")])
+    assert repo.today_stats("s1")["double_redemptions"] == 0
+    second = redeemed("cp1", "k2")
+    repo.add_events([second])
+    assert repo.today_stats("s1")["double_redemptions"] == 1
+    assert [e.id for e in repo.redemptions("s1", "cp1")] == [first.id, second.id]

@@ -7,6 +7,7 @@ acked again but stored once; junk on the wire costs nothing but itself.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 import time
@@ -18,6 +19,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from sqlalchemy import text
+from sqlalchemy.exc import DataError, OperationalError
 
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
@@ -85,10 +88,12 @@ def events(n: int, *, kiosk: str = "k1", store: str = STORE, start_seq: int = 1)
     ]
 
 
-def make_config(tmp_path: Path, broker: MosquittoBroker, **mqtt: Any) -> BridgeConfig:
+def make_config(
+    tmp_path: Path, broker: MosquittoBroker, kiosks: tuple[str, ...] = ("k1",), **mqtt: Any
+) -> BridgeConfig:
     raw = {
         "store": STORE,
-        "kiosks": ["k1"],
+        "kiosks": list(kiosks),
         "mqtt": {"url": broker.url, "client_id": f"bridge-{uuid.uuid4().hex[:8]}", **mqtt},
     }
     return validate_config(tmp_path / "bridge.toml", raw, BridgeConfig)
@@ -275,3 +280,173 @@ def test_commands_are_sent_and_resent_until_the_kiosk_reports_them(
         assert kiosk.nothing()
     finally:
         kiosk.close()
+
+
+def acked_ids(kiosk: Peer, n: int) -> list[str]:
+    ids: list[str] = []
+    while len(ids) < n:
+        ids.extend(kiosk.next(10)[1]["ids"])
+    return ids
+
+
+class _Refused(Exception):
+    """Stands in for the driver's exception inside sqlalchemy's DataError."""
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'any.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    r = Repository.from_url(url)
+    r.create_tables()
+    with r.engine.begin() as conn:  # the PostgreSQL database is shared by the session
+        for table in ("events", "kiosks", "commands", "rejected_events"):
+            conn.execute(text(f"DELETE FROM {table}"))
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize("poison", ["nul", "data_error"])
+def test_an_event_the_database_refuses_is_quarantined_and_the_rest_flow(
+    tmp_path: Path,
+    mosquitto_broker: MosquittoBroker,
+    any_repo: Repository,
+    kiosk: Peer,
+    monkeypatch: pytest.MonkeyPatch,
+    poison: str,
+) -> None:
+    repo = any_repo
+    good_before, bad, good_after = events(3)
+    if poison == "nul":
+        # A value the database cannot keep (PostgreSQL text has no NUL).
+        bad = bad.model_copy(update={"data": {"member_id": "x\u0000y"}})
+    else:
+        real = repo._insert_events
+
+        def refuse(session: Any, values: list[dict[str, Any]]) -> set[str]:
+            if any(v["id"] == bad.id for v in values):
+                raise DataError("INSERT", {}, _Refused("value out of range"))
+            return real(session, values)
+
+        monkeypatch.setattr(repo, "_insert_events", refuse)
+    ingest = Ingest(make_config(tmp_path, mosquitto_broker), repo)
+    ingest.start()
+    try:
+        assert ingest.wait_ready(10)
+        kiosk.publish(EVENTS_K1, dumps([good_before, bad, good_after]))
+        # Every event is acked: the refused one is kept in quarantine, not lost.
+        assert sorted(acked_ids(kiosk, 3)) == sorted([good_before.id, bad.id, good_after.id])
+        assert {e.id for e in repo.events()} == {good_before.id, good_after.id}
+        [q] = repo.rejected_events(store=STORE)
+        assert (q.id, q.kiosk) == (bad.id, "k1")
+        assert json.loads(q.raw) == bad.model_dump()
+        assert ("value out of range" if poison == "data_error" else "NUL") in q.error
+        # Nothing is stuck: the next events flow as usual, a re-sent poison is acked again.
+        later = events(1, start_seq=4)[0]
+        kiosk.publish(EVENTS_K1, dumps([later, bad]))
+        assert sorted(acked_ids(kiosk, 2)) == sorted([later.id, bad.id])
+        assert repo.count_events() == 3 and len(repo.rejected_events()) == 1
+    finally:
+        ingest.stop()
+
+
+def test_a_database_outage_is_waited_out_not_quarantined(
+    bridge: Ingest, kiosk: Peer, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = repo._insert_events
+    failures: list[int] = []
+
+    def down(session: Any, values: list[dict[str, Any]]) -> set[str]:
+        if len(failures) < 2:
+            failures.append(1)
+            raise OperationalError("INSERT", {}, _Refused("server closed the connection"))
+        return real(session, values)
+
+    monkeypatch.setattr(repo, "_insert_events", down)
+    batch = events(2)
+    kiosk.publish(EVENTS_K1, dumps(batch))
+    assert sorted(acked_ids(kiosk, 2)) == sorted(e.id for e in batch)
+    assert len(failures) == 2
+    assert repo.count_events() == 2 and repo.rejected_events() == []
+
+
+def redeemed(kiosk: str, coupon: str, seq: int = 1) -> Event:
+    return Event(
+        id=new_event_id(),
+        seq=seq,
+        type="coupon.redeemed",
+        ts=rfc3339(time.time()),
+        store=STORE,
+        kiosk=kiosk,
+        data={"coupon_id": coupon, "campaign": "spring"},
+    )
+
+
+def test_a_redeemed_coupon_is_used_up_at_every_other_kiosk(
+    tmp_path: Path,
+    mosquitto_broker: MosquittoBroker,
+    repo: Repository,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ingest = Ingest(
+        make_config(tmp_path, mosquitto_broker, kiosks=("k1", "k2")), repo, stats_interval_s=0.2
+    )
+    ingest.start()
+    peers = {
+        k: Peer(mosquitto_broker, kiosk_topic(STORE, k, "cmd"), kiosk_topic(STORE, k, "acks"))
+        for k in ("k1", "k2", "k3")
+    }
+    try:
+        assert ingest.wait_ready(10)
+        # k3 is not in the config, but the bridge knows it from its status.
+        peers["k3"].publish(kiosk_topic(STORE, "k3", "status"), b'{"online": true}')
+        deadline = time.monotonic() + 5
+        while not repo.kiosks(STORE) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        first = redeemed("k1", "cp1")
+        peers["k1"].publish(EVENTS_K1, dumps(first))
+        assert peers["k1"].next()[1] == {"ids": [first.id]}
+        used = {"id": "cp1", "at": first.ts, "kiosk": "k1"}
+        for k in ("k2", "k3"):
+            topic, cmd, _ = peers[k].next()
+            assert topic == kiosk_topic(STORE, k, "cmd")
+            assert cmd == {"seq": 1, "name": "coupon.used", "data": used}
+        assert peers["k1"].nothing()  # not sent back to the kiosk that redeemed it
+        # A re-send is stored once and passed on once.
+        peers["k1"].publish(EVENTS_K1, dumps(first))
+        assert peers["k1"].next()[1] == {"ids": [first.id]}
+        assert peers["k2"].nothing() and peers["k3"].nothing()
+        # The kiosk comes back without having applied it: the command path sends it again.
+        peers["k2"].publish(kiosk_topic(STORE, "k2", "status"), b'{"online":true,"last_cmd_seq":0}')
+        assert peers["k2"].next()[1]["name"] == "coupon.used"
+
+        # k2 was offline too and accepted the same coupon: counted and logged.
+        with caplog.at_level(logging.WARNING, logger="cloud_bridge.ingest"):
+            second = redeemed("k2", "cp1")
+            peers["k2"].publish(kiosk_topic(STORE, "k2", "events"), dumps(second))
+            assert peers["k2"].next()[1] == {"ids": [second.id]}
+            assert peers["k1"].next()[1]["data"] == {"id": "cp1", "at": second.ts, "kiosk": "k2"}
+        assert any("cp1" in r.message and "twice" in r.message for r in caplog.records)
+        stats = repo.today_stats(STORE)
+        assert (stats["redemptions"], stats["double_redemptions"]) == (2, 1)
+    finally:
+        for peer in peers.values():
+            peer.close()
+        ingest.stop()
+
+
+def test_send_command_checks_the_command(bridge: Ingest, repo: Repository) -> None:
+    with pytest.raises(ValueError, match="unknown command"):
+        bridge.send_command("k1", "self.destruct", {})
+    with pytest.raises(ValueError, match="locker"):
+        bridge.send_command("k1", "locker.open", {"locker": "first"})
+    assert repo.commands_after(STORE, "k1", 0) == []  # nothing queued
+    before = int(time.time())
+    cmd = bridge.send_command("k1", "locker.open", {"locker": 2})
+    assert before + 300 <= cmd.data["expires"] <= int(time.time()) + 300
+    assert (
+        bridge.send_command("k1", "locker.open", {"locker": 2, "expires": 5}).data["expires"] == 5
+    )
