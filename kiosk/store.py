@@ -259,6 +259,7 @@ class KioskStore:
                         "visits": v.visits,
                         "points": v.points,
                         "last_day": v.day,
+                        "last_at": now,
                     },
                     doc_id=key,
                 )

@@ -70,6 +70,7 @@ def test_member_visits_accumulate(tmp_path: Path) -> None:
     s.record(Decision(EventType.CHECKIN, member_visit=MemberVisit("u1", None, 2, 20, "d2")), 0)
     facts = s.facts_for(code("m", "u1"))
     assert (facts.member_visits, facts.member_points, facts.member_last_day) == (2, 20, "d2")
+    assert facts.member_last_at == 0  # the time of the last counted visit, for the cooldown
 
 
 def test_commands_apply_once_and_in_order(tmp_path: Path) -> None:
