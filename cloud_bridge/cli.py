@@ -108,13 +108,15 @@ key_file = "signing.key"      # Ed25519 private key that signs codes; keep it se
 KIOSK_TEMPLATE = """\
 # o2o-kiosk configuration for kiosk {kiosk_raw}, written by `o2o-bridge init`.
 # Run: o2o-kiosk run --config {config}
-# Copy it to the kiosk with the [keys] below: they are public keys, safe to share.
+# Copy it to the store's kiosks. [keys] are public keys, safe to share; join_secret
+# is not: it keys the hashes of customers' phone numbers (file mode 0600).
 # Every key is checked at start-up; a misspelt one stops the kiosk with one clear line.
 
 store = {store}
 kiosk = {kiosk}
 # Outbox, redeemed coupons, members: keep it on the kiosk (relative to this file).
 data_dir = {data_dir}
+join_secret = {join_secret}
 
 # Trusted code-signing keys: key id = base64url Ed25519 public key.
 [keys]
@@ -215,6 +217,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             else '# url = "sqlite:///bridge.db"      # the default: SQLite beside this file'
         ),
     )
+    join_secret = secrets.token_urlsafe(24)  # one per store: the same phone, the same hash
     kiosk_texts = {
         k: KIOSK_TEMPLATE.format(
             config=kiosk_paths[k],
@@ -225,6 +228,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             data_dir=_toml_str(f"kiosk-{k}-data"),
             keys=f"{_toml_str(kid)} = {_toml_str(pub_text)}",
             mqtt=_toml_str(args.mqtt),
+            join_secret=_toml_str(join_secret),
         )
         for k in kiosks
     }
@@ -244,7 +248,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         # bridge.toml may later hold broker and database passwords.
         _write_private(config_path, bridge_text.encode())
         for k, text in kiosk_texts.items():
-            kiosk_paths[k].write_text(text, encoding="utf-8")
+            _write_private(kiosk_paths[k], text.encode())
     except OSError as exc:
         raise UsageError(f"--dir: cannot write in {directory}: {exc.strerror}") from None
     load_config(config_path)  # the files as written must load

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 Listener = Callable[[Recorded], None]
 #: How long a door may stay open after a pickup or a load before the owner hears of it.
 DOOR_LEFT_OPEN_S = 300.0
+#: How long a door that the sensor could not confirm open may take to show it did.
+UNCONFIRMED_OPEN_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class Kiosk:
         self._staff_until = 0.0
         self._watchers: list[threading.Thread] = []
         self._reserved: set[int] = set()
+        self._closing = threading.Event()
         self._started = False
 
     # --- lifecycle -------------------------------------------------------------------
@@ -124,6 +127,7 @@ class Kiosk:
         self._recover()
 
     def stop(self) -> None:
+        self._closing.set()
         if self._started:
             self.sync.stop()
             self.printer.stop()
@@ -176,8 +180,11 @@ class Kiosk:
             facts = Facts()
         else:
             facts = self.store.facts_for(result, staff=staff)
-            if self._reserved:  # lockers open for loading are not free, whatever the store says
-                free = tuple(f for f in facts.free_lockers if f[0] not in self._reserved)
+            if facts.free_lockers:
+                # Empty in the store is not enough: the door must be shut, fault-free and
+                # not already open for another load.
+                usable = {locker.number for locker in self.lockers.free()} - self._reserved
+                free = tuple(f for f in facts.free_lockers if f[0] in usable)
                 facts = dataclasses.replace(facts, free_lockers=free)
         decision = decide(
             result, facts, self.rules, now=now, today=local_day(now), text=text, staff=staff
@@ -198,10 +205,11 @@ class Kiosk:
         number = normalise_phone(phone)
         if number is None:
             return None
-        known = self.store.member_by_phone(phone_hash(number, self.cfg.store))
+        secret = self.cfg.phone_secret()
+        known = self.store.member_by_phone(phone_hash(number, secret))
         decision = decide_join(
             number,
-            store=self.cfg.store,
+            secret=secret,
             member_id=known or new_event_id(),
             join_url=self.cfg.ui.join_url,
             known=known is not None,
@@ -269,42 +277,82 @@ class Kiosk:
             if not opened:
                 self._reserved.discard(number)
                 return self.record(outcome)
-            self._watch_door(number, lambda: self.record(loaded(intent)), release=number)
+            self._watch_door(
+                number,
+                lambda: self.record(loaded(intent)),
+                seen_open=reason is None,
+                release=number,
+            )
             return Opening(number, order)
         recorded = self.record(outcome)
         if opened:
-            self._watch_door(number, self._completer(order, number))
+            self._watch_door(number, self._completer(order, number), seen_open=reason is None)
         return recorded
 
     def _watch_door(
-        self, number: int, on_closed: Callable[[], object], *, release: int | None = None
+        self,
+        number: int,
+        on_closed: Callable[[], object],
+        *,
+        seen_open: bool,
+        release: int | None = None,
     ) -> None:
-        """Record what happens when the door shuts, retrying a write that fails."""
+        """Record what the door does next: opened and shut again completes the action.
+
+        A door is only taken as used once it was seen open and then shut. An unlock the
+        sensor could not confirm (a jammed latch, a broken switch) may never open it: the
+        order then stays where it is and the owner hears of it, rather than the order
+        being marked picked up with the goods still locked inside. A door left open is
+        reported, and still completes whenever it is shut.
+        """
 
         def watch() -> None:
-            closed = self.lockers.wait_closed(number, DOOR_LEFT_OPEN_S)
-            delay = 0.5
-            while True:
-                try:
-                    if closed:
-                        on_closed()
-                    else:
-                        self.record(
-                            Decision(
-                                EventType.LOCKER_FAULT, {"locker": number, "fault": "left_open"}
-                            )
-                        )
-                    break
-                except StoreError as exc:
-                    log.error("door %d: %s; retrying in %.0f s", number, exc, delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, 30.0)
+            if not seen_open and not self._wait_open(number, UNCONFIRMED_OPEN_S):
+                self._record_retrying(
+                    Decision(EventType.LOCKER_FAULT, {"locker": number, "fault": "not_seen_open"})
+                )
+            elif not self.lockers.wait_closed(number, DOOR_LEFT_OPEN_S):
+                self._record_retrying(
+                    Decision(EventType.LOCKER_FAULT, {"locker": number, "fault": "left_open"})
+                )
+                while not self._closing.is_set():
+                    if self.lockers.wait_closed(number, 1.0):
+                        self._retrying(on_closed)
+                        break
+            else:
+                self._retrying(on_closed)
             if release is not None:
                 self._reserved.discard(release)
 
         thread = threading.Thread(target=watch, name=f"door-{number}", daemon=True)
         self._watchers = [w for w in self._watchers if w.is_alive()] + [thread]
         thread.start()
+
+    def _wait_open(self, number: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.lockers.is_open(number):
+            if time.monotonic() > deadline or self._closing.is_set():
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _record_retrying(self, decision: Decision) -> None:
+        self._retrying(lambda: self.record(decision))
+
+    def _retrying(self, write: Callable[[], object]) -> None:
+        """A door outcome is written even if the disk is briefly full."""
+        delay = 0.5
+        while True:
+            try:
+                write()
+                return
+            except StoreError as exc:
+                if self._closing.is_set():
+                    log.error("door outcome lost at shutdown: %s", exc)
+                    return
+                log.error("door outcome not recorded: %s; retrying in %.0f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _recover(self) -> None:
         """Finish pickups whose door shut while the kiosk was off (their watcher was lost)."""
@@ -316,7 +364,7 @@ class Kiosk:
             except LockerError:
                 still_open = False
             if still_open:
-                self._watch_door(pre.locker, self._completer(pre.order, pre.locker))
+                self._watch_door(pre.locker, self._completer(pre.order, pre.locker), seen_open=True)
             else:
                 self.record(pickup_completed(pre.order, pre.locker))
 

@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from kiosk import __version__
 from kiosk.config import KioskConfig, find_default_config, load_config
+from kiosk.devices.lockers import LockerError
 from kiosk.store import StoreError
 from o2o_protocol.config_file import ConfigError
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"o2o-kiosk: error: {exc}", file=sys.stderr)
         return 2
-    except StoreError as exc:
+    except (StoreError, LockerError) as exc:
         print(f"o2o-kiosk: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

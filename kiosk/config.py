@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import (
     Field,
+    SecretStr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -139,12 +140,22 @@ class PrinterSection(_Section):
     @field_validator("codepage")
     @classmethod
     def _codepage(cls, v: str) -> str:
+        """Only what the printer code can send: a Chinese-mode codec or an ESC/POS page."""
         import codecs
 
+        from escpos.codepages import CodePages
+
+        from kiosk.devices.printer import CJK_CODECS
+
         try:
-            return codecs.lookup(v).name
+            name = codecs.lookup(v).name
         except LookupError:
-            raise ValueError(f"unknown codepage {v!r} (try gb18030 or cp437)") from None
+            name = v.lower()
+        if name in CJK_CODECS or v.upper() in CodePages.data or name.upper() in CodePages.data:
+            return name
+        raise ValueError(
+            f"codepage {v!r} is not one a receipt printer takes (gb18030, big5, cp437, …)"
+        )
 
 
 class UiSection(_Section):
@@ -161,6 +172,9 @@ class KioskConfig(_Section):
     data_dir: Path = Path("kiosk-data")
     #: Trusted signing keys: key id -> base64url Ed25519 public key. Public keys only.
     keys: dict[str, str]
+    #: Keys the hash of phone numbers typed at the kiosk; the same on every kiosk of the
+    #: store, known to nobody else. `o2o-bridge init` writes a random one.
+    join_secret: SecretStr | None = None
     mqtt: MqttSection = MqttSection()
     rules: RulesSection = RulesSection()
     camera: CameraSection = CameraSection()
@@ -199,6 +213,12 @@ class KioskConfig(_Section):
                 if locker.relay_pin is None or locker.door_pin is None:
                     raise ValueError(f"lockers.bank[{i}] needs relay_pin and door_pin for gpio")
         return self
+
+    def phone_secret(self) -> str:
+        """The key for phone hashes; without a configured one, the store id (weaker)."""
+        if self.join_secret is not None:
+            return self.join_secret.get_secret_value()
+        return f"o2o:{self.store}"
 
     def public_keys(self) -> dict[str, Ed25519PublicKey]:
         return {kid: load_public_key(text) for kid, text in self.keys.items()}

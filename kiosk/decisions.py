@@ -261,7 +261,10 @@ def after_unlock(intent: Decision, opened: bool, reason: str | None = None) -> D
         # Recorded when staff close the door again (see `loaded`); nothing to record yet.
         return intent
     change = PreorderChange(order, "opened", locker)
-    return Decision(EventType.PICKUP_OPENED, intent.data, preorder=change)
+    # "confirmed": false when the sensor could not see the door open (a jammed latch or a
+    # broken switch): the screen asks the customer to call staff if it did not open.
+    data = {**intent.data, "confirmed": reason is None}
+    return Decision(EventType.PICKUP_OPENED, data, preorder=change)
 
 
 def loaded(intent: Decision) -> Decision:
@@ -288,19 +291,24 @@ def normalise_phone(text: str) -> str | None:
     return phone if _PHONE.match(phone) else None
 
 
-def phone_hash(phone: str, store: str) -> str:
-    """Phone numbers are never stored or sent in clear; the store id salts the hash."""
-    return hashlib.blake2b(phone.encode(), key=store.encode()[:64], digest_size=16).hexdigest()
+def phone_hash(phone: str, secret: str) -> str:
+    """Phone numbers are never stored or sent in clear.
+
+    Keyed with a secret only the shop's kiosks hold: there are few enough phone numbers
+    to try them all, so an unkeyed (or publicly salted) hash would be the number itself.
+    """
+    key = hashlib.blake2b(secret.encode(), digest_size=32).digest()
+    return hashlib.blake2b(phone.encode(), key=key, digest_size=16).hexdigest()
 
 
 def decide_join(
-    phone_text: str, *, store: str, member_id: str, join_url: str, known: bool
+    phone_text: str, *, secret: str, member_id: str, join_url: str, known: bool
 ) -> Decision | None:
     """A new member from a phone number typed on the kiosk; None for a bad number."""
     phone = normalise_phone(phone_text)
     if phone is None:
         return None
-    hashed = phone_hash(phone, store)
+    hashed = phone_hash(phone, secret)
     link = _join_link(join_url, member_id)
     data = {"member_id": member_id, "phone_hash": hashed, "join_url": link, "known": known}
     member = {"id": member_id, "phone_hash": hashed, "visits": 0, "points": 0}

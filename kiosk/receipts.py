@@ -184,7 +184,6 @@ _BUILDERS = {
     EventType.CHECKIN.value: checkin_receipt,
     EventType.COUPON_REDEEMED.value: coupon_receipt,
     EventType.PICKUP_OPENED.value: pickup_receipt,
-    EventType.PICKUP_COMPLETED.value: pickup_receipt,
     EventType.MEMBER_JOINED.value: joined_receipt,
 }
 

@@ -110,6 +110,7 @@ from kiosk.decisions import (  # noqa: E402
     decide_join,
     loaded,
     normalise_phone,
+    phone_hash,
     pickup_completed,
 )
 
@@ -185,7 +186,7 @@ def test_code_types_a_kiosk_does_not_take_are_not_allowed() -> None:
 def test_join_hashes_the_phone_and_links_back_online() -> None:
     d = decide_join(
         "138 0013-8000",
-        store="s1",
+        secret="s3cret",
         member_id="new1",
         join_url="https://shop.example/join",
         known=False,
@@ -194,7 +195,9 @@ def test_join_hashes_the_phone_and_links_back_online() -> None:
     assert "13800138000" not in str(d.data)
     assert d.data["join_url"] == "https://shop.example/join?j=new1"
     assert d.new_member is not None and d.new_member["phone_hash"] == d.data["phone_hash"]
-    assert decide_join("hello", store="s1", member_id="x", join_url="", known=False) is None
+    assert decide_join("hello", secret="s3cret", member_id="x", join_url="", known=False) is None
+    # Keyed: without the shop's secret, the hash of a number cannot be looked up.
+    assert phone_hash("13800138000", "s3cret") != phone_hash("13800138000", "other")
     assert normalise_phone("+86 138-0013-8000") == "+8613800138000"
 
 

@@ -7,6 +7,7 @@ the UI and decision threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -110,14 +111,18 @@ class Picamera2Source:
                 "camera 'picamera2' chosen but the picamera2 package is not installed "
                 "(on Raspberry Pi OS: sudo apt install python3-picamera2)"
             ) from exc
+        self._cam: Any = None
         try:
-            self._cam: Any = Picamera2()
+            self._cam = Picamera2()
             config = self._cam.create_video_configuration(
                 main={"size": size, "format": "RGB888"}  # RGB888 is BGR byte order in numpy
             )
             self._cam.configure(config)
             self._cam.start()
         except Exception as exc:
+            if self._cam is not None:  # or the camera stays busy for every later reopen
+                with contextlib.suppress(Exception):
+                    self._cam.close()
             raise CameraError(f"cannot start picamera2: {exc}") from exc
         self._closed = False
 
@@ -252,11 +257,11 @@ class CameraThread:
             while not self._stop.is_set():
                 src = self._source
                 if src is None:
-                    if not self._reopen():
-                        self._stop.wait(delay)
-                        delay = min(delay * 2, self._backoff[1])
-                        continue
-                    delay = self._backoff[0]
+                    # Always wait before trying again, and back off until a frame arrives:
+                    # a camera that opens but cannot deliver must not spin a core.
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self._backoff[1])
+                    self._reopen()
                     continue
                 try:
                     frame = src.read()
@@ -271,6 +276,7 @@ class CameraThread:
                         break
                     self._drop_source()
                     continue
+                delay = self._backoff[0]  # it works again: the next failure starts afresh
                 self._put(frame)
         finally:
             self._drop_source()

@@ -190,6 +190,10 @@ class Locker:
         """
         with self._unlock_lock:
             already_open = self.is_open
+            if already_open and self._opened.is_set() and not self._closed.is_set():
+                # Still open from our own last unlock (a double tap, a repeated remote
+                # open): nothing to do, and no reason to fire the latch again.
+                return UnlockResult(self.number, True, None, 0.0)
             suspect = already_open or self._fault == SENSOR_FAULT
             if already_open:
                 self._set_fault(

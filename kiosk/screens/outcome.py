@@ -119,5 +119,7 @@ def describe(outcome: Outcome, messages: Messages) -> ResultText:
         case "pickup.opened":
             locker = _text(data, "locker")
             detail = m.get("result.pickup.detail", locker=locker) if locker else ""
+            if data.get("confirmed") is False:
+                detail = m.get("result.pickup.unconfirmed", locker=locker)
             return ResultText(True, m.get("result.pickup.title"), detail)
     return ResultText(True, m.get("result.done.title"))

@@ -139,6 +139,8 @@ class StaffScreen(CustomerScreen):
             self.show_message(StaffMessage(True, m.get("staff.reprinted", title=title)))
 
     def show_message(self, message: StaffMessage) -> None:
+        if self.manager is None or self.manager.current != self.name:
+            return  # a late answer after staff left must not start a timer on a hidden screen
         self.message, self.message_ok = message.text, message.ok
         self.restart_timer()
         self.refresh()
