@@ -55,8 +55,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a mistake is one line (not usage + message) and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        if "expected one argument" in message and any(o in message for o in _WHEN_OPTIONS):
-            message += " (for a past offset write it as --expires=-1d)"
+        if "expected one argument" in message:
+            option = next((o for o in _WHEN_OPTIONS if o in message), None)
+            if option is not None:
+                message += f" (for a past offset write it as {option}=-1d)"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
@@ -407,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", help="store id (default: the config's)")
     s.add_argument("--name", help="member or staff display name")
     s.add_argument("--campaign", help="coupon campaign")
-    s.add_argument("--value", help="coupon value text, e.g. '10% off'")
+    s.add_argument("--value", help="coupon value text, e.g. '10%% off'")
     s.add_argument("--order", help="pickup order id")
     s.add_argument("--at", metavar="WHEN", help="reservation slot time")
     s.add_argument("--service", help="reservation service")

@@ -117,6 +117,7 @@ class Ingest:
         self._worker: threading.Thread | None = None
         self._stats_dirty = True
         self._stats_last = 0.0
+        self._unreachable_logged = False
         self._client = self._make_client()
 
     # -- set-up -----------------------------------------------------------------------
@@ -137,6 +138,7 @@ class Ingest:
             client.tls_set(ca_certs=str(m.ca_file) if m.ca_file else None)
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -183,6 +185,11 @@ class Ingest:
 
     # -- network thread -----------------------------------------------------------------
 
+    def _on_connect_fail(self, client: mqtt.Client, _userdata: Any) -> None:
+        if not self._unreachable_logged:  # once per outage, not once per retry
+            self._unreachable_logged = True
+            log.warning("cannot reach the broker at %s; retrying", self.config.mqtt.url)
+
     def _on_connect(
         self,
         client: mqtt.Client,
@@ -194,6 +201,7 @@ class Ingest:
         if reason.is_failure:
             log.error("broker %s refused the connection: %s", self.config.mqtt.url, reason)
             return
+        self._unreachable_logged = False
         log.info(
             "connected to %s as %s (session %s)",
             self.config.mqtt.url,

@@ -54,6 +54,7 @@ class Facts:
     member_points: int = 0
     member_last_day: str | None = None
     member_last_at: float | None = None
+    reservation_arrived_at: str | None = None
     preorder: Preorder | None = None
     #: Lockers holding no order, as (number, size); only looked up for staff loading.
     free_lockers: tuple[tuple[int, str], ...] = ()
@@ -86,6 +87,9 @@ class Decision:
     redeem_coupon: str | None = None
     coupon_exp: int | None = None
     member_visit: MemberVisit | None = None
+    #: Reservation id to mark arrived (with its expiry), so it is marked once.
+    arrive_reservation: str | None = None
+    reservation_exp: int | None = None
     preorder: PreorderChange | None = None
     new_member: dict[str, Any] | None = None
     #: Not an outcome yet: open this locker, then ask `after_unlock`.
@@ -141,7 +145,7 @@ def decide(
         case CodeType.COUPON:
             return _coupon(code, facts)
         case CodeType.RESERVATION:
-            return _reservation(code, rules, now)
+            return _reservation(code, facts, rules, now)
         case CodeType.STAFF:
             return Decision(EventType.STAFF_LOGIN, {"staff_id": code.id, "name": code.payload.n})
         case CodeType.PICKUP:
@@ -183,7 +187,9 @@ def _coupon(code: Code, facts: Facts) -> Decision:
     )
 
 
-def _reservation(code: Code, rules: Rules, now: float) -> Decision:
+def _reservation(code: Code, facts: Facts, rules: Rules, now: float) -> Decision:
+    if facts.reservation_arrived_at is not None:
+        return reject(Reason.ALREADY_USED, f"arrived at {facts.reservation_arrived_at}", code)
     at = code.payload.at or 0
     minutes = (now - at) / 60
     if minutes < -rules.reservation_early_min:
@@ -200,7 +206,12 @@ def _reservation(code: Code, rules: Rules, now: float) -> Decision:
         "timing": timing,
         "minutes_late": round(minutes),
     }
-    return Decision(EventType.RESERVATION_ARRIVED, data)
+    return Decision(
+        EventType.RESERVATION_ARRIVED,
+        data,
+        arrive_reservation=code.id,
+        reservation_exp=code.payload.exp,
+    )
 
 
 # --- pickups and loading ----------------------------------------------------------------

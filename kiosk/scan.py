@@ -46,13 +46,17 @@ def scan_paths(paths: list[str], decoder: QrDecoder) -> Iterator[dict[str, Any]]
 
 
 def scan_main(argv_paths: list[str], as_json: bool) -> int:
-    """Print one line per image; exit status 2 (and nothing scanned) if a path is missing."""
+    """Print one line per image; exit status 2 (and nothing scanned) if a path is missing,
+    1 if an image could not be read (its line says so), 0 otherwise."""
     for path in argv_paths:
         if not Path(path).exists():
-            print(f"error: {path}: no such file or directory", file=sys.stderr)
+            print(f"o2o-kiosk: error: {path}: no such file or directory", file=sys.stderr)
             return 2
     decoder = QrDecoder()
+    status = 0
     for result in scan_paths(argv_paths, decoder):
+        if "error" in result:
+            status = 1
         if as_json:
             print(json.dumps(result, ensure_ascii=False), flush=True)
         elif "error" in result:
@@ -62,4 +66,4 @@ def scan_main(argv_paths: list[str], as_json: bool) -> int:
             print(f"{result['file']}: {codes} ({result['ms']:.1f} ms)", flush=True)
         else:
             print(f"{result['file']}: no code ({result['ms']:.1f} ms)", flush=True)
-    return 0
+    return status

@@ -160,6 +160,9 @@ class KioskStore:
                     member_last_day=member.get("last_day"),
                     member_last_at=member.get("last_at"),
                 )
+            if code.type is CodeType.RESERVATION:
+                came = self._redeemed.get(doc_id=_doc_id(code.id, CodeType.RESERVATION))
+                return Facts(revoked=revoked, reservation_arrived_at=came["at"] if came else None)
             if code.type is CodeType.PICKUP:
                 order = code.payload.o or ""
                 free = self.free_lockers() if staff else ()
@@ -244,6 +247,19 @@ class KioskStore:
                         "exp": decision.coupon_exp,
                     },
                     doc_id=_doc_id(decision.redeem_coupon, CodeType.COUPON),
+                )
+            )
+        if decision.arrive_reservation is not None:
+            # Same table as coupons (used codes, pruned after expiry), its own key space.
+            self._redeemed.upsert(
+                Document(
+                    {
+                        "id": decision.arrive_reservation,
+                        "at": event.ts,
+                        "event": event.id,
+                        "exp": decision.reservation_exp,
+                    },
+                    doc_id=_doc_id(decision.arrive_reservation, CodeType.RESERVATION),
                 )
             )
         if decision.member_visit is not None:

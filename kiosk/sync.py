@@ -74,6 +74,7 @@ class Sync:
         self._stopping = threading.Event()
         self._status_due = True
         self._refusal_logged = False
+        self._unreachable_logged = False
         self._worker = threading.Thread(target=self._run, name="sync", daemon=True)
         self.client = self._make_client()
 
@@ -98,6 +99,7 @@ class Sync:
         client.will_set(self._t_status, dumps({"online": False}), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.message_callback_add(self._t_acks, self._on_ack)
@@ -163,6 +165,7 @@ class Sync:
             return
         log.info("connected to %s:%d", self._host, self._port)
         self._refusal_logged = False
+        self._unreachable_logged = False
         client.subscribe([(self._t_acks, 1), (self._t_cmd, 1), (topics.HA_STATUS, 1)])
         self._publish_discovery()
         self._connected.set()
@@ -170,6 +173,15 @@ class Sync:
             self._resend_all = True  # whatever was in flight is re-sent on this connection
             self._status_due = True
             self._wake.notify()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if not self._unreachable_logged:  # once per outage, not once per retry
+            self._unreachable_logged = True
+            log.warning(
+                "cannot reach the broker at %s:%d; outcomes stay queued, retrying",
+                self._host,
+                self._port,
+            )
 
     def _on_disconnect(
         self,
@@ -238,7 +250,8 @@ class Sync:
         last_status = 0.0
         while not self._stopping.is_set():
             with self._wake:
-                if not (self._acks or self._commands or self._status_due):
+                status_due = self._status_due and self._connected.is_set()
+                if not (self._acks or self._commands or status_due):
                     self._wake.wait(timeout=0.5)
                 acks = list(self._acks)
                 self._acks.clear()

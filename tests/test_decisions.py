@@ -208,3 +208,13 @@ def test_member_shown_again_within_the_cooldown_earns_nothing() -> None:
     assert d.data["counted"] is False and d.data["points_earned"] == 0 and d.member_visit is None
     later = Facts(member_visits=1, member_points=10, member_last_at=NOW - 7200)
     assert decide(code("m", "u1"), later, rules, now=NOW, today="d").data["visits"] == 2
+
+
+def test_a_reservation_arrives_once() -> None:
+    c = code("r", "rv9", at=int(NOW), sv="haircut")
+    first = decide(c, Facts(), RULES, now=NOW, today="d")
+    assert first.event_type is EventType.RESERVATION_ARRIVED and first.arrive_reservation == "rv9"
+    again = decide(
+        c, Facts(reservation_arrived_at="2026-11-26T10:00:00.000Z"), RULES, now=NOW, today="d"
+    )
+    assert again.reason is Reason.ALREADY_USED

@@ -24,7 +24,8 @@ def corpus_dir(tmp_path: Path) -> tuple[Path, list[str]]:
 
 def test_scan_main_json_lines(corpus_dir, capsys) -> None:
     d, texts = corpus_dir
-    assert scan_main([str(d)], as_json=True) == 0
+    # One unreadable image: every line still printed, and the status says so.
+    assert scan_main([str(d)], as_json=True) == 1
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [Path(r["file"]).name for r in lines] == sorted(p.name for p in d.iterdir())
     assert [r["codes"] for r in lines] == [[texts[0]], [texts[1]], [], [], []]
@@ -52,7 +53,7 @@ def test_scan_main_missing_path(tmp_path: Path, capsys) -> None:
     assert scan_main([str(missing)], as_json=True) == 2
     cap = capsys.readouterr()
     assert cap.out == ""
-    assert cap.err == f"error: {missing}: no such file or directory\n"
+    assert cap.err == f"o2o-kiosk: error: {missing}: no such file or directory\n"
 
 
 def test_scan_paths_yields_per_image(corpus_dir) -> None:
