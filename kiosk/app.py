@@ -115,6 +115,7 @@ class Kiosk:
         self._staff_until = 0.0
         self._watchers: list[threading.Thread] = []
         self._reserved: set[int] = set()
+        self._watching: set[int] = set()  # doors with an outcome waiting for them to shut
         self._closing = threading.Event()
         self._started = False
 
@@ -285,7 +286,7 @@ class Kiosk:
             )
             return Opening(number, order)
         recorded = self.record(outcome)
-        if opened:
+        if opened and number not in self._watching:  # shown again while still open: one watch
             self._watch_door(number, self._completer(order, number), seen_open=reason is None)
         return recorded
 
@@ -324,7 +325,14 @@ class Kiosk:
             if release is not None:
                 self._reserved.discard(release)
 
-        thread = threading.Thread(target=watch, name=f"door-{number}", daemon=True)
+        def watch_once() -> None:
+            try:
+                watch()
+            finally:
+                self._watching.discard(number)
+
+        self._watching.add(number)
+        thread = threading.Thread(target=watch_once, name=f"door-{number}", daemon=True)
         self._watchers = [w for w in self._watchers if w.is_alive()] + [thread]
         thread.start()
 

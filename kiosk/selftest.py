@@ -58,7 +58,10 @@ def check_camera(cfg: KioskConfig) -> CheckResult:
     ms = (time.perf_counter() - started) * 1000
     h, w = frame.shape[:2]
     return CheckResult(
-        "camera", True, f"{spec}: {w}x{h} frame, decoded in {ms:.0f} ms ({len(codes)} code{'' if len(codes) == 1 else 's'})"
+        "camera",
+        True,
+        f"{spec}: {w}x{h} frame, decoded in {ms:.0f} ms "
+        f"({len(codes)} code{'' if len(codes) == 1 else 's'})",
     )
 
 

@@ -13,12 +13,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from cloud_bridge.devbroker import DevBroker, free_port, wait_for_port
-from kiosk.devices.replay import write_session
+from kiosk.devices.replay import write_empty, write_session
 from o2o_protocol.codes import b64url_decode, b64url_encode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ def forge(token: str) -> str:
 
 
 REFUSALS = {
-    "already_used": "this coupon was already used",
+    "already_used": "this code was already used",
     "expired": "the code has expired",
     "wrong_store": "the code belongs to another shop",
     "bad_signature": "the code was tampered with (its signature does not match)",
@@ -66,20 +67,43 @@ REFUSALS = {
     "malformed": "that is not one of our codes",
     "not_yet_valid": "the code is not valid yet",
     "revoked": "the shop withdrew this code",
+    "unknown_order": "the order is not known here",
+    "order_not_ready": "the order is not in a locker yet",
+    "no_locker_free": "no free locker fits the order",
+    "not_allowed": "this kiosk does not take that kind of code",
 }
 
 
 def tell(line: dict[str, Any]) -> str:
     data, kind = line["data"], line["type"]
-    if kind == "checkin":
-        return (
-            f"  OK  Member {data.get('name') or data['member_id']} checked in: visit "
-            f"{data['visits']}, +{data['points_earned']} points ({data['points']} in total)"
-        )
-    if kind == "coupon.redeemed":
-        return f"  OK  Coupon '{data.get('campaign')}' redeemed: {data.get('value')}"
-    if kind == "scan.rejected":
-        return f"  NO  Refused: {REFUSALS.get(str(line['reason']), line['reason'])}"
+    match kind:
+        case "checkin":
+            who = data.get("name") or data["member_id"]
+            if not data.get("counted", True):
+                return f"  OK  Welcome back {who} (just checked in: no new points)"
+            return (
+                f"  OK  Member {who} checked in: visit {data['visits']}, "
+                f"+{data['points_earned']} points ({data['points']} in total)"
+            )
+        case "coupon.redeemed":
+            return f"  OK  Coupon '{data.get('campaign')}' redeemed: {data.get('value')}"
+        case "reservation.arrived":
+            timing = str(data.get("timing", "")).replace("_", " ")
+            return f"  OK  {data.get('name')} arrived for the {data.get('service')} ({timing})"
+        case "staff.login":
+            return f"  OK  Staff mode for {data.get('name') or data.get('staff_id')}"
+        case "locker.loaded":
+            return (
+                f"  OK  Order {data['order']} is in locker {data['locker']} (staff shut the door)"
+            )
+        case "pickup.opened":
+            return f"  OK  Locker {data['locker']} opened for order {data['order']}"
+        case "pickup.completed":
+            return f"  OK  Order {data['order']} picked up; locker {data['locker']} is free again"
+        case "pickup.failed":
+            return f"  NO  Locker {data.get('locker')} did not open; the order stays ready"
+        case "scan.rejected":
+            return f"  NO  Refused: {REFUSALS.get(str(line['reason']), line['reason'])}"
     return f"  OK  {kind}"
 
 
@@ -123,8 +147,74 @@ def main() -> int:
         bridge.wait(20)
         log.close()
         broker.stop()
-    say("\nDemo finished. The settings, codes, camera frames and logs are in demo-run/.")
+    say("\nDemo finished. The settings, codes, camera frames and logs are in demo-run/;")
+    say("the broker and the dashboard stopped with it. `make demo` starts afresh any time.")
     return 0
+
+
+def api(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    token = (RUN / "api.token").read_text().strip()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def kiosk_args(camera: str) -> list[str]:
+    return [
+        str(BIN / "o2o-kiosk"),
+        "run",
+        "--headless",
+        "--config",
+        "kiosk-door1.toml",
+        "--camera",
+        camera,
+    ]
+
+
+def door_session(name: str, texts: list[str]) -> None:
+    """Play a camera session through the headless kiosk, telling each outcome."""
+    frames = write_session(RUN / name, texts)
+    say(f"    ({len(frames)} camera frames, 640x480, in demo-run/{name}/)")
+    with (RUN / "kiosk.log").open("a") as log:
+        proc = subprocess.Popen(
+            [*kiosk_args(name), "--exit-at-end"],
+            cwd=RUN,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            say(tell(json.loads(raw)))
+        status = proc.wait(120)
+    if status == 0:
+        say("    Every outcome reached the cloud service and was confirmed (acked).")
+    else:
+        say("    Some outcomes are still queued in the kiosk; they are sent when it reconnects.")
+
+
+def bring_online(port: int, upto: int) -> None:
+    """Let the kiosk sit online until it has applied the shop's commands up to `upto`."""
+    write_empty(RUN / "idle")
+    with (RUN / "kiosk.log").open("a") as log:
+        proc = subprocess.Popen(kiosk_args("idle"), cwd=RUN, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                kiosks = api(port, "GET", "/api/v1/kiosks")["kiosks"]
+                status = next((k["status"] for k in kiosks if k["kiosk"] == "door1"), None)
+                if status and status.get("last_cmd_seq") == upto:
+                    return
+                time.sleep(0.2)
+            raise SystemExit("demo: the kiosk did not receive the preorder in time")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
 
 
 def run_door(port: int) -> None:
@@ -133,55 +223,63 @@ def run_door(port: int) -> None:
     coupon = issue("coupon", "--id", "spring-001", "--campaign", "spring", "--value", "¥10 off")
     expired = issue("coupon", "--id", "old-001", "--campaign", "summer", "--expires=-1d")
     foreign = issue("coupon", "--id", "other-001", "--store", "another-shop")
-    say("    A member code for 小明, a ¥10 spring coupon, last summer's expired coupon,")
-    say("    and a coupon from another shop. Someone also edits a coupon to say ¥500.")
+    booking = issue(
+        "reservation", "--id", "cut-1030", "--name", "Li", "--service", "haircut", "--at", "+5m"
+    )
+    say("    A member code for 小明, a ¥10 spring coupon, last summer's expired coupon, a")
+    say("    coupon from another shop and a haircut booking. At the door the spring coupon is")
+    say("    shown twice, someone shows a copy edited to say ¥500, and someone a web-page QR.")
     (RUN / "codes.json").write_text(
         json.dumps(
-            {"member": member, "coupon": coupon, "expired": expired, "other_shop": foreign},
+            {
+                "member": member,
+                "coupon": coupon,
+                "expired": expired,
+                "other_shop": foreign,
+                "reservation": booking,
+            },
             indent=2,
         )
     )
 
-    step("Customers show their codes at the door (a recorded camera session).")
-    texts = [member, coupon, coupon, expired, foreign, forge(coupon), "https://example.com/hi"]
-    frames = write_session(RUN / "camera", texts)
-    say(f"    {len(frames)} camera frames, 640x480, in demo-run/camera/.")
-
-    step("The kiosk at the door reads each code, decides, and records it before answering.")
-    proc = subprocess.Popen(
+    step("Customers show their codes at the door; the kiosk decides and records each first.")
+    door_session(
+        "camera",
         [
-            str(BIN / "o2o-kiosk"),
-            "run",
-            "--headless",
-            "--config",
-            "kiosk-door1.toml",
-            "--camera",
-            "camera",
-            "--exit-at-end",
+            member,
+            coupon,
+            coupon,
+            expired,
+            foreign,
+            booking,
+            forge(coupon),
+            "https://example.com/hi",
         ],
-        cwd=RUN,
-        stdout=subprocess.PIPE,
-        stderr=(RUN / "kiosk.log").open("w"),
-        text=True,
     )
-    assert proc.stdout is not None
-    for raw in proc.stdout:
-        say(tell(json.loads(raw)))
-    status = proc.wait(120)
-    if status == 0:
-        say("    Every outcome reached the cloud service and was confirmed (acked).")
-    else:
-        say("    Some outcomes are still queued in the kiosk; they are sent when it reconnects.")
+
+    step("An online preorder: the shop's website tells the kiosk, staff load a locker.")
+    seq = api(
+        port,
+        "POST",
+        "/api/v1/kiosks/door1/commands",
+        {"name": "preorder.upsert", "data": {"order": "A17", "size": "M", "name": "Li"}},
+    )
+    bring_online(port, int(seq["seq"]))
+    staff = issue("staff", "--id", "zhang", "--name", "Zhang")
+    pickup = issue("pickup", "--id", "pick-a17", "--order", "A17")
+    say("    Order A17 reached the kiosk. Staff show their code, then the order's pickup code:")
+    door_session("staff", [staff, pickup])
+
+    step("The customer picks up order A17 with the code on their phone.")
+    door_session("pickup", [pickup])
+    say("    Later the same code is shown again:")
+    door_session("pickup-again", [pickup])
 
     step("What the owner sees in the cloud service (today's figures).")
-    token = (RUN / "api.token").read_text().strip()
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/v1/stats", headers={"Authorization": f"Bearer {token}"}
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        stats = json.loads(resp.read())
+    stats = api(port, "GET", "/api/v1/stats")
     say(
         f"    check-ins {stats['checkins']}, coupons redeemed {stats['redemptions']}, "
+        f"reservations {stats['reservations']}, pickups {stats['pickups']}, "
         f"refused scans {stats['rejected']}"
     )
     for reason, n in stats.get("rejections", {}).items():

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kiosk.devices.replay import write_session
+from kiosk.devices.replay import write_empty, write_session
 from tests.shop import (
     init_shop,
     issue,
@@ -81,7 +81,7 @@ class Shop:
         """Bring the kiosk online until it has applied every command up to `upto`."""
         idle = self.root / "idle"
         if not idle.exists():
-            write_session(idle, ["idle"], gap_frames=1)
+            write_empty(idle)
         kiosk = subprocess.Popen(
             kiosk_args(idle), cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -50,6 +50,17 @@ def write_session(
     return paths
 
 
+def write_empty(directory: str | Path, frames: int = 1, *, seed: int = 7) -> list[Path]:
+    """A camera that sees the door and nobody with a code (a kiosk that idles online)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    png = _png(make_frame(None, "none", np.random.default_rng(seed)))
+    paths = [out / f"frame-{i:05d}.png" for i in range(frames)]
+    for path in paths:
+        path.write_bytes(png)
+    return paths
+
+
 def _png(frame: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", frame)
     if not ok:
