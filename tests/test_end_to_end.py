@@ -18,6 +18,7 @@ import pytest
 from kiosk.devices.corpus import write_video
 from kiosk.devices.replay import write_session
 from o2o_protocol.codes import b64url_decode, b64url_encode
+from tests.keys import Issuer
 from tests.shop import init_shop, issue, outcomes, run_kiosk, running_bridge, stored_events
 from tests.support import MosquittoBroker
 
@@ -58,7 +59,19 @@ def test_scans_reach_the_bridge_once_with_reasons(shop: Path) -> None:
     coupon = issue(shop, "coupon", "--id", "cp1", "--campaign", "spring", "--value", "¥10 off")
     expired = issue(shop, "coupon", "--id", "cp2", "--expires=-1d")
     elsewhere = issue(shop, "coupon", "--id", "cp3", "--store", "other-shop")
-    texts = [member, coupon, coupon, expired, elsewhere, forge(coupon), "hello, not a code"]
+    early = issue(shop, "coupon", "--id", "cp4", "--not-before=+1d")
+    stranger = Issuer(store="s1").code("c", "cp5")  # signed, but not with this shop's key
+    texts = [
+        member,
+        coupon,
+        coupon,
+        expired,
+        elsewhere,
+        forge(coupon),
+        "hello, not a code",
+        early,
+        stranger,
+    ]
     write_session(shop / "frames", texts)
 
     status, lines, stderr = run_kiosk(shop, shop / "frames")
@@ -71,6 +84,8 @@ def test_scans_reach_the_bridge_once_with_reasons(shop: Path) -> None:
         ("scan.rejected", "wrong_store"),
         ("scan.rejected", "bad_signature"),
         ("scan.rejected", "malformed"),
+        ("scan.rejected", "not_yet_valid"),
+        ("scan.rejected", "unknown_key"),
     ], stderr
     assert lines[0]["data"]["name"] == "小明"
 
@@ -80,7 +95,7 @@ def test_scans_reach_the_bridge_once_with_reasons(shop: Path) -> None:
     for line in lines:
         event = by_id[line["event"]]
         assert (event["type"], event["store"], event["kiosk"]) == (line["type"], "s1", "k1")
-    assert sorted(e["seq"] for e in stored) == list(range(1, 8))
+    assert sorted(e["seq"] for e in stored) == list(range(1, 10))
 
     # The kiosk remembers across restarts: the coupon stays used, and the member shown
     # again within the hour is welcomed but earns no second visit.
@@ -89,7 +104,7 @@ def test_scans_reach_the_bridge_once_with_reasons(shop: Path) -> None:
     assert status == 0, stderr
     assert outcomes(lines2) == [("checkin", None), ("scan.rejected", "already_used")]
     assert lines2[0]["data"]["visits"] == 1 and lines2[0]["data"]["counted"] is False
-    assert len(stored_events(shop)) == 9
+    assert len(stored_events(shop)) == 11
 
 
 def test_video_file_camera(shop: Path) -> None:
