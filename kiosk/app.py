@@ -115,6 +115,7 @@ class Kiosk:
         self._staff_until = 0.0
         self._watchers: list[threading.Thread] = []
         self._reserved: set[int] = set()
+        self._loading: dict[str, int] = {}  # order -> locker, while staff have it open
         self._watching: set[int] = set()  # doors with an outcome waiting for them to shut
         self._closing = threading.Event()
         self._started = False
@@ -192,7 +193,11 @@ class Kiosk:
         )
         if decision.needs_unlock:
             if decision.purpose == "load" and decision.open_locker is not None:
+                order = str(decision.data["order"])
+                if order in self._loading:  # shown again while its locker is still open
+                    return Opening(self._loading[order], order)
                 self._reserved.add(decision.open_locker)
+                self._loading[order] = decision.open_locker
             return self._unlock(decision)
         recorded = self.record(decision)
         if decision.event_type is EventType.STAFF_LOGIN:
@@ -277,6 +282,7 @@ class Kiosk:
         if intent.purpose == "load":
             if not opened:
                 self._reserved.discard(number)
+                self._loading.pop(order, None)
                 return self.record(outcome)
             self._watch_door(
                 number,
@@ -324,6 +330,7 @@ class Kiosk:
                 self._retrying(on_closed)
             if release is not None:
                 self._reserved.discard(release)
+                self._loading = {o: n for o, n in self._loading.items() if n != release}
 
         def watch_once() -> None:
             try:

@@ -186,3 +186,22 @@ def test_second_kiosk_process_on_the_same_data_is_refused(tmp_path: Path) -> Non
         make_kiosk(tmp_path)
     k.lockers.close()
     k.store.close()
+
+
+def test_an_order_shown_twice_while_loading_goes_into_one_locker(tmp_path: Path) -> None:
+    k, _ = make_kiosk(tmp_path)
+    k.lockers.simulator.close_after_s = 0  # type: ignore[union-attr]  # staff keep it open
+    k.store.apply_command(Command(seq=1, name="preorder.upsert", data={"order": "A12"}))
+    k.handle_scan(ISSUER.code("s", "st1"))
+    pick = ISSUER.code("p", "p12", o="A12")
+    first = k.handle_scan(pick)
+    again = k.handle_scan(pick)
+    assert first == again  # the same locker, not a second one
+    assert k.store.free_lockers() == tuple((n, "M") for n in (1, 2, 3, 4))
+    k.lockers.simulator.shut(first.locker)  # type: ignore[union-attr]
+    wait_for(lambda: any(e["type"] == "locker.loaded" for e in k.store.history()))
+    time.sleep(0.3)
+    loads = [e for e in k.store.history() if e["type"] == "locker.loaded"]
+    assert len(loads) == 1 and loads[0]["data"]["locker"] == first.locker  # type: ignore[union-attr]
+    k.lockers.close()
+    k.store.close()

@@ -1,0 +1,243 @@
+"""The owner's dashboard page (`/`): self-contained, bilingual, no prompt(), no XSS.
+
+The page test always runs. The browser test renders the page in headless Chromium
+(`--dump-dom`) against a real uvicorn server; Chromium is not part of the project's
+set-up, so that optional check skips when it is not installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from cloud_bridge.api import create_app
+from cloud_bridge.config import BridgeConfig
+from cloud_bridge.db import Repository
+from o2o_protocol.config_file import validate_config
+from o2o_protocol.messages import Event, EventType, Reason, new_event_id
+from o2o_protocol.timeutil import rfc3339
+from tests.support import free_port, wait_for_port
+
+TOKEN = "t0ken-for-dashboard-tests-0123"
+CHROMIUM = shutil.which("chromium") or (
+    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+)
+XSS = '<img src=x onerror="document.title=1">'
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Repository]:
+    r = Repository.from_url(f"sqlite:///{tmp_path / 'bridge.db'}")
+    r.create_tables()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def app(tmp_path: Path, repo: Repository) -> FastAPI:
+    config = validate_config(
+        tmp_path / "bridge.toml", {"store": "s1", "kiosks": ["k1"]}, BridgeConfig
+    )
+    return create_app(config, repo, token=TOKEN, signing_key=Ed25519PrivateKey.generate())
+
+
+def _strings(page: str, lang: str) -> dict[str, str]:
+    """The page's STRINGS[lang] entries, read from the JS source."""
+    block = re.search(rf"^  {lang}: \{{\n(.*?)^  \}},", page, flags=re.S | re.M)
+    assert block, f"no {lang} block in STRINGS"
+    return dict(re.findall(r'"([\w.]+)":\s*"((?:[^"\\]|\\.)*)"', block.group(1)))
+
+
+def test_the_page_is_self_contained_bilingual_and_safe(app: FastAPI) -> None:
+    r = TestClient(app).get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    # Self-contained: nothing loaded from elsewhere (this network has no CDN).
+    assert not re.search(r"<script[^>]*\bsrc=", page, flags=re.I)
+    assert not re.search(r"<link[^>]*rel=.?stylesheet", page, flags=re.I)
+    assert not re.search(r"https?://", page)
+    # An in-page form, not a prompt(); data only ever put on the page as text.
+    assert "prompt(" not in page and "innerHTML" not in page and "insertAdjacentHTML" not in page
+    assert 'id="login"' in page and 'id="token"' in page and 'id="logout"' in page
+    assert "localStorage" in page and "/api/v1/" in page
+
+    zh, en = _strings(page, "zh_CN"), _strings(page, "en")
+    assert set(zh) == set(en), set(zh) ^ set(en)
+    assert zh["title"] == "今日门店概况" and en["title"] == "Today at the shop"
+    assert zh["login.label"] == "API 令牌" and en["login.label"] == "API token"
+    assert "api.token" in zh["login.hint"].replace("{file}", "api.token")
+    for reason in Reason:  # every rejection reason has a plain phrase in both languages
+        assert f"reason.{reason.value}" in zh
+    for event_type in EventType:  # every event type becomes a sentence
+        assert f'case "{event_type.value}"' in page
+    assert "reservations" in page and "double_redemptions" in page and "joins" in page
+
+    # Second line of defence: only the page's own inline script and style may run.
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+    for tag in ("script", "style"):
+        (body,) = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.S)
+        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in csp
+
+
+# --- in a real browser ----------------------------------------------------------------
+
+
+def _ev(type_: str, seq: int, ts: float, kiosk: str = "k1", **data: object) -> Event:
+    return Event(
+        id=new_event_id(), seq=seq, type=type_, ts=rfc3339(ts), store="s1", kiosk=kiosk, data=data
+    )
+
+
+@pytest.fixture
+def server(app: FastAPI, repo: Repository) -> Iterator[tuple[str, float]]:
+    now = time.time()
+    slot = float(int(now) + 300)
+    repo.add_events(
+        [
+            _ev("checkin", 1, now - 60, name="王小明", points_earned=10, points=40, counted=True),
+            _ev("coupon.redeemed", 2, now - 50, coupon_id="c1", campaign="Spring", value="¥10 off"),
+            _ev(
+                "reservation.arrived",
+                3,
+                now - 40,
+                reservation_id="r1",
+                at=slot,
+                service="Latte class",
+                name="Ada",
+                timing="on_time",
+                minutes_late=-5,
+            ),
+            _ev("pickup.opened", 4, now - 30, order="A12", locker=2, confirmed=True),
+            _ev("printer.fault", 5, now - 25, fault="paper_out", detail="x"),
+            # A forged code's unverified id, and a hostile name: shown as text, never run.
+            _ev(
+                "scan.rejected",
+                6,
+                now - 20,
+                reason="bad_signature",
+                claimed_type="c",
+                claimed_id=XSS,
+            ),
+            _ev("checkin", 7, now - 10, name=XSS, points_earned=10, points=10, counted=True),
+            _ev("scan.rejected", 8, now - 5, reason="unknown_order", code_type="p", code_id="p1"),
+        ]
+    )
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    wait_for_port("127.0.0.1", port, 10)
+    yield f"http://127.0.0.1:{port}/", slot
+    srv.should_exit = True
+    thread.join(10)
+
+
+def _dump_dom(url: str, tmp_path: Path, lang: str) -> str:
+    assert CHROMIUM is not None
+    profile = tmp_path / f"profile-{lang}-{time.monotonic_ns()}"
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--lang={lang}",
+        f"--accept-lang={lang}",
+        "--virtual-time-budget=8000",
+        "--dump-dom",
+        url,
+    ]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TZ": "Asia/Shanghai", "LANG": "C.UTF-8"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+class _Tags(HTMLParser):
+    """Elements of the rendered DOM: tag names, and ids of those with `hidden`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.hidden: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        a = dict(attrs)
+        if "hidden" in a and a.get("id"):
+            self.hidden.add(a["id"] or "")
+
+
+def _parse(dom: str) -> _Tags:
+    p = _Tags()
+    p.feed(dom)
+    return p
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (optional check)")
+def test_dashboard_in_headless_chromium(server: tuple[str, float], tmp_path: Path) -> None:
+    url, slot = server
+    local_slot = datetime.fromtimestamp(slot, ZoneInfo("Asia/Shanghai")).strftime("%H:%M")
+    utc_slot = datetime.fromtimestamp(slot, ZoneInfo("UTC")).strftime("%H:%M")
+
+    # A Chinese browser, signed in through the URL fragment: Chinese sentences.
+    dom = _dump_dom(url + "#token=" + TOKEN, tmp_path, "zh-CN")
+    tags = _parse(dom)
+    assert "login" in tags.hidden and "dash" not in tags.hidden, dom[-3000:]
+    assert "今日门店概况" in dom
+    assert "<b>王小明</b> 签到，积分 +<b>10</b>（共 <b>40</b>）" in dom
+    assert "核销优惠券：<b>Spring</b> · <b>¥10 off</b>" in dom
+    assert "优惠券被拒：签名无效（可能伪造或损坏）" in dom
+    assert "取货码被拒：找不到该订单" in dom
+    assert "打印机故障：缺纸" in dom
+    assert f"<b>{local_slot}</b>" in dom  # the reservation slot, in the browser's local time
+    if utc_slot != local_slot:
+        assert f"<b>{utc_slot}</b>" not in dom
+    # No raw codes on screen (they stay in the row's tooltip).
+    assert ">scan.rejected<" not in dom and ">unknown_order<" not in dom
+    # The hostile values are text: no element was made from them.
+    assert tags.tags.count("script") == 1 and "img" not in tags.tags
+    assert "&lt;img src=x" in dom
+
+    # An English browser: English, and the same figures.
+    dom = _dump_dom(url + "#token=" + TOKEN, tmp_path, "en-US")
+    assert "Today at the shop" in dom
+    assert "<b>王小明</b> checked in: +<b>10</b> points (<b>40</b> in all)" in dom
+    assert "Coupon refused: invalid signature (forged or damaged)" in dom
+    assert "Pickup code refused: order not found" in dom
+    assert "<b>Ada</b> arrived for <b>Latte class</b> booked at" in dom
+    assert "img" not in _parse(dom).tags
+
+    # `lang=` in the fragment wins over the browser's language.
+    dom = _dump_dom(url + "#token=" + TOKEN + "&lang=en", tmp_path, "zh-CN")
+    assert "Today at the shop" in dom and "今日门店概况" not in dom.split("<script>")[0]
+
+    # A wrong token: the sign-in form again, with a message, and no data.
+    dom = _dump_dom(url + "#token=wrong", tmp_path, "en-US")
+    tags = _parse(dom)
+    assert "login" not in tags.hidden and "dash" in tags.hidden
+    assert "That token was not accepted" in dom
+    assert "王小明" not in dom.split("<script>")[0]
