@@ -343,7 +343,7 @@ def test_receipt_builders_in_both_languages() -> None:
     )
     assert en.qr is None
     again = checkin_receipt({**CHECKIN, "counted": False, "points_earned": 0})
-    assert "今日已签到，本次不计积分" in again.lines
+    assert "刚刚已签到，本次不计积分" in again.lines
     coupon = coupon_receipt({"coupon_id": "c1", "campaign": "春季", "value": "9折"})
     assert coupon.title == "优惠券已核销" and "优惠：9折" in coupon.lines
     pickup = receipt_for("pickup.opened", {"order": "A-1", "locker": 3}, language="en")
