@@ -88,6 +88,7 @@ url = {mqtt}
 # username = "bridge"
 # password = "..."
 # ca_file = "ca.crt"          # for mqtts:// with a private CA
+# protocol = "auto"           # MQTT v5, or 3.1.1 when the broker says so; "3.1.1" to force
 # client_id = "o2o-bridge-{store_raw}"   # stable id: the broker keeps our session across restarts
 # shared_group = "bridges"    # several workers split the ingest ($share/bridges/...)
 
@@ -129,6 +130,7 @@ url = {mqtt}                  # mqtts://host:8883 for TLS
 # username = "{store_raw}/{kiosk_raw}"   # per-kiosk login: broker_config/add-kiosk-user.sh
 # password = "..."
 # ca_file = "ca.crt"          # for mqtts:// with a private CA (broker_config/make-certs.sh)
+# protocol = "auto"           # MQTT v5, or 3.1.1 when the broker says so; "3.1.1" to force
 
 [rules]
 points_per_visit = 10

@@ -118,16 +118,26 @@ class Ingest:
         self._stats_dirty = True
         self._stats_last = 0.0
         self._unreachable_logged = False
+        self._downgrading = False
+        #: MQTT v5 first; a broker that only speaks 3.1.1 gets 3.1.1 (persistent session
+        #: via clean_session false; no shared subscriptions there).
+        self._protocol = (
+            MQTTProtocolVersion.MQTTv311
+            if config.mqtt.protocol == "3.1.1"
+            else MQTTProtocolVersion.MQTTv5
+        )
         self._client = self._make_client()
 
     # -- set-up -----------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
         m = self.config.mqtt
+        v5 = self._protocol == MQTTProtocolVersion.MQTTv5
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.config.client_id(),
-            protocol=MQTTProtocolVersion.MQTTv5,
+            protocol=self._protocol,
+            clean_session=None if v5 else False,
         )
         client.manual_ack_set(True)
         if m.username:
@@ -148,18 +158,38 @@ class Ingest:
         """The subscriptions: every kiosk of this store, shared when a group is set."""
         plain = [kiosk_topic(self.store, "+", EVENTS), kiosk_topic(self.store, "+", STATUS)]
         group = self.config.mqtt.shared_group
-        return [shared(t, group) for t in plain] if group else plain
+        if group and self._protocol == MQTTProtocolVersion.MQTTv5:
+            return [shared(t, group) for t in plain]
+        return plain
 
     def start(self) -> None:
-        m = self.config.mqtt
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = m.session_expiry_s
-        self._client.connect_async(
-            m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props
-        )
+        self._connect()
         self._worker = threading.Thread(target=self._work, name="bridge-ingest", daemon=True)
         self._worker.start()
         self._client.loop_start()
+
+    def _connect(self) -> None:
+        m = self.config.mqtt
+        if self._protocol == MQTTProtocolVersion.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = m.session_expiry_s
+            self._client.connect_async(
+                m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props
+            )
+        else:
+            self._client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
+
+    def _downgrade(self) -> None:
+        """Reconnect with MQTT 3.1.1 (off the network thread, which is being replaced)."""
+        old = self._client
+        old.loop_stop()
+        self._protocol = MQTTProtocolVersion.MQTTv311
+        if self.config.mqtt.shared_group:
+            log.warning("MQTT 3.1.1 has no shared subscriptions: this worker takes all events")
+        self._client = self._make_client()
+        self._connect()
+        self._client.loop_start()
+        self._downgrading = False
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once connected and subscribed (tests and start-up logging wait on this)."""
@@ -199,6 +229,12 @@ class Ingest:
         _props: Properties | None,
     ) -> None:
         if reason.is_failure:
+            v5_refused = reason.value == 132 and self.config.mqtt.protocol == "auto"
+            if v5_refused and self._protocol == MQTTProtocolVersion.MQTTv5:
+                log.info("the broker does not speak MQTT v5; switching to MQTT 3.1.1")
+                self._downgrading = True
+                threading.Thread(target=self._downgrade, name="mqtt-downgrade").start()
+                return
             log.error("broker %s refused the connection: %s", self.config.mqtt.url, reason)
             return
         self._unreachable_logged = False
@@ -208,7 +244,12 @@ class Ingest:
             self.config.client_id(),
             "resumed" if flags.session_present else "new",
         )
-        _, self._sub_mid = client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.topics()])
+        if self._protocol == MQTTProtocolVersion.MQTTv5:
+            _, self._sub_mid = client.subscribe(
+                [(t, SubscribeOptions(qos=1)) for t in self.topics()]
+            )
+        else:  # 3.1.1 takes a plain QoS
+            _, self._sub_mid = client.subscribe([(t, 1) for t in self.topics()])
 
     def _on_subscribe(
         self,
@@ -236,7 +277,7 @@ class Ingest:
         # Messages of the old connection are not PUBACKed on the new one: the resumed
         # session delivers them again.
         self._generation += 1
-        if not self._stopping.is_set():
+        if not (self._stopping.is_set() or self._downgrading):
             log.warning("disconnected from %s (%s); reconnecting", self.config.mqtt.url, reason)
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:

@@ -39,6 +39,8 @@ from o2o_protocol.timeutil import rfc3339
 
 log = logging.getLogger(__name__)
 
+#: CONNACK reason code of a broker that does not speak the MQTT version asked for.
+UNSUPPORTED_PROTOCOL = 132
 #: At most this many events are in flight (published, not yet acked) at once.
 MAX_IN_FLIGHT = 2000
 STATUS_EVERY_S = 30.0
@@ -76,6 +78,9 @@ class Sync:
         self._refusal_logged = False
         self._unreachable_logged = False
         self._worker = threading.Thread(target=self._run, name="sync", daemon=True)
+        #: MQTT v5 first; a broker that only speaks 3.1.1 gets 3.1.1 (see `_downgrade`).
+        self.protocol = mqtt.MQTTv311 if cfg.protocol == "3.1.1" else mqtt.MQTTv5
+        self._downgrade_due = False
         self.client = self._make_client()
 
     # --- set-up ----------------------------------------------------------------------
@@ -85,7 +90,7 @@ class Sync:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"o2o-kiosk-{s}-{k}",
-            protocol=mqtt.MQTTv5,
+            protocol=self.protocol,
         )
         if self.cfg.username:
             password = self.cfg.password.get_secret_value() if self.cfg.password else None
@@ -161,6 +166,13 @@ class Sync:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
+            v5_refused = reason_code.value == UNSUPPORTED_PROTOCOL
+            if v5_refused and self.protocol == mqtt.MQTTv5 and self.cfg.protocol == "auto":
+                log.info("the broker does not speak MQTT v5; switching to MQTT 3.1.1")
+                with self._wake:
+                    self._downgrade_due = True
+                    self._wake.notify()
+                return
             log.warning("broker refused the connection: %s", reason_code)
             return
         log.info("connected to %s:%d", self._host, self._port)
@@ -260,6 +272,8 @@ class Sync:
                 if self._resend_all:
                     self._resend_all = False
                     self._in_flight.clear()
+            if self._downgrade_due:
+                self._downgrade()
             try:
                 self._apply_acks(acks)
                 self._apply_commands(commands)
@@ -274,6 +288,18 @@ class Sync:
             except Exception:  # the worker must outlive any one bad moment
                 log.exception("sync worker error; retrying")
                 time.sleep(1.0)
+
+    def _downgrade(self) -> None:
+        """Reconnect with MQTT 3.1.1: a new paho client, same settings, same outbox."""
+        self._downgrade_due = False
+        old = self.client
+        old.loop_stop()
+        with contextlib.suppress(Exception):
+            old.disconnect()
+        self.protocol = mqtt.MQTTv311
+        self.client = self._make_client()
+        self.client.connect_async(self._host, self._port, keepalive=self.cfg.keepalive_s)
+        self.client.loop_start()
 
     def _apply_acks(self, acks: list[list[str]]) -> None:
         ids = [i for batch in acks for i in batch]

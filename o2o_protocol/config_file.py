@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -112,6 +112,9 @@ class MqttConnection(ConfigSection):
     #: CA certificate that signed the broker's (for mqtts:// with a private CA).
     ca_file: Path | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    #: "auto": MQTT v5, or 3.1.1 when the broker answers that it does not speak v5.
+    #: "3.1.1" for a broker that does not even answer a v5 CONNECT.
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
 
     @field_validator("url")
     @classmethod
