@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_bridge.db import Repository
 from tests.support import (
     MosquittoBroker,
     find_program,
@@ -256,3 +257,15 @@ def xvfb_display() -> Iterator[str]:
             proc.kill()
             proc.wait()
         err_log.close()
+
+
+# --- the bridge's database ----------------------------------------------------------
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Repository]:
+    """The bridge's repository on a fresh SQLite file (test_bridge_db also runs PostgreSQL)."""
+    r = Repository.from_url(f"sqlite:///{tmp_path / 'bridge.db'}")
+    r.create_tables()
+    yield r
+    r.close()

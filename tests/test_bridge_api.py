@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,14 +22,6 @@ from o2o_protocol.timeutil import rfc3339
 TOKEN = "t0ken-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 KEY = Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Iterator[Repository]:
-    r = Repository.from_url(f"sqlite:///{tmp_path / 'bridge.db'}")
-    r.create_tables()
-    yield r
-    r.close()
 
 
 @pytest.fixture

@@ -100,14 +100,6 @@ def make_config(
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Iterator[Repository]:
-    r = Repository.from_url(f"sqlite:///{tmp_path / 'bridge.db'}")
-    r.create_tables()
-    yield r
-    r.close()
-
-
-@pytest.fixture
 def bridge(tmp_path: Path, mosquitto_broker: MosquittoBroker, repo: Repository) -> Iterator[Ingest]:
     ingest = Ingest(make_config(tmp_path, mosquitto_broker), repo, stats_interval_s=0.2)
     ingest.start()

@@ -42,14 +42,6 @@ XSS = '<img src=x onerror="document.title=1">'
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Iterator[Repository]:
-    r = Repository.from_url(f"sqlite:///{tmp_path / 'bridge.db'}")
-    r.create_tables()
-    yield r
-    r.close()
-
-
-@pytest.fixture
 def app(tmp_path: Path, repo: Repository) -> FastAPI:
     config = validate_config(
         tmp_path / "bridge.toml", {"store": "s1", "kiosks": ["k1"]}, BridgeConfig
