@@ -98,7 +98,15 @@ def broker311() -> Iterator[str]:
     wait_for_port("127.0.0.1", gate_port)
     yield f"mqtt://127.0.0.1:{gate_port}"
     listener.close()
-    asyncio.run_coroutine_threadsafe(broker.shutdown(), loop).result(20)
+
+    async def stop() -> None:
+        await broker.shutdown()
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(stop(), loop).result(20)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
 
