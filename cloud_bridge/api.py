@@ -25,7 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_bridge.commands import checked_command
-from cloud_bridge.config import BridgeConfig, load_api_token, load_signing_key
+from cloud_bridge.config import BridgeConfig, load_api_token, load_read_token, load_signing_key
 from cloud_bridge.db import KioskState, Repository, StoredEvent, format_ts
 from cloud_bridge.ingest import Ingest
 from cloud_bridge.issuing import issue
@@ -97,29 +97,57 @@ def create_app(
     repo: Repository,
     *,
     token: str | None = None,
+    read_token: str | None = None,
     signing_key: Ed25519PrivateKey | None = None,
     ingest: Ingest | None = None,
 ) -> FastAPI:
     """The bridge's web app. Token and key are read from the config's files unless given;
     with `ingest`, `/health` also tells whether the broker connection is up."""
     api_token = token if token is not None else load_api_token(config)
+    if read_token is None and token is None:
+        read_token = load_read_token(config)
     key = signing_key if signing_key is not None else load_signing_key(config)
     store = config.store
     expected = api_token.encode()
+    expected_read = read_token.encode() if read_token else None
+
+    def _given(creds: HTTPAuthorizationCredentials | None) -> bytes | None:
+        # The scheme is case-insensitive (RFC 7235: `bearer x` is `Bearer x`); only the
+        # secret is compared, in constant time.
+        if creds is None or creds.scheme.lower() != "bearer":
+            return None
+        return creds.credentials.encode()
+
+    def _refuse() -> HTTPException:
+        return HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong API token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     def require_token(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
-        # The scheme is case-insensitive (RFC 7235: `bearer x` is `Bearer x`); only the
-        # secret is compared, in constant time.
-        bearer = creds is not None and creds.scheme.lower() == "bearer"
-        given = creds.credentials.encode() if creds is not None and bearer else b""
-        if not (hmac.compare_digest(given, expected) and bearer):
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "missing or wrong API token",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        """Issuing codes and commanding kiosks: the full API token only."""
+        given = _given(creds)
+        if given is None or not hmac.compare_digest(given, expected):
+            if given is not None and expected_read and hmac.compare_digest(given, expected_read):
+                raise HTTPException(status.HTTP_403_FORBIDDEN, "this token may only read")
+            raise _refuse()
+
+    def require_read(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        """Reading events, figures and kiosks: the API token or the read-only one."""
+        given = _given(creds)
+        full = given is not None and hmac.compare_digest(given, expected)
+        read = (
+            given is not None
+            and expected_read is not None
+            and hmac.compare_digest(given, expected_read)
+        )
+        if not (full or read):
+            raise _refuse()
 
     app = FastAPI(
         title="o2o-bridge",
@@ -131,6 +159,7 @@ def create_app(
         redoc_url=None,
     )
     auth = [Depends(require_token)]
+    read_auth = [Depends(require_read)]
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, Any]:
@@ -140,7 +169,7 @@ def create_app(
             body["mqtt_connected"] = ingest.ready
         return body
 
-    @app.get("/api/v1/events", dependencies=auth, tags=["events"])
+    @app.get("/api/v1/events", dependencies=read_auth, tags=["events"])
     def list_events(
         since: Annotated[
             str | None, Query(description="ISO 8601 time or an offset such as -2h")
@@ -161,7 +190,7 @@ def create_app(
         )
         return {"events": [_event_json(e) for e in rows]}
 
-    @app.get("/api/v1/rejected-events", dependencies=auth, tags=["events"])
+    @app.get("/api/v1/rejected-events", dependencies=read_auth, tags=["events"])
     def list_rejected_events(
         since: Annotated[
             str | None, Query(description="received since: ISO 8601 time or an offset (-7d)")
@@ -173,12 +202,12 @@ def create_app(
         rows = repo.rejected_events(store=store, since=_since(since), limit=limit)
         return {"rejected_events": [r.as_dict() for r in rows]}
 
-    @app.get("/api/v1/stats", dependencies=auth, tags=["events"])
+    @app.get("/api/v1/stats", dependencies=read_auth, tags=["events"])
     def stats() -> dict[str, Any]:
         """Today's figures (the same document as the retained `o2o/v1/{store}/stats`)."""
         return repo.today_stats(store)
 
-    @app.get("/api/v1/kiosks", dependencies=auth, tags=["kiosks"])
+    @app.get("/api/v1/kiosks", dependencies=read_auth, tags=["kiosks"])
     def kiosks() -> dict[str, Any]:
         """Each kiosk's last status: the configured ones first, then any other seen."""
         states = {k.kiosk: k for k in repo.kiosks(store)}

@@ -101,7 +101,8 @@ host = "127.0.0.1"            # 0.0.0.0 to reach the dashboard from other machin
 port = 8080
 
 [api]
-token_file = "api.token"      # REST API and dashboard: Authorization: Bearer <token>
+token_file = "api.token"      # REST API: Authorization: Bearer <token>; can do everything
+read_token_file = "dashboard.token"   # read-only: the dashboard, dashboards, reports
 # code_url = "https://shop.example/c/"   # issued codes also come back as a link
 
 [signing]
@@ -195,8 +196,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     config_path = directory / CONFIG_NAME
     key_path = directory / "signing.key"
     token_path = directory / "api.token"
+    read_token_path = directory / "dashboard.token"
     kiosk_paths = {k: directory / f"kiosk-{k}.toml" for k in kiosks}
-    targets = [config_path, key_path, token_path, *kiosk_paths.values()]
+    targets = [config_path, key_path, token_path, read_token_path, *kiosk_paths.values()]
     if not args.force:
         for p in targets:
             if p.exists():
@@ -249,6 +251,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             key_path, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
         )
         _write_private(token_path, (secrets.token_urlsafe(32) + "\n").encode())
+        _write_private(read_token_path, (secrets.token_urlsafe(32) + "\n").encode())
         # bridge.toml may later hold broker and database passwords.
         _write_private(config_path, bridge_text.encode())
         for k, text in kiosk_texts.items():
@@ -259,7 +262,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     print(f"wrote {config_path}")
     print(f"wrote {key_path}  (private signing key, key id {kid}; keep it secret)")
-    print(f"wrote {token_path}  (REST API and dashboard token)")
+    print(f"wrote {token_path}  (REST API token: issues codes, commands kiosks)")
+    print(f"wrote {read_token_path}  (read-only token for the dashboard)")
     for p in kiosk_paths.values():
         print(f"wrote {p}")
     print("next:")

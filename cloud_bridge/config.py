@@ -178,6 +178,9 @@ class HttpSection(_Section):
 class ApiSection(_Section):
     #: A file holding the bearer token the REST API and dashboard require.
     token_file: Annotated[Path, Field(validate_default=True)] = Path("api.token")
+    #: A second, read-only token for the owner's dashboard and dashboards in general: it
+    #: reads events, figures and kiosks, but cannot issue codes or command kiosks.
+    read_token_file: Path | None = None
     #: Optional URL prefix: issued codes are also returned as `code_url + token`, a link
     #: a phone can open and a kiosk still accepts (it reads the last path segment).
     code_url: str | None = None
@@ -186,6 +189,11 @@ class ApiSection(_Section):
     @classmethod
     def _token(cls, v: Path, info: ValidationInfo) -> Path:
         return _resolve(v, info)
+
+    @field_validator("read_token_file")
+    @classmethod
+    def _read_token(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else _resolve(v, info)
 
 
 class SigningSection(_Section):
@@ -260,7 +268,15 @@ def load_signing_key(config: BridgeConfig) -> Ed25519PrivateKey:
 
 
 def load_api_token(config: BridgeConfig) -> str:
-    path = config.api.token_file
+    return _load_token(config.api.token_file)
+
+
+def load_read_token(config: BridgeConfig) -> str | None:
+    path = config.api.read_token_file
+    return None if path is None else _load_token(path)
+
+
+def _load_token(path: Path) -> str:
     try:
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:

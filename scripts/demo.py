@@ -140,7 +140,7 @@ def main() -> int:
     )
     try:
         wait_for_port("127.0.0.1", port, timeout=30, alive=lambda: bridge.poll() is None)
-        say(f"    Dashboard: http://127.0.0.1:{port}/  (API token in demo-run/api.token)")
+        say(f"    Dashboard: http://127.0.0.1:{port}/  (token in demo-run/dashboard.token)")
         run_door(port)
     finally:
         bridge.send_signal(signal.SIGTERM)

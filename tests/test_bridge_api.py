@@ -230,3 +230,25 @@ def test_stats_show_double_redemptions(client: TestClient, repo: Repository) -> 
     repo.add_events([ev("coupon.redeemed", 1, now, kiosk="k2", coupon_id="c9")])
     assert client.get("/api/v1/stats", headers=AUTH).json()["double_redemptions"] == 1
     assert "double_redemptions" in client.get("/").text
+
+
+def test_the_read_only_token_reads_but_cannot_issue_or_command(
+    tmp_path: Path, repo: Repository
+) -> None:
+    config = validate_config(
+        tmp_path / "bridge.toml", {"store": "s1", "kiosks": ["k1"]}, BridgeConfig
+    )
+    reader = "r" * 32
+    app = TestClient(create_app(config, repo, token=TOKEN, read_token=reader, signing_key=KEY))
+    as_reader = {"Authorization": f"Bearer {reader}"}
+    assert app.get("/api/v1/stats", headers=as_reader).status_code == 200
+    assert app.get("/api/v1/events", headers=as_reader).status_code == 200
+    assert app.post("/api/v1/codes", json={"type": "staff"}, headers=as_reader).status_code == 403
+    denied = app.post(
+        "/api/v1/kiosks/k1/commands",
+        headers=as_reader,
+        json={"name": "locker.open", "data": {"locker": 1}},
+    )
+    assert denied.status_code == 403
+    as_owner = {"Authorization": f"Bearer {TOKEN}"}
+    assert app.post("/api/v1/codes", json={"type": "staff"}, headers=as_owner).status_code == 201
