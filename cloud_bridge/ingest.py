@@ -14,6 +14,7 @@ succeed and would hold up every kiosk's events behind it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -119,6 +120,8 @@ class Ingest:
         self._stats_last = 0.0
         self._unreachable_logged = False
         self._downgrading = False
+        self._downgrader: threading.Thread | None = None
+        self._client_lock = threading.Lock()  # stop() and a downgrade never overlap
         #: MQTT v5 first; a broker that only speaks 3.1.1 gets 3.1.1 (persistent session
         #: via clean_session false; no shared subscriptions there).
         self._protocol = (
@@ -181,15 +184,20 @@ class Ingest:
 
     def _downgrade(self) -> None:
         """Reconnect with MQTT 3.1.1 (off the network thread, which is being replaced)."""
-        old = self._client
-        old.loop_stop()
-        self._protocol = MQTTProtocolVersion.MQTTv311
-        if self.config.mqtt.shared_group:
-            log.warning("MQTT 3.1.1 has no shared subscriptions: this worker takes all events")
-        self._client = self._make_client()
-        self._connect()
-        self._client.loop_start()
-        self._downgrading = False
+        with self._client_lock:
+            if self._stopping.is_set():
+                return
+            old = self._client
+            with contextlib.suppress(Exception):
+                old.disconnect()
+            old.loop_stop()
+            self._protocol = MQTTProtocolVersion.MQTTv311
+            if self.config.mqtt.shared_group:
+                log.warning("MQTT 3.1.1 has no shared subscriptions: this worker takes all")
+            self._client = self._make_client()
+            self._connect()
+            self._client.loop_start()
+            self._downgrading = False
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once connected and subscribed (tests and start-up logging wait on this)."""
@@ -209,8 +217,9 @@ class Ingest:
             self._worker.join(timeout)
             if self._worker.is_alive():
                 log.warning("ingest worker did not finish within %.0fs", timeout)
-        self._client.disconnect()
-        self._client.loop_stop()
+        with self._client_lock:  # a downgrade in progress finishes first, or never starts
+            self._client.disconnect()
+            self._client.loop_stop()
         self._ready.clear()
 
     # -- network thread -----------------------------------------------------------------
@@ -231,9 +240,15 @@ class Ingest:
         if reason.is_failure:
             v5_refused = reason.value == 132 and self.config.mqtt.protocol == "auto"
             if v5_refused and self._protocol == MQTTProtocolVersion.MQTTv5:
+                with self._client_lock:
+                    if self._downgrading or self._stopping.is_set():
+                        return
+                    self._downgrading = True
                 log.info("the broker does not speak MQTT v5; switching to MQTT 3.1.1")
-                self._downgrading = True
-                threading.Thread(target=self._downgrade, name="mqtt-downgrade").start()
+                self._downgrader = threading.Thread(
+                    target=self._downgrade, name="mqtt-downgrade", daemon=True
+                )
+                self._downgrader.start()
                 return
             log.error("broker %s refused the connection: %s", self.config.mqtt.url, reason)
             return

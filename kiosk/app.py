@@ -20,6 +20,7 @@ from kiosk.config import KioskConfig
 from kiosk.decisions import (
     Decision,
     Facts,
+    PreorderChange,
     QuietWindow,
     Rules,
     after_unlock,
@@ -114,6 +115,8 @@ class Kiosk:
         self._listeners: list[Listener] = []
         self._staff_until = 0.0
         self._watchers: list[threading.Thread] = []
+        # Shared by the scan worker and the door watchers: guarded by `_state`.
+        self._state = threading.Lock()
         self._reserved: set[int] = set()
         self._loading: dict[str, int] = {}  # order -> locker, while staff have it open
         self._watching: set[int] = set()  # doors with an outcome waiting for them to shut
@@ -182,10 +185,17 @@ class Kiosk:
             facts = Facts()
         else:
             facts = self.store.facts_for(result, staff=staff)
+            if staff and result.type is CodeType.PICKUP:
+                with self._state:
+                    held = self._loading.get(result.payload.o or "")
+                if held is not None:  # shown again while its locker is still open
+                    return Opening(held, result.payload.o or "")
             if facts.free_lockers:
                 # Empty in the store is not enough: the door must be shut, fault-free and
                 # not already open for another load.
-                usable = {locker.number for locker in self.lockers.free()} - self._reserved
+                with self._state:
+                    reserved = set(self._reserved)
+                usable = {locker.number for locker in self.lockers.free()} - reserved
                 free = tuple(f for f in facts.free_lockers if f[0] in usable)
                 facts = dataclasses.replace(facts, free_lockers=free)
         decision = decide(
@@ -193,11 +203,9 @@ class Kiosk:
         )
         if decision.needs_unlock:
             if decision.purpose == "load" and decision.open_locker is not None:
-                order = str(decision.data["order"])
-                if order in self._loading:  # shown again while its locker is still open
-                    return Opening(self._loading[order], order)
-                self._reserved.add(decision.open_locker)
-                self._loading[order] = decision.open_locker
+                with self._state:
+                    self._reserved.add(decision.open_locker)
+                    self._loading[str(decision.data["order"])] = decision.open_locker
             return self._unlock(decision)
         recorded = self.record(decision)
         if decision.event_type is EventType.STAFF_LOGIN:
@@ -272,6 +280,12 @@ class Kiosk:
     def _unlock(self, intent: Decision) -> Recorded | Opening:
         assert intent.open_locker is not None
         number, order = intent.open_locker, str(intent.data["order"])
+        if intent.purpose == "load":
+            try:
+                self.store.begin_load(order, number)
+            except StoreError:
+                self._release(number)
+                raise
         try:
             result = self.lockers.unlock(number)
             opened, reason = result.opened, result.reason
@@ -281,20 +295,40 @@ class Kiosk:
         outcome = after_unlock(intent, opened, reason)
         if intent.purpose == "load":
             if not opened:
-                self._reserved.discard(number)
-                self._loading.pop(order, None)
-                return self.record(outcome)
+                try:
+                    return self.record(outcome)
+                finally:
+                    self._release(number)
+            # A door never seen open took nothing in: the order waits for a locker again.
+            unseen = Decision(
+                EventType.LOCKER_FAULT,
+                {"locker": number, "order": order, "fault": "not_seen_open"},
+                preorder=PreorderChange(order, "pending", None),
+            )
             self._watch_door(
                 number,
                 lambda: self.record(loaded(intent)),
+                unseen=unseen,
                 seen_open=reason is None,
                 release=number,
             )
             return Opening(number, order)
         recorded = self.record(outcome)
-        if opened and number not in self._watching:  # shown again while still open: one watch
-            self._watch_door(number, self._completer(order, number), seen_open=reason is None)
+        if opened:
+            unseen = Decision(  # the order stays ready: the goods never left the locker
+                EventType.LOCKER_FAULT,
+                {"locker": number, "order": order, "fault": "not_seen_open"},
+            )
+            self._watch_door(
+                number, self._completer(order, number), unseen=unseen, seen_open=reason is None
+            )
         return recorded
+
+    def _release(self, number: int) -> None:
+        with self._state:
+            self._reserved.discard(number)
+            for order in [o for o, n in self._loading.items() if n == number]:
+                del self._loading[order]
 
     def _watch_door(
         self,
@@ -302,22 +336,26 @@ class Kiosk:
         on_closed: Callable[[], object],
         *,
         seen_open: bool,
+        unseen: Decision | None = None,
         release: int | None = None,
     ) -> None:
         """Record what the door does next: opened and shut again completes the action.
 
         A door is only taken as used once it was seen open and then shut. An unlock the
         sensor could not confirm (a jammed latch, a broken switch) may never open it: the
-        order then stays where it is and the owner hears of it, rather than the order
-        being marked picked up with the goods still locked inside. A door left open is
-        reported, and still completes whenever it is shut.
+        order then stays where it is and the owner hears of it (`unseen`), rather than the
+        order being marked picked up with the goods still locked inside. A door left open
+        is reported, and still completes whenever it is shut. One watch per door.
         """
+        with self._state:
+            if number in self._watching:
+                return  # shown again while still open: the running watch will finish it
+            self._watching.add(number)
 
         def watch() -> None:
             if not seen_open and not self._wait_open(number, UNCONFIRMED_OPEN_S):
-                self._record_retrying(
-                    Decision(EventType.LOCKER_FAULT, {"locker": number, "fault": "not_seen_open"})
-                )
+                if unseen is not None:
+                    self._record_retrying(unseen)
             elif not self.lockers.wait_closed(number, DOOR_LEFT_OPEN_S):
                 self._record_retrying(
                     Decision(EventType.LOCKER_FAULT, {"locker": number, "fault": "left_open"})
@@ -328,17 +366,16 @@ class Kiosk:
                         break
             else:
                 self._retrying(on_closed)
-            if release is not None:
-                self._reserved.discard(release)
-                self._loading = {o: n for o, n in self._loading.items() if n != release}
 
         def watch_once() -> None:
             try:
                 watch()
             finally:
-                self._watching.discard(number)
+                with self._state:
+                    self._watching.discard(number)
+                if release is not None:
+                    self._release(release)
 
-        self._watching.add(number)
         thread = threading.Thread(target=watch_once, name=f"door-{number}", daemon=True)
         self._watchers = [w for w in self._watchers if w.is_alive()] + [thread]
         thread.start()
@@ -370,18 +407,36 @@ class Kiosk:
                 delay = min(delay * 2, 30.0)
 
     def _recover(self) -> None:
-        """Finish pickups whose door shut while the kiosk was off (their watcher was lost)."""
-        for pre in self.store.preorders("opened"):
+        """Finish what a restart interrupted: pickups and loads whose watcher was lost.
+
+        A pickup counts only if its door was seen open (status `opened`); a load whose door
+        is shut again is loaded. A door still open is watched as usual.
+        """
+        for pre in [*self.store.preorders("opened"), *self.store.preorders("loading")]:
             if pre.locker is None:
                 continue
+            locker = pre.locker
+            if pre.status == "opened":
+                finish = self._completer(pre.order, locker)
+            else:
+                intent = Decision(
+                    EventType.LOCKER_LOADED,
+                    {"order": pre.order, "locker": locker, "size": pre.size},
+                    open_locker=locker,
+                    purpose="load",
+                )
+                finish = self._loader(intent)
             try:
-                still_open = self.lockers.is_open(pre.locker)
+                still_open = self.lockers.is_open(locker)
             except LockerError:
                 still_open = False
             if still_open:
-                self._watch_door(pre.locker, self._completer(pre.order, pre.locker), seen_open=True)
+                self._watch_door(locker, finish, seen_open=True)
             else:
-                self.record(pickup_completed(pre.order, pre.locker))
+                finish()
+
+    def _loader(self, intent: Decision) -> Callable[[], object]:
+        return lambda: self.record(loaded(intent))
 
     def _completer(self, order: str, locker: int) -> Callable[[], object]:
         return lambda: self.record(pickup_completed(order, locker))

@@ -21,7 +21,9 @@ from o2o_protocol.messages import EventType, Reason
 SIZES = ("S", "M", "L")
 #: What an unverified (maybe hostile) id may keep when it is quoted in an event.
 _UNSAFE = re.compile(r"[^\w\-.:@+]")
-PreorderStatus = Literal["pending", "ready", "opened", "picked_up", "cancelled"]
+#: pending: known, not in a locker; loading: staff have a locker open for it; ready: in a
+#: locker; opened: its door was seen to open for the customer; picked_up; cancelled.
+PreorderStatus = Literal["pending", "loading", "ready", "opened", "picked_up", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ def _pickup(code: Code, facts: Facts) -> Decision:
         return reject(Reason.UNKNOWN_ORDER, f"order {order} is not known here", code)
     if pre.status == "picked_up":
         return reject(Reason.ALREADY_USED, f"order {order} was already picked up", code)
-    if pre.status == "pending" or pre.locker is None:
+    if pre.status in ("pending", "loading") or pre.locker is None:
         return reject(Reason.ORDER_NOT_READY, f"order {order} is not in a locker yet", code)
     data = {"order": order, "locker": pre.locker, "name": pre.name, "pickup_id": code.id}
     return Decision(EventType.PICKUP_OPENED, data, open_locker=pre.locker, purpose="pickup")
@@ -263,18 +265,23 @@ def after_unlock(intent: Decision, opened: bool, reason: str | None = None) -> D
     if not opened:
         why = reason or "door_not_opened"
         if intent.purpose == "load":
+            # Nothing went in: the order waits for a locker again.
             return Decision(
-                EventType.LOCKER_FAULT, {"locker": locker, "order": order, "fault": why}
+                EventType.LOCKER_FAULT,
+                {"locker": locker, "order": order, "fault": why},
+                preorder=PreorderChange(order, "pending", None),
             )
         # The order stays ready in its locker: the customer can try again.
         return Decision(EventType.PICKUP_FAILED, {**intent.data, "reason": why})
     if intent.purpose == "load":
         # Recorded when staff close the door again (see `loaded`); nothing to record yet.
         return intent
-    change = PreorderChange(order, "opened", locker)
     # "confirmed": false when the sensor could not see the door open (a jammed latch or a
-    # broken switch): the screen asks the customer to call staff if it did not open.
-    data = {**intent.data, "confirmed": reason is None}
+    # broken switch): the screen asks the customer to call staff if it did not open, and
+    # the order stays ready until the door is seen to open and shut.
+    confirmed = reason is None
+    data = {**intent.data, "confirmed": confirmed}
+    change = PreorderChange(order, "opened", locker) if confirmed else None
     return Decision(EventType.PICKUP_OPENED, data, preorder=change)
 
 

@@ -54,6 +54,9 @@ class JournalStorage(Storage):
         self.journal_path = self.snapshot_path.with_suffix(".journal")
         self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
         self._data: Tables = {}
+        #: Set when memory and disk may disagree and nothing can tell which is right:
+        #: every later write is refused until the kiosk restarts and reads the disk again.
+        self._broken = ""
         self._pending: list[Change] = []
         self._depth = 0
         self._load()
@@ -140,6 +143,12 @@ class JournalStorage(Storage):
 
     # --- what JournalTable calls -----------------------------------------------------
 
+    def _discard_memory_only(self) -> None:
+        """A write refused by a broken store must not linger in memory either."""
+        with contextlib.suppress(Exception):
+            self._data = {}
+            self._load()
+
     def table_data(self, name: str) -> dict[str, Doc]:
         return self._data.setdefault(name, {})
 
@@ -164,16 +173,23 @@ class JournalStorage(Storage):
             self._flush()
 
     def _discard(self) -> None:
-        """Undo in-memory changes that never reached the disk."""
+        """Undo in-memory changes that never reached the disk, by reading the disk again."""
         self._pending.clear()
-        self._data = {}
-        self._load()
+        try:
+            self._data = {}
+            self._load()
+        except Exception as exc:
+            self._broken = f"the store could not be read back ({exc}); restart the kiosk"
+            raise
 
     def _flush(self) -> None:
         if not self._pending:
             return
         changes = self._pending
         self._pending = []
+        if self._broken:
+            self._discard_memory_only()
+            raise OSError(errno.EIO, self._broken)
         start = self._journal_bytes
         try:
             # ASCII-escaped: any text at all (even a lone surrogate) can be written.
@@ -183,9 +199,15 @@ class JournalStorage(Storage):
         except BaseException:
             # Nothing of this write may count: cut the journal back to where it was,
             # then rebuild memory from the disk, which is the truth.
-            with contextlib.suppress(OSError):
+            try:
                 os.ftruncate(self._journal_fd, start)
                 os.fsync(self._journal_fd)
+            except OSError as exc:
+                # The line may or may not be on disk: neither memory nor a re-read can be
+                # trusted to match what the customer was told. Stop writing.
+                self._broken = f"the journal could not be cut back ({exc}); restart the kiosk"
+                self._discard_memory_only()
+                raise
             self._discard()
             raise
         self._journal_bytes += len(blob)
@@ -215,8 +237,8 @@ class JournalStorage(Storage):
         # Replaying the old journal onto the new snapshot changes nothing, so a power cut
         # between the rename and this truncate is harmless.
         os.ftruncate(self._journal_fd, 0)
-        os.fsync(self._journal_fd)
         self._snapshot_bytes, self._journal_bytes = len(blob), 0
+        os.fsync(self._journal_fd)
 
 
 def _write_all(fd: int, blob: bytes) -> None:

@@ -188,6 +188,19 @@ class KioskStore:
         out = [self.preorder(d["order"]) for d in docs]
         return [p for p in out if p is not None and (status is None or p.status == status)]
 
+    def begin_load(self, order: str, locker: int) -> None:
+        """Staff are about to open `locker` for `order`: hold it, durably, before the pulse.
+
+        A kiosk that restarts while the door is open then knows the locker is taken.
+        """
+        with self._lock:
+            try:
+                with self._storage.batch():
+                    self._set_preorder(order, "loading", locker)
+            except Exception as exc:
+                self._reindex()
+                raise StoreError(f"could not hold locker {locker}: {exc}") from exc
+
     def free_lockers(self) -> tuple[tuple[int, str], ...]:
         with self._lock:
             return tuple((d["number"], d["size"]) for d in self._lockers if d.get("order") is None)

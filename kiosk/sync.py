@@ -272,9 +272,9 @@ class Sync:
                 if self._resend_all:
                     self._resend_all = False
                     self._in_flight.clear()
-            if self._downgrade_due:
-                self._downgrade()
             try:
+                if self._downgrade_due:
+                    self._downgrade()
                 self._apply_acks(acks)
                 self._apply_commands(commands)
                 if self._connected.is_set():
@@ -293,9 +293,9 @@ class Sync:
         """Reconnect with MQTT 3.1.1: a new paho client, same settings, same outbox."""
         self._downgrade_due = False
         old = self.client
-        old.loop_stop()
         with contextlib.suppress(Exception):
             old.disconnect()
+        old.loop_stop()
         self.protocol = mqtt.MQTTv311
         self.client = self._make_client()
         self.client.connect_async(self._host, self._port, keepalive=self.cfg.keepalive_s)

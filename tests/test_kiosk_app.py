@@ -197,7 +197,9 @@ def test_an_order_shown_twice_while_loading_goes_into_one_locker(tmp_path: Path)
     first = k.handle_scan(pick)
     again = k.handle_scan(pick)
     assert first == again  # the same locker, not a second one
-    assert k.store.free_lockers() == tuple((n, "M") for n in (1, 2, 3, 4))
+    # The locker is held, durably, while staff have it open (a restart keeps it taken).
+    others = tuple((n, "M") for n in (1, 2, 3, 4) if n != first.locker)  # type: ignore[union-attr]
+    assert k.store.free_lockers() == others
     k.lockers.simulator.shut(first.locker)  # type: ignore[union-attr]
     wait_for(lambda: any(e["type"] == "locker.loaded" for e in k.store.history()))
     time.sleep(0.3)
@@ -205,3 +207,51 @@ def test_an_order_shown_twice_while_loading_goes_into_one_locker(tmp_path: Path)
     assert len(loads) == 1 and loads[0]["data"]["locker"] == first.locker  # type: ignore[union-attr]
     k.lockers.close()
     k.store.close()
+
+
+def _close(k: Kiosk) -> None:
+    k._closing.set()
+    k.lockers.close()
+    k.store.close()
+
+
+def _load(k: Kiosk, order: str) -> int:
+    k.store.apply_command(
+        Command(seq=k.store.last_cmd_seq + 1, name="preorder.upsert", data={"order": order})
+    )
+    k.handle_scan(ISSUER.code("s", "st1"))
+    opening = k.handle_scan(ISSUER.code("p", f"p-{order}", o=order))
+    return opening.locker  # type: ignore[union-attr]
+
+
+def test_a_restart_during_loading_keeps_the_locker_and_finishes_the_load(tmp_path: Path) -> None:
+    k, _ = make_kiosk(tmp_path)
+    k.lockers.simulator.close_after_s = 0  # type: ignore[union-attr]
+    locker = _load(k, "B7")
+    _close(k)  # power cut while staff have the door open; they shut it meanwhile
+    k2, _ = make_kiosk(tmp_path)
+    k2._recover()
+    pre = k2.store.preorder("B7")
+    assert pre is not None and (pre.status, pre.locker) == ("ready", locker)
+    assert any(e["type"] == "locker.loaded" for e in k2.store.history())
+    _close(k2)
+
+
+def test_an_unconfirmed_open_is_not_a_pickup_even_after_a_restart(tmp_path: Path) -> None:
+    k, _ = make_kiosk(tmp_path)
+    locker = _load(k, "C9")
+    wait_for(lambda: (k.store.preorder("C9") or k.store.preorder("x")).status == "ready")  # type: ignore[union-attr]
+    k.staff_logout()
+    k.lockers.simulator.jammed.add(locker)  # type: ignore[union-attr]  # the latch sticks
+    code = ISSUER.code("p", "p-C9", o="C9")
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(k.handle_scan(code).event.data)  # type: ignore[union-attr]
+    assert any(d.get("confirmed") is False for d in outcomes)  # the customer was told
+    _close(k)  # restart before the door was ever seen open
+    k2, _ = make_kiosk(tmp_path)
+    k2._recover()
+    pre = k2.store.preorder("C9")
+    assert pre is not None and pre.status == "ready" and pre.locker == locker
+    assert not any(e["type"] == "pickup.completed" for e in k2.store.history())
+    _close(k2)

@@ -208,6 +208,8 @@ def test_short_write_on_a_full_disk_leaves_the_store_as_it_was(
 
 
 def test_failed_fsync_counts_for_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that cannot fsync is failing: the write counts for nothing, and the store
+    refuses further writes (with a reason) until the kiosk restarts and reads the disk."""
     import kiosk.journal as journal
 
     s = open_store(tmp_path)
@@ -217,8 +219,13 @@ def test_failed_fsync_counts_for_nothing(tmp_path: Path, monkeypatch: pytest.Mon
             redeem(s, "c1")
     assert s.outbox_size() == 0 and s.pending() == []
     assert s.facts_for(code("c", "c1")).coupon_used_at is None
-    event = redeem(s, "c1")  # and the customer can simply try again
-    assert s.ack([event]) == 1 and s.outbox_size() == 0
+    with pytest.raises(StoreError, match="restart"):
+        redeem(s, "c1")
+    s.close()
+    s2 = open_store(tmp_path)  # restarted: the disk is the truth, and the coupon unused
+    assert s2.facts_for(code("c", "c1")).coupon_used_at is None
+    event = redeem(s2, "c1")
+    assert s2.ack([event]) == 1 and s2.outbox_size() == 0
 
 
 def test_damage_in_the_middle_of_the_journal_refuses_to_open(tmp_path: Path) -> None:
