@@ -370,6 +370,9 @@ class Kiosk:
         def watch_once() -> None:
             try:
                 watch()
+            except Exception:
+                if not self._closing.is_set():  # at shutdown the lockers close under it
+                    log.exception("door %d watch failed", number)
             finally:
                 with self._state:
                     self._watching.discard(number)
