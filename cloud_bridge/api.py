@@ -28,7 +28,7 @@ from cloud_bridge.commands import checked_command
 from cloud_bridge.config import BridgeConfig, load_api_token, load_read_token, load_signing_key
 from cloud_bridge.db import KioskState, Repository, StoredEvent, format_ts
 from cloud_bridge.ingest import Ingest
-from cloud_bridge.issuing import issue
+from cloud_bridge.issuing import code_fields, issue
 from o2o_protocol.messages import check_id
 from o2o_protocol.timeutil import parse_when
 
@@ -229,15 +229,7 @@ def create_app(
                 key,
                 body.type,
                 store=store,
-                id=body.id,
-                name=body.name,
-                campaign=body.campaign,
-                value=body.value,
-                order=body.order,
-                at=body.at,
-                service=body.service,
-                not_before=body.not_before,
-                expires=body.expires,
+                **code_fields(body),
             )
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None

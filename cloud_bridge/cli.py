@@ -34,7 +34,7 @@ from cloud_bridge.config import (
     load_signing_key,
     normalise_db_url,
 )
-from cloud_bridge.issuing import TYPE_NAMES, issue
+from cloud_bridge.issuing import TYPE_NAMES, code_fields, issue
 from o2o_protocol.codes import b64url_encode, key_id, public_key_bytes
 from o2o_protocol.config_file import ConfigError, parse_mqtt_url, validate_config
 from o2o_protocol.messages import check_id
@@ -294,15 +294,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
             key,
             args.type,
             store=args.store or config.store,
-            id=args.id,
-            name=args.name,
-            campaign=args.campaign,
-            value=args.value,
-            order=args.order,
-            at=args.at,
-            service=args.service,
-            not_before=args.not_before,
-            expires=args.expires,
+            **code_fields(args),
         )
     except ValueError as exc:
         raise UsageError(str(exc).splitlines()[0]) from None

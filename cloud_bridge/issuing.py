@@ -67,6 +67,25 @@ def _when(value: str | int | None, now: float, what: str) -> int | None:
         raise ValueError(f"{what}: {exc}") from None
 
 
+#: What a code request may say, named alike on the command line and in the REST API.
+CODE_FIELDS = (
+    "id",
+    "name",
+    "campaign",
+    "value",
+    "order",
+    "at",
+    "service",
+    "not_before",
+    "expires",
+)
+
+
+def code_fields(request: object) -> dict[str, Any]:
+    """The code fields of a parsed command line or an API body, for `issue(**...)`."""
+    return {name: getattr(request, name) for name in CODE_FIELDS}
+
+
 def issue(
     key: Ed25519PrivateKey,
     type_name: str,

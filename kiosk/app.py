@@ -27,6 +27,8 @@ from kiosk.decisions import (
     decide,
     decide_join,
     loaded,
+    normalise_phone,
+    phone_hash,
     pickup_completed,
 )
 from kiosk.devices.lockers import LockerBank, LockerError
@@ -214,8 +216,6 @@ class Kiosk:
 
     def join(self, phone: str) -> Recorded | None:
         """A new member from a phone number typed at the kiosk; None if it is no number."""
-        from kiosk.decisions import normalise_phone, phone_hash
-
         number = normalise_phone(phone)
         if number is None:
             return None

@@ -172,21 +172,12 @@ class KioskStore:
     def preorder(self, order: str) -> Preorder | None:
         with self._lock:
             doc = self._preorders.get(doc_id=_doc_id(order, "order"))
-        if doc is None:
-            return None
-        return Preorder(
-            order=doc["order"],
-            status=doc.get("status", "pending"),
-            size=doc.get("size", "M"),
-            name=doc.get("name"),
-            locker=doc.get("locker"),
-        )
+        return None if doc is None else _preorder(doc)
 
     def preorders(self, status: str | None = None) -> list[Preorder]:
         with self._lock:
-            docs = list(self._preorders)
-        out = [self.preorder(d["order"]) for d in docs]
-        return [p for p in out if p is not None and (status is None or p.status == status)]
+            found = [_preorder(doc) for doc in self._preorders]
+        return [p for p in found if status is None or p.status == status]
 
     def begin_load(self, order: str, locker: int) -> None:
         """Staff are about to open `locker` for `order`: hold it, durably, before the pulse.
@@ -485,6 +476,16 @@ class KioskStore:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)
                 self._lock_fd = -1
+
+
+def _preorder(doc: dict[str, Any]) -> Preorder:
+    return Preorder(
+        order=doc["order"],
+        status=doc.get("status", "pending"),
+        size=doc.get("size", "M"),
+        name=doc.get("name"),
+        locker=doc.get("locker"),
+    )
 
 
 def _lock_dir(data_dir: Path) -> int:

@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from cloud_bridge.db import Repository
+from tests.prod_broker import certs, prod, prod_tls  # noqa: F401  (fixtures for all tests)
 from tests.support import (
     MosquittoBroker,
     find_program,
@@ -267,5 +269,22 @@ def repo(tmp_path: Path) -> Iterator[Repository]:
     """The bridge's repository on a fresh SQLite file (test_bridge_db also runs PostgreSQL)."""
     r = Repository.from_url(f"sqlite:///{tmp_path / 'bridge.db'}")
     r.create_tables()
+    yield r
+    r.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
+    """The bridge's repository on SQLite and on PostgreSQL (a database the session shares,
+    emptied first)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'any.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    r = Repository.from_url(url)
+    r.create_tables()
+    with r.engine.begin() as conn:
+        for table in ("events", "kiosks", "commands", "rejected_events"):
+            conn.execute(text(f"DELETE FROM {table}"))
     yield r
     r.close()

@@ -11,6 +11,8 @@ import json
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,8 @@ def stored_events(shop: Path) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def running_bridge(shop: Path) -> Iterator[int]:
-    """`o2o-bridge run` in the shop; yields its HTTP port, stops it with SIGTERM (exit 0)."""
+    """`o2o-bridge run` in the shop, connected to its broker; yields its HTTP port, stops
+    it with SIGTERM (exit 0)."""
     port = free_port()
     log = (shop / "bridge.log").open("w")
     bridge = subprocess.Popen(
@@ -63,6 +66,7 @@ def running_bridge(shop: Path) -> Iterator[int]:
     )
     try:
         wait_for_port("127.0.0.1", port, timeout=20, alive=lambda: bridge.poll() is None)
+        _wait_connected(port)
         yield port
     finally:
         bridge.send_signal(signal.SIGTERM)
@@ -73,6 +77,21 @@ def running_bridge(shop: Path) -> Iterator[int]:
                 bridge.kill()
             log.close()
         assert status == 0, (shop / "bridge.log").read_text()[-3000:]
+
+
+def _wait_connected(port: int, timeout: float = 20) -> None:
+    """The bridge's /health says its broker connection is up (it is subscribed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if json.loads(r.read()).get("mqtt_connected"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("the bridge did not connect to its broker")
+        time.sleep(0.1)
 
 
 def kiosk_args(camera: Path | str, *, config: str = "kiosk-k1.toml") -> list[str]:

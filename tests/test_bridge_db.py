@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,19 +34,9 @@ def make_events(n: int, *, kiosk: str = "k1", store: str = "s1", **data: object)
     ]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'bridge.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    r = Repository.from_url(url)
-    r.create_tables()
-    with r.engine.begin() as conn:  # the PostgreSQL database is shared by the session
-        for table in ("events", "kiosks", "commands", "rejected_events"):
-            conn.execute(text(f"DELETE FROM {table}"))
-    yield r
-    r.close()
+@pytest.fixture
+def repo(any_repo: Repository) -> Repository:
+    return any_repo
 
 
 def test_an_event_sent_again_is_stored_once(repo: Repository) -> None:

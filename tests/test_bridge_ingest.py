@@ -19,7 +19,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError
 
 from cloud_bridge.config import BridgeConfig
@@ -283,21 +282,6 @@ def acked_ids(kiosk: Peer, n: int) -> list[str]:
 
 class _Refused(Exception):
     """Stands in for the driver's exception inside sqlalchemy's DataError."""
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'any.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    r = Repository.from_url(url)
-    r.create_tables()
-    with r.engine.begin() as conn:  # the PostgreSQL database is shared by the session
-        for table in ("events", "kiosks", "commands", "rejected_events"):
-            conn.execute(text(f"DELETE FROM {table}"))
-    yield r
-    r.close()
 
 
 @pytest.mark.parametrize("poison", ["nul", "data_error"])

@@ -7,8 +7,6 @@ exactly once, and bad codes are refused with the contract's reasons.
 from __future__ import annotations
 
 import json
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,23 +33,8 @@ def forge(token: str) -> str:
 def shop(tmp_path: Path, mosquitto_broker: MosquittoBroker) -> Iterator[Path]:
     """A shop directory made by `o2o-bridge init`, with the bridge running."""
     init_shop(tmp_path, mosquitto_broker.url)
-    with running_bridge(tmp_path) as port:
-        _wait_health(port)
+    with running_bridge(tmp_path):
         yield tmp_path
-
-
-def _wait_health(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if json.loads(r.read()).get("mqtt_connected"):
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError("bridge did not report healthy")
-        time.sleep(0.1)
 
 
 def test_scans_reach_the_bridge_once_with_reasons(shop: Path) -> None:

@@ -21,8 +21,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from kiosk.store import KioskStore
 from kiosk.sync import Sync
 from o2o_protocol import topics
-from tests.support import BROKER_CONFIG, find_program, missing_component
-from tests.test_broker_config import ProdBroker, _start_prod
+from tests.prod_broker import ProdBroker
+from tests.support import BROKER_CONFIG
 from tests.test_sync import (
     STORE,
     TIMEOUT,
@@ -34,34 +34,6 @@ from tests.test_sync import (
     queue_events,
     wait_until,
 )
-
-
-@pytest.fixture(scope="module")
-def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProdBroker]:
-    broker = _start_prod(tmp_path_factory.mktemp("prod"))
-    yield broker
-    broker.broker.stop()
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if find_program("openssl") is None:
-        missing_component("openssl", "apt-get install openssl")
-    directory = tmp_path_factory.mktemp("certs")
-    subprocess.run(
-        ["bash", str(BROKER_CONFIG / "make-certs.sh"), str(directory), "localhost"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return directory
-
-
-@pytest.fixture(scope="module")
-def prod_tls(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[ProdBroker]:
-    broker = _start_prod(tmp_path_factory.mktemp("prod-tls"), tls_dir=certs)
-    yield broker
-    broker.broker.stop()
 
 
 def _url(prod: ProdBroker, scheme: str = "mqtt") -> str:
