@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kiosk.app import Kiosk
 from kiosk.config import load_config
 from kiosk.devices import corpus
 from kiosk.devices.camera import CameraError, CameraThread, FrameSource, open_source
 from kiosk.headless import run_headless
+from kiosk.runtime import KioskRuntime
 from tests.keys import Issuer
 
 
@@ -241,7 +241,7 @@ def test_slow_consumer_gets_fresh_frames_not_a_backlog() -> None:
     assert len(got) < produced / 3  # most frames were dropped, not queued
 
 
-def _kiosk(tmp_path: Path) -> tuple[Kiosk, Issuer]:
+def _kiosk(tmp_path: Path) -> tuple[KioskRuntime, Issuer]:
     """A kiosk on its own data directory, with a broker nobody listens on (it works offline)."""
     issuer = Issuer(store="s1")
     ((kid, key),) = issuer.config_keys.items()
@@ -251,7 +251,7 @@ def _kiosk(tmp_path: Path) -> tuple[Kiosk, Issuer]:
         '[mqtt]\nurl = "mqtt://127.0.0.1:1"\n',
         encoding="utf-8",
     )
-    return Kiosk(load_config(config)), issuer
+    return KioskRuntime(load_config(config)), issuer
 
 
 def test_headless_loop_reports_camera_state_in_status(tmp_path: Path) -> None:
