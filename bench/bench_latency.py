@@ -2,10 +2,10 @@
 
 A real :class:`~kiosk.runtime.KioskRuntime` (its own temporary database, a throwaway
 signing key, sync running against a broker nobody runs, as in a shop whose internet is
-down: the kiosk decides offline and its outbox grows) takes camera-like frames of signed member codes
-and coupons through the same path as ``kiosk/headless.py``: ``QrDecoder.decode`` ->
-``QuietWindow.is_new`` -> ``KioskRuntime.scan``, which returns only once the outcome is
-on disk.
+down: the kiosk decides offline and its outbox grows) takes camera-like frames of signed
+member codes and coupons through the same path as the scan pipeline (``kiosk/pipeline.py``):
+``QrDecoder.decode`` -> ``QuietWindow.is_new`` -> ``KioskRuntime.scan``, which returns only
+once the outcome is on disk.
 Decode time alone, on the same frames in the same run, is the baseline.
 
 Run: ``python -m bench.bench_latency [--quick]`` (or ``bench/bench_latency.py``).
