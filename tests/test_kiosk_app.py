@@ -3,19 +3,27 @@ joins, receipts, faults and a full disk, as a customer or the owner would notice
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from kiosk.config import KioskConfig
 from kiosk.devices.printer import SimulatedPrinter
 from kiosk.localdb import DB_FILE, DBError, Recorded
 from kiosk.runtime import KioskRuntime
+from o2o_protocol import topics
 from o2o_protocol.messages import Command
 from tests.keys import Issuer
+from tests.support import MosquittoBroker
 
 ISSUER = Issuer()
 
@@ -259,3 +267,63 @@ def test_an_unconfirmed_open_is_not_a_pickup_even_after_a_restart(tmp_path: Path
     assert pre is not None and pre.status == "ready" and pre.locker == locker
     assert not any(e["type"] == "pickup.completed" for e in k2.db.history())
     _close(k2)
+
+
+def test_a_remote_open_waiting_on_its_door_does_not_hold_up_events(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker
+) -> None:
+    """The owner opens a jammed locker remotely: while the kiosk waits out the door
+    timeout, a customer's coupon still reaches the broker at once."""
+    door_timeout = 4.0
+    cfg = KioskConfig.model_validate(
+        {
+            "store": "s1",
+            "kiosk": "k1",
+            "data_dir": str(tmp_path / "data"),
+            "keys": ISSUER.config_keys,
+            "mqtt": {"url": mosquitto_broker.url},
+            "lockers": {"pulse_s": 0.1, "door_timeout_s": door_timeout},
+            "printer": {"type": "none"},
+        }
+    )
+    k = KioskRuntime(cfg)
+    assert k.lockers.simulator is not None
+    k.lockers.simulator.jammed.add(2)  # the door never reads open: the unlock waits it out
+    wire: queue.Queue[tuple[float, dict[str, object]]] = queue.Queue()
+    peer = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="owner-peer")
+    subscribed = threading.Event()
+    peer.on_subscribe = lambda *_args: subscribed.set()
+
+    def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        body = json.loads(msg.payload)
+        for event in body if isinstance(body, list) else [body]:
+            wire.put((time.monotonic(), event))
+
+    peer.on_message = on_message
+    peer.connect(mosquitto_broker.host, mosquitto_broker.port)
+    peer.loop_start()
+    try:
+        peer.subscribe(topics.kiosk_topic("s1", "k1", topics.EVENTS), qos=1)
+        assert subscribed.wait(10)
+        k.start()
+        assert k.sync.wait_connected(10)
+        command = {"seq": 1, "name": "locker.open", "data": {"locker": 2, "by": "owner"}}
+        peer.publish(topics.kiosk_topic("s1", "k1", topics.CMD), json.dumps(command), qos=1)
+        wait_for(lambda: k.db.last_cmd_seq == 1)
+        scanned = time.monotonic()
+        coupon = k.scan(ISSUER.code("c", "cp-remote"))
+        assert isinstance(coupon, Recorded)
+        seen: dict[str, float] = {}
+        deadline = time.monotonic() + door_timeout + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                at, event = wire.get(timeout=0.2)
+                seen[str(event["type"])] = at
+        assert seen["coupon.redeemed"] - scanned < door_timeout / 2, "held up by the door"
+        assert seen["staff.action"] - scanned > door_timeout / 2  # the open waited its door
+        action = k.db.history()[0]
+        assert action["data"]["source"] == "remote:owner" and action["data"]["opened"] is False
+    finally:
+        peer.loop_stop()
+        peer.disconnect()
+        k.stop()
