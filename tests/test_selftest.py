@@ -6,6 +6,7 @@ webcam), which a test machine lacks, so the camera here is a directory of images
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -110,3 +111,26 @@ def test_printer_fault_fails_the_printer_row(
     monkeypatch.setattr(SimulatedPrinter, "status", lambda self: state)
     result = selftest.check_printer(cfg)
     assert not result.ok and state in result.detail
+
+
+def test_check_without_a_camera_prints_no_opencv_warnings(tmp_path: Path) -> None:
+    """The table says "no camera" in one line; OpenCV's own warnings stay out of it."""
+    config = kiosk_config(tmp_path, "mqtt://127.0.0.1:1")
+    text = config.read_text(encoding="utf-8")
+    text = re.sub(r'(?m)^type = "images"$', 'type = "v4l2"', text)
+    text = re.sub(r'(?m)^source = ".*frames"$', 'source = "0"', text)
+    config.write_text(text, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kiosk.cli", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    table = rows(proc.stdout)
+    if Path("/dev/video0").exists():
+        pytest.skip("this machine has a camera at device 0")
+    assert table["camera"][0] == "FAIL", proc.stdout
+    assert "[ WARN" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
