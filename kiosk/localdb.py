@@ -10,6 +10,9 @@ hundred or a hundred thousand events stored.
 The database decides nothing: decisions and commands arrive as typed effects
 (`kiosk.effects`) and are applied here with one `match`. It never reads the wall clock
 for data it writes: times come in as `now` (or from the injected `clock`).
+
+Longer than most modules, on purpose: every table sits behind one lock and every write
+in one journal batch; splitting the class by table would split that guarantee.
 """
 
 from __future__ import annotations

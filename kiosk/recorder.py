@@ -102,13 +102,13 @@ class Recorder:
             self.receipts.print_for(recorded)
         return recorded
 
-    def record_retrying(self, decision: Decision | Callable[[], Decision]) -> None:
+    def record_retrying(self, decision: Decision) -> None:
         """For outcomes nobody waits on (a door shut, a fault): written even if the disk
         is briefly full, retrying with backoff until `closing` is set."""
         delay = 0.5
         while True:
             try:
-                self.record(decision if isinstance(decision, Decision) else decision())
+                self.record(decision)
                 return
             except DBError as exc:
                 if self.closing.is_set():

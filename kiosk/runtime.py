@@ -111,7 +111,7 @@ class KioskRuntime:
         self._telemetry["printer"] = lambda: self.printer.status
 
     def init_recorder(self) -> None:
-        receipts = Receipts(
+        self.receipts = Receipts(
             self.printer,
             language=self.cfg.ui.language,
             next_visit_url=self.cfg.printer.next_visit_url,
@@ -119,7 +119,7 @@ class KioskRuntime:
         )
         # Sync is built last (it needs the coordinator's command handler): late-bound.
         self.recorder = Recorder(
-            self.db, notify=lambda: self.sync.notify(), receipts=receipts, clock=self.clock
+            self.db, notify=lambda: self.sync.notify(), receipts=self.receipts, clock=self.clock
         )
 
     def init_doors(self) -> None:
@@ -219,11 +219,7 @@ class KioskRuntime:
 
     def reprint_last_receipt(self) -> str | None:
         """Print the newest receipt again (paper jam, customer lost it); its title."""
-        return (
-            self.recorder.receipts.reprint_last(self.db.history(REPRINT_SEARCH))
-            if (self.recorder.receipts is not None)
-            else None
-        )
+        return self.receipts.reprint_last(self.db.history(REPRINT_SEARCH))
 
     def outbox_size(self) -> int:
         return self.db.outbox_size()
