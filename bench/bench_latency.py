@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from devtools import corpus
 from kiosk.app import Kiosk, Opening
 from kiosk.config import load_config
-from kiosk.devices import corpus
 from kiosk.devices.qr import QrDecoder
 from o2o_protocol.codes import b64url_encode, issue_code, key_id, public_key_bytes
 
