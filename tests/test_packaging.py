@@ -183,7 +183,11 @@ SYSTEM_MODULES = {"picamera2"}
 
 @pytest.mark.parametrize(
     ("packages", "extra"),
-    [(("o2o_protocol",), None), (("o2o_protocol", "kiosk"), "kiosk"), (("cloud_bridge",), "bridge")],
+    [
+        (("o2o_protocol",), None),
+        (("o2o_protocol", "kiosk"), "kiosk"),
+        (("cloud_bridge",), "bridge"),
+    ],
 )
 def test_every_third_party_import_is_in_its_own_extra(packages, extra) -> None:
     have = set(closure([extra] if extra else []))
