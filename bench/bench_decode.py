@@ -4,7 +4,7 @@ All decoders see the same synthetic frames (``devtools.corpus``) in the same run
 Timings are wall time of one decode call on a 640x480 frame (BGR in, as from a camera;
 each decoder's own grayscale conversion is included).
 
-Run: ``python -m bench.bench_decode [--quick] [--seed N]...`` (or ``bench/bench_decode.py``).
+Run from the repository root: ``python -m bench.bench_decode [--quick] [--seed N]...``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ and coupons through the same path as ``kiosk/headless.py``: ``QrDecoder.decode``
 ``Kiosk.seen`` -> ``Kiosk.handle_scan``, which returns only once the outcome is on disk.
 Decode time alone, on the same frames in the same run, is the baseline.
 
-Run: ``python -m bench.bench_latency [--quick]`` (or ``bench/bench_latency.py``).
+Run from the repository root: ``python -m bench.bench_latency [--quick]``.
 """
 
 from __future__ import annotations
