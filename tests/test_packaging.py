@@ -152,7 +152,19 @@ def test_the_base_install_is_the_protocol_only() -> None:
 def test_dev_is_both_sides_plus_tools(kiosk_closure, bridge_closure) -> None:
     dev = closure(["dev"])
     assert set(kiosk_closure) | set(bridge_closure) <= set(dev)
-    assert {"pytest", "ruff", "mypy", "packaging", "amqtt"} <= set(dev)
+    assert {"pytest", "ruff", "mypy", "packaging", "setuptools", "amqtt"} <= set(dev)
+
+
+def test_only_the_runtime_packages_are_installed() -> None:
+    """devtools/, tests/, bench/ and scripts/ stay in the repository."""
+    from setuptools import find_packages
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    find = pyproject["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(
+        str(ROOT), include=find.get("include", ("*",)), exclude=find.get("exclude", ())
+    )
+    assert {p.split(".")[0] for p in packages} == {"o2o_protocol", "kiosk", "cloud_bridge"}
 
 
 def _third_party_imports(package: str) -> dict[str, str]:
