@@ -7,7 +7,7 @@ and coupons through the same path as ``kiosk/headless.py``: ``QrDecoder.decode``
 ``Kiosk.seen`` -> ``Kiosk.handle_scan``, which returns only once the outcome is on disk.
 Decode time alone, on the same frames in the same run, is the baseline.
 
-Run: ``python -m bench.bench_latency [--quick]`` (or ``bench/bench_latency.py``).
+Run from the repository root: ``python -m bench.bench_latency [--quick]``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from devtools import corpus
 from kiosk.app import Kiosk, Opening
 from kiosk.config import load_config
-from kiosk.devices import corpus
 from kiosk.devices.qr import QrDecoder
 from o2o_protocol.codes import b64url_encode, issue_code, key_id, public_key_bytes
 

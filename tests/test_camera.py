@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devtools import corpus
 from kiosk.app import Kiosk
 from kiosk.config import load_config
-from kiosk.devices import corpus
 from kiosk.devices.camera import CameraError, CameraThread, FrameSource, open_source
 from kiosk.headless import run_headless
 from tests.keys import Issuer
