@@ -1,10 +1,10 @@
 """Decode benchmark: our QrDecoder against plain pyzbar, OpenCV and plain zxing-cpp.
 
-All decoders see the same synthetic frames (``kiosk.devices.corpus``) in the same run.
+All decoders see the same synthetic frames (``devtools.corpus``) in the same run.
 Timings are wall time of one decode call on a 640x480 frame (BGR in, as from a camera;
 each decoder's own grayscale conversion is included).
 
-Run: ``python -m bench.bench_decode [--quick] [--seed N]...`` (or ``bench/bench_decode.py``).
+Run from the repository root: ``python -m bench.bench_decode [--quick] [--seed N]...``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import zxingcpp
 from pyzbar.pyzbar import ZBarSymbol
 from pyzbar.pyzbar import decode as zbar_decode
 
-from kiosk.devices import corpus
+from devtools import corpus
 from kiosk.devices.qr import QrDecoder
 
 TARGETS = {"read_rate": 0.96, "false_positives": 0, "median_ratio": 0.5, "p95_ratio": 4.0}

@@ -8,7 +8,7 @@ member codes and coupons through the same path as the scan pipeline (``kiosk/pip
 once the outcome is on disk.
 Decode time alone, on the same frames in the same run, is the baseline.
 
-Run: ``python -m bench.bench_latency [--quick]`` (or ``bench/bench_latency.py``).
+Run from the repository root: ``python -m bench.bench_latency [--quick]``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from devtools import corpus
 from kiosk.config import load_config
-from kiosk.devices import corpus
 from kiosk.devices.qr import QrDecoder
 from kiosk.lockerflows import Opening
 from kiosk.pipeline import QuietWindow

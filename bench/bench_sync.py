@@ -34,7 +34,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_bridge.devbroker import DevBroker
+from devtools.devbroker import DevBroker
 from kiosk.config import load_config
 from kiosk.decisions import Decision
 from kiosk.store import KioskStore

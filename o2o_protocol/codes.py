@@ -29,7 +29,7 @@ MAX_TOKEN_LENGTH = 2048
 #: Tolerated clock difference between the issuer and the kiosk.
 DEFAULT_SKEW_S = 300
 
-_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class CodeType(StrEnum):
@@ -138,7 +138,7 @@ def b64url_decode(text: str) -> bytes:
     Canonical: the unused low bits of the last character must be zero, so one code has
     exactly one spelling (a kiosk remembers codes by what they say, not how).
     """
-    if not _B64URL.match(text) or len(text) % 4 == 1:
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise ValueError("not base64url")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-_RELATIVE = re.compile(r"^([+-])(\d+(?:\.\d+)?)([smhdw])$")
+_RELATIVE = re.compile(r"([+-])(\d+(?:\.\d+)?)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -27,7 +27,7 @@ def parse_when(text: str, now: float) -> int:
     Raises ValueError with a message fit for a command line.
     """
     text = text.strip()
-    m = _RELATIVE.match(text)
+    m = _RELATIVE.fullmatch(text)
     if m:
         sign = 1 if m.group(1) == "+" else -1
         seconds = float(m.group(2)) * _UNITS[m.group(3)]

@@ -51,6 +51,7 @@ def parse_kiosk_topic(topic: str) -> KioskTopic | None:
     if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != ROOT:
         return None
     store, kiosk, leaf = parts[2], parts[3], parts[4]
-    if not (ID_PATTERN.match(store) and ID_PATTERN.match(kiosk)) or leaf not in KIOSK_LEAVES:
+    ids_ok = ID_PATTERN.fullmatch(store) and ID_PATTERN.fullmatch(kiosk)
+    if not ids_ok or leaf not in KIOSK_LEAVES:
         return None
     return KioskTopic(store, kiosk, leaf)

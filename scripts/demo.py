@@ -18,11 +18,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cloud_bridge.devbroker import DevBroker, free_port, wait_for_port
-from kiosk.devices.replay import write_empty, write_session
-from o2o_protocol.codes import b64url_decode, b64url_encode
-
 ROOT = Path(__file__).resolve().parent.parent
+# Run as `python scripts/demo.py`: the test tools in `devtools/` are not installed, so the
+# repository root goes on the path (the installed packages are found either way).
+sys.path.insert(0, str(ROOT))
+
+from devtools.devbroker import DevBroker, free_port, wait_for_port  # noqa: E402
+from devtools.replay import write_empty, write_session  # noqa: E402
+from o2o_protocol.codes import b64url_decode, b64url_encode  # noqa: E402
+
 RUN = ROOT / "demo-run"
 BIN = Path(sys.executable).parent
 STEP = 0

@@ -5,8 +5,19 @@
 # 1. Installs the Debian packages the project needs at run time and in tests
 #    (Mosquitto, zbar, Xvfb, CJK fonts, GL for Kivy, PostgreSQL), with apt-get,
 #    only when one is missing.
-# 2. Creates .venv/ with the system python3 (3.11+) and installs `-e .[dev,ui]`,
-#    again only when pyproject.toml changed since the last successful install.
+# 2. Creates .venv/ with the system python3 (3.11+) and installs the project with the
+#    extras of the machine's role (below), again only when pyproject.toml or the role
+#    changed since the last successful install.
+#
+# O2O_ROLE picks the machine:
+#   dev (default)  this repository's tests, demo and benchmarks: `-e .[dev]` (kiosk +
+#                  bridge + tools), plus Xvfb and PostgreSQL for the tests.
+#   kiosk          a Raspberry Pi at the door: `-e .[kiosk]` only (Kivy, OpenCV, zbar,
+#                  GPIO, printer; no web framework, no SQL), with the GL, zbar and CJK
+#                  font libraries it runs with; no test database, no virtual screen.
+#   bridge         a server for the cloud bridge: `-e .[bridge]` only (FastAPI, SQLAlchemy,
+#                  psycopg; no Kivy, OpenCV or GPIO), and no GL, zbar or font packages.
+# Every role gets Mosquitto (a shop's or the central broker) and openssl (certificates).
 #
 # A second run checks and returns in about a second. Details of every install go to
 # .venv/setup.log; on failure its tail is printed and the script exits non-zero.
@@ -18,26 +29,25 @@ venv=$root/.venv
 log=$venv/setup.log
 stamp=$venv/.setup-stamp
 
+role=${O2O_ROLE:-dev}
 # Debian package names. Kivy's PyPI wheels bundle SDL2 but load the system GL;
 # under Xvfb that is Mesa's software renderer (llvmpipe): libgl1 + libglx-mesa0 +
 # libgl1-mesa-dri (EGL alike). libmtdev1 is Kivy's touch input. Checked by starting
-# a Kivy app under xvfb-run and taking a screenshot with CJK text.
-#
-# O2O_ROLE=kiosk (a Raspberry Pi at the door) installs what the kiosk runs with only:
-# no test database, no virtual screen, no dev tools.
-role=${O2O_ROLE:-dev}
-apt_packages=(
-    mosquitto mosquitto-clients
+# a Kivy app under xvfb-run and taking a screenshot with CJK text. pyzbar loads
+# libzbar0; the screens draw Chinese with fonts-noto-cjk. The dev role adds what the
+# tests run: Xvfb (the touch UI), PostgreSQL (the bridge's production database) and
+# Chromium (the owner's dashboard, rendered headless).
+apt_packages=(mosquitto mosquitto-clients openssl)
+kiosk_apt_packages=(
     libzbar0
     fonts-noto-cjk
     libgl1 libglx-mesa0 libgl1-mesa-dri libegl1 libegl-mesa0 libmtdev1
-    openssl
 )
-extras="dev,ui"
 case $role in
-    dev) apt_packages+=(xvfb xauth postgresql) ;;
-    kiosk) extras="ui" ;;
-    *) printf 'setup: O2O_ROLE must be dev or kiosk (got %s)\n' "$role" >&2; exit 2 ;;
+    dev) extras=dev; apt_packages+=("${kiosk_apt_packages[@]}" xvfb xauth postgresql chromium) ;;
+    kiosk) extras=kiosk; apt_packages+=("${kiosk_apt_packages[@]}") ;;
+    bridge) extras=bridge ;;
+    *) printf 'setup: O2O_ROLE must be dev, kiosk or bridge (got %s)\n' "$role" >&2; exit 2 ;;
 esac
 
 say() { printf 'setup: %s\n' "$*"; }

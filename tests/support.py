@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from cloud_bridge.devbroker import (
+from devtools.devbroker import (
     BROKER_CONFIG,
     DEV_CONF,
     REPO_ROOT,

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devtools import corpus
 from kiosk.config import load_config
-from kiosk.devices import corpus
 from kiosk.devices.camera import CameraError, CameraThread, FrameSource, open_source
 from kiosk.headless import run_headless
 from kiosk.runtime import KioskRuntime

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kiosk.devices.replay import write_session
+from devtools.replay import write_session
 from tests.shop import init_shop, issue, kiosk_args, run_kiosk, running_bridge, stored_events
 from tests.support import MosquittoBroker
 

@@ -1,8 +1,8 @@
 """The owner's dashboard page (`/`): self-contained, bilingual, no prompt(), no XSS.
 
 The page test always runs. The browser test renders the page in headless Chromium
-(`--dump-dom`) against a real uvicorn server; Chromium is not part of the project's
-set-up, so that optional check skips when it is not installed.
+(`--dump-dom`) against a real uvicorn server; the set-up installs Chromium, and under
+CI=true a missing one fails the run like any other missing component.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from cloud_bridge.db import Repository
 from o2o_protocol.config_file import validate_config
 from o2o_protocol.messages import Event, EventType, Reason, new_event_id
 from o2o_protocol.timeutil import rfc3339
-from tests.support import free_port, wait_for_port
+from tests.support import free_port, missing_component, wait_for_port
 
 TOKEN = "t0ken-for-dashboard-tests-0123"
 CHROMIUM = shutil.which("chromium") or (
@@ -189,8 +189,9 @@ def _parse(dom: str) -> _Tags:
     return p
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (optional check)")
 def test_dashboard_in_headless_chromium(server: tuple[str, float], tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        missing_component("chromium", "apt-get install chromium, or run scripts/setup.sh")
     url, slot = server
     local_slot = datetime.fromtimestamp(slot, ZoneInfo("Asia/Shanghai")).strftime("%H:%M")
     utc_slot = datetime.fromtimestamp(slot, ZoneInfo("UTC")).strftime("%H:%M")

@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from kiosk.devices.corpus import write_video
-from kiosk.devices.replay import write_session
+from devtools.corpus import write_video
+from devtools.replay import write_session
 from o2o_protocol.codes import b64url_decode, b64url_encode
 from tests.keys import Issuer
 from tests.shop import init_shop, issue, outcomes, run_kiosk, running_bridge, stored_events

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kiosk.devices.replay import write_empty, write_session
+from devtools.replay import write_empty, write_session
 from tests.shop import (
     init_shop,
     issue,

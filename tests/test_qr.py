@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from kiosk.devices import corpus
+from devtools import corpus
 from kiosk.devices.qr import Decoded, QrDecoder, blur_length, find_motion_blur
 
 PER_DISTORTION = 6

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kiosk.devices import corpus
+from devtools import corpus
 from kiosk.devices.qr import QrDecoder
 from kiosk.scan import scan_main, scan_paths
 

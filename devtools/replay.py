@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kiosk.devices.corpus import make_frame
+from devtools.corpus import make_frame
 
 
 def write_session(
