@@ -8,7 +8,6 @@ from typing import Any
 from kiosk.decisions import Decision, Facts, Rules, Unlock
 from kiosk.decisions import decide as decide_any
 from kiosk.effects import CodeUsed, MemberVisit, NewMember, PreorderChange
-from kiosk.pipeline import QuietWindow
 from o2o_protocol.codes import Code, CodeType, Rejected, verify_code
 from o2o_protocol.messages import EventType, Reason
 from tests.keys import Issuer
@@ -109,15 +108,6 @@ def test_pickup_without_a_known_preorder_is_unknown_order() -> None:
 def test_staff_code_logs_in() -> None:
     d = decide(code("s", "st1", n="Bo"), Facts(), RULES, now=NOW, today="d")
     assert d.event_type is EventType.STAFF_LOGIN and d.data["staff_id"] == "st1"
-
-
-def test_quiet_window_merges_a_code_held_up() -> None:
-    q = QuietWindow(3.0)
-    assert q.is_new("A", 0.0)
-    assert not q.is_new("A", 1.0)
-    assert not q.is_new("A", 3.5)  # still in sight: seen 2.5 s ago
-    assert q.is_new("B", 3.6)
-    assert q.is_new("A", 7.0)  # away for 3.5 s: a new scan
 
 
 # --- pickups, loading, joining ------------------------------------------------------------
@@ -237,3 +227,19 @@ def test_a_reservation_arrives_once() -> None:
         c, Facts(reservation_arrived_at="2026-11-26T10:00:00.000Z"), RULES, now=NOW, today="d"
     )
     assert again.reason is Reason.ALREADY_USED
+
+
+def test_commands_become_the_same_typed_changes() -> None:
+    from kiosk.commands import changes_for
+    from kiosk.effects import CodeRevoked, PreorderCancelled, PreorderDetails
+    from o2o_protocol.messages import Command
+
+    at = "2027-01-15T08:00:00.000Z"
+    revoke = Command(seq=1, name="code.revoke", data={"id": "c9"})
+    assert changes_for(revoke, 1_800_000_000.0) == (CodeRevoked("c9", at),)
+    upsert = Command(seq=2, name="preorder.upsert", data={"order": "A1", "size": "l"})
+    assert changes_for(upsert, NOW) == (PreorderDetails("A1", "L"),)
+    cancel = Command(seq=3, name="preorder.cancel", data={"order": "A1"})
+    assert changes_for(cancel, NOW) == (PreorderCancelled("A1"),)
+    opens = Command(seq=4, name="locker.open", data={"locker": 1})
+    assert changes_for(opens, NOW) == ()  # a device action: the locker coordinator's

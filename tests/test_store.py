@@ -265,3 +265,18 @@ def test_coupon_used_at_another_kiosk_is_already_used_here(tmp_path: Path) -> No
         )
     )
     assert s.facts_for(code("c", "c7")).coupon_used_at == "2026-11-26T10:00:00.000Z"
+
+
+def test_commands_are_stamped_with_the_injected_clock(tmp_path: Path) -> None:
+    """The database reads no wall clock of its own for what it writes."""
+    s = KioskDB(tmp_path, store="s1", kiosk="k1", clock=lambda: 1_800_000_000.0)
+    assert s.apply_command(Command(seq=1, name="code.revoke", data={"id": "c9"}))
+    assert s.apply_command(Command(seq=2, name="coupon.used", data={"id": "c7"}))
+    assert s.apply_command(Command(seq=3, name="coupon.used", data={"id": "c7", "kiosk": "k2"}))
+    s._storage.compact()
+    data = json.loads((tmp_path / DB_FILE).read_text())
+    stamps = {d["id"]: d["at"] for table in ("revoked", "redeemed") for d in data[table].values()}
+    assert stamps == {"c9": "2027-01-15T08:00:00.000Z", "c7": "2027-01-15T08:00:00.000Z"}
+    (used,) = data["redeemed"].values()
+    assert used["kiosk"] is None  # the first use wins: single use per store
+    s.close()
