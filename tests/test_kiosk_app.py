@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from kiosk.config import KioskConfig
 from kiosk.devices.printer import SimulatedPrinter
 from kiosk.localdb import DB_FILE, DBError, Recorded
+from kiosk.pipeline import ScanFailed, ScanPipeline, ScanResult
 from kiosk.runtime import KioskRuntime
 from o2o_protocol import topics
 from o2o_protocol.messages import Command
@@ -327,3 +328,32 @@ def test_a_remote_open_waiting_on_its_door_does_not_hold_up_events(
         peer.loop_stop()
         peer.disconnect()
         k.stop()
+
+
+def test_a_scan_that_cannot_be_recorded_fails_alone(
+    kiosk: tuple[KioskRuntime, SimulatedPrinter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the one scan pipeline: nothing shown as done, and the next scan works."""
+    runtime, _ = kiosk
+    results: queue.Queue[ScanResult] = queue.Queue()
+    pipeline = ScanPipeline(runtime, None, on_outcome=results.put, quiet_window_s=3.0)
+    pipeline.start()
+    try:
+        import kiosk.journal as journal
+
+        def full(fd: int, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with monkeypatch.context() as m:
+            m.setattr(journal.os, "write", full)
+            pipeline.submit(ISSUER.code("c", "cp1"))
+            failed = results.get(timeout=10)
+        assert isinstance(failed, ScanFailed) and runtime.outbox_size() == 0
+        pipeline.submit(ISSUER.code("c", "cp1"))  # the disk has room again
+        ok = results.get(timeout=10)
+        assert isinstance(ok, Recorded) and ok.event.type == "coupon.redeemed"
+        pipeline.submit("not a code at all")
+        rejected = results.get(timeout=10)
+        assert isinstance(rejected, Recorded) and rejected.event.data["reason"] == "malformed"
+    finally:
+        pipeline.stop()
