@@ -44,7 +44,7 @@ from kiosk.effects import (
     PreorderChange,
     PreorderDetails,
 )
-from kiosk.journal import JournalDB, JournalStorage, StoreDamaged
+from kiosk.journal import DatabaseDamaged, JournalDB, JournalStorage
 from o2o_protocol.codes import Code, CodeType
 from o2o_protocol.messages import (
     COMMAND_DATA,
@@ -104,7 +104,7 @@ class KioskDB:
         self._lock_fd = _lock_dir(data_dir)
         try:
             self._db = JournalDB(data_dir / DB_FILE, storage=JournalStorage)
-        except StoreDamaged as exc:
+        except DatabaseDamaged as exc:
             os.close(self._lock_fd)
             raise DBError(f"{exc}; a copy of {data_dir} helps recover it") from None
         except OSError as exc:
@@ -141,7 +141,7 @@ class KioskDB:
     def _sync_lockers(self, lockers: Iterable[tuple[int, str]]) -> None:
         """The configured bank is the truth; occupancy survives restarts.
 
-        A locker no longer configured leaves the store (its order, if any, goes back to
+        A locker no longer configured leaves the database (its order, if any, goes back to
         waiting for staff), so no decision ever sends a customer to a door that is gone.
         """
         wanted = dict(lockers)

@@ -68,7 +68,7 @@ class Backend(Protocol):
 
 
 def locker_views(orders: Mapping[int, str | None], status: Mapping[str, Any]) -> list[LockerView]:
-    """Merge what the store knows (which order is inside) with what the doors say."""
+    """Merge what the local database knows (which order is inside) with what the doors say."""
     doors = {int(s["number"]): s for s in status.get("lockers", ())}
     views = []
     for number in sorted(set(orders) | set(doors)):
