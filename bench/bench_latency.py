@@ -1,10 +1,11 @@
 """Scan-to-decision latency: frame available to outcome durably recorded.
 
-A real :class:`~kiosk.app.Kiosk` (its own temporary store, a throwaway signing key, sync
-running against a broker nobody runs, as in a shop whose internet is down: the kiosk
-decides offline and its outbox grows) takes camera-like frames of signed member codes
-and coupons through the same path as ``kiosk/headless.py``: ``QrDecoder.decode`` ->
-``Kiosk.seen`` -> ``Kiosk.handle_scan``, which returns only once the outcome is on disk.
+A real :class:`~kiosk.runtime.KioskRuntime` (its own temporary database, a throwaway
+signing key, sync running against a broker nobody runs, as in a shop whose internet is
+down: the kiosk decides offline and its outbox grows) takes camera-like frames of signed
+member codes and coupons through the same path as the scan pipeline (``kiosk/pipeline.py``):
+``QrDecoder.decode`` -> ``QuietWindow.is_new`` -> ``KioskRuntime.scan``, which returns only
+once the outcome is on disk.
 Decode time alone, on the same frames in the same run, is the baseline.
 
 Run from the repository root: ``python -m bench.bench_latency [--quick]``.
@@ -22,9 +23,11 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from devtools import corpus
-from kiosk.app import Kiosk, Opening
 from kiosk.config import load_config
 from kiosk.devices.qr import QrDecoder
+from kiosk.lockerflows import Opening
+from kiosk.pipeline import QuietWindow
+from kiosk.runtime import KioskRuntime
 from o2o_protocol.codes import b64url_encode, issue_code, key_id, public_key_bytes
 
 TARGET_P95_MS = 100.0
@@ -89,7 +92,8 @@ def run(quick: bool = False, seed: int = 2024) -> dict[str, Any]:
     outcomes: dict[str, int] = {}
     missed = 0
     with tempfile.TemporaryDirectory(prefix="o2o-bench-latency-") as tmp:
-        kiosk = Kiosk(load_config(_config(Path(tmp), key)))
+        kiosk = KioskRuntime(load_config(_config(Path(tmp), key)))
+        quiet = QuietWindow(kiosk.cfg.rules.quiet_window_s)
         kiosk.start()
         try:
             for i, (text, frame) in enumerate(frames):
@@ -100,9 +104,9 @@ def run(quick: bool = False, seed: int = 2024) -> dict[str, Any]:
                 recorded = False
                 for d in found:
                     # Frames 10 s apart: every appearance is a new scan, as at a real door.
-                    if not kiosk.seen(d.text, i * 10.0):
+                    if not quiet.is_new(d.text, i * 10.0):
                         continue
-                    outcome = kiosk.handle_scan(d.text)
+                    outcome = kiosk.scan(d.text)
                     if not isinstance(outcome, Opening):
                         kind = outcome.event.type
                         outcomes[kind] = outcomes.get(kind, 0) + 1

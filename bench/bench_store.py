@@ -19,8 +19,9 @@ from typing import Any
 from tinydb import TinyDB
 
 from kiosk.decisions import Decision, Rules, decide
-from kiosk.store import DB_FILE, KioskStore
-from o2o_protocol.codes import verify_code
+from kiosk.effects import CodeUsed
+from kiosk.localdb import DB_FILE, KioskDB
+from o2o_protocol.codes import CodeType, verify_code
 from o2o_protocol.messages import EventType, new_event_id
 from o2o_protocol.timeutil import rfc3339
 
@@ -57,14 +58,13 @@ def _fill_ours(directory: Path, n: int) -> None:
 def time_ours(n: int, writes: int) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="o2o-store-") as tmp:
         _fill_ours(Path(tmp), n)
-        store = KioskStore(Path(tmp), store="bench", kiosk="k1", history_days=3650)
+        store = KioskDB(Path(tmp), store="bench", kiosk="k1", history_days=3650)
         ms = []
         for i in range(writes):
             d = Decision(
                 EventType.COUPON_REDEEMED,
                 {"coupon_id": f"c{i}"},
-                redeem_coupon=f"c{i}",
-                coupon_exp=int(time.time()) + 3600,
+                effects=(CodeUsed(f"c{i}", CodeType.COUPON, exp=int(time.time()) + 3600),),
             )
             t0 = time.perf_counter()
             store.record(d, time.time())

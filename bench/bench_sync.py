@@ -148,11 +148,11 @@ class Shop:
 
 def bench_decisions(shop: Path, n: int) -> dict[str, float]:
     """Verify + decide + durable record, no camera and no network."""
-    from kiosk.app import Kiosk
+    from kiosk.runtime import KioskRuntime
 
     cfg = load_config(shop / "kiosk-k1.toml")
     codes = [_issue(shop, "member", f"m{i}") for i in range(5)]
-    kiosk = Kiosk(cfg.model_copy(update={"data_dir": shop / "decide-data"}))
+    kiosk = KioskRuntime(cfg.model_copy(update={"data_dir": shop / "decide-data"}))
     verify_ms, scan_ms = [], []
     keys = cfg.public_keys()
     for i in range(n):
@@ -160,11 +160,11 @@ def bench_decisions(shop: Path, n: int) -> dict[str, float]:
         t0 = time.perf_counter()
         verify_code(text, keys, store=cfg.store, now=time.time())
         t1 = time.perf_counter()
-        kiosk.handle_scan(text)
+        kiosk.scan(text)
         t2 = time.perf_counter()
         verify_ms.append((t1 - t0) * 1000)
         scan_ms.append((t2 - t1) * 1000)
-    kiosk.store.close()
+    kiosk.stop()
     return {
         "verify_ms_median": statistics.median(verify_ms),
         "scan_ms_median": statistics.median(scan_ms),

@@ -15,8 +15,8 @@ from typing import NoReturn
 
 from kiosk import __version__
 from kiosk.config import KioskConfig, find_default_config, load_config
-from kiosk.devices.lockers import LockerError
-from kiosk.store import StoreError
+from kiosk.devices.locker import LockerError
+from kiosk.localdb import DBError
 from o2o_protocol.config_file import ConfigError
 
 log = logging.getLogger("kiosk")
@@ -73,25 +73,30 @@ def _run(args: argparse.Namespace) -> int:
 
     spec = _camera_spec(cfg, args.camera)
     try:
-        source = open_source(spec)
+        source = open_source(spec)  # once: both runners capture from this source
     except CameraError as exc:
         raise ConfigError("--camera" if args.camera else "camera.source", "", str(exc)) from None
-    if not args.headless:
-        source.close()
-        from kiosk.ui import run_ui
-
-        return run_ui(cfg, camera=spec)
-    from kiosk.app import Kiosk
-    from kiosk.headless import run_headless
-
-    kiosk = Kiosk(cfg)
+    mode = "headless" if args.headless else "with the touch UI"
     log.info(
-        "kiosk %s/%s starting headless, camera %s, broker %s",
+        "kiosk %s/%s starting %s, camera %s, broker %s",
         cfg.store,
         cfg.kiosk,
+        mode,
         spec,
         cfg.mqtt.url,
     )
+    if not args.headless:
+        from kiosk.ui import run_ui
+
+        return run_ui(cfg, source)
+    from kiosk.headless import run_headless
+    from kiosk.runtime import KioskRuntime
+
+    try:
+        kiosk = KioskRuntime(cfg)
+    except BaseException:
+        source.close()
+        raise
     return run_headless(
         kiosk, source, exit_at_end=args.exit_at_end, drain_timeout_s=args.drain_timeout
     )
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"o2o-kiosk: error: {exc}", file=sys.stderr)
         return 2
-    except (StoreError, LockerError) as exc:
+    except (DBError, LockerError) as exc:
         print(f"o2o-kiosk: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

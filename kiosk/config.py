@@ -134,7 +134,7 @@ class PrinterSection(_Section):
     #: How long to wait for the printer's answer to a status query before calling it offline.
     status_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.5
     #: Next-visit coupon: a link printed as a QR on every receipt ("" = off). A kiosk
-    #: cannot sign codes (DESIGN §3), so this is the shop's online page that hands one out.
+    #: cannot sign codes (docs/codes.md), so this is the shop's online page that hands one out.
     next_visit_url: str = ""
 
     @field_validator("codepage")

@@ -1,11 +1,12 @@
 """What the kiosk does with a scan: pure functions, no I/O, no clock, no globals.
 
 The caller verifies the code, looks up the few stored facts about it, and passes both in
-with the time; it gets back a `Decision`: the event to record and the changes that go
-with it. Everything a customer can see at the door is decided here, so it is tested here.
+with the time; it gets back a `Decision`: the event to record and its typed effects
+(`kiosk.effects`). Every outcome the kiosk records is built here (scans, joins, door
+and printer faults, staff opens), so each is tested here without I/O.
 
-Pickups have a device step in the middle: `decide` returns an intent to open a locker,
-the caller pulses it, and `after_unlock` turns what the door did into the outcome.
+Pickups have a device step in the middle: `decide` returns an `Unlock`, the caller
+pulses the locker, and `after_unlock` turns what the door did into the outcome.
 """
 
 from __future__ import annotations
@@ -13,17 +14,23 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+from kiosk.effects import (
+    CodeUsed,
+    Effect,
+    MemberVisit,
+    NewMember,
+    PreorderChange,
+    PreorderStatus,
+)
+from kiosk.sizes import fitting
 from o2o_protocol.codes import Code, CodeType, Rejected, decode_unverified
 from o2o_protocol.messages import EventType, Reason
 
-SIZES = ("S", "M", "L")
 #: What an unverified (maybe hostile) id may keep when it is quoted in an event.
 _UNSAFE = re.compile(r"[^\w\-.:@+]")
-#: pending: known, not in a locker; loading: staff have a locker open for it; ready: in a
-#: locker; opened: its door was seen to open for the customer; picked_up; cancelled.
-PreorderStatus = Literal["pending", "loading", "ready", "opened", "picked_up", "cancelled"]
+E = TypeVar("E", bound=Effect)
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class Preorder:
 
 @dataclass(frozen=True)
 class Facts:
-    """What the store knows about one code."""
+    """What the local database knows about one code."""
 
     revoked: bool = False
     coupon_used_at: str | None = None
@@ -63,48 +70,32 @@ class Facts:
 
 
 @dataclass(frozen=True)
-class MemberVisit:
-    member_id: str
-    name: str | None
-    visits: int
-    points: int
-    day: str
-
-
-@dataclass(frozen=True)
-class PreorderChange:
-    """The new state of an order (and of the locker it is in) after an outcome."""
-
-    order: str
-    status: PreorderStatus
-    locker: int | None
-
-
-@dataclass(frozen=True)
 class Decision:
+    """An outcome: the event to record, and what it changes (applied in the same write)."""
+
     event_type: EventType
     data: dict[str, Any] = field(default_factory=dict)
     reason: Reason | None = None
-    #: Coupon id to mark used (with its expiry, for pruning), in the same write as the event.
-    redeem_coupon: str | None = None
-    coupon_exp: int | None = None
-    member_visit: MemberVisit | None = None
-    #: Reservation id to mark arrived (with its expiry), so it is marked once.
-    arrive_reservation: str | None = None
-    reservation_exp: int | None = None
-    preorder: PreorderChange | None = None
-    new_member: dict[str, Any] | None = None
-    #: Not an outcome yet: open this locker, then ask `after_unlock`.
-    open_locker: int | None = None
-    purpose: Literal["pickup", "load", ""] = ""
+    effects: tuple[Effect, ...] = ()
 
     @property
     def accepted(self) -> bool:
         return self.reason is None
 
-    @property
-    def needs_unlock(self) -> bool:
-        return self.open_locker is not None
+    def effect(self, kind: type[E]) -> E | None:
+        """The first effect of that kind, or None (for callers and tests that look)."""
+        return next((e for e in self.effects if isinstance(e, kind)), None)
+
+
+@dataclass(frozen=True)
+class Unlock:
+    """Not an outcome yet: open `locker`, then ask `after_unlock` what the door did."""
+
+    locker: int
+    order: str
+    purpose: Literal["pickup", "load"]
+    #: The data of the event that follows (pickup.opened or locker.loaded).
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 def reject(reason: Reason, detail: str = "", code: Code | None = None, text: str = "") -> Decision:
@@ -132,7 +123,7 @@ def decide(
     today: str,
     text: str = "",
     staff: bool = False,
-) -> Decision:
+) -> Decision | Unlock:
     """The one place where a scan becomes an outcome (or a locker to open first)."""
     if isinstance(result, Rejected):
         return reject(result.reason, result.detail, text=text)
@@ -149,7 +140,7 @@ def decide(
         case CodeType.RESERVATION:
             return _reservation(code, facts, rules, now)
         case CodeType.STAFF:
-            return Decision(EventType.STAFF_LOGIN, {"staff_id": code.id, "name": code.payload.n})
+            return Decision(EventType.STAFF_LOGIN, {"staff_id": code.id, "name": code.name})
         case CodeType.PICKUP:
             if staff:
                 return _load(code, facts)
@@ -158,7 +149,6 @@ def decide(
 
 
 def _member(code: Code, facts: Facts, rules: Rules, today: str, now: float) -> Decision:
-    name = code.payload.n
     same_day = rules.once_per_day and facts.member_last_day == today
     too_soon = (
         facts.member_last_at is not None
@@ -170,29 +160,28 @@ def _member(code: Code, facts: Facts, rules: Rules, today: str, now: float) -> D
     points = facts.member_points + earned
     data = {
         "member_id": code.id,
-        "name": name,
+        "name": code.name,
         "visits": visits,
         "points_earned": earned,
         "points": points,
         "counted": counted,
     }
-    visit = MemberVisit(code.id, name, visits, points, today) if counted else None
-    return Decision(EventType.CHECKIN, data, member_visit=visit)
+    visit = (MemberVisit(code.id, code.name, visits, points, today),) if counted else ()
+    return Decision(EventType.CHECKIN, data, effects=visit)
 
 
 def _coupon(code: Code, facts: Facts) -> Decision:
     if facts.coupon_used_at is not None:
         return reject(Reason.ALREADY_USED, f"used at {facts.coupon_used_at}", code)
-    data = {"coupon_id": code.id, "campaign": code.payload.cp, "value": code.payload.v}
-    return Decision(
-        EventType.COUPON_REDEEMED, data, redeem_coupon=code.id, coupon_exp=code.payload.exp
-    )
+    data = {"coupon_id": code.id, "campaign": code.campaign, "value": code.value}
+    used = CodeUsed(code.id, CodeType.COUPON, exp=code.expires)
+    return Decision(EventType.COUPON_REDEEMED, data, effects=(used,))
 
 
 def _reservation(code: Code, facts: Facts, rules: Rules, now: float) -> Decision:
     if facts.reservation_arrived_at is not None:
         return reject(Reason.ALREADY_USED, f"arrived at {facts.reservation_arrived_at}", code)
-    at = code.payload.at or 0
+    at = code.slot or 0
     minutes = (now - at) / 60
     if minutes < -rules.reservation_early_min:
         timing = "early"
@@ -203,28 +192,21 @@ def _reservation(code: Code, facts: Facts, rules: Rules, now: float) -> Decision
     data = {
         "reservation_id": code.id,
         "at": at,
-        "service": code.payload.sv,
-        "name": code.payload.n,
+        "service": code.service,
+        "name": code.name,
         "timing": timing,
         "minutes_late": round(minutes),
     }
-    return Decision(
-        EventType.RESERVATION_ARRIVED,
-        data,
-        arrive_reservation=code.id,
-        reservation_exp=code.payload.exp,
-    )
+    # Marked arrived in the same table as used coupons, so it is marked once.
+    arrived = CodeUsed(code.id, CodeType.RESERVATION, exp=code.expires)
+    return Decision(EventType.RESERVATION_ARRIVED, data, effects=(arrived,))
 
 
 # --- pickups and loading ----------------------------------------------------------------
 
 
-def _order_of(code: Code) -> str:
-    return code.payload.o or ""
-
-
-def _pickup(code: Code, facts: Facts) -> Decision:
-    order = _order_of(code)
+def _pickup(code: Code, facts: Facts) -> Decision | Unlock:
+    order = code.order
     pre = facts.preorder
     if pre is None or pre.status == "cancelled":
         return reject(Reason.UNKNOWN_ORDER, f"order {order} is not known here", code)
@@ -233,35 +215,35 @@ def _pickup(code: Code, facts: Facts) -> Decision:
     if pre.status in ("pending", "loading") or pre.locker is None:
         return reject(Reason.ORDER_NOT_READY, f"order {order} is not in a locker yet", code)
     data = {"order": order, "locker": pre.locker, "name": pre.name, "pickup_id": code.id}
-    return Decision(EventType.PICKUP_OPENED, data, open_locker=pre.locker, purpose="pickup")
+    return Unlock(pre.locker, order, "pickup", data)
 
 
-def _load(code: Code, facts: Facts) -> Decision:
+def _load(code: Code, facts: Facts) -> Decision | Unlock:
     """Staff mode: a pickup code puts that order into the smallest free locker it fits."""
-    order = _order_of(code)
+    order = code.order
     pre = facts.preorder
     if pre is None or pre.status == "cancelled":
         return reject(Reason.UNKNOWN_ORDER, f"order {order} is not known here", code)
     if pre.status != "pending":
         # Already in a locker: staff get the customer's path (open it again).
         return _pickup(code, facts)
-    need = SIZES.index(pre.size) if pre.size in SIZES else 1
-    fitting = sorted(
-        (SIZES.index(size), number)
-        for number, size in facts.free_lockers
-        if size in SIZES and SIZES.index(size) >= need
-    )
-    if not fitting:
+    fits = fitting(pre.size, facts.free_lockers)
+    if not fits:
         return reject(Reason.NO_LOCKER_FREE, f"no free locker fits a size {pre.size} order", code)
-    number = fitting[0][1]
-    data = {"order": order, "locker": number, "size": pre.size}
-    return Decision(EventType.LOCKER_LOADED, data, open_locker=number, purpose="load")
+    return load_intent(order, fits[0], pre.size)
 
 
-def after_unlock(intent: Decision, opened: bool, reason: str | None = None) -> Decision:
-    """The outcome of a locker intent once the door has (or has not) opened."""
-    assert intent.open_locker is not None
-    order, locker = intent.data["order"], intent.open_locker
+def load_intent(order: str, locker: int, size: str) -> Unlock:
+    """Open `locker` for staff to put `order` in (also rebuilt after a restart)."""
+    return Unlock(locker, order, "load", {"order": order, "locker": locker, "size": size})
+
+
+def after_unlock(intent: Unlock, opened: bool, reason: str | None = None) -> Decision | None:
+    """The outcome of an unlock once the door has (or has not) opened.
+
+    None for a load whose door opened: `loaded` is recorded when staff shut it again.
+    """
+    order, locker = intent.order, intent.locker
     if not opened:
         why = reason or "door_not_opened"
         if intent.purpose == "load":
@@ -269,33 +251,77 @@ def after_unlock(intent: Decision, opened: bool, reason: str | None = None) -> D
             return Decision(
                 EventType.LOCKER_FAULT,
                 {"locker": locker, "order": order, "fault": why},
-                preorder=PreorderChange(order, "pending", None),
+                effects=(PreorderChange(order, "pending", None),),
             )
         # The order stays ready in its locker: the customer can try again.
         return Decision(EventType.PICKUP_FAILED, {**intent.data, "reason": why})
     if intent.purpose == "load":
-        # Recorded when staff close the door again (see `loaded`); nothing to record yet.
-        return intent
+        return None
     # "confirmed": false when the sensor could not see the door open (a jammed latch or a
     # broken switch): the screen asks the customer to call staff if it did not open, and
     # the order stays ready until the door is seen to open and shut.
     confirmed = reason is None
     data = {**intent.data, "confirmed": confirmed}
-    change = PreorderChange(order, "opened", locker) if confirmed else None
-    return Decision(EventType.PICKUP_OPENED, data, preorder=change)
+    change = (PreorderChange(order, "opened", locker),) if confirmed else ()
+    return Decision(EventType.PICKUP_OPENED, data, effects=change)
 
 
-def loaded(intent: Decision) -> Decision:
+def loaded(intent: Unlock) -> Decision:
     """Staff closed the door on a loaded order: it is ready for its customer."""
-    order, locker = intent.data["order"], intent.open_locker
-    change = PreorderChange(order, "ready", locker)
-    return Decision(EventType.LOCKER_LOADED, intent.data, preorder=change)
+    change = PreorderChange(intent.order, "ready", intent.locker)
+    return Decision(EventType.LOCKER_LOADED, intent.data, effects=(change,))
 
 
 def pickup_completed(order: str, locker: int) -> Decision:
     """The customer closed the door: the order is picked up, the locker free again."""
     change = PreorderChange(order, "picked_up", None)
-    return Decision(EventType.PICKUP_COMPLETED, {"order": order, "locker": locker}, preorder=change)
+    return Decision(
+        EventType.PICKUP_COMPLETED, {"order": order, "locker": locker}, effects=(change,)
+    )
+
+
+def door_not_seen_open(intent: Unlock) -> Decision:
+    """An unlock the sensor never confirmed, and the door never read open afterwards.
+
+    A pickup's order stays ready (the goods never left the locker); a load's order waits
+    for a locker again (nothing went in).
+    """
+    data = {"locker": intent.locker, "order": intent.order, "fault": "not_seen_open"}
+    if intent.purpose == "load":
+        return Decision(
+            EventType.LOCKER_FAULT, data, effects=(PreorderChange(intent.order, "pending", None),)
+        )
+    return Decision(EventType.LOCKER_FAULT, data)
+
+
+def door_left_open(locker: int) -> Decision:
+    """A door still open long after a pickup or a load: the owner hears of it."""
+    return Decision(EventType.LOCKER_FAULT, {"locker": locker, "fault": "left_open"})
+
+
+def locker_fault(locker: int, kind: str, detail: str) -> Decision:
+    """What the locker hardware reported by itself (a forced door, a sensor in doubt)."""
+    return Decision(EventType.LOCKER_FAULT, {"locker": locker, "fault": kind, "detail": detail})
+
+
+def printer_fault(kind: str, detail: str) -> Decision:
+    return Decision(EventType.PRINTER_FAULT, {"fault": kind, "detail": detail})
+
+
+def staff_opened(
+    locker: int, *, source: str, opened: bool, reason: str | None, order: str | None
+) -> Decision:
+    """A locker opened on a staff member's (or the owner's remote) say-so, for the log."""
+    data: dict[str, Any] = {
+        "action": "locker.open",
+        "locker": locker,
+        "source": source,
+        "opened": opened,
+        "order": order,
+    }
+    if reason:
+        data["reason"] = reason
+    return Decision(EventType.STAFF_ACTION, data)
 
 
 # --- joining at the kiosk ---------------------------------------------------------------
@@ -329,8 +355,8 @@ def decide_join(
     hashed = phone_hash(phone, secret)
     link = _join_link(join_url, member_id)
     data = {"member_id": member_id, "phone_hash": hashed, "join_url": link, "known": known}
-    member = {"id": member_id, "phone_hash": hashed, "visits": 0, "points": 0}
-    return Decision(EventType.MEMBER_JOINED, data, new_member=None if known else member)
+    member = () if known else (NewMember(member_id, hashed),)
+    return Decision(EventType.MEMBER_JOINED, data, effects=member)
 
 
 def _join_link(join_url: str, member_id: str) -> str:
@@ -338,23 +364,3 @@ def _join_link(join_url: str, member_id: str) -> str:
         return member_id
     sep = "&" if "?" in join_url else "?"
     return f"{join_url}{sep}j={member_id}"
-
-
-class QuietWindow:
-    """The same code held in front of the camera for seconds is one scan, not several.
-
-    Keyed by the scanned text; a code counts again once it has been out of sight for
-    `window_s`. Times are the frames' capture times, so replays behave like live cameras.
-    """
-
-    def __init__(self, window_s: float) -> None:
-        self.window_s = window_s
-        self._last_seen: dict[str, float] = {}
-
-    def is_new(self, text: str, t: float) -> bool:
-        last = self._last_seen.get(text)
-        self._last_seen[text] = t
-        if len(self._last_seen) > 256:
-            cutoff = t - self.window_s
-            self._last_seen = {k: v for k, v in self._last_seen.items() if v >= cutoff}
-        return last is None or t - last > self.window_s

@@ -5,7 +5,7 @@ grows, and a power cut mid-write can leave half a file. Here a write appends one
 a journal (only the documents that changed) and fsyncs it; the snapshot is rewritten
 only now and then, atomically (temporary file, fsync, rename). On open, the snapshot is
 read and the journal replayed; a torn last line (the power went mid-append) is dropped,
-so the store always opens, in the state of the last write that completed.
+so the database always opens, in the state of the last write that completed.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ Tables = dict[str, dict[str, Doc]]
 Change = tuple[str, dict[str, Doc], list[str]]
 
 
-class StoreDamaged(Exception):
+class DatabaseDamaged(Exception):
     """The snapshot cannot be read; the journal alone cannot rebuild it."""
 
 
@@ -76,9 +76,9 @@ class JournalStorage(Storage):
             try:
                 data = json.loads(text)
             except ValueError as exc:
-                raise StoreDamaged(f"{self.snapshot_path}: damaged snapshot ({exc})") from None
+                raise DatabaseDamaged(f"{self.snapshot_path}: damaged snapshot ({exc})") from None
             if not isinstance(data, dict):
-                raise StoreDamaged(f"{self.snapshot_path}: damaged snapshot (not an object)")
+                raise DatabaseDamaged(f"{self.snapshot_path}: damaged snapshot (not an object)")
             self._data = data
         self._snapshot_bytes = len(text)
         self._journal_bytes = self._replay()
@@ -87,7 +87,7 @@ class JournalStorage(Storage):
         """Apply every journal line; cut off a torn last line. Returns the good length.
 
         Appends only ever tear at the end. A bad line with good ones after it is damage,
-        not a power cut: the store refuses to open rather than drop the lines after it.
+        not a power cut: the database refuses to open rather than drop the lines after it.
         """
         try:
             blob = self.journal_path.read_bytes()
@@ -103,7 +103,7 @@ class JournalStorage(Storage):
                 changes = [(str(t), dict(s), list(d)) for t, s, d in record["c"]]
             except (ValueError, KeyError, TypeError, RecursionError):
                 if i < len(lines) - 1:
-                    raise StoreDamaged(
+                    raise DatabaseDamaged(
                         f"{self.journal_path}: line {i + 1} of {len(lines)} is damaged"
                     ) from None
                 break
@@ -144,7 +144,7 @@ class JournalStorage(Storage):
     # --- what JournalTable calls -----------------------------------------------------
 
     def _discard_memory_only(self) -> None:
-        """A write refused by a broken store must not linger in memory either."""
+        """A write refused by a broken database must not linger in memory either."""
         with contextlib.suppress(Exception):
             self._data = {}
             self._load()
@@ -179,7 +179,7 @@ class JournalStorage(Storage):
             self._data = {}
             self._load()
         except Exception as exc:
-            self._broken = f"the store could not be read back ({exc}); restart the kiosk"
+            self._broken = f"the kiosk database could not be read back ({exc}); restart the kiosk"
             raise
 
     def _flush(self) -> None:

@@ -73,14 +73,15 @@ SIM_CLOSE_AFTER_S = 0.3
 
 def check_lockers(cfg: KioskConfig) -> list[CheckResult]:
     """Each locker: the relay pulses, the door sensor reads open, then closed again."""
-    from kiosk.devices.lockers import LockerBank, LockerError
+    from kiosk.devices.locker import LockerError
+    from kiosk.factories import lockers_from_config
 
     lockers_cfg = cfg.lockers
     if lockers_cfg.type == "simulated":
         close_after = min(lockers_cfg.sim_close_after_s or SIM_CLOSE_AFTER_S, SIM_CLOSE_AFTER_S)
         lockers_cfg = lockers_cfg.model_copy(update={"sim_close_after_s": close_after})
     try:
-        bank = LockerBank.from_config(lockers_cfg)
+        bank = lockers_from_config(lockers_cfg)
     except LockerError as exc:
         return [CheckResult("lockers", False, str(exc))]
     label = "simulated" if lockers_cfg.type == "simulated" else "gpio"
@@ -132,10 +133,11 @@ def check_lockers(cfg: KioskConfig) -> list[CheckResult]:
 
 def check_printer(cfg: KioskConfig) -> CheckResult:
     """Status query (paper, online), then a test slip with Chinese text and a QR code."""
-    from kiosk.devices.printer import PrinterFault, ReceiptPrinter
+    from kiosk.devices.printer import PrinterFault
+    from kiosk.factories import printer_from_config
     from kiosk.receipts import selftest_receipt
 
-    printer = ReceiptPrinter.from_config(cfg.printer)
+    printer = printer_from_config(cfg.printer)
     try:
         state = printer.status()
         if state == "disabled":

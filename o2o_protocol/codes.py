@@ -84,6 +84,43 @@ class Code:
     def id(self) -> str:
         return self.payload.id
 
+    # Named views of the one-letter payload fields (the wire format stays short).
+
+    @property
+    def name(self) -> str | None:
+        """A member's or staff member's display name (`n`)."""
+        return self.payload.n
+
+    @property
+    def campaign(self) -> str | None:
+        """A coupon's campaign (`cp`)."""
+        return self.payload.cp
+
+    @property
+    def value(self) -> str | None:
+        """A coupon's value text (`v`)."""
+        return self.payload.v
+
+    @property
+    def order(self) -> str:
+        """A pickup code's order id (`o`); required for pickups, "" for other types."""
+        return self.payload.o or ""
+
+    @property
+    def slot(self) -> int | None:
+        """A reservation's slot time, Unix seconds (`at`)."""
+        return self.payload.at
+
+    @property
+    def service(self) -> str | None:
+        """A reservation's service (`sv`)."""
+        return self.payload.sv
+
+    @property
+    def expires(self) -> int | None:
+        """Unix seconds after which the code is refused (`exp`), or None."""
+        return self.payload.exp
+
 
 @dataclass(frozen=True)
 class Rejected:

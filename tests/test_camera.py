@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from devtools import corpus
-from kiosk.app import Kiosk
 from kiosk.config import load_config
 from kiosk.devices.camera import CameraError, CameraThread, FrameSource, open_source
 from kiosk.headless import run_headless
+from kiosk.pipeline import QuietWindow
+from kiosk.runtime import KioskRuntime
 from tests.keys import Issuer
 
 
@@ -241,7 +242,7 @@ def test_slow_consumer_gets_fresh_frames_not_a_backlog() -> None:
     assert len(got) < produced / 3  # most frames were dropped, not queued
 
 
-def _kiosk(tmp_path: Path) -> tuple[Kiosk, Issuer]:
+def _kiosk(tmp_path: Path) -> tuple[KioskRuntime, Issuer]:
     """A kiosk on its own data directory, with a broker nobody listens on (it works offline)."""
     issuer = Issuer(store="s1")
     ((kid, key),) = issuer.config_keys.items()
@@ -251,7 +252,7 @@ def _kiosk(tmp_path: Path) -> tuple[Kiosk, Issuer]:
         '[mqtt]\nurl = "mqtt://127.0.0.1:1"\n',
         encoding="utf-8",
     )
-    return Kiosk(load_config(config)), issuer
+    return KioskRuntime(load_config(config)), issuer
 
 
 def test_headless_loop_reports_camera_state_in_status(tmp_path: Path) -> None:
@@ -318,3 +319,12 @@ def test_headless_loop_reports_camera_state_in_status(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     # The same code seen again after the camera came back is still one visit.
     assert [(x["type"], x["data"]["member_id"]) for x in lines] == [("checkin", "u1")]
+
+
+def test_quiet_window_merges_a_code_held_up() -> None:
+    q = QuietWindow(3.0)
+    assert q.is_new("A", 0.0)
+    assert not q.is_new("A", 1.0)
+    assert not q.is_new("A", 3.5)  # still in sight: seen 2.5 s ago
+    assert q.is_new("B", 3.6)
+    assert q.is_new("A", 7.0)  # away for 3.5 s: a new scan

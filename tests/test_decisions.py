@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from kiosk.decisions import Decision, Facts, QuietWindow, Rules, decide
+from kiosk.decisions import Decision, Facts, Rules, Unlock
+from kiosk.decisions import decide as decide_any
+from kiosk.effects import CodeUsed, MemberVisit, NewMember, PreorderChange
 from o2o_protocol.codes import Code, CodeType, Rejected, verify_code
 from o2o_protocol.messages import EventType, Reason
 from tests.keys import Issuer
@@ -20,6 +23,13 @@ def code(t: str, id: str, **fields: object) -> Code:
     return result
 
 
+def decide(*args: Any, **kw: Any) -> Decision:
+    """A scan that is decided at once (no locker to open first)."""
+    d = decide_any(*args, **kw)
+    assert isinstance(d, Decision)
+    return d
+
+
 def test_member_checkin_earns_points_and_names_the_member() -> None:
     d = decide(
         code("m", "u1", n="Ann"),
@@ -30,7 +40,8 @@ def test_member_checkin_earns_points_and_names_the_member() -> None:
     )
     assert d.event_type is EventType.CHECKIN and d.accepted
     assert d.data["name"] == "Ann" and d.data["visits"] == 3 and d.data["points"] == 30
-    assert d.member_visit is not None and d.member_visit.points == 30
+    visit = d.effect(MemberVisit)
+    assert visit is not None and visit.points == 30
 
 
 def test_once_per_day_counts_the_second_visit_without_points() -> None:
@@ -38,7 +49,11 @@ def test_once_per_day_counts_the_second_visit_without_points() -> None:
     facts = Facts(member_visits=1, member_points=10, member_last_day="2026-11-26")
     d = decide(code("m", "u1"), facts, rules, now=NOW, today="2026-11-26")
     assert d.event_type is EventType.CHECKIN
-    assert d.data["points_earned"] == 0 and d.data["counted"] is False and d.member_visit is None
+    assert (
+        d.data["points_earned"] == 0
+        and d.data["counted"] is False
+        and d.effect(MemberVisit) is None
+    )
     d2 = decide(code("m", "u1"), facts, rules, now=NOW, today="2026-11-27")
     assert d2.data["points_earned"] == 10 and d2.data["visits"] == 2
 
@@ -46,11 +61,13 @@ def test_once_per_day_counts_the_second_visit_without_points() -> None:
 def test_coupon_redeems_once() -> None:
     c = code("c", "cp1", cp="spring", v="¥10 off")
     first = decide(c, Facts(), RULES, now=NOW, today="d")
-    assert first.event_type is EventType.COUPON_REDEEMED and first.redeem_coupon == "cp1"
+    assert first.event_type is EventType.COUPON_REDEEMED and first.effect(CodeUsed) == CodeUsed(
+        "cp1", CodeType.COUPON, exp=c.expires
+    )
     assert first.data == {"coupon_id": "cp1", "campaign": "spring", "value": "¥10 off"}
     again = decide(c, Facts(coupon_used_at="2026-11-26T10:00:00.000Z"), RULES, now=NOW, today="d")
     assert again.event_type is EventType.SCAN_REJECTED and again.reason is Reason.ALREADY_USED
-    assert again.redeem_coupon is None and again.data["code_id"] == "cp1"
+    assert again.effects == () and again.data["code_id"] == "cp1"
 
 
 def test_revoked_code_is_refused_whatever_its_type() -> None:
@@ -93,15 +110,6 @@ def test_staff_code_logs_in() -> None:
     assert d.event_type is EventType.STAFF_LOGIN and d.data["staff_id"] == "st1"
 
 
-def test_quiet_window_merges_a_code_held_up() -> None:
-    q = QuietWindow(3.0)
-    assert q.is_new("A", 0.0)
-    assert not q.is_new("A", 1.0)
-    assert not q.is_new("A", 3.5)  # still in sight: seen 2.5 s ago
-    assert q.is_new("B", 3.6)
-    assert q.is_new("A", 7.0)  # away for 3.5 s: a new scan
-
-
 # --- pickups, loading, joining ------------------------------------------------------------
 
 from kiosk.decisions import (  # noqa: E402
@@ -122,9 +130,9 @@ def pickup(
     staff: bool = False,
     free: tuple[tuple[int, str], ...] = (),
     size: str = "M",
-) -> Decision:
+) -> Decision | Unlock:
     pre = None if status is None else Preorder("A1", status, size, "Li", locker)
-    return decide(
+    return decide_any(
         code("p", "pk1", o="A1"),
         Facts(preorder=pre, free_lockers=free),
         RULES,
@@ -143,38 +151,34 @@ def test_pickup_reasons() -> None:
 
 def test_ready_order_opens_its_locker_then_completes() -> None:
     intent = pickup("ready", locker=3)
-    assert intent.needs_unlock and intent.open_locker == 3
+    assert isinstance(intent, Unlock) and intent.locker == 3
     opened = after_unlock(intent, True)
-    assert opened.event_type is EventType.PICKUP_OPENED and not opened.needs_unlock
-    assert opened.preorder is not None and opened.preorder.status == "opened"
+    assert isinstance(opened, Decision) and opened.event_type is EventType.PICKUP_OPENED
+    assert opened.effect(PreorderChange) == PreorderChange("A1", "opened", 3)
     done = pickup_completed("A1", 3)
     assert done.event_type is EventType.PICKUP_COMPLETED
-    assert done.preorder is not None and (done.preorder.status, done.preorder.locker) == (
-        "picked_up",
-        None,
-    )
+    assert done.effect(PreorderChange) == PreorderChange("A1", "picked_up", None)
 
 
 def test_door_that_does_not_open_fails_and_keeps_the_order_ready() -> None:
-    failed = after_unlock(pickup("ready", locker=3), False, "door_not_opened")
-    assert failed.event_type is EventType.PICKUP_FAILED
-    assert failed.data["reason"] == "door_not_opened" and failed.preorder is None
+    intent = pickup("ready", locker=3)
+    assert isinstance(intent, Unlock)
+    failed = after_unlock(intent, False, "door_not_opened")
+    assert failed is not None and failed.event_type is EventType.PICKUP_FAILED
+    assert failed.data["reason"] == "door_not_opened" and failed.effects == ()
 
 
 def test_staff_load_picks_the_smallest_free_locker_that_fits() -> None:
     free = ((1, "S"), (2, "L"), (3, "M"))
     intent = pickup("pending", staff=True, free=free, size="M")
-    assert intent.open_locker == 3
+    assert isinstance(intent, Unlock) and intent.locker == 3
     done = loaded(intent)
     assert done.event_type is EventType.LOCKER_LOADED
-    assert done.preorder is not None and (done.preorder.status, done.preorder.locker) == (
-        "ready",
-        3,
-    )
+    assert done.effect(PreorderChange) == PreorderChange("A1", "ready", 3)
     big = pickup("pending", staff=True, free=((1, "S"), (3, "M")), size="L")
-    assert big.reason is Reason.NO_LOCKER_FREE
+    assert isinstance(big, Decision) and big.reason is Reason.NO_LOCKER_FREE
     jam = after_unlock(intent, False, "door_not_opened")
-    assert jam.event_type is EventType.LOCKER_FAULT
+    assert jam is not None and jam.event_type is EventType.LOCKER_FAULT
 
 
 def test_code_types_a_kiosk_does_not_take_are_not_allowed() -> None:
@@ -194,7 +198,7 @@ def test_join_hashes_the_phone_and_links_back_online() -> None:
     assert d is not None and d.event_type is EventType.MEMBER_JOINED
     assert "13800138000" not in str(d.data)
     assert d.data["join_url"] == "https://shop.example/join?j=new1"
-    assert d.new_member is not None and d.new_member["phone_hash"] == d.data["phone_hash"]
+    assert d.effect(NewMember) == NewMember("new1", d.data["phone_hash"])
     assert decide_join("hello", secret="s3cret", member_id="x", join_url="", known=False) is None
     # Keyed: without the shop's secret, the hash of a number cannot be looked up.
     assert phone_hash("13800138000", "s3cret") != phone_hash("13800138000", "other")
@@ -205,7 +209,11 @@ def test_member_shown_again_within_the_cooldown_earns_nothing() -> None:
     rules = Rules(points_per_visit=10, checkin_cooldown_min=60)
     soon = Facts(member_visits=1, member_points=10, member_last_at=NOW - 600)
     d = decide(code("m", "u1"), soon, rules, now=NOW, today="d")
-    assert d.data["counted"] is False and d.data["points_earned"] == 0 and d.member_visit is None
+    assert (
+        d.data["counted"] is False
+        and d.data["points_earned"] == 0
+        and d.effect(MemberVisit) is None
+    )
     later = Facts(member_visits=1, member_points=10, member_last_at=NOW - 7200)
     assert decide(code("m", "u1"), later, rules, now=NOW, today="d").data["visits"] == 2
 
@@ -213,8 +221,25 @@ def test_member_shown_again_within_the_cooldown_earns_nothing() -> None:
 def test_a_reservation_arrives_once() -> None:
     c = code("r", "rv9", at=int(NOW), sv="haircut")
     first = decide(c, Facts(), RULES, now=NOW, today="d")
-    assert first.event_type is EventType.RESERVATION_ARRIVED and first.arrive_reservation == "rv9"
+    assert first.event_type is EventType.RESERVATION_ARRIVED
+    assert first.effect(CodeUsed) == CodeUsed("rv9", CodeType.RESERVATION, exp=c.expires)
     again = decide(
         c, Facts(reservation_arrived_at="2026-11-26T10:00:00.000Z"), RULES, now=NOW, today="d"
     )
     assert again.reason is Reason.ALREADY_USED
+
+
+def test_commands_become_the_same_typed_changes() -> None:
+    from kiosk.commands import changes_for
+    from kiosk.effects import CodeRevoked, PreorderCancelled, PreorderDetails
+    from o2o_protocol.messages import Command
+
+    at = "2027-01-15T08:00:00.000Z"
+    revoke = Command(seq=1, name="code.revoke", data={"id": "c9"})
+    assert changes_for(revoke, 1_800_000_000.0) == (CodeRevoked("c9", at),)
+    upsert = Command(seq=2, name="preorder.upsert", data={"order": "A1", "size": "l"})
+    assert changes_for(upsert, NOW) == (PreorderDetails("A1", "L"),)
+    cancel = Command(seq=3, name="preorder.cancel", data={"order": "A1"})
+    assert changes_for(cancel, NOW) == (PreorderCancelled("A1"),)
+    opens = Command(seq=4, name="locker.open", data={"locker": 1})
+    assert changes_for(opens, NOW) == ()  # a device action: the locker coordinator's

@@ -1,26 +1,35 @@
-"""The kiosk object with its real store, lockers (gpiozero mock pins) and printer worker:
+"""The kiosk runtime with its real local database, lockers (gpiozero mock pins) and printer worker:
 joins, receipts, faults and a full disk, as a customer or the owner would notice them."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
-from kiosk.app import Kiosk
 from kiosk.config import KioskConfig
 from kiosk.devices.printer import SimulatedPrinter
-from kiosk.store import DB_FILE, Recorded, StoreError
+from kiosk.localdb import DB_FILE, DBError, Recorded
+from kiosk.pipeline import ScanFailed, ScanPipeline, ScanResult
+from kiosk.runtime import KioskRuntime
+from o2o_protocol import topics
 from o2o_protocol.messages import Command
 from tests.keys import Issuer
+from tests.support import MosquittoBroker
 
 ISSUER = Issuer()
 
 
-def make_kiosk(tmp_path: Path, **rules: object) -> tuple[Kiosk, SimulatedPrinter]:
+def make_kiosk(tmp_path: Path, **rules: object) -> tuple[KioskRuntime, SimulatedPrinter]:
     cfg = KioskConfig.model_validate(
         {
             "store": "s1",
@@ -34,18 +43,18 @@ def make_kiosk(tmp_path: Path, **rules: object) -> tuple[Kiosk, SimulatedPrinter
         }
     )
     printer = SimulatedPrinter()
-    kiosk = Kiosk(cfg, printer=printer)
+    kiosk = KioskRuntime(cfg, printer=printer)
     kiosk.printer.start()
     return kiosk, printer
 
 
 @pytest.fixture
-def kiosk(tmp_path: Path) -> Iterator[tuple[Kiosk, SimulatedPrinter]]:
+def kiosk(tmp_path: Path) -> Iterator[tuple[KioskRuntime, SimulatedPrinter]]:
     k, p = make_kiosk(tmp_path)
     yield k, p
     k.printer.stop()
     k.lockers.close()
-    k.store.close()
+    k.db.close()
 
 
 def wait_for(predicate: object, timeout: float = 5.0) -> None:
@@ -57,7 +66,7 @@ def wait_for(predicate: object, timeout: float = 5.0) -> None:
 
 
 def test_join_stores_only_a_hash_and_links_back_online(
-    kiosk: tuple[Kiosk, SimulatedPrinter], tmp_path: Path
+    kiosk: tuple[KioskRuntime, SimulatedPrinter], tmp_path: Path
 ) -> None:
     k, _printer = kiosk
     assert k.join("not a phone") is None
@@ -70,32 +79,32 @@ def test_join_stores_only_a_hash_and_links_back_online(
     assert again.event.data["known"] is True
     for f in (tmp_path / "data").iterdir():
         assert "13800138000" not in f.read_text(errors="replace")
-    assert k.store.outbox_size() == 2
+    assert k.db.outbox_size() == 2
 
 
-def test_receipt_printed_after_redemption(kiosk: tuple[Kiosk, SimulatedPrinter]) -> None:
+def test_receipt_printed_after_redemption(kiosk: tuple[KioskRuntime, SimulatedPrinter]) -> None:
     k, printer = kiosk
-    k.handle_scan(ISSUER.code("c", "cp1", cp="spring", v="10 off"))
+    k.scan(ISSUER.code("c", "cp1", cp="spring", v="10 off"))
     wait_for(lambda: len(printer.printed) == 1)
     assert "spring" in printer.printed[0] and "10 off" in printer.printed[0]
 
 
 def test_paper_out_is_reported_and_the_kiosk_keeps_serving(
-    kiosk: tuple[Kiosk, SimulatedPrinter],
+    kiosk: tuple[KioskRuntime, SimulatedPrinter],
 ) -> None:
     k, printer = kiosk
     printer.paper_out = True
-    redeemed = k.handle_scan(ISSUER.code("c", "cp2"))
+    redeemed = k.scan(ISSUER.code("c", "cp2"))
     assert isinstance(redeemed, Recorded) and redeemed.event.type == "coupon.redeemed"
-    wait_for(lambda: any(e["type"] == "printer.fault" for e in k.store.history()))
-    fault = next(e for e in k.store.history() if e["type"] == "printer.fault")
+    wait_for(lambda: any(e["type"] == "printer.fault" for e in k.db.history()))
+    fault = next(e for e in k.db.history() if e["type"] == "printer.fault")
     assert fault["data"]["fault"] == "paper_out"
-    member = k.handle_scan(ISSUER.code("m", "u1"))
+    member = k.scan(ISSUER.code("m", "u1"))
     assert isinstance(member, Recorded) and member.event.type == "checkin"
 
 
 def test_full_disk_records_nothing_and_shows_nothing(
-    kiosk: tuple[Kiosk, SimulatedPrinter], monkeypatch: pytest.MonkeyPatch
+    kiosk: tuple[KioskRuntime, SimulatedPrinter], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     k, _printer = kiosk
     shown: list[Recorded] = []
@@ -108,22 +117,24 @@ def test_full_disk_records_nothing_and_shows_nothing(
 
     with monkeypatch.context() as m:
         m.setattr(journal.os, "write", full)
-        with pytest.raises(StoreError):
-            k.handle_scan(coupon)
-    assert shown == [] and k.store.outbox_size() == 0
+        with pytest.raises(DBError):
+            k.scan(coupon)
+    assert shown == [] and k.db.outbox_size() == 0
     # Space again: the same coupon was never marked used by the failed attempt.
-    ok = k.handle_scan(coupon)
+    ok = k.scan(coupon)
     assert isinstance(ok, Recorded) and ok.event.type == "coupon.redeemed" and ok.event.seq == 1
 
 
 def test_remote_locker_open_is_logged_as_a_staff_action(
-    kiosk: tuple[Kiosk, SimulatedPrinter],
+    kiosk: tuple[KioskRuntime, SimulatedPrinter],
 ) -> None:
     k, _ = kiosk
     cmd = Command(seq=1, name="locker.open", data={"locker": 2, "by": "owner"})
-    assert k.store.apply_command(cmd)
-    k._command(cmd)
-    action = k.store.history()[0]
+    assert k.db.apply_command(cmd)
+    k.doors.start()
+    k.doors.on_command(cmd)
+    assert k.doors.wait_remote(5)
+    action = k.db.history()[0]
     assert action["type"] == "staff.action"
     assert action["data"] == {
         "action": "locker.open",
@@ -134,93 +145,95 @@ def test_remote_locker_open_is_logged_as_a_staff_action(
     }
 
 
-def test_forced_door_is_a_locker_fault(kiosk: tuple[Kiosk, SimulatedPrinter]) -> None:
+def test_forced_door_is_a_locker_fault(kiosk: tuple[KioskRuntime, SimulatedPrinter]) -> None:
     k, _ = kiosk
     assert k.lockers.simulator is not None
     k.lockers.simulator.open(3)
-    wait_for(lambda: any(e["type"] == "locker.fault" for e in k.store.history()))
-    fault = next(e for e in k.store.history() if e["type"] == "locker.fault")
+    wait_for(lambda: any(e["type"] == "locker.fault" for e in k.db.history()))
+    fault = next(e for e in k.db.history() if e["type"] == "locker.fault")
     assert fault["data"]["locker"] == 3 and fault["data"]["fault"] == "forced_open"
 
 
 def test_store_survives_restart_with_data_files_present(tmp_path: Path) -> None:
     k, _ = make_kiosk(tmp_path, checkin_cooldown_min=0)
-    k.handle_scan(ISSUER.code("m", "u9", n="Ann"))
+    k.scan(ISSUER.code("m", "u9", n="Ann"))
     k.printer.stop()
     k.lockers.close()
-    k.store.close()
+    k.db.close()
     assert (tmp_path / "data" / DB_FILE).with_suffix(".journal").exists()
     k2, _ = make_kiosk(tmp_path, checkin_cooldown_min=0)
-    again = k2.handle_scan(ISSUER.code("m", "u9", n="Ann"))
+    again = k2.scan(ISSUER.code("m", "u9", n="Ann"))
     assert isinstance(again, Recorded) and again.event.data["visits"] == 2
     k2.printer.stop()
     k2.lockers.close()
-    k2.store.close()
+    k2.db.close()
 
 
-def test_stale_remote_open_is_ignored(kiosk: tuple[Kiosk, SimulatedPrinter]) -> None:
+def test_stale_remote_open_is_ignored(kiosk: tuple[KioskRuntime, SimulatedPrinter]) -> None:
     """A kiosk re-sent its whole history (say, after a new SD card) opens nothing old."""
     k, _ = kiosk
     cmd = Command(seq=1, name="locker.open", data={"locker": 1, "expires": int(time.time()) - 60})
-    assert k.store.apply_command(cmd)
-    k._command(cmd)
-    assert [e["type"] for e in k.store.history()] == []
+    assert k.db.apply_command(cmd)
+    k.doors.start()
+    k.doors.on_command(cmd)
+    assert k.doors.wait_remote(5)
+    assert [e["type"] for e in k.db.history()] == []
 
 
 def test_a_locker_open_for_loading_is_not_given_to_a_second_order(tmp_path: Path) -> None:
     k, _ = make_kiosk(tmp_path)
     k.lockers.simulator.close_after_s = 0  # type: ignore[union-attr]  # staff keep it open
     for seq, order in enumerate(("A1", "A2"), start=1):
-        k.store.apply_command(Command(seq=seq, name="preorder.upsert", data={"order": order}))
-    k.handle_scan(ISSUER.code("s", "st1"))
-    first = k.handle_scan(ISSUER.code("p", "p1", o="A1"))
-    second = k.handle_scan(ISSUER.code("p", "p2", o="A2"))
+        k.db.apply_command(Command(seq=seq, name="preorder.upsert", data={"order": order}))
+    k.scan(ISSUER.code("s", "st1"))
+    first = k.scan(ISSUER.code("p", "p1", o="A1"))
+    second = k.scan(ISSUER.code("p", "p2", o="A2"))
     assert first.locker != second.locker  # type: ignore[union-attr]
     k.lockers.close()
-    k.store.close()
+    k.db.close()
 
 
 def test_second_kiosk_process_on_the_same_data_is_refused(tmp_path: Path) -> None:
     k, _ = make_kiosk(tmp_path)
-    with pytest.raises(StoreError, match="in use"):
+    with pytest.raises(DBError, match="in use"):
         make_kiosk(tmp_path)
     k.lockers.close()
-    k.store.close()
+    k.db.close()
 
 
 def test_an_order_shown_twice_while_loading_goes_into_one_locker(tmp_path: Path) -> None:
     k, _ = make_kiosk(tmp_path)
     k.lockers.simulator.close_after_s = 0  # type: ignore[union-attr]  # staff keep it open
-    k.store.apply_command(Command(seq=1, name="preorder.upsert", data={"order": "A12"}))
-    k.handle_scan(ISSUER.code("s", "st1"))
+    k.db.apply_command(Command(seq=1, name="preorder.upsert", data={"order": "A12"}))
+    k.scan(ISSUER.code("s", "st1"))
     pick = ISSUER.code("p", "p12", o="A12")
-    first = k.handle_scan(pick)
-    again = k.handle_scan(pick)
+    first = k.scan(pick)
+    again = k.scan(pick)
     assert first == again  # the same locker, not a second one
     # The locker is held, durably, while staff have it open (a restart keeps it taken).
     others = tuple((n, "M") for n in (1, 2, 3, 4) if n != first.locker)  # type: ignore[union-attr]
-    assert k.store.free_lockers() == others
+    assert k.db.free_lockers() == others
     k.lockers.simulator.shut(first.locker)  # type: ignore[union-attr]
-    wait_for(lambda: any(e["type"] == "locker.loaded" for e in k.store.history()))
+    wait_for(lambda: any(e["type"] == "locker.loaded" for e in k.db.history()))
     time.sleep(0.3)
-    loads = [e for e in k.store.history() if e["type"] == "locker.loaded"]
+    loads = [e for e in k.db.history() if e["type"] == "locker.loaded"]
     assert len(loads) == 1 and loads[0]["data"]["locker"] == first.locker  # type: ignore[union-attr]
     k.lockers.close()
-    k.store.close()
+    k.db.close()
 
 
-def _close(k: Kiosk) -> None:
-    k._closing.set()
+def _close(k: KioskRuntime) -> None:
+    k.doors.stop()
     k.lockers.close()
-    k.store.close()
+    k.db.close()
 
 
-def _load(k: Kiosk, order: str) -> int:
-    k.store.apply_command(
-        Command(seq=k.store.last_cmd_seq + 1, name="preorder.upsert", data={"order": order})
+def _load(k: KioskRuntime, order: str) -> int:
+    k.db.apply_command(
+        Command(seq=k.db.last_cmd_seq + 1, name="preorder.upsert", data={"order": order})
     )
-    k.handle_scan(ISSUER.code("s", "st1"))
-    opening = k.handle_scan(ISSUER.code("p", f"p-{order}", o=order))
+    k.scan(ISSUER.code("s", "st1"))
+    opening = k.scan(ISSUER.code("p", f"p-{order}", o=order))
     return opening.locker  # type: ignore[union-attr]
 
 
@@ -230,28 +243,117 @@ def test_a_restart_during_loading_keeps_the_locker_and_finishes_the_load(tmp_pat
     locker = _load(k, "B7")
     _close(k)  # power cut while staff have the door open; they shut it meanwhile
     k2, _ = make_kiosk(tmp_path)
-    k2._recover()
-    pre = k2.store.preorder("B7")
+    k2.doors.recover()
+    pre = k2.db.preorder("B7")
     assert pre is not None and (pre.status, pre.locker) == ("ready", locker)
-    assert any(e["type"] == "locker.loaded" for e in k2.store.history())
+    assert any(e["type"] == "locker.loaded" for e in k2.db.history())
     _close(k2)
 
 
 def test_an_unconfirmed_open_is_not_a_pickup_even_after_a_restart(tmp_path: Path) -> None:
     k, _ = make_kiosk(tmp_path)
     locker = _load(k, "C9")
-    wait_for(lambda: (k.store.preorder("C9") or k.store.preorder("x")).status == "ready")  # type: ignore[union-attr]
+    wait_for(lambda: (k.db.preorder("C9") or k.db.preorder("x")).status == "ready")  # type: ignore[union-attr]
     k.staff_logout()
     k.lockers.simulator.jammed.add(locker)  # type: ignore[union-attr]  # the latch sticks
     code = ISSUER.code("p", "p-C9", o="C9")
     outcomes = []
     for _ in range(3):
-        outcomes.append(k.handle_scan(code).event.data)  # type: ignore[union-attr]
+        outcomes.append(k.scan(code).event.data)  # type: ignore[union-attr]
     assert any(d.get("confirmed") is False for d in outcomes)  # the customer was told
     _close(k)  # restart before the door was ever seen open
     k2, _ = make_kiosk(tmp_path)
-    k2._recover()
-    pre = k2.store.preorder("C9")
+    k2.doors.recover()
+    pre = k2.db.preorder("C9")
     assert pre is not None and pre.status == "ready" and pre.locker == locker
-    assert not any(e["type"] == "pickup.completed" for e in k2.store.history())
+    assert not any(e["type"] == "pickup.completed" for e in k2.db.history())
     _close(k2)
+
+
+def test_a_remote_open_waiting_on_its_door_does_not_hold_up_events(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker
+) -> None:
+    """The owner opens a jammed locker remotely: while the kiosk waits out the door
+    timeout, a customer's coupon still reaches the broker at once."""
+    door_timeout = 4.0
+    cfg = KioskConfig.model_validate(
+        {
+            "store": "s1",
+            "kiosk": "k1",
+            "data_dir": str(tmp_path / "data"),
+            "keys": ISSUER.config_keys,
+            "mqtt": {"url": mosquitto_broker.url},
+            "lockers": {"pulse_s": 0.1, "door_timeout_s": door_timeout},
+            "printer": {"type": "none"},
+        }
+    )
+    k = KioskRuntime(cfg)
+    assert k.lockers.simulator is not None
+    k.lockers.simulator.jammed.add(2)  # the door never reads open: the unlock waits it out
+    wire: queue.Queue[tuple[float, dict[str, object]]] = queue.Queue()
+    peer = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="owner-peer")
+    subscribed = threading.Event()
+    peer.on_subscribe = lambda *_args: subscribed.set()
+
+    def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        body = json.loads(msg.payload)
+        for event in body if isinstance(body, list) else [body]:
+            wire.put((time.monotonic(), event))
+
+    peer.on_message = on_message
+    peer.connect(mosquitto_broker.host, mosquitto_broker.port)
+    peer.loop_start()
+    try:
+        peer.subscribe(topics.kiosk_topic("s1", "k1", topics.EVENTS), qos=1)
+        assert subscribed.wait(10)
+        k.start()
+        assert k.sync.wait_connected(10)
+        command = {"seq": 1, "name": "locker.open", "data": {"locker": 2, "by": "owner"}}
+        peer.publish(topics.kiosk_topic("s1", "k1", topics.CMD), json.dumps(command), qos=1)
+        wait_for(lambda: k.db.last_cmd_seq == 1)
+        scanned = time.monotonic()
+        coupon = k.scan(ISSUER.code("c", "cp-remote"))
+        assert isinstance(coupon, Recorded)
+        seen: dict[str, float] = {}
+        deadline = time.monotonic() + door_timeout + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                at, event = wire.get(timeout=0.2)
+                seen[str(event["type"])] = at
+        assert seen["coupon.redeemed"] - scanned < door_timeout / 2, "held up by the door"
+        assert seen["staff.action"] - scanned > door_timeout / 2  # the open waited its door
+        action = k.db.history()[0]
+        assert action["data"]["source"] == "remote:owner" and action["data"]["opened"] is False
+    finally:
+        peer.loop_stop()
+        peer.disconnect()
+        k.stop()
+
+
+def test_a_scan_that_cannot_be_recorded_fails_alone(
+    kiosk: tuple[KioskRuntime, SimulatedPrinter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the one scan pipeline: nothing shown as done, and the next scan works."""
+    runtime, _ = kiosk
+    results: queue.Queue[ScanResult] = queue.Queue()
+    pipeline = ScanPipeline(runtime, None, on_outcome=results.put, quiet_window_s=3.0)
+    pipeline.start()
+    try:
+        import kiosk.journal as journal
+
+        def full(fd: int, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with monkeypatch.context() as m:
+            m.setattr(journal.os, "write", full)
+            pipeline.submit(ISSUER.code("c", "cp1"))
+            failed = results.get(timeout=10)
+        assert isinstance(failed, ScanFailed) and runtime.outbox_size() == 0
+        pipeline.submit(ISSUER.code("c", "cp1"))  # the disk has room again
+        ok = results.get(timeout=10)
+        assert isinstance(ok, Recorded) and ok.event.type == "coupon.redeemed"
+        pipeline.submit("not a code at all")
+        rejected = results.get(timeout=10)
+        assert isinstance(rejected, Recorded) and rejected.event.data["reason"] == "malformed"
+    finally:
+        pipeline.stop()

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from kiosk.config import LockerSection, LockersSection
 from kiosk.devices.lockers import LockerBank, LockerConfigError, UnknownLocker
+from kiosk.factories import lockers_from_config
 
 PULSE = 0.1
 TIMEOUT = 0.4
@@ -55,7 +56,7 @@ def faults() -> Faults:
 
 
 def build(factory: MockFactory, faults: Faults, **overrides: object) -> LockerBank:
-    bank = LockerBank.from_config(make_cfg(**overrides), pin_factory=factory, on_fault=faults)
+    bank = lockers_from_config(make_cfg(**overrides), pin_factory=factory, on_fault=faults)
     for _relay, door in PINS:
         factory.pin(door).drive_low()  # doors shut (reed switch closed to ground)
     return bank
@@ -315,7 +316,7 @@ def test_config_rejects_a_pin_used_twice() -> None:
 def test_bad_pin_is_a_clear_config_error(factory: MockFactory) -> None:
     cfg = make_cfg(bank=[LockerSection(relay_pin="GPIO99", door_pin=27)])
     with pytest.raises(LockerConfigError, match=r"bank\[0\] \(relay GPIO99"):
-        LockerBank.from_config(cfg, pin_factory=factory)
+        lockers_from_config(cfg, pin_factory=factory)
 
 
 def test_simulated_bank_runs_the_real_code_path() -> None:
@@ -328,7 +329,7 @@ def test_simulated_bank_runs_the_real_code_path() -> None:
         bank=[LockerSection(size="S"), LockerSection(size="M"), LockerSection(size="L")],
     )
     faults = Faults()
-    with LockerBank.from_config(cfg, on_fault=faults) as bank:
+    with lockers_from_config(cfg, on_fault=faults) as bank:
         assert bank.simulator is not None
         assert not any(bank.is_open(n) for n in (1, 2, 3))
         result = bank.unlock(2)

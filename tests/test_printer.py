@@ -15,13 +15,10 @@ from collections.abc import Iterator
 import pytest
 
 from kiosk.config import PrinterSection
-from kiosk.devices.printer import (
-    PrinterFault,
-    PrinterWorker,
-    ReceiptPrinter,
-    SerialPrinter,
-    SimulatedPrinter,
-)
+from kiosk.devices.printer import PrinterFault, SimulatedPrinter
+from kiosk.devices.printer_worker import PrinterWorker
+from kiosk.devices.serial_printer import SerialPrinter
+from kiosk.factories import printer_from_config
 from kiosk.receipts import (
     Receipt,
     checkin_receipt,
@@ -217,10 +214,10 @@ def test_missing_port_is_offline(tmp_path: object) -> None:
 
 
 def test_from_config_picks_the_backend(fake: FakePrinter) -> None:
-    serial = ReceiptPrinter.from_config(PrinterSection(type="serial", port=fake.path))
+    serial = printer_from_config(PrinterSection(type="serial", port=fake.path))
     assert isinstance(serial, SerialPrinter) and serial.codepage == "gb18030"
-    assert isinstance(ReceiptPrinter.from_config(PrinterSection()), SimulatedPrinter)
-    none = ReceiptPrinter.from_config(PrinterSection(type="none"))
+    assert isinstance(printer_from_config(PrinterSection()), SimulatedPrinter)
+    none = printer_from_config(PrinterSection(type="none"))
     assert none.status() == "disabled"
     none.print_receipt(Receipt("x"))
 

@@ -6,6 +6,7 @@ webcam), which a test machine lacks, so the camera here is a directory of images
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -85,15 +86,20 @@ def test_broker_down_fails_that_row_and_the_exit_status(
     assert all(r == "PASS" for name, (r, _) in table.items() if name != "broker"), proc.stdout
 
 
+def with_device_camera(config: Path, source: str) -> Path:
+    """The config's camera as init writes it: a device (here `source`), not image files."""
+    text = config.read_text(encoding="utf-8")
+    text = re.sub(r'(?m)^type = "images"$', 'type = "v4l2"', text)
+    text = re.sub(r'(?m)^source = ".*frames"$', f'source = "{source}"', text)
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
 def test_camera_device_that_is_missing_fails_honestly(tmp_path: Path) -> None:
     from kiosk.config import load_config
     from kiosk.selftest import check_camera
 
-    config = kiosk_config(tmp_path, "mqtt://127.0.0.1:1")
-    text = config.read_text(encoding="utf-8")
-    text = re.sub(r'(?m)^type = "images"$', 'type = "v4l2"', text)
-    text = re.sub(r'(?m)^source = ".*frames"$', 'source = "/dev/video-none"', text)
-    config.write_text(text, encoding="utf-8")
+    config = with_device_camera(kiosk_config(tmp_path, "mqtt://127.0.0.1:1"), "/dev/video-none")
     result = check_camera(load_config(config))
     assert not result.ok and "/dev/video-none" in result.detail
 
@@ -110,3 +116,21 @@ def test_printer_fault_fails_the_printer_row(
     monkeypatch.setattr(SimulatedPrinter, "status", lambda self: state)
     result = selftest.check_printer(cfg)
     assert not result.ok and state in result.detail
+
+
+def test_check_without_a_camera_prints_no_opencv_warnings(tmp_path: Path) -> None:
+    """The table says "no camera" in one line; OpenCV's own warnings stay out of it."""
+    if Path("/dev/video0").exists():
+        pytest.skip("this machine has a camera at device 0")
+    config = with_device_camera(kiosk_config(tmp_path, "mqtt://127.0.0.1:1"), "0")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kiosk.cli", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert rows(proc.stdout)["camera"][0] == "FAIL", proc.stdout
+    assert "[ WARN" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

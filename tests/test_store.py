@@ -9,17 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from kiosk.decisions import Decision, MemberVisit, PreorderChange
-from kiosk.store import DB_FILE, KioskStore, StoreError
-from o2o_protocol.codes import Code, verify_code
+from kiosk.decisions import Decision
+from kiosk.effects import CodeUsed, MemberVisit, PreorderChange
+from kiosk.localdb import DB_FILE, DBError, KioskDB
+from o2o_protocol.codes import Code, CodeType, verify_code
 from o2o_protocol.messages import Command, EventType
 from tests.keys import Issuer
 
 ISSUER = Issuer()
 
 
-def open_store(path: Path, **kw: object) -> KioskStore:
-    return KioskStore(path, store="s1", kiosk="k1", **kw)  # type: ignore[arg-type]
+def open_store(path: Path, **kw: object) -> KioskDB:
+    return KioskDB(path, store="s1", kiosk="k1", **kw)  # type: ignore[arg-type]
 
 
 def code(t: str, id: str, **fields: object) -> Code:
@@ -28,12 +29,11 @@ def code(t: str, id: str, **fields: object) -> Code:
     return c
 
 
-def redeem(s: KioskStore, cid: str, now: float | None = None) -> str:
+def redeem(s: KioskDB, cid: str, now: float | None = None) -> str:
     d = Decision(
         EventType.COUPON_REDEEMED,
         {"coupon_id": cid},
-        redeem_coupon=cid,
-        coupon_exp=int(time.time()) + 3600,
+        effects=(CodeUsed(cid, CodeType.COUPON, exp=int(time.time()) + 3600),),
     )
     return s.record(d, now or time.time()).event.id
 
@@ -66,8 +66,8 @@ def test_ack_removes_only_named_events_and_survives_reopen(tmp_path: Path) -> No
 
 def test_member_visits_accumulate(tmp_path: Path) -> None:
     s = open_store(tmp_path)
-    s.record(Decision(EventType.CHECKIN, member_visit=MemberVisit("u1", "Ann", 1, 10, "d1")), 0)
-    s.record(Decision(EventType.CHECKIN, member_visit=MemberVisit("u1", None, 2, 20, "d2")), 0)
+    s.record(Decision(EventType.CHECKIN, effects=(MemberVisit("u1", "Ann", 1, 10, "d1"),)), 0)
+    s.record(Decision(EventType.CHECKIN, effects=(MemberVisit("u1", None, 2, 20, "d2"),)), 0)
     facts = s.facts_for(code("m", "u1"))
     assert (facts.member_visits, facts.member_points, facts.member_last_day) == (2, 20, "d2")
     assert facts.member_last_at == 0  # the time of the last counted visit, for the cooldown
@@ -96,11 +96,11 @@ def test_commands_apply_once_and_in_order(tmp_path: Path) -> None:
 def test_order_moves_through_a_locker_and_frees_it(tmp_path: Path) -> None:
     s = open_store(tmp_path, lockers=[(1, "M"), (2, "M")])
     s.apply_command(Command(seq=1, name="preorder.upsert", data={"order": "A1"}))
-    s.record(Decision(EventType.LOCKER_LOADED, preorder=PreorderChange("A1", "ready", 2)), 0)
+    s.record(Decision(EventType.LOCKER_LOADED, effects=(PreorderChange("A1", "ready", 2),)), 0)
     assert s.free_lockers() == ((1, "M"),)
     assert s.locker_orders() == {1: None, 2: "A1"}
     s.record(
-        Decision(EventType.PICKUP_COMPLETED, preorder=PreorderChange("A1", "picked_up", None)), 0
+        Decision(EventType.PICKUP_COMPLETED, effects=(PreorderChange("A1", "picked_up", None),)), 0
     )
     assert s.free_lockers() == ((1, "M"), (2, "M"))
     pre = s.preorder("A1")
@@ -110,7 +110,7 @@ def test_order_moves_through_a_locker_and_frees_it(tmp_path: Path) -> None:
 def test_cancel_frees_the_locker(tmp_path: Path) -> None:
     s = open_store(tmp_path, lockers=[(1, "M")])
     s.apply_command(Command(seq=1, name="preorder.upsert", data={"order": "A1"}))
-    s.record(Decision(EventType.LOCKER_LOADED, preorder=PreorderChange("A1", "ready", 1)), 0)
+    s.record(Decision(EventType.LOCKER_LOADED, effects=(PreorderChange("A1", "ready", 1),)), 0)
     s.apply_command(Command(seq=2, name="preorder.cancel", data={"order": "A1"}))
     assert s.free_lockers() == ((1, "M"),)
     pre = s.preorder("A1")
@@ -143,7 +143,7 @@ def test_interrupted_compaction_leaves_the_last_good_state(tmp_path: Path) -> No
 
 def test_damaged_snapshot_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / DB_FILE).write_text("{not json")
-    with pytest.raises(StoreError, match="damaged"):
+    with pytest.raises(DBError, match="damaged"):
         open_store(tmp_path)
 
 
@@ -195,7 +195,7 @@ def test_short_write_on_a_full_disk_leaves_the_store_as_it_was(
 
     with monkeypatch.context() as m:
         m.setattr(journal.os, "write", short)
-        with pytest.raises(StoreError):
+        with pytest.raises(DBError):
             redeem(s, "c2")
     assert [e.id for e in s.pending()] == [first]
     assert s.facts_for(code("c", "c1")).coupon_used_at is not None
@@ -215,11 +215,11 @@ def test_failed_fsync_counts_for_nothing(tmp_path: Path, monkeypatch: pytest.Mon
     s = open_store(tmp_path)
     with monkeypatch.context() as m:
         m.setattr(journal.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "EIO")))
-        with pytest.raises(StoreError):
+        with pytest.raises(DBError):
             redeem(s, "c1")
     assert s.outbox_size() == 0 and s.pending() == []
     assert s.facts_for(code("c", "c1")).coupon_used_at is None
-    with pytest.raises(StoreError, match="restart"):
+    with pytest.raises(DBError, match="restart"):
         redeem(s, "c1")
     s.close()
     s2 = open_store(tmp_path)  # restarted: the disk is the truth, and the coupon unused
@@ -236,7 +236,7 @@ def test_damage_in_the_middle_of_the_journal_refuses_to_open(tmp_path: Path) -> 
     journal = (tmp_path / DB_FILE).with_suffix(".journal")
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(lines[0][:20] + b"\n" + b"".join(lines[1:]))
-    with pytest.raises(StoreError, match="damaged"):
+    with pytest.raises(DBError, match="damaged"):
         open_store(tmp_path)
 
 
@@ -265,3 +265,18 @@ def test_coupon_used_at_another_kiosk_is_already_used_here(tmp_path: Path) -> No
         )
     )
     assert s.facts_for(code("c", "c7")).coupon_used_at == "2026-11-26T10:00:00.000Z"
+
+
+def test_commands_are_stamped_with_the_injected_clock(tmp_path: Path) -> None:
+    """The database reads no wall clock of its own for what it writes."""
+    s = KioskDB(tmp_path, store="s1", kiosk="k1", clock=lambda: 1_800_000_000.0)
+    assert s.apply_command(Command(seq=1, name="code.revoke", data={"id": "c9"}))
+    assert s.apply_command(Command(seq=2, name="coupon.used", data={"id": "c7"}))
+    assert s.apply_command(Command(seq=3, name="coupon.used", data={"id": "c7", "kiosk": "k2"}))
+    s._storage.compact()
+    data = json.loads((tmp_path / DB_FILE).read_text())
+    stamps = {d["id"]: d["at"] for table in ("revoked", "redeemed") for d in data[table].values()}
+    assert stamps == {"c9": "2027-01-15T08:00:00.000Z", "c7": "2027-01-15T08:00:00.000Z"}
+    (used,) = data["redeemed"].values()
+    assert used["kiosk"] is None  # the first use wins: single use per store
+    s.close()

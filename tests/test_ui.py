@@ -2,7 +2,7 @@
 
 Kivy's window is a process-wide singleton, so the app runs in a subprocess: this file is
 also its driver (`python -m tests.test_ui CONFIG OUT`). The driver runs the real app
-with a real `Kiosk` (offline: its broker URL points at a closed port), feeds signed
+with a real `KioskRuntime` (offline: its broker URL points at a closed port), feeds signed
 codes, taps buttons, records what the screens say and takes screenshots; the tests
 below check that record and those screenshots.
 """
@@ -44,8 +44,8 @@ STAFF_SESSION_S = 7.0
 
 def _drive(config_path: Path, out: Path) -> dict[str, Any]:
     """Run the app, play the scenario, and return what was seen."""
-    from kiosk.app import Kiosk
     from kiosk.config import load_config
+    from kiosk.runtime import KioskRuntime
     from kiosk.ui import create_app, open_window
 
     if not open_window():
@@ -59,9 +59,9 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
     from o2o_protocol.messages import Command
 
     codes = json.loads((out / "codes.json").read_text(encoding="utf-8"))
-    kiosk = Kiosk(load_config(config_path))
+    kiosk = KioskRuntime(load_config(config_path))
     order = {"order": ORDER, "name": ORDER_NAME, "size": "M"}
-    kiosk.store.apply_command(Command(seq=1, name="preorder.upsert", data=order))
+    kiosk.db.apply_command(Command(seq=1, name="preorder.upsert", data=order))
     app, session = create_app(kiosk)
     report: dict[str, Any] = {}
 
@@ -448,9 +448,9 @@ def _decode(path: str) -> list[str]:
 
 
 def _history(ui_run: dict[str, Any]) -> list[dict[str, Any]]:
-    from kiosk.store import KioskStore
+    from kiosk.localdb import KioskDB
 
-    store = KioskStore(Path(ui_run["out"]) / "data", store=ui_run["store"], kiosk="k1")
+    store = KioskDB(Path(ui_run["out"]) / "data", store=ui_run["store"], kiosk="k1")
     try:
         return store.history(100)
     finally:
@@ -461,7 +461,7 @@ def test_join_by_phone_records_a_member_and_shows_its_qr(ui_run: dict[str, Any])
     from urllib.parse import parse_qs, urlsplit
 
     from kiosk.decisions import phone_hash
-    from kiosk.store import KioskStore
+    from kiosk.localdb import KioskDB
 
     zh = Messages("zh_CN")
     assert min(ui_run["key_heights"]) >= 80
@@ -481,7 +481,7 @@ def test_join_by_phone_records_a_member_and_shows_its_qr(ui_run: dict[str, Any])
     assert event["data"]["member_id"] == member_id and event["data"]["known"] is False
     hashed = phone_hash(PHONE, f"o2o:{ui_run['store']}")  # no join_secret in this config
     assert event["data"]["phone_hash"] == hashed
-    store = KioskStore(Path(ui_run["out"]) / "data", store=ui_run["store"], kiosk="k1")
+    store = KioskDB(Path(ui_run["out"]) / "data", store=ui_run["store"], kiosk="k1")
     try:
         assert store.member_by_phone(hashed) == member_id
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,17 @@ import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+def _quiet_opencv() -> None:
+    """OpenCV prints its own `[ WARN:0@…]` lines on stderr (a missing /dev/video0, a
+    backend it lacks); our errors already say it in one line. `OPENCV_LOG_LEVEL` set by
+    the user still wins."""
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+_quiet_opencv()
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mjpg", ".mjpeg"})

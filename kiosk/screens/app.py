@@ -2,7 +2,7 @@
 
 Outcomes come in through `show_outcome` and `show_background` (on the UI thread); the
 screens' blocking calls go out through `backend` (see `kiosk.screens.backend`).
-`kiosk.ui` wires the camera, the decoder and `Kiosk` to it. Tests build it without any
+`kiosk.ui` wires the scan pipeline and the kiosk runtime to it. Tests build it without any
 of those.
 """
 
@@ -27,6 +27,7 @@ from kiosk.screens.outcome import Outcome, describe
 from kiosk.screens.result import ResultScreen
 from kiosk.screens.staff import StaffScreen
 from kiosk.screens.start import StartScreen
+from o2o_protocol.messages import EventType
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class KioskApp(App):
         code opens the staff screen; while it is up, outcomes are news on its banner."""
         if self.root is None:
             return
-        if outcome.event_type == "staff.login" and outcome.accepted:
+        if outcome.event_type == EventType.STAFF_LOGIN and outcome.accepted:
             staff: StaffScreen = self.root.get_screen(STAFF)
             data = outcome.data
             staff.login(str(data.get("name") or data.get("staff_id") or ""))
@@ -170,7 +171,7 @@ class KioskApp(App):
             return  # they left meanwhile; the slip still prints
         if outcome is None:
             self.root.get_screen(JOIN).answer("join.bad_phone")
-        elif outcome.event_type != "member.joined":  # ERROR: the disk, most likely
+        elif outcome.event_type != EventType.MEMBER_JOINED:  # ERROR: the disk, most likely
             self.root.get_screen(JOIN).answer("join.error")
         else:
             self.root.get_screen(JOINED).show(outcome.data)

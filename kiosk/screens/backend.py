@@ -1,6 +1,6 @@
 """What the screens may ask of the kiosk, and the plain data they get back. No Kivy.
 
-Screens never hold a `Kiosk`: every call below blocks (disk, locker relays, printer
+Screens never hold the kiosk runtime: every call below blocks (disk, locker relays, printer
 queue), so `kiosk.ui.Session` runs it on its worker thread and hands the answer back on
 the UI thread. Tests can give the app any object with these methods.
 """
@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from kiosk.i18n import Messages
 from kiosk.screens.outcome import LOADING, Outcome, describe
+from o2o_protocol.messages import EventType
 
 #: Locker states as the staff screen shows them, worst first.
 FAULT, OPEN, HOLDS, FREE = "fault", "open", "holds", "free"
@@ -67,7 +68,7 @@ class Backend(Protocol):
 
 
 def locker_views(orders: Mapping[int, str | None], status: Mapping[str, Any]) -> list[LockerView]:
-    """Merge what the store knows (which order is inside) with what the doors say."""
+    """Merge what the local database knows (which order is inside) with what the doors say."""
     doors = {int(s["number"]): s for s in status.get("lockers", ())}
     views = []
     for number in sorted(set(orders) | set(doors)):
@@ -120,14 +121,14 @@ def staff_message(outcome: Outcome, m: Messages) -> StaffMessage:
     data = outcome.data
     locker, order = data.get("locker", ""), data.get("order") or ""
     match outcome.event_type:
-        case "locker.loaded":
+        case EventType.LOCKER_LOADED:
             return StaffMessage(True, m.get("staff.loaded", locker=locker, order=order))
-        case "staff.action":
+        case EventType.STAFF_ACTION:
             if data.get("opened"):
                 return StaffMessage(True, m.get("staff.opened", locker=locker))
             reason = str(data.get("reason") or "")
             return StaffMessage(False, m.get("staff.open_failed", locker=locker, reason=reason))
-        case "staff.login":
+        case EventType.STAFF_LOGIN:
             return StaffMessage(True, m.get("result.staff.title"))
         case _ if outcome.event_type == LOADING:
             return StaffMessage(True, m.get("staff.loading", locker=locker, order=order))

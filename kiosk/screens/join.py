@@ -1,6 +1,6 @@
 """The join screen: the shop's online sign-up as a QR code, and a keypad for a phone.
 
-Typing a phone number joins on the spot (`Kiosk.join`, through the app's backend). The
+Typing a phone number joins on the spot (`KioskRuntime.join`, through the app's backend). The
 number is cleared from the screen the moment OK is pressed, whatever the answer: the
 next person at the door must not read it.
 """

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiosk.i18n import Messages
+from o2o_protocol.messages import EventType
 
 #: Not events, UI states: the scan could not be recorded at all (e.g. the disk is full);
 #: a locker is open for staff to load an order (recorded once the door closes).
@@ -32,7 +33,7 @@ class Outcome:
 
 
 #: Outcomes without a rejection reason that are still bad news for the person in front.
-_FAILURES = frozenset({ERROR, "pickup.failed", "locker.fault"})
+_FAILURES = frozenset({ERROR, EventType.PICKUP_FAILED, EventType.LOCKER_FAULT})
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,10 @@ def describe(outcome: Outcome, messages: Messages) -> ResultText:
     m, data = messages, outcome.data
     if outcome.event_type == ERROR:
         return ResultText(False, m.get("result.error.title"), m.get("result.error.detail"))
-    if outcome.event_type == "pickup.failed":
+    if outcome.event_type == EventType.PICKUP_FAILED:
         title, detail = m.get("result.pickup_failed.title"), m.get("result.pickup_failed.detail")
         return ResultText(False, title, detail)
-    if outcome.event_type == "locker.fault":
+    if outcome.event_type == EventType.LOCKER_FAULT:
         locker = _text(data, "locker")
         title, detail = (
             m.get("result.locker_fault.title"),
@@ -72,7 +73,7 @@ def describe(outcome: Outcome, messages: Messages) -> ResultText:
         return ResultText(False, m.get(f"{base}.title"), m.get(f"{base}.detail"))
 
     match outcome.event_type:
-        case "checkin":
+        case EventType.CHECKIN:
             name = _text(data, "name")
             title = (
                 m.get("result.checkin.title", name=name)
@@ -89,14 +90,14 @@ def describe(outcome: Outcome, messages: Messages) -> ResultText:
             visits = data.get("visits")
             extra = m.get("result.checkin.visits", visits=visits) if visits else ""
             return ResultText(True, title, detail, extra)
-        case "coupon.redeemed":
+        case EventType.COUPON_REDEEMED:
             campaign, value = _text(data, "campaign"), _text(data, "value")
             if campaign and value:
                 detail = m.get("result.coupon.detail", campaign=campaign, value=value)
             else:
                 detail = campaign or value
             return ResultText(True, m.get("result.coupon.title"), detail)
-        case "reservation.arrived":
+        case EventType.RESERVATION_ARRIVED:
             name = _text(data, "name")
             title = (
                 m.get("result.reservation.title_named", name=name)
@@ -107,16 +108,16 @@ def describe(outcome: Outcome, messages: Messages) -> ResultText:
             key = f"result.reservation.{timing}"
             extra = m.get(key) if key in m else ""
             return ResultText(True, title, _text(data, "service"), extra)
-        case "staff.login":
+        case EventType.STAFF_LOGIN:
             name = _text(data, "name") or _text(data, "staff_id")
             return ResultText(True, m.get("result.staff.title"), name)
-        case "locker.opening":
+        case _ if outcome.event_type == LOADING:
             locker, order = _text(data, "locker"), _text(data, "order")
             title = m.get("result.loading.title", locker=locker)
             return ResultText(True, title, m.get("result.loading.detail", order=order))
-        case "member.joined":
+        case EventType.MEMBER_JOINED:
             return ResultText(True, m.get("result.joined.title"), m.get("result.joined.detail"))
-        case "pickup.opened":
+        case EventType.PICKUP_OPENED:
             locker = _text(data, "locker")
             detail = m.get("result.pickup.detail", locker=locker) if locker else ""
             if data.get("confirmed") is False:

@@ -1,0 +1,108 @@
+"""What an outcome or a bridge command changes in the kiosk's database, as typed values.
+
+Decisions (`kiosk.decisions`) and commands (`kiosk.commands`) produce these; only the
+local database (`kiosk.localdb.KioskDB`) applies them, all in the same durable write as
+the event they belong to. Frozen values: they can be compared in tests and never change
+on their way to the disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from o2o_protocol.codes import CodeType
+
+#: pending: known, not in a locker; loading: staff have a locker open for it; ready: in a
+#: locker; opened: its door was seen to open for the customer; picked_up; cancelled.
+PreorderStatus = Literal["pending", "loading", "ready", "opened", "picked_up", "cancelled"]
+
+
+@dataclass(frozen=True)
+class CodeUsed:
+    """A single-use code (a coupon, a reservation) is used up.
+
+    `at` None means "when the event is written"; `exp` lets the database forget it once
+    the code could not be shown any more. `keep_first` (a coupon used at another kiosk)
+    never overwrites a use this kiosk already knows.
+    """
+
+    code_id: str
+    kind: Literal[CodeType.COUPON, CodeType.RESERVATION]
+    exp: int | None = None
+    at: str | None = None
+    kiosk: str | None = None
+    keep_first: bool = False
+
+
+@dataclass(frozen=True)
+class CodeRevoked:
+    """The shop withdrew a code (any type); `at` is when the kiosk heard of it."""
+
+    code_id: str
+    at: str
+
+
+@dataclass(frozen=True)
+class MemberVisit:
+    """A counted visit: the member's new totals, and the day (for once-a-day rules)."""
+
+    member_id: str
+    name: str | None
+    visits: int
+    points: int
+    day: str
+
+
+@dataclass(frozen=True)
+class NewMember:
+    """A member who joined at the kiosk, known by the keyed hash of their phone only."""
+
+    member_id: str
+    phone_hash: str
+
+
+@dataclass(frozen=True)
+class MemberUpdate:
+    """The bridge's view of a member (name, points, visits): only the fields it sent."""
+
+    member_id: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreorderChange:
+    """The new state of an order (and of the locker it is in) after an outcome."""
+
+    order: str
+    status: PreorderStatus
+    locker: int | None
+
+
+@dataclass(frozen=True)
+class PreorderDetails:
+    """An order announced (or updated) online; a new one waits for staff to load it."""
+
+    order: str
+    size: str
+    name: str | None = None
+    items: Any = None
+
+
+@dataclass(frozen=True)
+class PreorderCancelled:
+    """An order cancelled online; an order this kiosk never heard of stays unknown."""
+
+    order: str
+
+
+Effect = (
+    CodeUsed
+    | CodeRevoked
+    | MemberVisit
+    | NewMember
+    | MemberUpdate
+    | PreorderChange
+    | PreorderDetails
+    | PreorderCancelled
+)

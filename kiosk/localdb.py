@@ -1,0 +1,494 @@
+"""The kiosk's local database: outbox, history, coupons, members, preorders, lockers.
+
+("Store" in this project is the shop; this is the database on the kiosk's SD card.)
+TinyDB behind one repository class, on a journaled storage (`kiosk.journal`): every
+change a scan causes (the event in the outbox, the coupon marked used, the member's
+visit) lands in ONE fsynced journal line before `record` returns, so the customer never
+sees an outcome that a power cut could take back, and a write costs the same with a
+hundred or a hundred thousand events stored.
+
+The database decides nothing: decisions and commands arrive as typed effects
+(`kiosk.effects`) and are applied here with one `match`. It never reads the wall clock
+for data it writes: times come in as `now` (or from the injected `clock`).
+
+Longer than most modules, on purpose: every table sits behind one lock and every write
+in one journal batch; splitting the class by table would split that guarantee.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tinydb.table import Document
+
+from kiosk.commands import changes_for
+from kiosk.decisions import Decision, Facts, Preorder
+from kiosk.effects import (
+    CodeRevoked,
+    CodeUsed,
+    Effect,
+    MemberUpdate,
+    MemberVisit,
+    NewMember,
+    PreorderCancelled,
+    PreorderChange,
+    PreorderDetails,
+)
+from kiosk.journal import DatabaseDamaged, JournalDB, JournalStorage
+from o2o_protocol.codes import Code, CodeType
+from o2o_protocol.messages import (
+    COMMAND_DATA,
+    Command,
+    Event,
+    ProtocolError,
+    new_event_id,
+)
+from o2o_protocol.timeutil import parse_rfc3339, rfc3339
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "kiosk.json"
+#: Revocations name a code id, whatever its type.
+REVOKED = "revoked"
+PRUNE_EVERY_S = 3600.0
+
+
+class DBError(Exception):
+    """The local database could not be opened or written; nothing was recorded."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """An outcome that is now on disk."""
+
+    event: Event
+    decision: Decision
+
+
+def _doc_id(key: str, namespace: str) -> int:
+    """A stable integer document id per (namespace, key), so lookups are O(1)."""
+    digest = hashlib.blake2b(f"{namespace}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+class KioskDB:
+    """Everything the kiosk must remember, behind small verbs. Thread-safe.
+
+    `store_id` is the shop's id (as in the protocol), `kiosk_id` this kiosk's.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        store: str,
+        kiosk: str,
+        lockers: Iterable[tuple[int, str]] = (),
+        history_days: int = 90,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store_id, self.kiosk_id = store, kiosk
+        self.history_days = history_days
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._lock_fd = _lock_dir(data_dir)
+        try:
+            self._db = JournalDB(data_dir / DB_FILE, storage=JournalStorage)
+        except DatabaseDamaged as exc:
+            os.close(self._lock_fd)
+            raise DBError(f"{exc}; a copy of {data_dir} helps recover it") from None
+        except OSError as exc:
+            os.close(self._lock_fd)
+            raise DBError(f"{data_dir}: cannot open the kiosk store ({exc})") from None
+        self._storage: JournalStorage = self._db.storage  # type: ignore[assignment]
+        t = self._db.table
+        self._outbox = t("outbox", cache_size=0)
+        self._history = t("history", cache_size=0)
+        self._redeemed = t("redeemed", cache_size=0)
+        self._revoked = t("revoked", cache_size=0)
+        self._members = t("members", cache_size=0)
+        self._phones = t("phones", cache_size=0)
+        self._preorders = t("preorders", cache_size=0)
+        self._lockers = t("lockers", cache_size=0)
+        self._meta = t("meta", cache_size=0)
+        # Acks name event ids; the outbox is keyed by seq. Rebuilt on open, kept in step.
+        self._outbox_seq: dict[str, int] = {}
+        self._reindex()
+        self._last_prune = 0.0
+        try:
+            self._sync_lockers(lockers)
+            self.prune(clock())
+        except OSError as exc:
+            self.close()
+            raise DBError(f"{data_dir}: cannot write the kiosk store ({exc})") from None
+
+    def _reindex(self) -> None:
+        """Acks name event ids; the outbox is keyed by seq. Rebuilt on open and rollback."""
+        self._outbox_seq = {
+            doc["id"]: int(k) for k, doc in self._storage.table_data("outbox").items()
+        }
+
+    def _sync_lockers(self, lockers: Iterable[tuple[int, str]]) -> None:
+        """The configured bank is the truth; occupancy survives restarts.
+
+        A locker no longer configured leaves the database (its order, if any, goes back to
+        waiting for staff), so no decision ever sends a customer to a door that is gone.
+        """
+        wanted = dict(lockers)
+        with self._storage.batch():
+            for doc in list(self._lockers):
+                if wanted and doc["number"] not in wanted:
+                    order = doc.get("order")
+                    if order:
+                        self._set_preorder(order, "pending", None)
+                    self._lockers.remove(doc_ids=[doc.doc_id])
+            for number, size in wanted.items():
+                existing = self._lockers.get(doc_id=number)
+                if existing is None or existing.get("size") != size:
+                    order = existing.get("order") if existing else None
+                    self._lockers.upsert(
+                        Document({"number": number, "size": size, "order": order}, number)
+                    )
+
+    # --- reading what decisions need -------------------------------------------------
+
+    def facts_for(self, code: Code, *, staff: bool = False) -> Facts:
+        """The few stored facts the pure decision needs about one verified code."""
+        with self._lock:
+            revoked = self._revoked.contains(doc_id=_doc_id(code.id, REVOKED))
+            if code.type is CodeType.COUPON:
+                used = self._redeemed.get(doc_id=_doc_id(code.id, CodeType.COUPON))
+                return Facts(revoked=revoked, coupon_used_at=used["at"] if used else None)
+            if code.type is CodeType.MEMBER:
+                member = self._members.get(doc_id=_doc_id(code.id, CodeType.MEMBER))
+                if member is None:
+                    return Facts(revoked=revoked)
+                return Facts(
+                    revoked=revoked,
+                    member_visits=int(member.get("visits") or 0),
+                    member_points=int(member.get("points") or 0),
+                    member_last_day=member.get("last_day"),
+                    member_last_at=member.get("last_at"),
+                )
+            if code.type is CodeType.RESERVATION:
+                came = self._redeemed.get(doc_id=_doc_id(code.id, CodeType.RESERVATION))
+                return Facts(revoked=revoked, reservation_arrived_at=came["at"] if came else None)
+            if code.type is CodeType.PICKUP:
+                order = code.order
+                free = self.free_lockers() if staff else ()
+                return Facts(revoked=revoked, preorder=self.preorder(order), free_lockers=free)
+            return Facts(revoked=revoked)
+
+    def preorder(self, order: str) -> Preorder | None:
+        with self._lock:
+            doc = self._preorders.get(doc_id=_doc_id(order, "order"))
+        return None if doc is None else _preorder(doc)
+
+    def preorders(self, status: str | None = None) -> list[Preorder]:
+        with self._lock:
+            found = [_preorder(doc) for doc in self._preorders]
+        return [p for p in found if status is None or p.status == status]
+
+    def begin_load(self, order: str, locker: int) -> None:
+        """Staff are about to open `locker` for `order`: hold it, durably, before the pulse.
+
+        A kiosk that restarts while the door is open then knows the locker is taken.
+        """
+        with self._lock:
+            try:
+                with self._storage.batch():
+                    self._set_preorder(order, "loading", locker)
+            except Exception as exc:
+                self._reindex()
+                raise DBError(f"could not hold locker {locker}: {exc}") from exc
+
+    def free_lockers(self) -> tuple[tuple[int, str], ...]:
+        with self._lock:
+            return tuple((d["number"], d["size"]) for d in self._lockers if d.get("order") is None)
+
+    def locker_orders(self) -> dict[int, str | None]:
+        with self._lock:
+            return {d["number"]: d.get("order") for d in self._lockers}
+
+    def member_by_phone(self, hashed: str) -> str | None:
+        with self._lock:
+            doc = self._phones.get(doc_id=_doc_id(hashed, "phone"))
+        return doc["member_id"] if doc else None
+
+    # --- recording outcomes ----------------------------------------------------------
+
+    def record(self, decision: Decision, now: float) -> Recorded:
+        """Write the outcome's event and its effects in one durable write."""
+        with self._lock:
+            try:
+                with self._storage.batch():
+                    event = self._write(decision, now)
+            except Exception as exc:
+                # The storage rolled memory back to what is on disk; so do we.
+                self._reindex()
+                raise DBError(f"could not record the outcome: {exc}") from exc
+            self._outbox_seq[event.id] = event.seq
+            if now - self._last_prune > PRUNE_EVERY_S:
+                try:
+                    self.prune(now)
+                except (OSError, DBError) as exc:  # the outcome is safe; prune later
+                    log.warning("pruning failed: %s", exc)
+        return Recorded(event=event, decision=decision)
+
+    def _write(self, decision: Decision, now: float) -> Event:
+        seq = self._next_seq()
+        event = Event(
+            id=new_event_id(),
+            seq=seq,
+            type=decision.event_type.value,
+            ts=rfc3339(now),
+            store=self.store_id,
+            kiosk=self.kiosk_id,
+            data=decision.data,
+        )
+        doc = event.model_dump(mode="json")
+        self._outbox.insert(Document(doc, doc_id=seq))
+        self._history.insert(Document(doc, doc_id=seq))
+        for effect in decision.effects:
+            self._apply(effect, now, event)
+        return event
+
+    def _apply(self, effect: Effect, now: float, event: Event | None = None) -> None:
+        """One change, inside the caller's batch (the same durable write as its event)."""
+        match effect:
+            case CodeUsed():
+                # Coupons and reservations share the table of used codes (pruned after
+                # expiry), each in its own key space.
+                key = _doc_id(effect.code_id, effect.kind)
+                if effect.keep_first and self._redeemed.contains(doc_id=key):
+                    return
+                doc: dict[str, Any] = {"id": effect.code_id, "at": effect.at or rfc3339(now)}
+                if event is not None:
+                    doc.update(at=effect.at or event.ts, event=event.id, exp=effect.exp)
+                else:
+                    doc["kiosk"] = effect.kiosk
+                self._redeemed.upsert(Document(doc, doc_id=key))
+            case CodeRevoked():
+                key = _doc_id(effect.code_id, REVOKED)
+                self._revoked.upsert(Document({"id": effect.code_id, "at": effect.at}, key))
+            case MemberVisit():
+                key = _doc_id(effect.member_id, CodeType.MEMBER)
+                old: dict[str, Any] = self._members.get(doc_id=key) or {}
+                member = {
+                    **old,
+                    "id": effect.member_id,
+                    "name": effect.name or old.get("name"),
+                    "visits": effect.visits,
+                    "points": effect.points,
+                    "last_day": effect.day,
+                    "last_at": now,
+                }
+                self._members.upsert(Document(member, doc_id=key))
+            case NewMember():
+                joined = {"id": effect.member_id, "phone_hash": effect.phone_hash}
+                key = _doc_id(effect.member_id, CodeType.MEMBER)
+                self._members.upsert(Document({**joined, "visits": 0, "points": 0}, key))
+                phone = _doc_id(effect.phone_hash, "phone")
+                self._phones.upsert(Document({"member_id": effect.member_id}, doc_id=phone))
+            case MemberUpdate():
+                key = _doc_id(effect.member_id, CodeType.MEMBER)
+                known: dict[str, Any] = self._members.get(doc_id=key) or {"visits": 0}
+                fields = {**known, "id": effect.member_id, **effect.fields}
+                self._members.upsert(Document(fields, key))
+            case PreorderChange():
+                self._set_preorder(effect.order, effect.status, effect.locker)
+            case PreorderDetails():
+                key = _doc_id(effect.order, "order")
+                pre: dict[str, Any] = self._preorders.get(doc_id=key) or {
+                    "status": "pending",
+                    "locker": None,
+                }
+                details = {
+                    **pre,
+                    "order": effect.order,
+                    "size": effect.size,
+                    "name": effect.name if effect.name is not None else pre.get("name"),
+                    "items": effect.items if effect.items is not None else pre.get("items"),
+                }
+                self._preorders.upsert(Document(details, key))
+            case PreorderCancelled():
+                if self._preorders.contains(doc_id=_doc_id(effect.order, "order")):
+                    self._set_preorder(effect.order, "cancelled", None)
+
+    def _set_preorder(self, order: str, status: str, locker: int | None) -> None:
+        key = _doc_id(order, "order")
+        old: dict[str, Any] = self._preorders.get(doc_id=key) or {"order": order}
+        previous: int | None = old.get("locker")
+        if previous is not None and previous != locker:
+            self._free_locker(previous, order)
+        if locker is not None:
+            doc = self._lockers.get(doc_id=locker) or {"number": locker, "size": "M"}
+            self._lockers.upsert(Document({**doc, "order": order}, doc_id=locker))
+        self._preorders.upsert(Document({**old, "status": status, "locker": locker}, key))
+
+    def _free_locker(self, number: int, order: str) -> None:
+        doc = self._lockers.get(doc_id=number)
+        if doc is not None and doc.get("order") == order:
+            self._lockers.upsert(Document({**doc, "order": None}, doc_id=number))
+
+    def _next_seq(self) -> int:
+        meta = self._meta.get(doc_id=1) or {"seq": 0, "last_cmd_seq": 0}
+        seq = int(meta["seq"]) + 1
+        self._meta.upsert(Document({**meta, "seq": seq}, doc_id=1))
+        return seq
+
+    # --- the outbox ------------------------------------------------------------------
+
+    def pending(self, limit: int | None = None) -> list[Event]:
+        """Un-acked events, oldest first."""
+        return [Event.model_construct(**d) for d in self.pending_raw(limit)]
+
+    def pending_raw(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Un-acked event envelopes as stored (oldest first; the outbox keeps seq order).
+
+        The documents are never changed once written, so callers may read them freely.
+        """
+        with self._lock:
+            raw = self._storage.table_data("outbox")
+            if limit is None or limit >= len(raw):
+                return list(raw.values())
+            return list(itertools.islice(raw.values(), limit))
+
+    def ack(self, ids: Iterable[str]) -> int:
+        """Drop acked events from the outbox; returns how many left it."""
+        with self._lock:
+            seqs = [s for s in (self._outbox_seq.get(i) for i in set(ids)) if s is not None]
+            if not seqs:
+                return 0
+            try:
+                removed = self._outbox.remove(doc_ids=seqs)
+            except Exception as exc:
+                self._reindex()
+                raise DBError(f"could not drop acked events: {exc}") from exc
+            for i in set(ids):
+                self._outbox_seq.pop(i, None)
+        return len(removed)
+
+    def outbox_size(self) -> int:
+        with self._lock:
+            return len(self._outbox_seq)
+
+    def history(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recent events, newest first (for staff and the self-test)."""
+        with self._lock:
+            raw = self._storage.table_data("history")
+            keys = list(raw)[-limit:]
+            return [dict(raw[k]) for k in reversed(keys)]
+
+    def history_size(self) -> int:
+        with self._lock:
+            return len(self._history)
+
+    # --- retention -------------------------------------------------------------------
+
+    def prune(self, now: float) -> int:
+        """Drop history older than `history_days` and coupons long expired.
+
+        Un-acked events live in the outbox, which is never pruned.
+        """
+        cutoff = now - self.history_days * 86400
+        with self._lock:
+            self._last_prune = now
+            old: list[int] = []
+            for key, doc in self._storage.table_data("history").items():
+                if parse_rfc3339(doc["ts"]).timestamp() >= cutoff:
+                    break  # history is in time order: the rest is newer
+                old.append(int(key))
+            expired = [
+                int(k)
+                for k, d in self._storage.table_data("redeemed").items()
+                if d.get("exp") is not None and d["exp"] < now - 86400
+            ]
+            if old or expired:
+                with self._storage.batch():
+                    if old:
+                        self._history.remove(doc_ids=old)
+                    if expired:
+                        self._redeemed.remove(doc_ids=expired)
+                log.info("pruned %d old events and %d expired coupons", len(old), len(expired))
+        return len(old) + len(expired)
+
+    # --- commands from the bridge ----------------------------------------------------
+
+    @property
+    def last_cmd_seq(self) -> int:
+        with self._lock:
+            meta = self._meta.get(doc_id=1)
+            return int(meta.get("last_cmd_seq", 0)) if meta else 0
+
+    def apply_command(self, cmd: Command, now: float | None = None) -> bool:
+        """Apply a command's data changes once, in order (`now`: the injected clock's).
+
+        Returns False for a repeat or an out-of-order one (the bridge re-sends those).
+        A command with bad data is logged and skipped, but still counts as applied, so
+        one bad command never blocks the ones after it. Device actions (`locker.open`)
+        are the caller's, after this returns True.
+        """
+        when = self.clock() if now is None else now
+        try:
+            changes = changes_for(cmd, when)
+        except ProtocolError as exc:
+            log.warning("skipped command %d: %s", cmd.seq, exc)
+            changes = ()
+        if cmd.name not in COMMAND_DATA:
+            log.info("command %s (seq %d) is not known to this kiosk", cmd.name, cmd.seq)
+        with self._lock:
+            if cmd.seq != self.last_cmd_seq + 1:
+                return False
+            try:
+                with self._storage.batch():
+                    for change in changes:
+                        self._apply(change, when)
+                    meta = self._meta.get(doc_id=1) or {"seq": 0}
+                    self._meta.upsert(Document({**meta, "last_cmd_seq": cmd.seq}, doc_id=1))
+            except Exception as exc:
+                self._reindex()
+                raise DBError(f"could not apply command {cmd.seq}: {exc}") from exc
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+
+
+def _preorder(doc: dict[str, Any]) -> Preorder:
+    return Preorder(
+        order=doc["order"],
+        status=doc.get("status", "pending"),
+        size=doc.get("size", "M"),
+        name=doc.get("name"),
+        locker=doc.get("locker"),
+    )
+
+
+def _lock_dir(data_dir: Path) -> int:
+    """One process per store: a second kiosk on the same data would redeem coupons twice."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(data_dir / "kiosk.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise DBError(f"{data_dir}: cannot open the kiosk store ({exc})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DBError(f"{data_dir} is in use by another kiosk process") from None
+    return fd
