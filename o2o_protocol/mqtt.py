@@ -210,12 +210,12 @@ class MqttLink:
     ) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
-    def ack(self, msg: mqtt.MQTTMessage, generation: int | None = None) -> None:
+    def ack(self, mid: int, qos: int, generation: int | None = None) -> None:
         """PUBACK a message (with `manual_ack`), unless it came on an earlier connection:
         the resumed session delivers that one again, and its mid means nothing now."""
         if not self._manual_ack or (generation is not None and generation != self._generation):
             return
-        self.client.ack(msg.mid, msg.qos)
+        self.client.ack(mid, qos)
 
     # -- network thread ---------------------------------------------------------------
 
@@ -327,7 +327,7 @@ class MqttLink:
             self._on_unrouted(msg)
         else:
             log.warning("ignored a message on unexpected topic %s", msg.topic)
-            self.ack(msg)
+            self.ack(msg.mid, msg.qos)
 
 
 def _bare(handler: MessageHandler) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:

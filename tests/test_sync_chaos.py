@@ -71,8 +71,8 @@ def test_broker_killed_and_restarted_six_times_mid_drain(
             # Strike only a live drain: both ends connected again and moving since the
             # last restart, so every kill cuts real traffic.
             def live(p: int = point, after: int = last) -> bool:
-                ingest = bridge.ingest
-                ready = sync.connected and ingest is not None and ingest.ready
+                runtime = bridge.runtime
+                ready = sync.connected and runtime is not None and runtime.ready
                 return ready and bridge.count() >= max(p, after + 1)
 
             wait_until(live, DRAIN_TIMEOUT, f"{point} events stored (seed {seed})")
