@@ -2,8 +2,9 @@
 
 Delivery is end to end: an event leaves the outbox only when the bridge's `acks` names
 it, so a broker that drops queued messages, restarts or vanishes for a day loses nothing.
-paho runs the network loop and reconnects by itself; one worker thread here publishes
-batches and applies acks and commands, so the network thread never waits on the disk.
+The connection itself (reconnects, MQTT version, login, TLS, Last Will) is the shared
+`o2o_protocol.mqtt.MqttLink`; one worker thread here publishes batches and applies acks
+and commands, so the network thread never waits on the disk.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 #: At most this many events are in flight (published, not yet acked) at once.
 MAX_IN_FLIGHT = 2000
 STATUS_EVERY_S = 30.0
+
+T = TypeVar("T")
 
 
 class Sync:
@@ -157,24 +160,16 @@ class Sync:
             )
 
     def _on_ack(self, msg: mqtt.MQTTMessage) -> None:
-        try:
-            ack = parse_ack(msg.payload)
-        except ProtocolError as exc:
-            log.warning("dropped a bad ack on %s: %s (%.200r)", msg.topic, exc, msg.payload)
-            return
-        with self._wake:
-            self._acks.append(ack.ids)
-            self._wake.notify()
+        if (ack := _parsed(msg, "ack", parse_ack)) is not None:
+            with self._wake:
+                self._acks.append(ack.ids)
+                self._wake.notify()
 
     def _on_cmd(self, msg: mqtt.MQTTMessage) -> None:
-        try:
-            cmd = parse_command(msg.payload)
-        except ProtocolError as exc:
-            log.warning("dropped a bad command on %s: %s (%.200r)", msg.topic, exc, msg.payload)
-            return
-        with self._wake:
-            self._commands.append(cmd)
-            self._wake.notify()
+        if (cmd := _parsed(msg, "command", parse_command)) is not None:
+            with self._wake:
+                self._commands.append(cmd)
+                self._wake.notify()
 
     def _on_ha_status(self, msg: mqtt.MQTTMessage) -> None:
         """Home Assistant came (back) online: it forgets devices, so tell it again."""
@@ -285,3 +280,12 @@ class Sync:
             "outbox": self.store.outbox_size(),
             **self._telemetry(),
         }
+
+
+def _parsed(msg: mqtt.MQTTMessage, what: str, parse: Callable[[bytes | bytearray], T]) -> T | None:
+    """The message's payload parsed; a bad one is logged and dropped (None)."""
+    try:
+        return parse(msg.payload)
+    except ProtocolError as exc:
+        log.warning("dropped a bad %s on %s: %s (%.200r)", what, msg.topic, exc, msg.payload)
+        return None

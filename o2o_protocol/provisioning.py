@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from o2o_protocol.codes import key_id, load_public_key
 from o2o_protocol.config_file import parse_mqtt_url
@@ -86,15 +86,23 @@ type = "simulated"            # serial, with port = "/dev/serial0" (Pi UART) or 
 """
 
 
+def _mqtt_url(url: str) -> str:
+    parse_mqtt_url(url)
+    return url
+
+
+_Id = Annotated[str, AfterValidator(check_id)]
+
+
 class KioskProvisioning(BaseModel):
     """One kiosk's file: checked here, so what `render()` writes always loads."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    store: str
-    kiosk: str
+    store: _Id
+    kiosk: _Id
     #: The broker, as the kiosk reaches it: mqtt://host:port or mqtts://host:port.
-    mqtt_url: str
+    mqtt_url: Annotated[str, AfterValidator(_mqtt_url)]
     #: Trusted code-signing keys: key id -> base64url Ed25519 public key.
     keys: Annotated[dict[str, str], Field(min_length=1)]
     #: Keys the hashes of phone numbers typed at the kiosk; one per store.
@@ -103,17 +111,6 @@ class KioskProvisioning(BaseModel):
     path: Path
     #: The kiosk's data directory, relative to its file; default `kiosk-<ID>-data`.
     data_dir: str | None = None
-
-    @field_validator("store", "kiosk")
-    @classmethod
-    def _ids(cls, v: str) -> str:
-        return check_id(v)
-
-    @field_validator("mqtt_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        parse_mqtt_url(v)
-        return v
 
     @field_validator("keys")
     @classmethod

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import ColumnElement, Engine, Select, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -42,6 +42,7 @@ _CHUNK = 500
 _CONFLICT_ATTEMPTS = 5
 
 T = TypeVar("T")
+_R = TypeVar("_R")
 
 
 def make_engine(url: str) -> Engine:
@@ -177,14 +178,12 @@ class Repository:
         self, *, store: str | None = None, since: datetime | None = None, limit: int | None = 100
     ) -> list[RejectedEvent]:
         """Quarantined events, newest first."""
-        stmt = select(RejectedEventRow)
-        if store is not None:
-            stmt = stmt.where(RejectedEventRow.store == store)
-        if since is not None:
-            stmt = stmt.where(RejectedEventRow.received_at >= since)
-        stmt = stmt.order_by(RejectedEventRow.received_at.desc(), RejectedEventRow.id.desc())
-        if limit is not None:
-            stmt = stmt.limit(limit)
+        stmt = _where(
+            select(RejectedEventRow),
+            None if store is None else RejectedEventRow.store == store,
+            None if since is None else RejectedEventRow.received_at >= since,
+        ).order_by(RejectedEventRow.received_at.desc(), RejectedEventRow.id.desc())
+        stmt = stmt.limit(limit)
         with self._sessions() as session:
             return [
                 RejectedEvent(r.id, r.store, r.kiosk, r.raw, r.error, r.received_at)
@@ -240,21 +239,18 @@ class Repository:
         oldest_first: bool = True,
     ) -> Iterator[StoredEvent]:
         """Stream events without loading the whole table (for exports)."""
-        stmt = select(EventRow)
-        if store is not None:
-            stmt = stmt.where(EventRow.store == store)
-        if since is not None:
-            stmt = stmt.where(EventRow.ts >= since)
-        if type is not None:
-            stmt = stmt.where(EventRow.type == type)
-        if kiosk is not None:
-            stmt = stmt.where(EventRow.kiosk == kiosk)
+        stmt = _where(
+            select(EventRow),
+            None if store is None else EventRow.store == store,
+            None if since is None else EventRow.ts >= since,
+            None if type is None else EventRow.type == type,
+            None if kiosk is None else EventRow.kiosk == kiosk,
+        )
         if oldest_first:
             stmt = stmt.order_by(EventRow.ts, EventRow.id)
         else:
             stmt = stmt.order_by(EventRow.ts.desc(), EventRow.id.desc())
-        if limit is not None:
-            stmt = stmt.limit(limit)
+        stmt = stmt.limit(limit)
         with self._sessions() as session:
             for row in session.execute(stmt.execution_options(yield_per=1000)).scalars():
                 yield stored_event(row)
@@ -351,3 +347,8 @@ class Repository:
                 Command(seq=r.seq, name=r.name, data=r.data)
                 for r in session.execute(stmt).scalars()
             ]
+
+
+def _where(stmt: Select[_R], *conditions: ColumnElement[bool] | None) -> Select[_R]:
+    """`stmt` narrowed by each condition asked for (None: that filter was not given)."""
+    return stmt.where(*(c for c in conditions if c is not None))
