@@ -112,7 +112,8 @@ def create_app(
         read_token = load_read_token(config)
     key = signing_key if signing_key is not None else load_signing_key(config)
     store = config.store
-    commands = commands or CommandService(repo, store)
+    if commands is None:
+        commands = CommandService(repo, store)
     expected = api_token.encode()
     expected_read = read_token.encode() if read_token else None
 

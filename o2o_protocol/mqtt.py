@@ -68,15 +68,13 @@ class MqttLink:
         manual_ack: bool = False,
         shared_group: str | None = None,
         on_connect: Callable[[], None] | None = None,
-        on_disconnect: Callable[[], None] | None = None,
         on_publish: Callable[[ReasonCode], None] | None = None,
-        on_unrouted: MessageHandler | None = None,
         unreachable_note: str = "retrying",
     ) -> None:
         """`session_expiry_s`: a persistent session (None: a clean one per connection).
         `shared_group`: subscriptions shared by a group of clients (MQTT v5 only).
         `on_connect` runs on the network thread once connected and subscribing;
-        `on_unrouted` gets a message no `subscribe()` handler matches."""
+        `on_publish` gets the broker's answer to each publish (a refusal, say)."""
         self.cfg = cfg
         self.client_id = client_id
         self._will = will
@@ -84,9 +82,7 @@ class MqttLink:
         self._manual_ack = manual_ack
         self._shared_group = shared_group
         self._on_connect_cb = on_connect
-        self._on_disconnect_cb = on_disconnect
         self._on_publish_cb = on_publish
-        self._on_unrouted = on_unrouted
         self._unreachable_note = unreachable_note
         self._routes: list[tuple[str, MessageHandler]] = []
         self._connected = threading.Event()
@@ -253,9 +249,9 @@ class MqttLink:
         filters = self.subscriptions()
         if filters:
             _, self._sub_mid = client.subscribe([(f, 1) for f in filters])
+        self._connected.set()
         if self._on_connect_cb is not None:
             self._on_connect_cb()
-        self._connected.set()
 
     def _downgrade(self) -> None:
         """Reconnect with MQTT 3.1.1: a new paho client (the old one's network thread is
@@ -308,8 +304,6 @@ class MqttLink:
         self._generation += 1
         if was_connected and not (self._stopping or self._downgrading):
             log.warning("disconnected from %s (%s); reconnecting", self.cfg.url, reason)
-        if self._on_disconnect_cb is not None:
-            self._on_disconnect_cb()
 
     def _on_publish(
         self,
@@ -323,11 +317,10 @@ class MqttLink:
             self._on_publish_cb(reason)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if self._on_unrouted is not None:
-            self._on_unrouted(msg)
-        else:
-            log.warning("ignored a message on unexpected topic %s", msg.topic)
-            self.ack(msg.mid, msg.qos)
+        """A message no `subscribe()` handler matches: dropped (and PUBACKed, or the
+        broker would hand it over again and again)."""
+        log.warning("ignored a message on unexpected topic %s", msg.topic)
+        self.ack(msg.mid, msg.qos)
 
 
 def _bare(handler: MessageHandler) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:

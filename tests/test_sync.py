@@ -1,4 +1,4 @@
-"""Kiosk sync against a real Mosquitto and a real bridge (DESIGN §4).
+"""Kiosk sync against a real Mosquitto and a real bridge (docs/mqtt.md).
 
 What a shop owner relies on: an event leaves the kiosk's outbox only once the bridge has
 stored it; the kiosk's retained status tells any dashboard how it is doing, and says

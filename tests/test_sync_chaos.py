@@ -1,6 +1,6 @@
 """Chaos: 10,000 queued events drain while the broker, the kiosk or the bridge dies.
 
-The promise (DESIGN §4): 0 lost, 0 stored twice, whatever restarts in the middle. Each
+The promise (docs/mqtt.md): 0 lost, 0 stored twice, whatever restarts in the middle. Each
 interruption is triggered by progress (some, but not all, events already stored), so it
 lands mid-drain by construction, and the test asserts that it did.
 """
