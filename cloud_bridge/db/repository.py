@@ -27,8 +27,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud_bridge.db import figures
 from cloud_bridge.db.errors import UnstorableEvent, has_nul, is_write_conflict, one_line
+from cloud_bridge.db.figures import today_stats as figures_of_today
 from cloud_bridge.db.records import KioskState, RejectedEvent, StoredEvent, stored_event
 from cloud_bridge.db.tables import Base, CommandRow, EventRow, KioskRow, RejectedEventRow
 from o2o_protocol.messages import Command, Event, EventType, Status
@@ -262,7 +262,7 @@ class Repository:
     def today_stats(self, store: str, *, now: datetime | None = None) -> dict[str, Any]:
         """Today's figures (the shop's local day) for the dashboard and the stats topic."""
         with self._sessions() as session:
-            return figures.today_stats(session, store, now=now)
+            return figures_of_today(session, store, now=now)
 
     # -- kiosks ---------------------------------------------------------------------
 
