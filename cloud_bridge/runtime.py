@@ -1,9 +1,11 @@
 """The bridge's MQTT side, wired: one connection and the parts that use it.
 
-`BridgeRuntime` builds the parts (the MQTT link, the stats publisher, the command
-service, the event sink with the rules that follow a commit), starts them in that order
-and stops them in reverse: the sink finishes storing and acking what it took while the
-link is still up, the stats publisher sends the last figures, then the link goes.
+`BridgeRuntime` builds the parts: the MQTT link, the stats publisher, the command service
+(no thread of its own: it publishes when asked), and the event sink with what follows a
+commit (rules, command re-sends, fresh figures). It starts the link, the stats publisher
+and the sink in that order and stops them in reverse: the sink finishes storing and
+acking what it took while the link is still up, the stats publisher sends the last
+figures, then the link goes.
 """
 
 from __future__ import annotations

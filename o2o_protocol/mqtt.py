@@ -230,10 +230,15 @@ class MqttLink:
     ) -> None:
         if reason.is_failure:
             if reason.value == UNSUPPORTED_PROTOCOL and self.v5 and self.cfg.protocol == "auto":
-                with self._lock:
+                # Never wait for the lock here: stop() holds it while it joins this thread.
+                if not self._lock.acquire(blocking=False):
+                    return  # stopping, or a downgrade is already under way
+                try:
                     if self._downgrading or self._stopping:
                         return
                     self._downgrading = True
+                finally:
+                    self._lock.release()
                 log.info("the broker does not speak MQTT v5; switching to MQTT 3.1.1")
                 threading.Thread(target=self._downgrade, name="mqtt-downgrade", daemon=True).start()
                 return
