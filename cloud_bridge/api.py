@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Annotated, Any, Literal
@@ -24,10 +25,9 @@ from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_bridge.commands import checked_command
+from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig, load_api_token, load_read_token, load_signing_key
 from cloud_bridge.db import KioskState, Repository, StoredEvent, format_ts
-from cloud_bridge.ingest import Ingest
 from cloud_bridge.issuing import code_fields, issue
 from o2o_protocol.messages import check_id
 from o2o_protocol.timeutil import parse_when
@@ -99,15 +99,21 @@ def create_app(
     token: str | None = None,
     read_token: str | None = None,
     signing_key: Ed25519PrivateKey | None = None,
-    ingest: Ingest | None = None,
+    commands: CommandService | None = None,
+    mqtt_connected: Callable[[], bool] | None = None,
 ) -> FastAPI:
-    """The bridge's web app. Token and key are read from the config's files unless given;
-    with `ingest`, `/health` also tells whether the broker connection is up."""
+    """The bridge's web app. Token and key are read from the config's files unless given.
+
+    `commands` sends what `POST /api/v1/kiosks/{kiosk}/commands` queues (without it they
+    are only queued, and sent when a kiosk's status asks for them); with `mqtt_connected`,
+    `/health` also tells whether the broker connection is up."""
     api_token = token if token is not None else load_api_token(config)
     if read_token is None and token is None:
         read_token = load_read_token(config)
     key = signing_key if signing_key is not None else load_signing_key(config)
     store = config.store
+    if commands is None:
+        commands = CommandService(repo, store)
     expected = api_token.encode()
     expected_read = read_token.encode() if read_token else None
 
@@ -165,8 +171,8 @@ def create_app(
     def health() -> dict[str, Any]:
         """Liveness for load balancers and scripts; no token needed, no data given away."""
         body: dict[str, Any] = {"status": "ok", "store": store}
-        if ingest is not None:
-            body["mqtt_connected"] = ingest.ready
+        if mqtt_connected is not None:
+            body["mqtt_connected"] = mqtt_connected()
         return body
 
     @app.get("/api/v1/events", dependencies=read_auth, tags=["events"])
@@ -223,7 +229,7 @@ def create_app(
         response_model_exclude_none=True,
     )
     def create_code(body: CodeRequest) -> dict[str, Any]:
-        """Sign a code for a customer (DESIGN §3); the key never leaves the bridge."""
+        """Sign a code for a customer (docs/codes.md); the key never leaves the bridge."""
         try:
             issued = issue(
                 key,
@@ -250,13 +256,9 @@ def create_app(
         try:
             check_id(kiosk, "kiosk id")
             # Checked before queueing: a queued command is re-sent until applied.
-            data = checked_command(body.name, body.data)
+            cmd = commands.send(kiosk, body.name, body.data)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        if ingest is not None:
-            cmd = ingest.send_command(kiosk, body.name, data)
-        else:
-            cmd = repo.add_command(store, kiosk, body.name, data)
         return {"kiosk": kiosk, **cmd.model_dump()}
 
     dashboard = resources.files("cloud_bridge").joinpath("static/dashboard.html").read_text("utf-8")

@@ -1,16 +1,23 @@
-"""Checking commands before they are queued, shared by the API and the ingest.
+"""Commands to kiosks: the one path by which a command is checked, queued and sent.
 
-A queued command is re-sent until the kiosk reports it applied, possibly much later (a
-kiosk with a fresh store is sent its whole history again), so a bad one must be refused
-at the door, and one that is only safe now (opening a locker) must carry an expiry.
+A queued command carries the kiosk's next `seq` and is re-sent until the kiosk's status
+reports it applied, possibly much later (a kiosk with a fresh store is sent its whole
+history again), so a bad one must be refused at the door, and one that is only safe now
+(opening a locker) must carry an expiry. See docs/mqtt.md.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from o2o_protocol.messages import COMMAND_DATA, CommandName, command_data
+from cloud_bridge.db import Repository
+from o2o_protocol.messages import COMMAND_DATA, Command, CommandName, Status, command_data, dumps
+from o2o_protocol.mqtt import MqttLink
+from o2o_protocol.topics import CMD, kiosk_topic
+
+log = logging.getLogger(__name__)
 
 #: How long a `locker.open` without its own `expires` stays valid: a locker must never
 #: open hours after someone asked for it.
@@ -26,3 +33,43 @@ def checked_command(name: str, data: dict[str, Any], *, now: float | None = None
     if name == CommandName.LOCKER_OPEN and data.get("expires") is None:
         data = {**data, "expires": int(time.time() if now is None else now) + LOCKER_OPEN_TTL_S}
     return data
+
+
+class CommandService:
+    """Queues commands for a store's kiosks and publishes them; re-sends what a kiosk
+    reports it has not applied. Without a link it only queues (the next status re-sends)."""
+
+    def __init__(self, repo: Repository, store: str, link: MqttLink | None = None) -> None:
+        self.repo = repo
+        self.store = store
+        self.link = link
+
+    def send(self, kiosk: str, name: str, data: dict[str, Any]) -> Command:
+        """Queue a command for a kiosk and publish it now.
+
+        Raises ValueError for an unknown command or bad data (nothing is queued).
+        """
+        data = checked_command(name, data)
+        cmd = self.repo.add_command(self.store, kiosk, name, data)
+        self._publish(kiosk, cmd)
+        return cmd
+
+    def kiosk_reported(self, kiosk: str, status: Status) -> None:
+        """The status says how far the kiosk got: send again whatever it has not applied."""
+        if status.online and status.last_cmd_seq is not None:
+            self.resend(kiosk, status.last_cmd_seq)
+
+    def resend(self, kiosk: str, after_seq: int) -> None:
+        try:
+            pending = self.repo.commands_after(self.store, kiosk, after_seq)
+        except Exception:
+            log.exception("could not read the commands for %s", kiosk)
+            return
+        for cmd in pending:
+            self._publish(kiosk, cmd)
+        if pending:
+            log.info("sent %d command(s) to %s from seq %d", len(pending), kiosk, pending[0].seq)
+
+    def _publish(self, kiosk: str, cmd: Command) -> None:
+        if self.link is not None:
+            self.link.publish(kiosk_topic(self.store, kiosk, CMD), dumps(cmd), qos=1)

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import (
+    BaseModel,
     Field,
     ValidationInfo,
     field_validator,
@@ -81,17 +82,22 @@ class _Hidden:
         return repr(redact_url(self.value))
 
 
-def _hide_url(data: Any) -> Any:
-    if isinstance(data, dict) and isinstance(data.get("url"), str):
-        return {**data, "url": _Hidden(data["url"])}
-    return data
+class _UrlHidden(BaseModel):
+    """A section whose `url` may hold a password: wrapped before any validator sees it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hide(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("url"), str):
+            return {**data, "url": _Hidden(data["url"])}
+        return data
 
 
 def _unwrap(value: Any) -> Any:
     return value.value if isinstance(value, _Hidden) else value
 
 
-class MqttSection(MqttConnection):
+class MqttSection(MqttConnection, _UrlHidden):
     #: Stable id, so the broker keeps this bridge's session (and its queued messages)
     #: across restarts. Each worker of a shared group needs its own.
     client_id: str | None = None
@@ -107,11 +113,6 @@ class MqttSection(MqttConnection):
     def _group(cls, v: str | None) -> str | None:
         return None if v is None else check_id(v, "shared_group")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _hide(cls, data: Any) -> Any:
-        return _hide_url(data)
-
     @field_validator("url", mode="before")
     @classmethod
     def _checked_url(cls, v: Any) -> Any:
@@ -122,15 +123,10 @@ class MqttSection(MqttConnection):
         return v
 
 
-class DbSection(_Section):
+class DbSection(_Section, _UrlHidden):
     #: SQLAlchemy URL. Empty means the SQLite file `bridge.db` beside the config file;
     #: `postgresql+psycopg://user:pass@host/db` for PostgreSQL.
     url: Annotated[str, Field(validate_default=True)] = ""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _hide(cls, data: Any) -> Any:
-        return _hide_url(data)
 
     @field_validator("url", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""Issuing signed codes (DESIGN §3), shared by `o2o-bridge issue` and `POST /api/v1/codes`.
+"""Issuing signed codes (docs/codes.md), shared by `o2o-bridge issue` and `POST /api/v1/codes`.
 
 One place decides the defaults (a random id, how long a coupon or pickup code lives), so
 a code made on the command line and one made through the API look the same to a kiosk.

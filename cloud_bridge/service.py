@@ -1,8 +1,9 @@
-"""`o2o-bridge run`: ingest, REST API and dashboard in one process, stopped in order.
+"""`o2o-bridge run`: the MQTT runtime, REST API and dashboard in one process, stopped in order.
 
 Start-up binds the HTTP socket first (a port in use is a one-line error, before anything
-else has started), then starts the ingest, then serves. SIGTERM or SIGINT stops uvicorn,
-then the ingest (which stores and acks what it has taken before disconnecting).
+else has started), then starts the runtime (`runtime.py`: ingest, commands, figures),
+then serves. SIGTERM or SIGINT stops uvicorn, then the runtime (which stores and acks
+what it has taken before disconnecting).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.engine import make_url
 from cloud_bridge.api import create_app
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
-from cloud_bridge.ingest import Ingest
+from cloud_bridge.runtime import BridgeRuntime
 from o2o_protocol.config_file import ConfigError
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,11 @@ def run_service(
         if password:  # a driver may quote the URL it was given
             first = first.replace(str(password), "***")
         raise ConfigError(config_path, "db.url", f"cannot open the database: {first}") from None
-    ingest = Ingest(config, repo)
+    runtime = BridgeRuntime(config, repo)
     try:
-        app = create_app(config, repo, ingest=ingest)
+        app = create_app(
+            config, repo, commands=runtime.commands, mqtt_connected=lambda: runtime.ready
+        )
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             sock = socket.create_server((host, port), family=family)
@@ -73,7 +76,7 @@ def run_service(
         repo.close()
         raise
 
-    ingest.start()
+    runtime.start()
     server = Server(
         uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
@@ -90,7 +93,7 @@ def run_service(
     try:
         server.run(sockets=[sock])
     finally:
-        ingest.stop()
+        runtime.stop()
         repo.close()
         sock.close()
         log.info("stopped")

@@ -2,8 +2,9 @@
 
 Delivery is end to end: an event leaves the outbox only when the bridge's `acks` names
 it, so a broker that drops queued messages, restarts or vanishes for a day loses nothing.
-paho runs the network loop and reconnects by itself; one worker thread here publishes
-batches and applies acks and commands, so the network thread never waits on the disk.
+The connection itself (reconnects, MQTT version, login, TLS, Last Will) is the shared
+`o2o_protocol.mqtt.MqttLink`; one worker thread here publishes batches and applies acks
+and commands, so the network thread never waits on the disk.
 """
 
 from __future__ import annotations
@@ -11,23 +12,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from kiosk import ha
 from kiosk.config import MqttSection
 from kiosk.store import KioskStore
 from o2o_protocol import topics
-from o2o_protocol.config_file import parse_mqtt_url
 from o2o_protocol.messages import (
     Command,
     ProtocolError,
@@ -35,15 +32,16 @@ from o2o_protocol.messages import (
     parse_ack,
     parse_command,
 )
+from o2o_protocol.mqtt import MqttLink, Will
 from o2o_protocol.timeutil import rfc3339
 
 log = logging.getLogger(__name__)
 
-#: CONNACK reason code of a broker that does not speak the MQTT version asked for.
-UNSUPPORTED_PROTOCOL = 132
 #: At most this many events are in flight (published, not yet acked) at once.
 MAX_IN_FLIGHT = 2000
 STATUS_EVERY_S = 30.0
+
+T = TypeVar("T")
 
 
 class Sync:
@@ -72,50 +70,34 @@ class Sync:
         #: only raises `_resend_all`, so nobody mutates it while the worker iterates it.
         self._in_flight: dict[str, float] = {}
         self._resend_all = False
-        self._connected = threading.Event()
         self._stopping = threading.Event()
         self._status_due = True
         self._refusal_logged = False
-        self._unreachable_logged = False
         self._worker = threading.Thread(target=self._run, name="sync", daemon=True)
-        #: MQTT v5 first; a broker that only speaks 3.1.1 gets 3.1.1 (see `_downgrade`).
-        self.protocol = mqtt.MQTTv311 if cfg.protocol == "3.1.1" else mqtt.MQTTv5
-        self._downgrade_due = False
-        self.client = self._make_client()
-
-    # --- set-up ----------------------------------------------------------------------
-
-    def _make_client(self) -> mqtt.Client:
-        s, k = self.store.store_id, self.store.kiosk_id
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        self._link = MqttLink(
+            cfg,
             client_id=f"o2o-kiosk-{s}-{k}",
-            protocol=self.protocol,
+            will=Will(self._t_status, dumps({"online": False})),
+            on_connect=self._on_connect,
+            on_publish=self._on_publish,
+            unreachable_note="outcomes stay queued, retrying",
         )
-        if self.cfg.username:
-            password = self.cfg.password.get_secret_value() if self.cfg.password else None
-            client.username_pw_set(self.cfg.username, password)
-        tls, self._host, self._port = parse_mqtt_url(self.cfg.url)
-        if tls:
-            client.tls_set(
-                ca_certs=str(self.cfg.ca_file) if self.cfg.ca_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        client.will_set(self._t_status, dumps({"online": False}), qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.message_callback_add(self._t_acks, self._on_ack)
-        client.message_callback_add(self._t_cmd, self._on_cmd)
-        client.message_callback_add(topics.HA_STATUS, self._on_ha_status)
-        return client
+        self._link.subscribe([self._t_acks], self._on_ack)
+        self._link.subscribe([self._t_cmd], self._on_cmd)
+        self._link.subscribe([topics.HA_STATUS], self._on_ha_status)
+
+    @property
+    def client(self) -> mqtt.Client:
+        """The current paho client (a new one after a switch to MQTT 3.1.1)."""
+        return self._link.client
+
+    @property
+    def protocol(self) -> int:
+        return int(self._link.protocol)
 
     def start(self) -> None:
         """Connect in the background: a broker that is down at boot stops nothing."""
-        self.client.connect_async(self._host, self._port, keepalive=self.cfg.keepalive_s)
-        self.client.loop_start()
+        self._link.start()
         self._worker.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -123,14 +105,13 @@ class Sync:
         self._stopping.set()
         self.notify()
         self._worker.join(timeout)
-        if self._connected.is_set():
-            info = self.client.publish(
+        if self._link.connected:
+            info = self._link.publish(
                 self._t_status, dumps(self._status(online=False)), qos=1, retain=True
             )
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=2.0)
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._link.stop()
 
     # --- what others call ------------------------------------------------------------
 
@@ -141,10 +122,10 @@ class Sync:
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self._link.connected
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        return self._link.wait_connected(timeout)
 
     def wait_drained(self, timeout: float) -> bool:
         """Block until every event in the outbox is acked, or the timeout passes."""
@@ -155,66 +136,17 @@ class Sync:
             time.sleep(0.05)
         return True
 
-    # --- paho callbacks (network thread: parse, queue, return) -----------------------
+    # --- MQTT callbacks (network thread: parse, queue, return) -----------------------
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            v5_refused = reason_code.value == UNSUPPORTED_PROTOCOL
-            if v5_refused and self.protocol == mqtt.MQTTv5 and self.cfg.protocol == "auto":
-                log.info("the broker does not speak MQTT v5; switching to MQTT 3.1.1")
-                with self._wake:
-                    self._downgrade_due = True
-                    self._wake.notify()
-                return
-            log.warning("broker refused the connection: %s", reason_code)
-            return
-        log.info("connected to %s:%d", self._host, self._port)
+    def _on_connect(self) -> None:
         self._refusal_logged = False
-        self._unreachable_logged = False
-        client.subscribe([(self._t_acks, 1), (self._t_cmd, 1), (topics.HA_STATUS, 1)])
         self._publish_discovery()
-        self._connected.set()
         with self._wake:
             self._resend_all = True  # whatever was in flight is re-sent on this connection
             self._status_due = True
             self._wake.notify()
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        if not self._unreachable_logged:  # once per outage, not once per retry
-            self._unreachable_logged = True
-            log.warning(
-                "cannot reach the broker at %s:%d; outcomes stay queued, retrying",
-                self._host,
-                self._port,
-            )
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if self._connected.is_set() and not self._stopping.is_set():
-            log.warning("disconnected from the broker (%s); will reconnect", reason_code)
-        self._connected.clear()
-
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _on_publish(self, reason_code: ReasonCode) -> None:
         """A broker's ACL drops a refused publish silently unless we listen (MQTT v5 PUBACK):
         a kiosk whose login does not match its ids would otherwise retry forever, unseen."""
         if reason_code.is_failure and not self._refusal_logged:
@@ -227,34 +159,26 @@ class Sync:
                 self.store.kiosk_id,
             )
 
-    def _on_ack(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            ack = parse_ack(msg.payload)
-        except ProtocolError as exc:
-            log.warning("dropped a bad ack on %s: %s (%.200r)", msg.topic, exc, msg.payload)
-            return
-        with self._wake:
-            self._acks.append(ack.ids)
-            self._wake.notify()
+    def _on_ack(self, msg: mqtt.MQTTMessage) -> None:
+        if (ack := _parsed(msg, "ack", parse_ack)) is not None:
+            with self._wake:
+                self._acks.append(ack.ids)
+                self._wake.notify()
 
-    def _on_cmd(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            cmd = parse_command(msg.payload)
-        except ProtocolError as exc:
-            log.warning("dropped a bad command on %s: %s (%.200r)", msg.topic, exc, msg.payload)
-            return
-        with self._wake:
-            self._commands.append(cmd)
-            self._wake.notify()
+    def _on_cmd(self, msg: mqtt.MQTTMessage) -> None:
+        if (cmd := _parsed(msg, "command", parse_command)) is not None:
+            with self._wake:
+                self._commands.append(cmd)
+                self._wake.notify()
 
-    def _on_ha_status(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_ha_status(self, msg: mqtt.MQTTMessage) -> None:
         """Home Assistant came (back) online: it forgets devices, so tell it again."""
         if msg.payload.strip() == b"online":
             self._publish_discovery()
 
     def _publish_discovery(self) -> None:
         topic, payload = ha.discovery(self.store.store_id, self.store.kiosk_id, self.version)
-        self.client.publish(topic, dumps(payload), qos=1, retain=True)
+        self._link.publish(topic, dumps(payload), qos=1, retain=True)
 
     # --- the worker ------------------------------------------------------------------
 
@@ -262,7 +186,7 @@ class Sync:
         last_status = 0.0
         while not self._stopping.is_set():
             with self._wake:
-                status_due = self._status_due and self._connected.is_set()
+                status_due = self._status_due and self._link.connected
                 if not (self._acks or self._commands or status_due):
                     self._wake.wait(timeout=0.5)
                 acks = list(self._acks)
@@ -273,33 +197,19 @@ class Sync:
                     self._resend_all = False
                     self._in_flight.clear()
             try:
-                if self._downgrade_due:
-                    self._downgrade()
                 self._apply_acks(acks)
                 self._apply_commands(commands)
-                if self._connected.is_set():
+                if self._link.connected:
                     self._publish_pending()
                     if self._status_due or time.monotonic() - last_status > STATUS_EVERY_S:
                         self._status_due = False
                         last_status = time.monotonic()
-                        self.client.publish(
+                        self._link.publish(
                             self._t_status, dumps(self._status(online=True)), qos=1, retain=True
                         )
             except Exception:  # the worker must outlive any one bad moment
                 log.exception("sync worker error; retrying")
                 time.sleep(1.0)
-
-    def _downgrade(self) -> None:
-        """Reconnect with MQTT 3.1.1: a new paho client, same settings, same outbox."""
-        self._downgrade_due = False
-        old = self.client
-        with contextlib.suppress(Exception):
-            old.disconnect()
-        old.loop_stop()
-        self.protocol = mqtt.MQTTv311
-        self.client = self._make_client()
-        self.client.connect_async(self._host, self._port, keepalive=self.cfg.keepalive_s)
-        self.client.loop_start()
 
     def _apply_acks(self, acks: list[list[str]]) -> None:
         ids = [i for batch in acks for i in batch]
@@ -355,7 +265,7 @@ class Sync:
     def _send(self, batch: list[dict[str, Any]], now: float) -> None:
         # ASCII-escaped JSON is still UTF-8 JSON, and any text at all can be sent in it.
         payload = json.dumps(batch, separators=(",", ":")).encode()
-        info = self.client.publish(self._t_events, payload, qos=1)
+        info = self._link.publish(self._t_events, payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return  # not connected after all; the next connection sends them
         for event in batch:
@@ -370,3 +280,12 @@ class Sync:
             "outbox": self.store.outbox_size(),
             **self._telemetry(),
         }
+
+
+def _parsed(msg: mqtt.MQTTMessage, what: str, parse: Callable[[bytes | bytearray], T]) -> T | None:
+    """The message's payload parsed; a bad one is logged and dropped (None)."""
+    try:
+        return parse(msg.payload)
+    except ProtocolError as exc:
+        log.warning("dropped a bad %s on %s: %s (%.200r)", what, msg.topic, exc, msg.payload)
+        return None

@@ -1,4 +1,5 @@
-"""Ingest against a real Mosquitto: a kiosk publishes events, the bridge stores and acks.
+"""The bridge's MQTT runtime against a real Mosquitto: a kiosk publishes events, the bridge
+stores and acks.
 
 What a kiosk relies on: an ack names an event only once it is stored; a re-sent event is
 acked again but stored once; junk on the wire costs nothing but itself.
@@ -23,7 +24,7 @@ from sqlalchemy.exc import DataError, OperationalError
 
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
-from cloud_bridge.ingest import Ingest
+from cloud_bridge.runtime import BridgeRuntime
 from o2o_protocol.config_file import validate_config
 from o2o_protocol.messages import Event, dumps, new_event_id
 from o2o_protocol.timeutil import rfc3339
@@ -99,8 +100,10 @@ def make_config(
 
 
 @pytest.fixture
-def bridge(tmp_path: Path, mosquitto_broker: MosquittoBroker, repo: Repository) -> Iterator[Ingest]:
-    ingest = Ingest(make_config(tmp_path, mosquitto_broker), repo, stats_interval_s=0.2)
+def bridge(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, repo: Repository
+) -> Iterator[BridgeRuntime]:
+    ingest = BridgeRuntime(make_config(tmp_path, mosquitto_broker), repo, stats_interval_s=0.2)
     ingest.start()
     assert ingest.wait_ready(10), "bridge did not subscribe"
     yield ingest
@@ -118,7 +121,7 @@ EVENTS_K1 = kiosk_topic(STORE, "k1", "events")
 
 
 def test_batch_is_acked_after_it_is_stored_and_resend_is_stored_once(
-    bridge: Ingest, kiosk: Peer, repo: Repository
+    bridge: BridgeRuntime, kiosk: Peer, repo: Repository
 ) -> None:
     batch = events(3)
     kiosk.publish(EVENTS_K1, dumps(batch))
@@ -138,7 +141,7 @@ def test_batch_is_acked_after_it_is_stored_and_resend_is_stored_once(
 
 
 def test_junk_is_dropped_and_good_events_still_flow(
-    bridge: Ingest, kiosk: Peer, repo: Repository
+    bridge: BridgeRuntime, kiosk: Peer, repo: Repository
 ) -> None:
     for junk in (b"not json", b"\xff\xfe", b'{"id": 1}', b"[]", b"42", b'[{"seq": 1}]'):
         kiosk.publish(EVENTS_K1, junk)
@@ -153,7 +156,9 @@ def test_junk_is_dropped_and_good_events_still_flow(
     assert bridge.ready  # nothing above broke the network thread
 
 
-def test_a_kiosk_cannot_speak_for_another(bridge: Ingest, kiosk: Peer, repo: Repository) -> None:
+def test_a_kiosk_cannot_speak_for_another(
+    bridge: BridgeRuntime, kiosk: Peer, repo: Repository
+) -> None:
     foreign = events(1, kiosk="k2")[0]
     other_store = events(1, store="s2")[0]
     own = events(1)[0]
@@ -167,7 +172,7 @@ def test_a_kiosk_cannot_speak_for_another(bridge: Ingest, kiosk: Peer, repo: Rep
 
 
 def test_stats_are_published_retained(
-    bridge: Ingest, kiosk: Peer, mosquitto_broker: MosquittoBroker
+    bridge: BridgeRuntime, kiosk: Peer, mosquitto_broker: MosquittoBroker
 ) -> None:
     kiosk.publish(EVENTS_K1, dumps(events(2)))
     kiosk.next()
@@ -185,7 +190,9 @@ def test_stats_are_published_retained(
     assert stats["checkins"] == 2 and stats["store"] == STORE
 
 
-def test_status_updates_the_kiosk_table(bridge: Ingest, kiosk: Peer, repo: Repository) -> None:
+def test_status_updates_the_kiosk_table(
+    bridge: BridgeRuntime, kiosk: Peer, repo: Repository
+) -> None:
     status = kiosk_topic(STORE, "k1", "status")
     kiosk.client.publish(status, json.dumps({"online": True, "outbox": 0}), qos=1, retain=True)
     deadline = time.monotonic() + 5
@@ -204,14 +211,14 @@ def test_events_sent_while_the_bridge_is_down_arrive_after_restart(
 ) -> None:
     """The broker keeps the bridge's session: a bridge restart loses nothing queued."""
     config = make_config(tmp_path, mosquitto_broker)
-    first = Ingest(config, repo)
+    first = BridgeRuntime(config, repo)
     first.start()
     assert first.wait_ready(10)
     first.stop()
     batch = events(5)
     for e in batch:
         kiosk.publish(EVENTS_K1, dumps(e))
-    again = Ingest(config, repo)
+    again = BridgeRuntime(config, repo)
     again.start()
     try:
         acked: set[str] = set()
@@ -227,7 +234,7 @@ def test_shared_subscription_workers_store_each_event_once(
     tmp_path: Path, mosquitto_broker: MosquittoBroker, repo: Repository, kiosk: Peer
 ) -> None:
     workers = [
-        Ingest(make_config(tmp_path, mosquitto_broker, shared_group="bridges"), repo)
+        BridgeRuntime(make_config(tmp_path, mosquitto_broker, shared_group="bridges"), repo)
         for _ in range(2)
     ]
     for w in workers:
@@ -248,13 +255,13 @@ def test_shared_subscription_workers_store_each_event_once(
 
 
 def test_commands_are_sent_and_resent_until_the_kiosk_reports_them(
-    bridge: Ingest, mosquitto_broker: MosquittoBroker
+    bridge: BridgeRuntime, mosquitto_broker: MosquittoBroker
 ) -> None:
     cmd_topic = kiosk_topic(STORE, "k1", "cmd")
     kiosk = Peer(mosquitto_broker, cmd_topic)
     try:
-        first = bridge.send_command("k1", "preorder.upsert", {"order": "A12"})
-        second = bridge.send_command("k1", "code.revoke", {"id": "cp1"})
+        first = bridge.commands.send("k1", "preorder.upsert", {"order": "A12"})
+        second = bridge.commands.send("k1", "code.revoke", {"id": "cp1"})
         assert (first.seq, second.seq) == (1, 2)
         got = [kiosk.next()[1] for _ in range(2)]
         assert got == [
@@ -307,7 +314,7 @@ def test_an_event_the_database_refuses_is_quarantined_and_the_rest_flow(
             return real(session, values)
 
         monkeypatch.setattr(repo, "_insert_events", refuse)
-    ingest = Ingest(make_config(tmp_path, mosquitto_broker), repo)
+    ingest = BridgeRuntime(make_config(tmp_path, mosquitto_broker), repo)
     ingest.start()
     try:
         assert ingest.wait_ready(10)
@@ -329,7 +336,7 @@ def test_an_event_the_database_refuses_is_quarantined_and_the_rest_flow(
 
 
 def test_a_database_outage_is_waited_out_not_quarantined(
-    bridge: Ingest, kiosk: Peer, repo: Repository, monkeypatch: pytest.MonkeyPatch
+    bridge: BridgeRuntime, kiosk: Peer, repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = repo._insert_events
     failures: list[int] = []
@@ -366,7 +373,7 @@ def test_a_redeemed_coupon_is_used_up_at_every_other_kiosk(
     repo: Repository,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    ingest = Ingest(
+    ingest = BridgeRuntime(
         make_config(tmp_path, mosquitto_broker, kiosks=("k1", "k2")), repo, stats_interval_s=0.2
     )
     ingest.start()
@@ -400,7 +407,7 @@ def test_a_redeemed_coupon_is_used_up_at_every_other_kiosk(
         assert peers["k2"].next()[1]["name"] == "coupon.used"
 
         # k2 was offline too and accepted the same coupon: counted and logged.
-        with caplog.at_level(logging.WARNING, logger="cloud_bridge.ingest"):
+        with caplog.at_level(logging.WARNING, logger="cloud_bridge.rules"):
             second = redeemed("k2", "cp1")
             peers["k2"].publish(kiosk_topic(STORE, "k2", "events"), dumps(second))
             assert peers["k2"].next()[1] == {"ids": [second.id]}
@@ -414,15 +421,15 @@ def test_a_redeemed_coupon_is_used_up_at_every_other_kiosk(
         ingest.stop()
 
 
-def test_send_command_checks_the_command(bridge: Ingest, repo: Repository) -> None:
+def test_send_command_checks_the_command(bridge: BridgeRuntime, repo: Repository) -> None:
     with pytest.raises(ValueError, match="unknown command"):
-        bridge.send_command("k1", "self.destruct", {})
+        bridge.commands.send("k1", "self.destruct", {})
     with pytest.raises(ValueError, match="locker"):
-        bridge.send_command("k1", "locker.open", {"locker": "first"})
+        bridge.commands.send("k1", "locker.open", {"locker": "first"})
     assert repo.commands_after(STORE, "k1", 0) == []  # nothing queued
     before = int(time.time())
-    cmd = bridge.send_command("k1", "locker.open", {"locker": 2})
+    cmd = bridge.commands.send("k1", "locker.open", {"locker": 2})
     assert before + 300 <= cmd.data["expires"] <= int(time.time()) + 300
     assert (
-        bridge.send_command("k1", "locker.open", {"locker": 2, "expires": 5}).data["expires"] == 5
+        bridge.commands.send("k1", "locker.open", {"locker": 2, "expires": 5}).data["expires"] == 5
     )

@@ -111,9 +111,13 @@ def broker311() -> Iterator[str]:
     thread.join(10)
 
 
-def test_kiosk_and_bridge_fall_back_to_mqtt_311(tmp_path: Path, broker311: str) -> None:
-    bridge = Bridge(tmp_path / "bridge", broker311)
-    bridge.start()
+@pytest.mark.parametrize("group", [None, "bridges"])
+def test_kiosk_and_bridge_fall_back_to_mqtt_311(
+    tmp_path: Path, broker311: str, group: str | None
+) -> None:
+    """With a shared group too: 3.1.1 has none, so that worker takes every message."""
+    bridge = Bridge(tmp_path / "bridge", broker311, **({"shared_group": group} if group else {}))
+    runtime = bridge.start()
     store = open_store(tmp_path / "kiosk")
     ids = queue_events(store, 300)
     sync = Sync(kiosk_mqtt(broker311), store, version="test")
@@ -121,6 +125,8 @@ def test_kiosk_and_bridge_fall_back_to_mqtt_311(tmp_path: Path, broker311: str) 
     try:
         wait_until(lambda: store.outbox_size() == 0, what="the outbox to drain over 3.1.1")
         assert sync.protocol == 4  # paho's MQTTv311
+        assert not runtime.link.v5
+        assert not any(t.startswith("$share/") for t in runtime.link.subscriptions())
         assert_stored_exactly_once(bridge.config.db.url, ids)
     finally:
         sync.stop()

@@ -1,4 +1,4 @@
-"""Kiosk sync against a real Mosquitto and a real bridge (DESIGN §4).
+"""Kiosk sync against a real Mosquitto and a real bridge (docs/mqtt.md).
 
 What a shop owner relies on: an event leaves the kiosk's outbox only once the bridge has
 stored it; the kiosk's retained status tells any dashboard how it is doing, and says
@@ -34,7 +34,7 @@ from sqlalchemy import text
 from cloud_bridge.api import create_app
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
-from cloud_bridge.ingest import Ingest
+from cloud_bridge.runtime import BridgeRuntime
 from kiosk.config import MqttSection
 from kiosk.decisions import Decision
 from kiosk.store import KioskStore
@@ -99,26 +99,27 @@ def bridge_config(
 
 
 class Bridge:
-    """The bridge's ingest in-process (Ingest + Repository on SQLite); restartable."""
+    """The bridge's MQTT runtime in-process (BridgeRuntime + Repository on SQLite);
+    restartable."""
 
     def __init__(self, directory: Path, url: str, **mqtt_settings: Any) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.config = bridge_config(directory, url, **mqtt_settings)
         self.repo = Repository.from_url(f"sqlite:///{directory / 'bridge.db'}")
         self.repo.create_tables()
-        self.ingest: Ingest | None = None
+        self.runtime: BridgeRuntime | None = None
 
-    def start(self, *, wait: bool = True) -> Ingest:
-        self.ingest = Ingest(self.config, self.repo, stats_interval_s=0.5)
-        self.ingest.start()
+    def start(self, *, wait: bool = True) -> BridgeRuntime:
+        self.runtime = BridgeRuntime(self.config, self.repo, stats_interval_s=0.5)
+        self.runtime.start()
         if wait:
-            assert self.ingest.wait_ready(TIMEOUT), "the bridge did not subscribe"
-        return self.ingest
+            assert self.runtime.wait_ready(TIMEOUT), "the bridge did not subscribe"
+        return self.runtime
 
     def stop(self) -> None:
-        if self.ingest is not None:
-            self.ingest.stop()
-            self.ingest = None
+        if self.runtime is not None:
+            self.runtime.stop()
+            self.runtime = None
 
     def close(self) -> None:
         self.stop()
@@ -499,9 +500,13 @@ def test_commands_apply_once_in_order_and_catch_up_after_offline(
         code = verify_code(issuer.code("c", cid), issuer.public_keys, store=STORE, now=time.time())
         assert isinstance(code, Code)
         codes[cid] = code
-    assert bridge.ingest is not None
+    assert bridge.runtime is not None
     app = create_app(
-        bridge.config, bridge.repo, token="t" * 32, signing_key=issuer.key, ingest=bridge.ingest
+        bridge.config,
+        bridge.repo,
+        token="t" * 32,
+        signing_key=issuer.key,
+        commands=bridge.runtime.commands,
     )
     api = TestClient(app, headers={"Authorization": "Bearer " + "t" * 32})
 
@@ -532,7 +537,7 @@ def test_commands_apply_once_in_order_and_catch_up_after_offline(
         assert preorder is not None and preorder.size == "L" and preorder.name == "Li"
 
         # A re-sent command is not applied twice; a command from the future waits its turn.
-        assert bridge.ingest is not None
+        assert bridge.runtime is not None
         cmd_topic = topics.kiosk_topic(STORE, KIOSK, topics.CMD)
         peer = Watcher(mosquitto_broker.port)
         try:
@@ -567,7 +572,7 @@ def test_broken_acks_and_commands_are_dropped_and_sync_goes_on(
     kiosk.sync.notify()
     assert kiosk.sync.wait_drained(TIMEOUT), "the kiosk stopped syncing after junk"
     assert_stored_exactly_once(str(bridge.repo.engine.url), ids)
-    assert bridge.ingest is not None
-    bridge.ingest.send_command(KIOSK, "member.upsert", {"id": "u2", "name": "Zhao"})
+    assert bridge.runtime is not None
+    bridge.runtime.commands.send(KIOSK, "member.upsert", {"id": "u2", "name": "Zhao"})
     wait_until(lambda: kiosk.store.last_cmd_seq == 1, what="a good command after the junk")
     assert [c.name for c in kiosk.commands] == ["member.upsert"]

@@ -1,6 +1,6 @@
 """Chaos: 10,000 queued events drain while the broker, the kiosk or the bridge dies.
 
-The promise (DESIGN §4): 0 lost, 0 stored twice, whatever restarts in the middle. Each
+The promise (docs/mqtt.md): 0 lost, 0 stored twice, whatever restarts in the middle. Each
 interruption is triggered by progress (some, but not all, events already stored), so it
 lands mid-drain by construction, and the test asserts that it did.
 """
@@ -71,8 +71,8 @@ def test_broker_killed_and_restarted_six_times_mid_drain(
             # Strike only a live drain: both ends connected again and moving since the
             # last restart, so every kill cuts real traffic.
             def live(p: int = point, after: int = last) -> bool:
-                ingest = bridge.ingest
-                ready = sync.connected and ingest is not None and ingest.ready
+                runtime = bridge.runtime
+                ready = sync.connected and runtime is not None and runtime.ready
                 return ready and bridge.count() >= max(p, after + 1)
 
             wait_until(live, DRAIN_TIMEOUT, f"{point} events stored (seed {seed})")

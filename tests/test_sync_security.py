@@ -2,7 +2,7 @@
 
 The broker is started the way `tests/test_broker_config.py` does it (the production file
 with its listener on a free port, users made with `add-kiosk-user.sh` and
-`mosquitto_passwd`). Here the clients are the project's own `Sync` and `Ingest`, not
+`mosquitto_passwd`). Here the clients are the project's own `Sync` and `BridgeRuntime`, not
 hand-written paho peers: what a shop runs must work with what a shop's broker enforces.
 """
 

@@ -17,42 +17,20 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    DateTime,
-    Dialect,
-    Engine,
-    Index,
-    String,
-    Text,
-    and_,
-    create_engine,
-    event,
-    exists,
-    func,
-    or_,
-    select,
-)
+from sqlalchemy import ColumnElement, Engine, Select, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import (
-    DBAPIError,
-    DisconnectionError,
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-)
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, sessionmaker
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
+from cloud_bridge.db.errors import UnstorableEvent, has_nul, is_write_conflict, one_line
+from cloud_bridge.db.figures import today_stats as figures_of_today
+from cloud_bridge.db.records import KioskState, RejectedEvent, StoredEvent, stored_event
+from cloud_bridge.db.tables import Base, CommandRow, EventRow, KioskRow, RejectedEventRow
 from o2o_protocol.messages import Command, Event, EventType, Status
 from o2o_protocol.timeutil import parse_rfc3339
 
@@ -62,194 +40,9 @@ log = logging.getLogger(__name__)
 _CHUNK = 500
 #: Attempts for a transaction the database aborted because of another writer.
 _CONFLICT_ATTEMPTS = 5
-#: SQLSTATEs of "run it again": serialization_failure, deadlock_detected.
-_RETRY_SQLSTATES = frozenset({"40001", "40P01"})
 
 T = TypeVar("T")
-
-
-class UnstorableEvent(ValueError):
-    """An event the bridge refuses on the database's behalf.
-
-    PostgreSQL's `json` type accepts `\\u0000` but every later `->>` on that row fails
-    (no NUL in `text`), which would break today's figures for good; SQLite would keep
-    it. Refused up front, such an event is quarantined the same way on both.
-    """
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
-def is_write_conflict(exc: BaseException) -> bool:
-    """An abort caused by a concurrent writer, not by the data: the same work will succeed
-    when run again (PostgreSQL deadlock or serialization failure, SQLite `locked`)."""
-    if not isinstance(exc, DBAPIError) or exc.connection_invalidated:
-        return False
-    orig = exc.orig
-    if getattr(orig, "sqlstate", None) in _RETRY_SQLSTATES:
-        return True
-    return isinstance(exc, OperationalError) and "database is locked" in str(orig)
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    """The database is unreachable or busy, not refusing this data: retrying is right.
-
-    Everything else (a DataError, an IntegrityError, a value the driver cannot bind) is
-    about the rows themselves and will fail again however often it is retried.
-    """
-    if isinstance(exc, DisconnectionError | PoolTimeoutError):
-        return True
-    if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
-    return isinstance(exc, ConnectionError)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite has no zone type)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: the bridge stores UTC-aware times only")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class Base(DeclarativeBase):
-    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: UTCDateTime}
-
-
-class EventRow(Base):
-    __tablename__ = "events"
-    __table_args__ = (
-        Index("ix_events_store_ts", "store", "ts"),
-        Index("ix_events_type", "type"),
-    )
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    store: Mapped[str] = mapped_column(String(64))
-    kiosk: Mapped[str] = mapped_column(String(64))
-    seq: Mapped[int] = mapped_column(BigInteger)
-    type: Mapped[str] = mapped_column(String(64))
-    ts: Mapped[datetime]
-    data: Mapped[dict[str, Any]]
-    received_at: Mapped[datetime]
-
-
-class KioskRow(Base):
-    __tablename__ = "kiosks"
-
-    store: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kiosk: Mapped[str] = mapped_column(String(64), primary_key=True)
-    online: Mapped[bool] = mapped_column(Boolean)
-    last_status: Mapped[dict[str, Any]]
-    last_seen: Mapped[datetime | None]
-
-
-class CommandRow(Base):
-    """Commands for a kiosk, numbered per kiosk; re-sent until its status reports them."""
-
-    __tablename__ = "commands"
-
-    store: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kiosk: Mapped[str] = mapped_column(String(64), primary_key=True)
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64))
-    data: Mapped[dict[str, Any]]
-    created_at: Mapped[datetime]
-
-
-class RejectedEventRow(Base):
-    """Quarantine: events the database refused. Acked to the kiosk (retrying cannot help
-    and would block every later event), kept here for the owner to see."""
-
-    __tablename__ = "rejected_events"
-    __table_args__ = (Index("ix_rejected_events_store_received", "store", "received_at"),)
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    store: Mapped[str] = mapped_column(String(64))
-    kiosk: Mapped[str] = mapped_column(String(64))
-    raw: Mapped[str] = mapped_column(Text)
-    error: Mapped[str] = mapped_column(Text)
-    received_at: Mapped[datetime]
-
-
-@dataclass(frozen=True)
-class RejectedEvent:
-    id: str
-    store: str
-    kiosk: str
-    raw: str
-    error: str
-    received_at: datetime
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "store": self.store,
-            "kiosk": self.kiosk,
-            "raw": self.raw,
-            "error": self.error,
-            "received_at": format_ts(self.received_at),
-        }
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    id: str
-    seq: int
-    type: str
-    ts: datetime
-    store: str
-    kiosk: str
-    data: dict[str, Any]
-    received_at: datetime
-
-    def envelope(self) -> dict[str, Any]:
-        """The event as the contract's envelope (DESIGN §4), ts in RFC 3339 UTC."""
-        return {
-            "id": self.id,
-            "seq": self.seq,
-            "type": self.type,
-            "ts": format_ts(self.ts),
-            "store": self.store,
-            "kiosk": self.kiosk,
-            "data": self.data,
-        }
-
-
-@dataclass(frozen=True)
-class KioskState:
-    store: str
-    kiosk: str
-    online: bool
-    last_status: dict[str, Any]
-    last_seen: datetime | None
-
-
-def format_ts(dt: datetime) -> str:
-    """RFC 3339 UTC with milliseconds (microseconds only when they carry information)."""
-    dt = dt.astimezone(UTC)
-    frac = (
-        f"{dt.microsecond // 1000:03d}" if dt.microsecond % 1000 == 0 else f"{dt.microsecond:06d}"
-    )
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + frac + "Z"
+_R = TypeVar("_R")
 
 
 def make_engine(url: str) -> Engine:
@@ -270,12 +63,6 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
-
-
-def local_midnight(now: datetime | None = None) -> datetime:
-    """Start of today in the machine's zone (the shop's day), as an aware datetime."""
-    local = (now or datetime.now(UTC)).astimezone()
-    return local.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 class Repository:
@@ -314,7 +101,7 @@ class Repository:
                 if attempt == _CONFLICT_ATTEMPTS or not is_write_conflict(exc):
                     raise
                 pause = random.uniform(0.01, 0.05) * 2**attempt
-                log.info("write conflict (%s), retrying in %.2fs", _first_line(exc), pause)
+                log.info("write conflict (%s), retrying in %.2fs", one_line(exc), pause)
                 time.sleep(pause)
         raise AssertionError("unreachable")
 
@@ -327,7 +114,7 @@ class Repository:
         received = now or datetime.now(UTC)
         rows: dict[str, dict[str, Any]] = {}
         for e in events:
-            if e.id not in rows and _has_nul(e.data):
+            if e.id not in rows and has_nul(e.data):
                 raise UnstorableEvent(f"event {e.id}: data holds a NUL character (\\u0000)")
             rows.setdefault(
                 e.id,
@@ -391,14 +178,12 @@ class Repository:
         self, *, store: str | None = None, since: datetime | None = None, limit: int | None = 100
     ) -> list[RejectedEvent]:
         """Quarantined events, newest first."""
-        stmt = select(RejectedEventRow)
-        if store is not None:
-            stmt = stmt.where(RejectedEventRow.store == store)
-        if since is not None:
-            stmt = stmt.where(RejectedEventRow.received_at >= since)
-        stmt = stmt.order_by(RejectedEventRow.received_at.desc(), RejectedEventRow.id.desc())
-        if limit is not None:
-            stmt = stmt.limit(limit)
+        stmt = _where(
+            select(RejectedEventRow),
+            None if store is None else RejectedEventRow.store == store,
+            None if since is None else RejectedEventRow.received_at >= since,
+        ).order_by(RejectedEventRow.received_at.desc(), RejectedEventRow.id.desc())
+        stmt = stmt.limit(limit)
         with self._sessions() as session:
             return [
                 RejectedEvent(r.id, r.store, r.kiosk, r.raw, r.error, r.received_at)
@@ -419,7 +204,7 @@ class Repository:
             .order_by(EventRow.received_at, EventRow.id)
         )
         with self._sessions() as session:
-            return [_stored(r) for r in session.execute(stmt).scalars()]
+            return [stored_event(r) for r in session.execute(stmt).scalars()]
 
     def events(
         self,
@@ -454,24 +239,21 @@ class Repository:
         oldest_first: bool = True,
     ) -> Iterator[StoredEvent]:
         """Stream events without loading the whole table (for exports)."""
-        stmt = select(EventRow)
-        if store is not None:
-            stmt = stmt.where(EventRow.store == store)
-        if since is not None:
-            stmt = stmt.where(EventRow.ts >= since)
-        if type is not None:
-            stmt = stmt.where(EventRow.type == type)
-        if kiosk is not None:
-            stmt = stmt.where(EventRow.kiosk == kiosk)
+        stmt = _where(
+            select(EventRow),
+            None if store is None else EventRow.store == store,
+            None if since is None else EventRow.ts >= since,
+            None if type is None else EventRow.type == type,
+            None if kiosk is None else EventRow.kiosk == kiosk,
+        )
         if oldest_first:
             stmt = stmt.order_by(EventRow.ts, EventRow.id)
         else:
             stmt = stmt.order_by(EventRow.ts.desc(), EventRow.id.desc())
-        if limit is not None:
-            stmt = stmt.limit(limit)
+        stmt = stmt.limit(limit)
         with self._sessions() as session:
             for row in session.execute(stmt.execution_options(yield_per=1000)).scalars():
-                yield _stored(row)
+                yield stored_event(row)
 
     def count_events(self) -> int:
         with self._sessions() as session:
@@ -479,78 +261,8 @@ class Repository:
 
     def today_stats(self, store: str, *, now: datetime | None = None) -> dict[str, Any]:
         """Today's figures (the shop's local day) for the dashboard and the stats topic."""
-        now = now or datetime.now(UTC)
-        start = local_midnight(now)
-        end = start + timedelta(days=1)
-        in_today = (EventRow.store == store, EventRow.ts >= start, EventRow.ts < end)
-        reason = EventRow.data["reason"].as_string()
         with self._sessions() as session:
-            by_type = {
-                t: int(n)
-                for t, n in session.execute(
-                    select(EventRow.type, func.count()).where(*in_today).group_by(EventRow.type)
-                )
-            }
-            rejections = {
-                (r or "unknown"): int(n)
-                for r, n in session.execute(
-                    select(reason, func.count())
-                    .where(*in_today, EventRow.type == EventType.SCAN_REJECTED.value)
-                    .group_by(reason)
-                )
-            }
-            kiosks = session.execute(
-                select(KioskRow.online).where(KioskRow.store == store)
-            ).scalars()
-            online = [bool(k) for k in kiosks]
-            doubles = int(session.scalar(self._double_redemptions(store, start, end)) or 0)
-        return {
-            "store": store,
-            "day": start.strftime("%Y-%m-%d"),
-            "ts": format_ts(now),
-            "events": sum(by_type.values()),
-            "checkins": by_type.get(EventType.CHECKIN.value, 0),
-            "redemptions": by_type.get(EventType.COUPON_REDEEMED.value, 0),
-            "pickups": by_type.get(EventType.PICKUP_COMPLETED.value, 0),
-            "reservations": by_type.get(EventType.RESERVATION_ARRIVED.value, 0),
-            "joins": by_type.get(EventType.MEMBER_JOINED.value, 0),
-            "rejected": by_type.get(EventType.SCAN_REJECTED.value, 0),
-            "double_redemptions": doubles,
-            "rejections": dict(sorted(rejections.items())),
-            "by_type": dict(sorted(by_type.items())),
-            "kiosks_online": sum(online),
-            "kiosks_seen": len(online),
-        }
-
-    @staticmethod
-    def _double_redemptions(store: str, start: datetime, end: datetime) -> Any:
-        """Today's redemptions of a coupon the bridge had already stored as redeemed
-        (under another event id): two kiosks that were offline at once both accepted it."""
-        first = aliased(EventRow)
-        coupon = EventRow.data["coupon_id"].as_string()
-        redeemed = EventType.COUPON_REDEEMED.value
-        earlier = exists().where(
-            first.store == EventRow.store,
-            first.type == redeemed,
-            first.data["coupon_id"].as_string() == coupon,
-            first.id != EventRow.id,
-            or_(
-                first.received_at < EventRow.received_at,
-                and_(first.received_at == EventRow.received_at, first.id < EventRow.id),
-            ),
-        )
-        return (
-            select(func.count())
-            .select_from(EventRow)
-            .where(
-                EventRow.store == store,
-                EventRow.type == redeemed,
-                EventRow.ts >= start,
-                EventRow.ts < end,
-                coupon.is_not(None),
-                earlier,
-            )
-        )
+            return figures_of_today(session, store, now=now)
 
     # -- kiosks ---------------------------------------------------------------------
 
@@ -637,21 +349,6 @@ class Repository:
             ]
 
 
-def _stored(row: EventRow) -> StoredEvent:
-    return StoredEvent(
-        id=row.id,
-        seq=row.seq,
-        type=row.type,
-        ts=row.ts,
-        store=row.store,
-        kiosk=row.kiosk,
-        data=row.data,
-        received_at=row.received_at,
-    )
-
-
-def _first_line(exc: BaseException) -> str:
-    """The driver's own message, first line (no SQL, no parameters)."""
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip()
-    return text.splitlines()[0] if text else type(orig).__name__
+def _where(stmt: Select[_R], *conditions: ColumnElement[bool] | None) -> Select[_R]:
+    """`stmt` narrowed by each condition asked for (None: that filter was not given)."""
+    return stmt.where(*(c for c in conditions if c is not None))

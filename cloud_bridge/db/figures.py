@@ -1,0 +1,96 @@
+"""Today's figures (the dashboard, `GET /api/v1/stats`, the retained stats topic).
+
+Counted from stored events by their own `ts` (when they happened at the kiosk), within
+the shop's local day.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from cloud_bridge.db.records import format_ts
+from cloud_bridge.db.tables import EventRow, KioskRow
+from o2o_protocol.messages import EventType
+
+
+def local_midnight(now: datetime | None = None) -> datetime:
+    """Start of today in the machine's zone (the shop's day), as an aware datetime."""
+    local = (now or datetime.now(UTC)).astimezone()
+    return local.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def today_stats(session: Session, store: str, *, now: datetime | None = None) -> dict[str, Any]:
+    """Today's figures (the shop's local day) for the dashboard and the stats topic."""
+    now = now or datetime.now(UTC)
+    start = local_midnight(now)
+    end = start + timedelta(days=1)
+    in_today = (EventRow.store == store, EventRow.ts >= start, EventRow.ts < end)
+    reason = EventRow.data["reason"].as_string()
+    by_type = {
+        t: int(n)
+        for t, n in session.execute(
+            select(EventRow.type, func.count()).where(*in_today).group_by(EventRow.type)
+        )
+    }
+    rejections = {
+        (r or "unknown"): int(n)
+        for r, n in session.execute(
+            select(reason, func.count())
+            .where(*in_today, EventRow.type == EventType.SCAN_REJECTED.value)
+            .group_by(reason)
+        )
+    }
+    kiosks = session.execute(select(KioskRow.online).where(KioskRow.store == store)).scalars()
+    online = [bool(k) for k in kiosks]
+    doubles = int(session.scalar(_double_redemptions(store, start, end)) or 0)
+    return {
+        "store": store,
+        "day": start.strftime("%Y-%m-%d"),
+        "ts": format_ts(now),
+        "events": sum(by_type.values()),
+        "checkins": by_type.get(EventType.CHECKIN.value, 0),
+        "redemptions": by_type.get(EventType.COUPON_REDEEMED.value, 0),
+        "pickups": by_type.get(EventType.PICKUP_COMPLETED.value, 0),
+        "reservations": by_type.get(EventType.RESERVATION_ARRIVED.value, 0),
+        "joins": by_type.get(EventType.MEMBER_JOINED.value, 0),
+        "rejected": by_type.get(EventType.SCAN_REJECTED.value, 0),
+        "double_redemptions": doubles,
+        "rejections": dict(sorted(rejections.items())),
+        "by_type": dict(sorted(by_type.items())),
+        "kiosks_online": sum(online),
+        "kiosks_seen": len(online),
+    }
+
+
+def _double_redemptions(store: str, start: datetime, end: datetime) -> Any:
+    """Today's redemptions of a coupon the bridge had already stored as redeemed
+    (under another event id): two kiosks that were offline at once both accepted it."""
+    first = aliased(EventRow)
+    coupon = EventRow.data["coupon_id"].as_string()
+    redeemed = EventType.COUPON_REDEEMED.value
+    earlier = exists().where(
+        first.store == EventRow.store,
+        first.type == redeemed,
+        first.data["coupon_id"].as_string() == coupon,
+        first.id != EventRow.id,
+        or_(
+            first.received_at < EventRow.received_at,
+            and_(first.received_at == EventRow.received_at, first.id < EventRow.id),
+        ),
+    )
+    return (
+        select(func.count())
+        .select_from(EventRow)
+        .where(
+            EventRow.store == store,
+            EventRow.type == redeemed,
+            EventRow.ts >= start,
+            EventRow.ts < end,
+            coupon.is_not(None),
+            earlier,
+        )
+    )

@@ -1,0 +1,84 @@
+"""What the repository returns: plain frozen values, detached from any session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cloud_bridge.db.tables import EventRow
+
+
+@dataclass(frozen=True)
+class RejectedEvent:
+    id: str
+    store: str
+    kiosk: str
+    raw: str
+    error: str
+    received_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "store": self.store,
+            "kiosk": self.kiosk,
+            "raw": self.raw,
+            "error": self.error,
+            "received_at": format_ts(self.received_at),
+        }
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: str
+    seq: int
+    type: str
+    ts: datetime
+    store: str
+    kiosk: str
+    data: dict[str, Any]
+    received_at: datetime
+
+    def envelope(self) -> dict[str, Any]:
+        """The event as the contract's envelope (docs/mqtt.md), ts in RFC 3339 UTC."""
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "type": self.type,
+            "ts": format_ts(self.ts),
+            "store": self.store,
+            "kiosk": self.kiosk,
+            "data": self.data,
+        }
+
+
+@dataclass(frozen=True)
+class KioskState:
+    store: str
+    kiosk: str
+    online: bool
+    last_status: dict[str, Any]
+    last_seen: datetime | None
+
+
+def format_ts(dt: datetime) -> str:
+    """RFC 3339 UTC with milliseconds (microseconds only when they carry information)."""
+    dt = dt.astimezone(UTC)
+    frac = (
+        f"{dt.microsecond // 1000:03d}" if dt.microsecond % 1000 == 0 else f"{dt.microsecond:06d}"
+    )
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + frac + "Z"
+
+
+def stored_event(row: EventRow) -> StoredEvent:
+    return StoredEvent(
+        id=row.id,
+        seq=row.seq,
+        type=row.type,
+        ts=row.ts,
+        store=row.store,
+        kiosk=row.kiosk,
+        data=row.data,
+        received_at=row.received_at,
+    )

@@ -1,0 +1,179 @@
+"""`o2o-bridge init`: a store's set-up in one directory, written whole or not at all.
+
+The bridge's own file, the signing key, the two API tokens, and one ready-to-run kiosk
+file per kiosk (rendered from `o2o_protocol.provisioning`, so the service never imports
+the appliance). Everything is rendered and checked before the first byte is written.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from cloud_bridge.config import CONFIG_NAME, BridgeConfig, load_config, normalise_db_url
+from o2o_protocol.codes import b64url_encode, key_id, public_key_bytes
+from o2o_protocol.config_file import parse_mqtt_url, validate_config
+from o2o_protocol.messages import check_id
+from o2o_protocol.provisioning import KioskProvisioning, toml_str
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: one line, exit status 2."""
+
+
+BRIDGE_TEMPLATE = """\
+# o2o-bridge configuration, written by `o2o-bridge init`.
+# Relative paths are relative to this file. Run: o2o-bridge run --config {config}
+
+# The store these kiosks belong to (also the MQTT topic level o2o/v1/<store>/...).
+store = {store}
+
+# The kiosks this store expects; the dashboard shows one that never came up as offline.
+kiosks = [{kiosks}]
+
+[mqtt]
+# mqtt://host:port, or mqtts://host:port for TLS
+url = {mqtt}
+# username = "bridge"
+# password = "..."
+# ca_file = "ca.crt"          # for mqtts:// with a private CA
+# protocol = "auto"           # MQTT v5, or 3.1.1 when the broker says so; "3.1.1" to force
+# client_id = "o2o-bridge-{store_raw}"   # stable id: the broker keeps our session across restarts
+# shared_group = "bridges"    # several workers split the ingest ($share/bridges/...)
+
+[db]
+{db_line}
+# PostgreSQL: url = "postgresql+psycopg://user:password@host/dbname"
+
+[http]
+host = "127.0.0.1"            # 0.0.0.0 to reach the dashboard from other machines
+port = 8080
+
+[api]
+token_file = "api.token"      # REST API: Authorization: Bearer <token>; can do everything
+read_token_file = "dashboard.token"   # read-only: the dashboard, dashboards, reports
+# code_url = "https://shop.example/c/"   # issued codes also come back as a link
+
+[signing]
+key_file = "signing.key"      # Ed25519 private key that signs codes; keep it secret (0600)
+"""
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """What `init` wrote, for the summary it prints."""
+
+    config: Path
+    signing_key: Path
+    key_id: str
+    api_token: Path
+    read_token: Path
+    kiosks: list[Path]
+
+
+def checked(validate: Callable[[str], Any], value: str, option: str) -> str:
+    """Run a validator; its ValueError becomes a usage error naming the option."""
+    try:
+        validate(value)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+    return value
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret so it is never readable by others, not even for a moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+
+
+def provision(
+    directory: Path,
+    *,
+    store: str,
+    kiosks: list[str],
+    mqtt_url: str,
+    db_url: str | None,
+    force: bool = False,
+) -> Provisioned:
+    """Write a store's set-up into `directory`; UsageError names the option at fault."""
+    checked(check_id, store, "--store")
+    for k in kiosks:
+        checked(check_id, k, "--kiosk")
+    if len(set(kiosks)) != len(kiosks):
+        raise UsageError("--kiosk: the same kiosk id is given twice")
+    checked(parse_mqtt_url, mqtt_url, "--mqtt")
+    if db_url:
+        checked(lambda v: normalise_db_url(v, None), db_url, "--db")
+
+    config_path = directory / CONFIG_NAME
+    key_path = directory / "signing.key"
+    token_path = directory / "api.token"
+    read_token_path = directory / "dashboard.token"
+    kiosk_paths = {k: directory / f"kiosk-{k}.toml" for k in kiosks}
+    targets = [config_path, key_path, token_path, read_token_path, *kiosk_paths.values()]
+    if not force:
+        for p in targets:
+            if p.exists():
+                raise UsageError(f"{p} already exists (use --force to overwrite)")
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"--dir: {directory} is not a directory")
+
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key()
+    kid = key_id(public)
+    pub_text = b64url_encode(public_key_bytes(public))
+
+    bridge_text = BRIDGE_TEMPLATE.format(
+        config=config_path,
+        store=toml_str(store),
+        store_raw=store,
+        kiosks=", ".join(toml_str(k) for k in kiosks),
+        mqtt=toml_str(mqtt_url),
+        db_line=(
+            f"url = {toml_str(db_url)}"
+            if db_url
+            else '# url = "sqlite:///bridge.db"      # the default: SQLite beside this file'
+        ),
+    )
+    join_secret = secrets.token_urlsafe(24)  # one per store: the same phone, the same hash
+    kiosk_texts = {
+        k: KioskProvisioning(
+            store=store,
+            kiosk=k,
+            mqtt_url=mqtt_url,
+            keys={kid: pub_text},
+            join_secret=join_secret,
+            path=kiosk_paths[k],
+        ).render()
+        for k in kiosks
+    }
+    # Validate everything before writing anything: init never leaves half a set-up.
+    validate_config(config_path, tomllib.loads(bridge_text), BridgeConfig)
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_private(
+            key_path, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        )
+        write_private(token_path, (secrets.token_urlsafe(32) + "\n").encode())
+        write_private(read_token_path, (secrets.token_urlsafe(32) + "\n").encode())
+        # bridge.toml may later hold broker and database passwords.
+        write_private(config_path, bridge_text.encode())
+        for k, text in kiosk_texts.items():
+            write_private(kiosk_paths[k], text.encode())
+    except OSError as exc:
+        raise UsageError(f"--dir: cannot write in {directory}: {exc.strerror}") from None
+    load_config(config_path)  # the files as written must load
+    return Provisioned(
+        config_path, key_path, kid, token_path, read_token_path, list(kiosk_paths.values())
+    )

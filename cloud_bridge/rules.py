@@ -1,0 +1,65 @@
+"""Rules the bridge applies to events once they are stored.
+
+Each rule is an `AfterStored` hook of the event sink: it sees a committed batch and the
+ids that were new in it, so a re-sent event never triggers a rule twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from cloud_bridge.commands import CommandService
+from cloud_bridge.db import Repository
+from o2o_protocol.messages import CommandName, Event, EventType
+
+log = logging.getLogger(__name__)
+
+
+class CouponUsedElsewhere:
+    """Tell the other kiosks about each newly stored redemption (docs/codes.md: coupons are
+    single use per store, and each kiosk checks offline against its own store)."""
+
+    def __init__(
+        self, repo: Repository, store: str, commands: CommandService, kiosks: Sequence[str]
+    ) -> None:
+        self.repo = repo
+        self.store = store
+        self.commands = commands
+        #: The configured kiosks; those the bridge has heard from are added each time.
+        self.kiosks = list(kiosks)
+
+    def __call__(self, events: list[Event], new: set[str]) -> None:
+        seen: set[str] = set()
+        for e in events:
+            if e.id in seen or e.id not in new or e.type != EventType.COUPON_REDEEMED:
+                continue
+            seen.add(e.id)
+            coupon = e.data.get("coupon_id")
+            if not isinstance(coupon, str) or not coupon:
+                continue
+            try:
+                self._redeemed(e, coupon)
+            except Exception:
+                log.exception("could not pass on the redemption of coupon %s", coupon)
+
+    def _redeemed(self, event: Event, coupon: str) -> None:
+        redemptions = self.repo.redemptions(self.store, coupon)
+        if redemptions and redemptions[0].id != event.id:
+            first = redemptions[0]
+            log.warning(
+                "coupon %s redeemed twice: event %s at kiosk %s (%s), already event %s at"
+                " kiosk %s (%s)",
+                coupon,
+                event.id,
+                event.kiosk,
+                event.ts,
+                first.id,
+                first.kiosk,
+                first.envelope()["ts"],
+            )
+        kiosks = dict.fromkeys([*self.kiosks, *self.repo.kiosk_names(self.store)])
+        data = {"id": coupon, "at": event.ts, "kiosk": event.kiosk}
+        for kiosk in kiosks:
+            if kiosk != event.kiosk:
+                self.commands.send(kiosk, CommandName.COUPON_USED.value, data)

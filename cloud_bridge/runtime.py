@@ -1,0 +1,85 @@
+"""The bridge's MQTT side, wired: one connection and the parts that use it.
+
+`BridgeRuntime` builds the parts: the MQTT link, the stats publisher, the command service
+(no thread of its own: it publishes when asked), and the event sink with what follows a
+commit (rules, command re-sends, fresh figures). It starts the link, the stats publisher
+and the sink in that order and stops them in reverse: the sink finishes storing and
+acking what it took while the link is still up, the stats publisher sends the last
+figures, then the link goes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cloud_bridge.commands import CommandService
+from cloud_bridge.config import BridgeConfig
+from cloud_bridge.db import Repository
+from cloud_bridge.rules import CouponUsedElsewhere
+from cloud_bridge.sink import EventSink
+from cloud_bridge.stats import StatsPublisher
+from o2o_protocol.mqtt import MqttLink
+
+
+class _Part(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class BridgeRuntime:
+    """Subscribes to the store's kiosks, stores their events once, acks, sends commands,
+    publishes figures. `start()` returns at once (a broker that is down is retried in the
+    background); `wait_ready()` tells when the subscriptions are in place."""
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        repo: Repository,
+        *,
+        max_batch: int = 500,
+        stats_interval_s: float = 1.0,
+        stats_refresh_s: float = 60.0,
+    ) -> None:
+        self.config = config
+        self.repo = repo
+        store = config.store
+        m = config.mqtt
+        self.link = MqttLink(
+            m,
+            client_id=config.client_id(),
+            session_expiry_s=m.session_expiry_s,
+            manual_ack=True,
+            shared_group=m.shared_group,
+        )
+        self.stats = StatsPublisher(
+            self.link, repo, store, interval_s=stats_interval_s, refresh_s=stats_refresh_s
+        )
+        self.commands = CommandService(repo, store, self.link)
+        self.sink = EventSink(
+            self.link,
+            repo,
+            store,
+            after_stored=[CouponUsedElsewhere(repo, store, self.commands, config.kiosks)],
+            on_status=[self.commands.kiosk_reported],
+            on_batch=self.stats.changed,
+            max_batch=max_batch,
+        )
+        self._parts: list[_Part] = [self.link, self.stats, self.sink]
+        self._started: list[_Part] = []
+
+    def start(self) -> None:
+        for part in self._parts:
+            part.start()
+            self._started.append(part)
+
+    def stop(self) -> None:
+        while self._started:
+            self._started.pop().stop()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """True once connected and subscribed (tests and start-up logging wait on this)."""
+        return self.link.wait_subscribed(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self.link.subscribed

@@ -1,0 +1,95 @@
+"""Today's figures on `o2o/v1/{store}/stats`, retained, for any MQTT dashboard.
+
+Published soon after events are stored (at most once per `interval_s`, so a backlog does
+not publish thousands of times), and at least every `refresh_s` anyway, which also rolls
+the figures over at midnight. See docs/mqtt.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from cloud_bridge.db import Repository
+from o2o_protocol.messages import dumps
+from o2o_protocol.mqtt import MqttLink
+from o2o_protocol.topics import stats_topic
+
+log = logging.getLogger(__name__)
+
+
+class StatsPublisher:
+    """`changed()` after each stored batch; `stop()` publishes the last figures."""
+
+    def __init__(
+        self,
+        link: MqttLink,
+        repo: Repository,
+        store: str,
+        *,
+        interval_s: float = 1.0,
+        refresh_s: float = 60.0,
+    ) -> None:
+        self.link = link
+        self.repo = repo
+        self.store = store
+        self.interval_s = interval_s
+        self.refresh_s = refresh_s
+        self._wake = threading.Condition()
+        self._dirty = True
+        self._last = 0.0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="bridge-stats", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def changed(self) -> None:
+        """The figures may have changed: publish them soon."""
+        with self._wake:
+            self._dirty = True
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                if self._stopping:
+                    break
+                self._wake.wait(self._wait())
+                if self._stopping:
+                    break
+            self._maybe_publish()
+        self._maybe_publish(force=True)
+
+    def _wait(self) -> float:
+        if self._dirty:
+            return max(0.05, self._last + self.interval_s - time.monotonic())
+        return 0.5
+
+    def _maybe_publish(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.refresh_s:
+            self._dirty = True
+        if not self._dirty or (not force and now - self._last < self.interval_s):
+            return
+        self.publish()
+
+    def publish(self) -> None:
+        """Publish today's figures, retained."""
+        self._last = time.monotonic()
+        self._dirty = False
+        try:
+            stats = self.repo.today_stats(self.store)
+        except Exception:
+            log.exception("could not compute today's figures")
+            return
+        self.link.publish(stats_topic(self.store), dumps(stats), qos=1, retain=True)
