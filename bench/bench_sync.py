@@ -37,7 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from devtools.devbroker import DevBroker
 from kiosk.config import load_config
 from kiosk.decisions import Decision
-from kiosk.store import KioskStore
+from kiosk.localdb import KioskDB
 from kiosk.sync import Sync
 from o2o_protocol import topics
 from o2o_protocol.codes import verify_code
@@ -183,7 +183,7 @@ def _issue(shop: Path, kind: str, id: str) -> str:
     return str(json.loads(out)["code"])
 
 
-def _queue(store: KioskStore, n: int) -> float:
+def _queue(store: KioskDB, n: int) -> float:
     """Fill the outbox with n check-ins; returns ms per event for a one-by-one record.
 
     The first RECORD_SAMPLE are recorded as the door does (one fsync each); the rest
@@ -203,7 +203,7 @@ def _queue(store: KioskStore, n: int) -> float:
 def bench_drain(shop: Shop, data_dir: Path, n: int) -> dict[str, float]:
     """Queue n events in the outbox, then time until the bridge has acked them all."""
     cfg = load_config(shop.root / "kiosk-k1.toml")
-    store = KioskStore(data_dir, store=cfg.store, kiosk=cfg.kiosk)
+    store = KioskDB(data_dir, store=cfg.store, kiosk=cfg.kiosk)
     record_ms = _queue(store, n)
     before, _ = shop.stored(cfg.kiosk)
     sync = Sync(cfg.mqtt, store, version="bench")

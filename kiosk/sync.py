@@ -23,7 +23,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from kiosk import ha
 from kiosk.config import MqttSection
-from kiosk.store import KioskStore
+from kiosk.localdb import KioskDB
 from o2o_protocol import topics
 from o2o_protocol.messages import (
     Command,
@@ -50,15 +50,15 @@ class Sync:
     def __init__(
         self,
         cfg: MqttSection,
-        store: KioskStore,
+        db: KioskDB,
         *,
         version: str,
         telemetry: Callable[[], dict[str, Any]] = dict,
         on_command: Callable[[Command], None] | None = None,
     ) -> None:
-        self.cfg, self.store, self.version = cfg, store, version
+        self.cfg, self.db, self.version = cfg, db, version
         self._telemetry, self._on_command = telemetry, on_command
-        s, k = store.store_id, store.kiosk_id
+        s, k = db.store_id, db.kiosk_id
         self._t_events = topics.kiosk_topic(s, k, topics.EVENTS)
         self._t_acks = topics.kiosk_topic(s, k, topics.ACKS)
         self._t_cmd = topics.kiosk_topic(s, k, topics.CMD)
@@ -130,7 +130,7 @@ class Sync:
     def wait_drained(self, timeout: float) -> bool:
         """Block until every event in the outbox is acked, or the timeout passes."""
         deadline = time.monotonic() + timeout
-        while self.store.outbox_size() > 0:
+        while self.db.outbox_size() > 0:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
@@ -155,8 +155,8 @@ class Sync:
                 "the broker refused a publish (%s): does MQTT user %r match store/kiosk %s/%s?",
                 reason_code,
                 self.cfg.username,
-                self.store.store_id,
-                self.store.kiosk_id,
+                self.db.store_id,
+                self.db.kiosk_id,
             )
 
     def _on_ack(self, msg: mqtt.MQTTMessage) -> None:
@@ -177,7 +177,7 @@ class Sync:
             self._publish_discovery()
 
     def _publish_discovery(self) -> None:
-        topic, payload = ha.discovery(self.store.store_id, self.store.kiosk_id, self.version)
+        topic, payload = ha.discovery(self.db.store_id, self.db.kiosk_id, self.version)
         self._link.publish(topic, dumps(payload), qos=1, retain=True)
 
     # --- the worker ------------------------------------------------------------------
@@ -215,14 +215,14 @@ class Sync:
         ids = [i for batch in acks for i in batch]
         if not ids:
             return
-        removed = self.store.ack(ids)
+        removed = self.db.ack(ids)
         for i in ids:
             self._in_flight.pop(i, None)
         log.debug("bridge acked %d events (%d left the outbox)", len(ids), removed)
 
     def _apply_commands(self, commands: list[Command]) -> None:
         for cmd in sorted(commands, key=lambda c: c.seq):
-            if self.store.apply_command(cmd):
+            if self.db.apply_command(cmd):
                 log.info("applied command %s (seq %d)", cmd.name, cmd.seq)
                 self._status_due = True
                 if self._on_command is not None:
@@ -234,7 +234,7 @@ class Sync:
                         log.exception("command %s (seq %d) failed", cmd.name, cmd.seq)
             else:
                 log.debug(
-                    "ignored command seq %d (applied up to %d)", cmd.seq, self.store.last_cmd_seq
+                    "ignored command seq %d (applied up to %d)", cmd.seq, self.db.last_cmd_seq
                 )
         if commands:
             self._status_due = True
@@ -247,7 +247,7 @@ class Sync:
             return
         batch: list[dict[str, Any]] = []
         size = min(self.cfg.batch_size, room)
-        for event in self.store.pending_raw(limit=MAX_IN_FLIGHT):
+        for event in self.db.pending_raw(limit=MAX_IN_FLIGHT):
             sent = self._in_flight.get(event["id"])
             if sent is not None and sent > stale:
                 continue
@@ -276,8 +276,8 @@ class Sync:
             "online": online,
             "ts": rfc3339(time.time()),
             "version": self.version,
-            "last_cmd_seq": self.store.last_cmd_seq,
-            "outbox": self.store.outbox_size(),
+            "last_cmd_seq": self.db.last_cmd_seq,
+            "outbox": self.db.outbox_size(),
             **self._telemetry(),
         }
 

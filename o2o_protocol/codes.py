@@ -1,4 +1,4 @@
-"""The signed code format of DESIGN §3: `O2O1.<payload>.<signature>`.
+"""The signed code format (docs/codes.md): `O2O1.<payload>.<signature>`.
 
 Ed25519 over the ASCII bytes before the last dot. Kiosks hold public keys only, so a
 stolen kiosk cannot mint codes. `verify_code` never raises: any input, however broken,

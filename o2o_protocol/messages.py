@@ -1,4 +1,4 @@
-"""Message models for the MQTT interface (DESIGN §4) and the rejection reasons (§3).
+"""Message models of the MQTT interface (docs/mqtt.md) and rejection reasons (docs/codes.md).
 
 Every payload that crosses the wire becomes one of these frozen models before any
 logic sees it; parsing failures raise `ProtocolError` only, never anything else.

@@ -1,4 +1,4 @@
-"""MQTT topic names (DESIGN §4). Build and parse topics here, never by hand elsewhere."""
+"""MQTT topic names (docs/mqtt.md). Build and parse topics here, never by hand elsewhere."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A shop on this machine for black-box tests: the command lines of DESIGN §5 only.
+"""A shop on this machine for black-box tests: the command lines of docs/cli.md only.
 
 `o2o-bridge init` makes the shop, `o2o-bridge run` serves it, `o2o-kiosk run --headless`
 scans camera frames; tests read what the kiosk printed and what the bridge stored.

@@ -1,7 +1,7 @@
 """Helpers shared by the test suite: ports, external programs, a real Mosquitto.
 
-Tests use real components (DESIGN §2). A component that is missing makes a test
-skip on a developer's machine but fail under ``CI=true``, so CI can never go green
+Tests use real components (docs/architecture.md). A component that is missing makes a
+test skip on a developer's machine but fail under ``CI=true``, so CI can never go green
 by silently testing less.
 """
 

@@ -1,4 +1,4 @@
-"""The signed code format (DESIGN §3): what a kiosk accepts and why it refuses."""
+"""The signed code format (docs/codes.md): what a kiosk accepts and why it refuses."""
 
 from __future__ import annotations
 

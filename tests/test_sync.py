@@ -37,7 +37,7 @@ from cloud_bridge.db import Repository
 from cloud_bridge.runtime import BridgeRuntime
 from kiosk.config import MqttSection
 from kiosk.decisions import Decision
-from kiosk.store import KioskStore
+from kiosk.localdb import KioskDB
 from kiosk.sync import Sync
 from o2o_protocol import topics
 from o2o_protocol.codes import Code, verify_code
@@ -63,11 +63,11 @@ def wait_until(cond: Callable[[], bool], timeout: float = TIMEOUT, what: str = "
         time.sleep(0.02)
 
 
-def open_store(directory: Path, *, store: str = STORE, kiosk: str = KIOSK) -> KioskStore:
-    return KioskStore(directory, store=store, kiosk=kiosk)
+def open_store(directory: Path, *, store: str = STORE, kiosk: str = KIOSK) -> KioskDB:
+    return KioskDB(directory, store=store, kiosk=kiosk)
 
 
-def queue_events(store: KioskStore, n: int) -> list[str]:
+def queue_events(store: KioskDB, n: int) -> list[str]:
     """Record n check-ins in the outbox; returns their ids in seq order.
 
     At the door each outcome is its own fsynced write; here ten thousand of them share
@@ -216,12 +216,12 @@ DRIVER = textwrap.dedent(
     import logging, sys, time
     from pathlib import Path
     from kiosk.config import MqttSection
-    from kiosk.store import KioskStore
+    from kiosk.localdb import KioskDB
     from kiosk.sync import Sync
 
     data_dir, store_id, kiosk_id, settings, mode = sys.argv[1:6]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    store = KioskStore(Path(data_dir), store=store_id, kiosk=kiosk_id)
+    store = KioskDB(Path(data_dir), store=store_id, kiosk=kiosk_id)
     cfg = MqttSection.model_validate_json(settings)
     sync = Sync(cfg, store, version="driver-1", telemetry=lambda: {"camera": "ok"})
     sync.start()
@@ -304,7 +304,7 @@ def bridge(tmp_path: Path, mosquitto_broker: MosquittoBroker) -> Iterator[Bridge
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[KioskStore]:
+def store(tmp_path: Path) -> Iterator[KioskDB]:
     s = open_store(tmp_path / "kiosk")
     yield s
     s.close()
@@ -313,8 +313,8 @@ def store(tmp_path: Path) -> Iterator[KioskStore]:
 class Kiosk:
     """A kiosk's sync in-process, with what it was told to do."""
 
-    def __init__(self, store: KioskStore, url: str, telemetry: dict[str, Any]) -> None:
-        self.store = store
+    def __init__(self, store: KioskDB, url: str, telemetry: dict[str, Any]) -> None:
+        self.db = store
         self.commands: list[Command] = []
         self.sync = Sync(
             kiosk_mqtt(url, resend_after_s=2.0),
@@ -334,7 +334,7 @@ TELEMETRY = {"lockers": {"open": 1, "faults": 0}, "printer": {"state": "ok"}, "c
 
 
 @pytest.fixture
-def kiosk(store: KioskStore, mosquitto_broker: MosquittoBroker) -> Iterator[Kiosk]:
+def kiosk(store: KioskDB, mosquitto_broker: MosquittoBroker) -> Iterator[Kiosk]:
     k = Kiosk(store, mosquitto_broker.url, TELEMETRY).start()
     yield k
     k.sync.stop()
@@ -344,7 +344,7 @@ def kiosk(store: KioskStore, mosquitto_broker: MosquittoBroker) -> Iterator[Kios
 
 
 def test_outbox_drains_in_order_and_only_on_acks(
-    tmp_path: Path, mosquitto_broker: MosquittoBroker, store: KioskStore
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, store: KioskDB
 ) -> None:
     events_topic = topics.kiosk_topic(STORE, KIOSK, topics.EVENTS)
     wire = Watcher(mosquitto_broker.port, events_topic)
@@ -387,7 +387,7 @@ def test_status_is_retained_with_telemetry(
     kiosk: Kiosk, bridge: Bridge, mosquitto_broker: MosquittoBroker
 ) -> None:
     status_topic = topics.kiosk_topic(STORE, KIOSK, topics.STATUS)
-    queue_events(kiosk.store, 3)
+    queue_events(kiosk.db, 3)
     kiosk.sync.notify()
     assert kiosk.sync.wait_drained(TIMEOUT)
     # A dashboard that connects later gets the kiosk's state at once, from the retained copy.
@@ -487,12 +487,12 @@ def test_home_assistant_discovery_is_retained_and_resent(
 # --- commands ------------------------------------------------------------------------
 
 
-def _revoked(store: KioskStore, code: Code) -> bool:
+def _revoked(store: KioskDB, code: Code) -> bool:
     return store.facts_for(code).revoked
 
 
 def test_commands_apply_once_in_order_and_catch_up_after_offline(
-    tmp_path: Path, bridge: Bridge, store: KioskStore, mosquitto_broker: MosquittoBroker
+    tmp_path: Path, bridge: Bridge, store: KioskDB, mosquitto_broker: MosquittoBroker
 ) -> None:
     issuer = Issuer(store=STORE)
     codes = {}
@@ -568,11 +568,11 @@ def test_broken_acks_and_commands_are_dropped_and_sync_goes_on(
                 peer.publish(t, junk)
     finally:
         peer.close()
-    ids = queue_events(kiosk.store, 20)
+    ids = queue_events(kiosk.db, 20)
     kiosk.sync.notify()
     assert kiosk.sync.wait_drained(TIMEOUT), "the kiosk stopped syncing after junk"
     assert_stored_exactly_once(str(bridge.repo.engine.url), ids)
     assert bridge.runtime is not None
     bridge.runtime.commands.send(KIOSK, "member.upsert", {"id": "u2", "name": "Zhao"})
-    wait_until(lambda: kiosk.store.last_cmd_seq == 1, what="a good command after the junk")
+    wait_until(lambda: kiosk.db.last_cmd_seq == 1, what="a good command after the junk")
     assert [c.name for c in kiosk.commands] == ["member.upsert"]

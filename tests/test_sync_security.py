@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from kiosk.store import KioskStore
+from kiosk.localdb import KioskDB
 from kiosk.sync import Sync
 from o2o_protocol import topics
 from tests.prod_broker import ProdBroker
@@ -64,7 +64,7 @@ class Recorder:
         sync.client.on_connect_fail = lambda *_args: self.connect_failed.set()
 
 
-def _sync(store: KioskStore, url: str, user: str | None, password: str | None, **kw: Any) -> Sync:
+def _sync(store: KioskDB, url: str, user: str | None, password: str | None, **kw: Any) -> Sync:
     settings: dict[str, Any] = {"resend_after_s": 2.0, **kw}
     if user is not None:
         settings |= {"username": user, "password": password}
