@@ -1,12 +1,15 @@
 """What a command from the bridge changes on the kiosk: a pure function, no I/O.
 
 `changes_for(cmd, now)` turns a command's data into the same typed effects a scan
-produces (`kiosk.effects`); the local database applies them in one durable write with
-the command's sequence number. Device actions (`locker.open`) change no data: the
-locker coordinator runs them (see docs/mqtt.md for the command names and their data).
+produces (`kiosk.effects`); `apply_command` hands them to the local database, which
+applies them in one durable write with the command's sequence number. A `locker.open`
+becomes a queued remote open, which the locker coordinator runs off the sync thread
+(see docs/mqtt.md for the command names and their data).
 """
 
 from __future__ import annotations
+
+import logging
 
 from kiosk.effects import (
     CodeRevoked,
@@ -15,18 +18,43 @@ from kiosk.effects import (
     MemberUpdate,
     PreorderCancelled,
     PreorderDetails,
+    RemoteOpenQueued,
 )
+from kiosk.localdb import KioskDB
 from o2o_protocol.codes import CodeType
 from o2o_protocol.messages import (
+    COMMAND_DATA,
     CodeRevoke,
     Command,
     CouponUsed,
+    LockerOpen,
     MemberUpsert,
     PreorderCancel,
     PreorderUpsert,
+    ProtocolError,
     command_data,
 )
 from o2o_protocol.timeutil import rfc3339
+
+log = logging.getLogger(__name__)
+
+
+def apply_command(db: KioskDB, cmd: Command, now: float | None = None) -> bool:
+    """Apply a command's changes once, in order (`now`: the database's clock by default).
+
+    Returns False for a repeat or an out-of-order one (the bridge re-sends those). A
+    command with bad data, or one this kiosk does not know, is logged and changes
+    nothing, but still counts as applied, so one bad command never blocks the next.
+    """
+    when = db.clock() if now is None else now
+    try:
+        changes = changes_for(cmd, when)
+    except ProtocolError as exc:
+        log.warning("skipped command %d: %s", cmd.seq, exc)
+        changes = ()
+    if cmd.name not in COMMAND_DATA:
+        log.info("command %s (seq %d) is not known to this kiosk", cmd.name, cmd.seq)
+    return db.apply_changes(changes, when, cmd_seq=cmd.seq)
 
 
 def changes_for(cmd: Command, now: float) -> tuple[Effect, ...]:
@@ -53,4 +81,6 @@ def changes_for(cmd: Command, now: float) -> tuple[Effect, ...]:
         case MemberUpsert():
             fields = data.model_dump(include={"name", "points", "visits"}, exclude_none=True)
             return (MemberUpdate(data.id, fields),)
+        case LockerOpen():
+            return (RemoteOpenQueued(cmd.seq, data.locker, data.by, data.expires),)
     return ()

@@ -23,6 +23,7 @@ from kiosk.effects import (
     NewMember,
     PreorderChange,
     PreorderStatus,
+    RemoteOpenSettled,
 )
 from kiosk.sizes import fitting
 from o2o_protocol.codes import Code, CodeType, Rejected, decode_unverified
@@ -309,9 +310,18 @@ def printer_fault(kind: str, detail: str) -> Decision:
 
 
 def staff_opened(
-    locker: int, *, source: str, opened: bool, reason: str | None, order: str | None
+    locker: int,
+    *,
+    source: str,
+    opened: bool,
+    reason: str | None,
+    order: str | None,
+    settles: int | None = None,
 ) -> Decision:
-    """A locker opened on a staff member's (or the owner's remote) say-so, for the log."""
+    """A locker opened on a staff member's (or the owner's remote) say-so, for the log.
+
+    `settles`: the seq of the remote `locker.open` this pulse carried out.
+    """
     data: dict[str, Any] = {
         "action": "locker.open",
         "locker": locker,
@@ -321,7 +331,14 @@ def staff_opened(
     }
     if reason:
         data["reason"] = reason
-    return Decision(EventType.STAFF_ACTION, data)
+    effects = () if settles is None else (RemoteOpenSettled(settles),)
+    return Decision(EventType.STAFF_ACTION, data, effects=effects)
+
+
+def remote_open_expired(expires: int | None, now: float) -> bool:
+    """A `locker.open` past its `expires` opens nothing: a locker must not open hours
+    later (a kiosk back from a long outage, or sent its whole command history again)."""
+    return expires is not None and expires < now
 
 
 # --- joining at the kiosk ---------------------------------------------------------------

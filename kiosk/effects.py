@@ -96,6 +96,28 @@ class PreorderCancelled:
     order: str
 
 
+@dataclass(frozen=True)
+class RemoteOpenQueued:
+    """The bridge asked for a locker to open (`locker.open`, command `seq`).
+
+    Kept in the same write as the command's seq and dropped in the same write as the
+    `staff.action` that logs the pulse, so a restart or a power cut in between does not
+    lose it: the kiosk runs it again at start-up (unless `expires` has passed).
+    """
+
+    seq: int
+    locker: int
+    by: str
+    expires: int | None = None
+
+
+@dataclass(frozen=True)
+class RemoteOpenSettled:
+    """A queued remote open has run, or can never run (expired, no such locker)."""
+
+    seq: int
+
+
 Effect = (
     CodeUsed
     | CodeRevoked
@@ -105,4 +127,6 @@ Effect = (
     | PreorderChange
     | PreorderDetails
     | PreorderCancelled
+    | RemoteOpenQueued
+    | RemoteOpenSettled
 )

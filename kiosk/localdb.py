@@ -31,7 +31,6 @@ from typing import Any
 
 from tinydb.table import Document
 
-from kiosk.commands import changes_for
 from kiosk.decisions import Decision, Facts, Preorder
 from kiosk.effects import (
     CodeRevoked,
@@ -43,16 +42,12 @@ from kiosk.effects import (
     PreorderCancelled,
     PreorderChange,
     PreorderDetails,
+    RemoteOpenQueued,
+    RemoteOpenSettled,
 )
 from kiosk.journal import DatabaseDamaged, JournalDB, JournalStorage
 from o2o_protocol.codes import Code, CodeType
-from o2o_protocol.messages import (
-    COMMAND_DATA,
-    Command,
-    Event,
-    ProtocolError,
-    new_event_id,
-)
+from o2o_protocol.messages import Event, new_event_id
 from o2o_protocol.timeutil import parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
@@ -109,7 +104,7 @@ class KioskDB:
             raise DBError(f"{exc}; a copy of {data_dir} helps recover it") from None
         except OSError as exc:
             os.close(self._lock_fd)
-            raise DBError(f"{data_dir}: cannot open the kiosk store ({exc})") from None
+            raise DBError(f"{data_dir}: cannot open the kiosk database ({exc})") from None
         self._storage: JournalStorage = self._db.storage  # type: ignore[assignment]
         t = self._db.table
         self._outbox = t("outbox", cache_size=0)
@@ -121,6 +116,7 @@ class KioskDB:
         self._preorders = t("preorders", cache_size=0)
         self._lockers = t("lockers", cache_size=0)
         self._meta = t("meta", cache_size=0)
+        self._remote_opens = t("remote_opens", cache_size=0)
         # Acks name event ids; the outbox is keyed by seq. Rebuilt on open, kept in step.
         self._outbox_seq: dict[str, int] = {}
         self._reindex()
@@ -130,7 +126,7 @@ class KioskDB:
             self.prune(clock())
         except OSError as exc:
             self.close()
-            raise DBError(f"{data_dir}: cannot write the kiosk store ({exc})") from None
+            raise DBError(f"{data_dir}: cannot write the kiosk database ({exc})") from None
 
     def _reindex(self) -> None:
         """Acks name event ids; the outbox is keyed by seq. Rebuilt on open and rollback."""
@@ -324,6 +320,12 @@ class KioskDB:
             case PreorderCancelled():
                 if self._preorders.contains(doc_id=_doc_id(effect.order, "order")):
                     self._set_preorder(effect.order, "cancelled", None)
+            case RemoteOpenQueued():
+                doc = {"locker": effect.locker, "by": effect.by, "expires": effect.expires}
+                self._remote_opens.upsert(Document(doc, doc_id=effect.seq))
+            case RemoteOpenSettled():
+                if self._remote_opens.contains(doc_id=effect.seq):
+                    self._remote_opens.remove(doc_ids=[effect.seq])
 
     def _set_preorder(self, order: str, status: str, locker: int | None) -> None:
         key = _doc_id(order, "order")
@@ -431,35 +433,39 @@ class KioskDB:
             meta = self._meta.get(doc_id=1)
             return int(meta.get("last_cmd_seq", 0)) if meta else 0
 
-    def apply_command(self, cmd: Command, now: float | None = None) -> bool:
-        """Apply a command's data changes once, in order (`now`: the injected clock's).
+    def apply_changes(
+        self, changes: Iterable[Effect], now: float, *, cmd_seq: int | None = None
+    ) -> bool:
+        """Apply changes that come with no event, in one durable write.
 
-        Returns False for a repeat or an out-of-order one (the bridge re-sends those).
-        A command with bad data is logged and skipped, but still counts as applied, so
-        one bad command never blocks the ones after it. Device actions (`locker.open`)
-        are the caller's, after this returns True.
+        With `cmd_seq` they are a command's (`kiosk.commands.apply_command`): applied
+        once and in order, the seq recorded in the same write; False for a repeat or an
+        out-of-order one.
         """
-        when = self.clock() if now is None else now
-        try:
-            changes = changes_for(cmd, when)
-        except ProtocolError as exc:
-            log.warning("skipped command %d: %s", cmd.seq, exc)
-            changes = ()
-        if cmd.name not in COMMAND_DATA:
-            log.info("command %s (seq %d) is not known to this kiosk", cmd.name, cmd.seq)
         with self._lock:
-            if cmd.seq != self.last_cmd_seq + 1:
+            if cmd_seq is not None and cmd_seq != self.last_cmd_seq + 1:
                 return False
             try:
                 with self._storage.batch():
                     for change in changes:
-                        self._apply(change, when)
-                    meta = self._meta.get(doc_id=1) or {"seq": 0}
-                    self._meta.upsert(Document({**meta, "last_cmd_seq": cmd.seq}, doc_id=1))
+                        self._apply(change, now)
+                    if cmd_seq is not None:
+                        meta = self._meta.get(doc_id=1) or {"seq": 0}
+                        self._meta.upsert(Document({**meta, "last_cmd_seq": cmd_seq}, doc_id=1))
             except Exception as exc:
                 self._reindex()
-                raise DBError(f"could not apply command {cmd.seq}: {exc}") from exc
+                what = f"command {cmd_seq}" if cmd_seq is not None else "a change"
+                raise DBError(f"could not apply {what}: {exc}") from exc
             return True
+
+    def remote_opens(self) -> list[RemoteOpenQueued]:
+        """Remote opens the bridge asked for that have not run yet, oldest first."""
+        with self._lock:
+            raw = self._storage.table_data("remote_opens")
+            return [
+                RemoteOpenQueued(int(k), d["locker"], d["by"], d.get("expires"))
+                for k, d in sorted(raw.items(), key=lambda kv: int(kv[0]))
+            ]
 
     def close(self) -> None:
         with self._lock:
@@ -485,7 +491,7 @@ def _lock_dir(data_dir: Path) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(data_dir / "kiosk.lock", os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise DBError(f"{data_dir}: cannot open the kiosk store ({exc})") from None
+        raise DBError(f"{data_dir}: cannot open the kiosk database ({exc})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

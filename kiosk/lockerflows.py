@@ -6,7 +6,10 @@ door), what a restart interrupted, and the staff's and the owner's own opens. Ou
 are decided in `kiosk.decisions` and written through the `Recorder`.
 
 Hardware waits (a pulse, a door timeout) never run on the sync thread: a remote
-`locker.open` is queued here and run by this coordinator's own device thread.
+`locker.open` is queued here and run by this coordinator's own device thread. The
+command left a durable `RemoteOpenQueued` behind (`kiosk.commands`), settled in the same
+write as the `staff.action` that logs the pulse, so `recover()` runs one that a restart
+or a power cut interrupted.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from kiosk.decisions import (
     loaded,
     locker_fault,
     pickup_completed,
+    remote_open_expired,
     staff_opened,
 )
 from kiosk.devices.lockers import LockerBank, LockerError
+from kiosk.effects import RemoteOpenQueued, RemoteOpenSettled
 from kiosk.localdb import DBError, KioskDB, Recorded
 from kiosk.recorder import Recorder
-from o2o_protocol.messages import Command, CommandName, LockerOpen, ProtocolError, command_data
+from o2o_protocol.messages import Command, CommandName
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,8 @@ class LockerCoordinator:
         self._loading: dict[str, int] = {}  # order -> locker, while staff have it open
         self._watching: set[int] = set()  # doors with an outcome waiting for them to shut
         self._watchers: list[threading.Thread] = []
-        self._remote: queue.Queue[LockerOpen | None] = queue.Queue()
+        self._remote: queue.Queue[RemoteOpenQueued | None] = queue.Queue()
+        self._queued: set[int] = set()  # command seqs on the queue (guarded by `_state`)
         self._device = threading.Thread(target=self._run_remote, name="locker-remote", daemon=True)
         self._closing = recorder.closing
 
@@ -158,33 +164,37 @@ class LockerCoordinator:
 
     # --- staff and the owner ---------------------------------------------------------
 
-    def staff_open(self, number: int, *, source: str = "staff") -> Recorded:
+    def staff_open(
+        self, number: int, *, source: str = "staff", settles: int | None = None
+    ) -> Recorded:
         """Open a locker on a staff member's (or the owner's remote) say-so, and log it."""
         result = self.lockers.unlock(number, force=True)
         order = self.db.locker_orders().get(number)
-        return self.recorder.record(
-            staff_opened(
-                number, source=source, opened=result.opened, reason=result.reason, order=order
-            )
+        decision = staff_opened(
+            number,
+            source=source,
+            opened=result.opened,
+            reason=result.reason,
+            order=order,
+            settles=settles,
         )
+        return self.recorder.record(decision)
 
     def on_command(self, cmd: Command) -> None:
-        """Sync's command callback: a `locker.open` is checked here and queued for the
-        device thread, so the sync thread goes back to publishing at once."""
+        """Sync's command callback, after the command's changes are on disk: a
+        `locker.open` goes to the device thread, so the sync thread returns at once."""
         if cmd.name != CommandName.LOCKER_OPEN:
             return
-        try:
-            data = command_data(cmd.name, cmd.data)
-        except ProtocolError as exc:
-            log.warning("locker.open (seq %d) refused: %s", cmd.seq, exc)
-            return
-        assert isinstance(data, LockerOpen)
-        if data.expires is not None and data.expires < self.clock():
-            log.warning(
-                "locker.open (seq %d) for locker %d expired; not opened", cmd.seq, data.locker
-            )
-            return
-        self._remote.put(data)
+        for pending in self.db.remote_opens():
+            if pending.seq == cmd.seq:
+                self._queue_remote(pending)
+
+    def _queue_remote(self, pending: RemoteOpenQueued) -> None:
+        with self._state:
+            if pending.seq in self._queued:
+                return
+            self._queued.add(pending.seq)
+        self._remote.put(pending)
 
     def wait_remote(self, timeout: float) -> bool:
         """Wait until every queued remote open has run (tests, shutdown)."""
@@ -196,16 +206,36 @@ class LockerCoordinator:
         return True
 
     def _run_remote(self) -> None:
-        while (data := self._remote.get()) is not None:
+        while (pending := self._remote.get()) is not None:
             try:
-                self.staff_open(data.locker, source=f"remote:{data.by}")
-            except (LockerError, DBError) as exc:
-                log.warning("locker.open for locker %d failed: %s", data.locker, exc)
-            except Exception:
-                log.exception("locker.open for locker %d failed", data.locker)
+                self._open_remote(pending)
             finally:
+                with self._state:
+                    self._queued.discard(pending.seq)
                 self._remote.task_done()
         self._remote.task_done()
+
+    def _open_remote(self, pending: RemoteOpenQueued) -> None:
+        """Run one remote open now, unless it has expired; settle it either way, except
+        when the database cannot take the write (it runs again after a restart)."""
+        number, seq = pending.locker, pending.seq
+        try:
+            if remote_open_expired(pending.expires, self.clock()):
+                log.warning("locker.open (seq %d) for locker %d expired; not opened", seq, number)
+            else:
+                self.staff_open(number, source=f"remote:{pending.by}", settles=seq)
+                return
+        except DBError as exc:
+            log.error("locker.open (seq %d) for locker %d not recorded: %s", seq, number, exc)
+            return
+        except LockerError as exc:
+            log.warning("locker.open (seq %d) for locker %d failed: %s", seq, number, exc)
+        except Exception:
+            log.exception("locker.open (seq %d) for locker %d failed", seq, number)
+        try:
+            self.db.apply_changes([RemoteOpenSettled(seq)], self.clock())
+        except DBError as exc:
+            log.error("locker.open (seq %d) not settled: %s", seq, exc)
 
     # --- faults the bank reports by itself (GPIO callback thread) ------------------------
 
@@ -221,8 +251,12 @@ class LockerCoordinator:
         """Finish what a restart interrupted: pickups and loads whose watcher was lost.
 
         A pickup counts only if its door was seen open (status `opened`); a load whose door
-        is shut again is loaded. A door still open is watched as usual.
+        is shut again is loaded. A door still open is watched as usual. Remote opens the
+        bridge asked for that never ran go to the device thread again (expired ones
+        are dropped there).
         """
+        for pending in self.db.remote_opens():
+            self._queue_remote(pending)
         for pre in [*self.db.preorders("opened"), *self.db.preorders("loading")]:
             if pre.locker is None:
                 continue

@@ -74,7 +74,7 @@ class KioskRuntime:
         self.cfg = cfg
         self.clock = clock
         self._telemetry: dict[str, Callable[[], Any]] = {}
-        self._started = False
+        self._stops: list[Callable[[], object]] = []
         self.init_lockers(lockers)
         try:
             self.init_db(db)
@@ -117,9 +117,8 @@ class KioskRuntime:
             next_visit_url=self.cfg.printer.next_visit_url,
             enabled=self.cfg.printer.type != "none",
         )
-        # Sync is built last (it needs the coordinator's command handler): late-bound.
         self.recorder = Recorder(
-            self.db, notify=lambda: self.sync.notify(), receipts=self.receipts, clock=self.clock
+            self.db, notify=self._wake_sync, receipts=self.receipts, clock=self.clock
         )
 
     def init_doors(self) -> None:
@@ -150,21 +149,40 @@ class KioskRuntime:
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Printer, then sync, then the doors (which finish what a restart left open)."""
-        self.printer.start()
-        self.sync.start()
-        self._started = True
+        """Printer, then the doors (which finish what a restart left, remote opens
+        included), then sync, whose commands the doors take from then on. A part that
+        fails to start stops the ones started before it."""
+        steps: list[tuple[Callable[[], object], Callable[[], object]]] = [
+            (self.printer.start, self.printer.stop),
+            (self._start_doors, self.doors.stop),
+            (self.sync.start, self.sync.stop),
+        ]
+        for start, stop in steps:
+            try:
+                start()
+            except BaseException:
+                self.stop()
+                raise
+            self._stops.append(stop)
+
+    def _start_doors(self) -> None:
         self.doors.start()
         self.doors.recover()
 
     def stop(self) -> None:
-        """In reverse: doors, sync, printer; then the bank and the database close."""
-        self.doors.stop()
-        if self._started:
-            self.sync.stop()
-            self.printer.stop()
+        """In reverse: sync, doors, printer; then the bank and the database close."""
+        while self._stops:
+            self._stops.pop()()
+        self.doors.stop()  # door watches of a kiosk never started (tests) end too
         self.lockers.close()
         self.db.close()
+
+    def _wake_sync(self) -> None:
+        # Sync is built last (it needs the coordinator's command handler); an outcome
+        # recorded before that (a locker fault while building) is sent once it starts.
+        sync = getattr(self, "sync", None)
+        if sync is not None:
+            sync.notify()
 
     # --- telemetry and listeners -----------------------------------------------------
 

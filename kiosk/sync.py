@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from kiosk import ha
+from kiosk.commands import apply_command
 from kiosk.config import MqttSection
 from kiosk.localdb import KioskDB
 from o2o_protocol import topics
@@ -222,7 +223,7 @@ class Sync:
 
     def _apply_commands(self, commands: list[Command]) -> None:
         for cmd in sorted(commands, key=lambda c: c.seq):
-            if self.db.apply_command(cmd):
+            if apply_command(self.db, cmd):
                 log.info("applied command %s (seq %d)", cmd.name, cmd.seq)
                 self._status_due = True
                 if self._on_command is not None:

@@ -231,7 +231,7 @@ def test_a_reservation_arrives_once() -> None:
 
 def test_commands_become_the_same_typed_changes() -> None:
     from kiosk.commands import changes_for
-    from kiosk.effects import CodeRevoked, PreorderCancelled, PreorderDetails
+    from kiosk.effects import CodeRevoked, PreorderCancelled, PreorderDetails, RemoteOpenQueued
     from o2o_protocol.messages import Command
 
     at = "2027-01-15T08:00:00.000Z"
@@ -242,4 +242,13 @@ def test_commands_become_the_same_typed_changes() -> None:
     cancel = Command(seq=3, name="preorder.cancel", data={"order": "A1"})
     assert changes_for(cancel, NOW) == (PreorderCancelled("A1"),)
     opens = Command(seq=4, name="locker.open", data={"locker": 1})
-    assert changes_for(opens, NOW) == ()  # a device action: the locker coordinator's
+    # A device action, kept durably until the locker coordinator has run it.
+    assert changes_for(opens, NOW) == (RemoteOpenQueued(4, 1, "bridge", None),)
+
+
+def test_a_remote_open_past_its_expiry_opens_nothing() -> None:
+    from kiosk.decisions import remote_open_expired
+
+    assert remote_open_expired(int(NOW) - 1, NOW)
+    assert not remote_open_expired(int(NOW) + 60, NOW)
+    assert not remote_open_expired(None, NOW)

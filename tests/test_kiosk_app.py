@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from kiosk.commands import apply_command
 from kiosk.config import KioskConfig
 from kiosk.devices.printer import SimulatedPrinter
 from kiosk.localdb import DB_FILE, DBError, Recorded
@@ -130,7 +131,7 @@ def test_remote_locker_open_is_logged_as_a_staff_action(
 ) -> None:
     k, _ = kiosk
     cmd = Command(seq=1, name="locker.open", data={"locker": 2, "by": "owner"})
-    assert k.db.apply_command(cmd)
+    assert apply_command(k.db, cmd)
     k.doors.start()
     k.doors.on_command(cmd)
     assert k.doors.wait_remote(5)
@@ -143,6 +144,33 @@ def test_remote_locker_open_is_logged_as_a_staff_action(
         "opened": True,
         "order": None,
     }
+
+
+def test_a_remote_open_cut_off_by_a_restart_runs_once_after_it(tmp_path: Path) -> None:
+    """The command is applied (its seq on disk) but the power goes before the pulse:
+    the next start opens the locker, logs it, and a third start opens nothing."""
+    k, _ = make_kiosk(tmp_path)
+    assert apply_command(
+        k.db, Command(seq=1, name="locker.open", data={"locker": 3, "by": "owner"})
+    )
+    assert [p.locker for p in k.db.remote_opens()] == [3]
+    _close(k)  # no device thread ever ran it
+
+    k2, _ = make_kiosk(tmp_path)
+    k2.doors.start()
+    k2.doors.recover()
+    assert k2.doors.wait_remote(5)
+    actions = [e for e in k2.db.history() if e["type"] == "staff.action"]
+    assert [(a["data"]["locker"], a["data"]["source"]) for a in actions] == [(3, "remote:owner")]
+    assert k2.db.remote_opens() == [] and k2.db.last_cmd_seq == 1
+    _close(k2)
+
+    k3, _ = make_kiosk(tmp_path)
+    k3.doors.start()
+    k3.doors.recover()
+    assert k3.doors.wait_remote(5)
+    assert len([e for e in k3.db.history() if e["type"] == "staff.action"]) == 1
+    _close(k3)
 
 
 def test_forced_door_is_a_locker_fault(kiosk: tuple[KioskRuntime, SimulatedPrinter]) -> None:
@@ -173,18 +201,19 @@ def test_stale_remote_open_is_ignored(kiosk: tuple[KioskRuntime, SimulatedPrinte
     """A kiosk re-sent its whole history (say, after a new SD card) opens nothing old."""
     k, _ = kiosk
     cmd = Command(seq=1, name="locker.open", data={"locker": 1, "expires": int(time.time()) - 60})
-    assert k.db.apply_command(cmd)
+    assert apply_command(k.db, cmd)
     k.doors.start()
     k.doors.on_command(cmd)
     assert k.doors.wait_remote(5)
     assert [e["type"] for e in k.db.history()] == []
+    assert k.db.remote_opens() == []  # settled: a restart does not try it again
 
 
 def test_a_locker_open_for_loading_is_not_given_to_a_second_order(tmp_path: Path) -> None:
     k, _ = make_kiosk(tmp_path)
     k.lockers.simulator.close_after_s = 0  # type: ignore[union-attr]  # staff keep it open
     for seq, order in enumerate(("A1", "A2"), start=1):
-        k.db.apply_command(Command(seq=seq, name="preorder.upsert", data={"order": order}))
+        apply_command(k.db, Command(seq=seq, name="preorder.upsert", data={"order": order}))
     k.scan(ISSUER.code("s", "st1"))
     first = k.scan(ISSUER.code("p", "p1", o="A1"))
     second = k.scan(ISSUER.code("p", "p2", o="A2"))
@@ -204,7 +233,7 @@ def test_second_kiosk_process_on_the_same_data_is_refused(tmp_path: Path) -> Non
 def test_an_order_shown_twice_while_loading_goes_into_one_locker(tmp_path: Path) -> None:
     k, _ = make_kiosk(tmp_path)
     k.lockers.simulator.close_after_s = 0  # type: ignore[union-attr]  # staff keep it open
-    k.db.apply_command(Command(seq=1, name="preorder.upsert", data={"order": "A12"}))
+    apply_command(k.db, Command(seq=1, name="preorder.upsert", data={"order": "A12"}))
     k.scan(ISSUER.code("s", "st1"))
     pick = ISSUER.code("p", "p12", o="A12")
     first = k.scan(pick)
@@ -229,8 +258,8 @@ def _close(k: KioskRuntime) -> None:
 
 
 def _load(k: KioskRuntime, order: str) -> int:
-    k.db.apply_command(
-        Command(seq=k.db.last_cmd_seq + 1, name="preorder.upsert", data={"order": order})
+    apply_command(
+        k.db, Command(seq=k.db.last_cmd_seq + 1, name="preorder.upsert", data={"order": order})
     )
     k.scan(ISSUER.code("s", "st1"))
     opening = k.scan(ISSUER.code("p", f"p-{order}", o=order))

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from kiosk.commands import apply_command
 from kiosk.i18n import LANGUAGES, Messages, load_catalog
 from kiosk.screens.outcome import ERROR, LOADING, Outcome, describe
 from o2o_protocol.messages import Reason
@@ -61,7 +62,7 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
     codes = json.loads((out / "codes.json").read_text(encoding="utf-8"))
     kiosk = KioskRuntime(load_config(config_path))
     order = {"order": ORDER, "name": ORDER_NAME, "size": "M"}
-    kiosk.db.apply_command(Command(seq=1, name="preorder.upsert", data=order))
+    apply_command(kiosk.db, Command(seq=1, name="preorder.upsert", data=order))
     app, session = create_app(kiosk)
     report: dict[str, Any] = {}
 

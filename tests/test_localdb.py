@@ -1,4 +1,4 @@
-"""The kiosk store: outcomes durable before they are shown, acks empty the outbox,
+"""The kiosk's local database: outcomes durable before they are shown, acks empty the outbox,
 power cuts never corrupt it, and old history goes away while un-acked events stay."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kiosk.commands import apply_command
 from kiosk.decisions import Decision
 from kiosk.effects import CodeUsed, MemberVisit, PreorderChange
 from kiosk.localdb import DB_FILE, DBError, KioskDB
@@ -75,13 +76,13 @@ def test_member_visits_accumulate(tmp_path: Path) -> None:
 
 def test_commands_apply_once_and_in_order(tmp_path: Path) -> None:
     s = open_store(tmp_path, lockers=[(1, "S"), (2, "L")])
-    assert s.apply_command(Command(seq=2, name="code.revoke", data={"id": "c8"})) is False
-    assert s.apply_command(Command(seq=1, name="code.revoke", data={"id": "c9"})) is True
-    assert s.apply_command(Command(seq=1, name="code.revoke", data={"id": "c9"})) is False
-    assert s.apply_command(
-        Command(seq=2, name="preorder.upsert", data={"order": "A1", "size": "l", "name": "Li"})
+    assert apply_command(s, Command(seq=2, name="code.revoke", data={"id": "c8"})) is False
+    assert apply_command(s, Command(seq=1, name="code.revoke", data={"id": "c9"})) is True
+    assert apply_command(s, Command(seq=1, name="code.revoke", data={"id": "c9"})) is False
+    assert apply_command(
+        s, Command(seq=2, name="preorder.upsert", data={"order": "A1", "size": "l", "name": "Li"})
     )
-    assert s.apply_command(Command(seq=3, name="member.upsert", data={"id": "u5", "points": 40}))
+    assert apply_command(s, Command(seq=3, name="member.upsert", data={"id": "u5", "points": 40}))
     assert s.last_cmd_seq == 3
     assert s.facts_for(code("c", "c9")).revoked and not s.facts_for(code("c", "c8")).revoked
     pre = s.preorder("A1")
@@ -95,7 +96,7 @@ def test_commands_apply_once_and_in_order(tmp_path: Path) -> None:
 
 def test_order_moves_through_a_locker_and_frees_it(tmp_path: Path) -> None:
     s = open_store(tmp_path, lockers=[(1, "M"), (2, "M")])
-    s.apply_command(Command(seq=1, name="preorder.upsert", data={"order": "A1"}))
+    apply_command(s, Command(seq=1, name="preorder.upsert", data={"order": "A1"}))
     s.record(Decision(EventType.LOCKER_LOADED, effects=(PreorderChange("A1", "ready", 2),)), 0)
     assert s.free_lockers() == ((1, "M"),)
     assert s.locker_orders() == {1: None, 2: "A1"}
@@ -109,9 +110,9 @@ def test_order_moves_through_a_locker_and_frees_it(tmp_path: Path) -> None:
 
 def test_cancel_frees_the_locker(tmp_path: Path) -> None:
     s = open_store(tmp_path, lockers=[(1, "M")])
-    s.apply_command(Command(seq=1, name="preorder.upsert", data={"order": "A1"}))
+    apply_command(s, Command(seq=1, name="preorder.upsert", data={"order": "A1"}))
     s.record(Decision(EventType.LOCKER_LOADED, effects=(PreorderChange("A1", "ready", 1),)), 0)
-    s.apply_command(Command(seq=2, name="preorder.cancel", data={"order": "A1"}))
+    apply_command(s, Command(seq=2, name="preorder.cancel", data={"order": "A1"}))
     assert s.free_lockers() == ((1, "M"),)
     pre = s.preorder("A1")
     assert pre is not None and pre.status == "cancelled"
@@ -242,13 +243,13 @@ def test_damage_in_the_middle_of_the_journal_refuses_to_open(tmp_path: Path) -> 
 
 def test_commands_with_bad_data_are_skipped_not_blocking(tmp_path: Path) -> None:
     s = open_store(tmp_path)
-    assert s.apply_command(
-        Command(seq=1, name="member.upsert", data={"id": "u1", "points": "lots"})
+    assert apply_command(
+        s, Command(seq=1, name="member.upsert", data={"id": "u1", "points": "lots"})
     )
-    assert s.apply_command(
-        Command(seq=2, name="preorder.upsert", data={"order": "A1", "size": "SM"})
+    assert apply_command(
+        s, Command(seq=2, name="preorder.upsert", data={"order": "A1", "size": "SM"})
     )
-    assert s.apply_command(Command(seq=3, name="code.revoke", data={"id": "c1"}))
+    assert apply_command(s, Command(seq=3, name="code.revoke", data={"id": "c1"}))
     assert s.last_cmd_seq == 3
     assert s.facts_for(code("m", "u1")).member_points == 0
     assert s.preorder("A1") is None
@@ -257,12 +258,13 @@ def test_commands_with_bad_data_are_skipped_not_blocking(tmp_path: Path) -> None
 
 def test_coupon_used_at_another_kiosk_is_already_used_here(tmp_path: Path) -> None:
     s = open_store(tmp_path)
-    s.apply_command(
+    apply_command(
+        s,
         Command(
             seq=1,
             name="coupon.used",
             data={"id": "c7", "at": "2026-11-26T10:00:00.000Z", "kiosk": "k2"},
-        )
+        ),
     )
     assert s.facts_for(code("c", "c7")).coupon_used_at == "2026-11-26T10:00:00.000Z"
 
@@ -270,9 +272,9 @@ def test_coupon_used_at_another_kiosk_is_already_used_here(tmp_path: Path) -> No
 def test_commands_are_stamped_with_the_injected_clock(tmp_path: Path) -> None:
     """The database reads no wall clock of its own for what it writes."""
     s = KioskDB(tmp_path, store="s1", kiosk="k1", clock=lambda: 1_800_000_000.0)
-    assert s.apply_command(Command(seq=1, name="code.revoke", data={"id": "c9"}))
-    assert s.apply_command(Command(seq=2, name="coupon.used", data={"id": "c7"}))
-    assert s.apply_command(Command(seq=3, name="coupon.used", data={"id": "c7", "kiosk": "k2"}))
+    assert apply_command(s, Command(seq=1, name="code.revoke", data={"id": "c9"}))
+    assert apply_command(s, Command(seq=2, name="coupon.used", data={"id": "c7"}))
+    assert apply_command(s, Command(seq=3, name="coupon.used", data={"id": "c7", "kiosk": "k2"}))
     s._storage.compact()
     data = json.loads((tmp_path / DB_FILE).read_text())
     stamps = {d["id"]: d["at"] for table in ("revoked", "redeemed") for d in data[table].values()}
