@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 NO_DISPLAY = "o2o-kiosk: error: no display for the touch UI: set DISPLAY or use --headless"
 NO_KIVY = (
-    "o2o-kiosk: error: the touch UI needs Kivy: pip install 'o2o-kiosk[ui]', or use --headless"
+    "o2o-kiosk: error: the touch UI needs Kivy: pip install 'o2o-kiosk[kiosk]', or use --headless"
 )
 WINDOW_ENV = "O2O_UI_WINDOW"
 #: SDL video drivers that show something on a real screen. Without this list SDL falls
@@ -80,6 +80,9 @@ class Session:
         )
         self._watch: Any = None
         self._stopped = False
+        self._starter: threading.Thread | None = None
+        #: The kiosk could not start (the window closed itself; the exit status says so).
+        self.failed = False
         kiosk.add_listener(self._recorded)
         app.backend = self
         app.bind(on_start=lambda *_: self.start(), on_stop=lambda *_: self.stop())
@@ -168,12 +171,25 @@ class Session:
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the kiosk off the UI thread: recovery after a restart writes to disk and
+        reads door sensors. Screens may call the backend at once; their jobs wait in the
+        pipeline's queue until it runs."""
         from kivy.clock import Clock
 
-        self.kiosk.start()
-        self.pipeline.start()
+        self._starter = threading.Thread(target=self._start_parts, name="kiosk-start")
+        self._starter.start()
         if self.pipeline.camera is not None:
             self._watch = Clock.schedule_interval(lambda _dt: self._watch_camera(), 1.0)
+
+    def _start_parts(self) -> None:
+        try:
+            self.kiosk.start()
+        except Exception:
+            log.exception("the kiosk could not start")
+            self.failed = True
+            self._post(lambda _: self.app.stop(), None)
+            return
+        self.pipeline.start()
 
     def _watch_camera(self) -> None:
         self.app.camera_problem = self.pipeline.camera_state == "reopening"
@@ -184,6 +200,8 @@ class Session:
         self._stopped = True
         if self._watch is not None:
             self._watch.cancel()
+        if self._starter is not None:
+            self._starter.join()  # a start under way finishes first, then stops in order
         self.pipeline.stop()  # closes the camera too
         self.kiosk.stop()
         log.info("kiosk UI stopped")
@@ -263,7 +281,7 @@ def run_ui(cfg: KioskConfig, source: FrameSource) -> int:
 
     `source` is the camera the command line already opened: it is not opened again.
     """
-    if importlib.util.find_spec("kivy") is None:  # the optional `ui` extra
+    if importlib.util.find_spec("kivy") is None:  # the `kiosk` extra
         source.close()
         print(NO_KIVY, file=sys.stderr)
         return 2
@@ -290,4 +308,4 @@ def run_ui(cfg: KioskConfig, source: FrameSource) -> int:
         app.run()
     finally:
         session.stop()
-    return 0
+    return 1 if session.failed else 0

@@ -363,7 +363,7 @@ def _kivy_env(home: Path) -> dict[str, str]:
 def _need_kivy() -> None:
     # find_spec, not import: importing Kivy here would reconfigure pytest's logging.
     if importlib.util.find_spec("kivy") is None:
-        missing_component("Kivy", "pip install -e '.[ui]', or run scripts/setup.sh")
+        missing_component("Kivy", "pip install -e '.[kiosk]', or run scripts/setup.sh")
 
 
 @pytest.fixture(scope="module")
