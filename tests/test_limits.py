@@ -1,0 +1,106 @@
+"""The bridge's input limits: deep, long, huge or non-finite values are refused quickly."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from o2o_protocol.limits import DEFAULT_LIMITS, LimitExceeded, Limits, check_json, check_size
+
+
+def nested(depth: int) -> object:
+    value: object = "x"
+    for _ in range(depth):
+        value = {"a": [value]}
+    return value
+
+
+def test_ordinary_event_data_passes() -> None:
+    data = {
+        "member_id": "u1",
+        "name": "王小明",
+        "visits": 3,
+        "points": 40.5,
+        "items": [{"sku": "a"}],
+    }
+    check_json(data)
+    check_size(data, DEFAULT_LIMITS.event_bytes)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (nested(9), "nested deeper than 16"),
+        ("x" * 4097, "longer than 4096"),
+        ({"k" * 5000: 1}, "key longer"),
+        (list(range(1001)), "more than 1000 items"),
+        ({"n": float("nan")}, "not a finite number"),
+        ({"n": [float("inf")]}, "not a finite number"),
+    ],
+)
+def test_each_limit_names_where_and_what(value: object, message: str) -> None:
+    with pytest.raises(LimitExceeded, match=message) as err:
+        check_json(value, what="data")
+    assert str(err.value).startswith("data")
+    assert "xxxx" not in str(err.value)  # the value itself is never quoted
+
+
+def test_a_value_nested_a_hundred_thousand_deep_is_refused_at_once() -> None:
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    started = time.perf_counter()
+    with pytest.raises(LimitExceeded):
+        check_json(deep)
+    assert time.perf_counter() - started < 1.0  # bounded by the limit, not the depth
+
+
+def test_size_is_counted_as_compact_utf8_json() -> None:
+    check_size({"s": "é" * 100}, 300)
+    with pytest.raises(LimitExceeded, match="more than 100"):
+        check_size({"s": "é" * 100}, 100)
+
+
+def test_a_shop_may_change_the_limits_within_reason() -> None:
+    assert Limits(json_depth=32).json_depth == 32
+    with pytest.raises(ValidationError):
+        Limits(json_depth=1)
+    with pytest.raises(ValidationError):
+        Limits(body_bytes=10**12)
+    with pytest.raises(ValidationError):
+        Limits.model_validate({"depth": 3})
+
+
+def over(value: object, limits: Limits, depth: int = 1) -> bool:
+    """A plain recursive statement of the limits, to check the iterative walk against."""
+    if isinstance(value, dict | list):
+        if depth > limits.json_depth or len(value) > limits.items:
+            return True
+        if isinstance(value, dict):
+            if any(len(k) > limits.string_chars for k in value):
+                return True
+            return any(over(v, limits, depth + 1) for v in value.values())
+        return any(over(v, limits, depth + 1) for v in value)
+    return isinstance(value, str) and len(value) > limits.string_chars
+
+
+SMALL = Limits(json_depth=4, string_chars=64, items=10)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=80),
+    lambda c: st.lists(c, max_size=12) | st.dictionaries(st.text(max_size=80), c, max_size=12),
+    max_leaves=40,
+)
+
+
+@given(JSON)
+def test_refused_exactly_when_a_limit_is_exceeded(value: object) -> None:
+    try:
+        check_json(value, SMALL)
+    except LimitExceeded:
+        assert over(value, SMALL)
+    else:
+        assert not over(value, SMALL)
