@@ -36,6 +36,7 @@ from o2o_protocol.config_file import (
     parse_mqtt_url,
     resolve_path,
 )
+from o2o_protocol.limits import Limits
 from o2o_protocol.messages import check_id
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,8 @@ class BridgeConfig(_Section):
     http: HttpSection = _section()
     api: ApiSection = _section()
     signing: SigningSection = _section()
+    #: What the bridge takes from kiosks and API clients (docs/limits.md).
+    limits: Limits = Field(default_factory=Limits)
     #: The kiosks this store expects, so the dashboard can show one that never came up.
     kiosks: list[str] = Field(default_factory=list)
 
