@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud_bridge.db.errors import UnstorableEvent, has_nul, is_write_conflict, one_line
+from cloud_bridge.db.errors import (
+    UnstorableEvent,
+    is_write_conflict,
+    json_preview,
+    one_line,
+    safe_text,
+    text_problem,
+)
 from cloud_bridge.db.figures import today_stats as figures_of_today
 from cloud_bridge.db.records import KioskState, RejectedEvent, StoredEvent, stored_event
 from cloud_bridge.db.tables import Base, CommandRow, EventRow, KioskRow, RejectedEventRow
@@ -38,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: Rows per INSERT statement (well under SQLite's bound-parameter limit).
 _CHUNK = 500
+#: Characters of a quarantined event's text kept (`raw`); a longer one is cut.
+RAW_CHARS = 8192
 #: Attempts for a transaction the database aborted because of another writer.
 _CONFLICT_ATTEMPTS = 5
 
@@ -114,8 +124,9 @@ class Repository:
         received = now or datetime.now(UTC)
         rows: dict[str, dict[str, Any]] = {}
         for e in events:
-            if e.id not in rows and has_nul(e.data):
-                raise UnstorableEvent(f"event {e.id}: data holds a NUL character (\\u0000)")
+            problem = None if e.id in rows else text_problem(e.data)
+            if problem:
+                raise UnstorableEvent(f"event {e.id}: data holds {problem}")
             rows.setdefault(
                 e.id,
                 {
@@ -155,15 +166,28 @@ class Repository:
 
     def reject_event(self, event: Event, error: str, *, now: datetime | None = None) -> bool:
         """Quarantine an event the database refused; False if it already was."""
-        raw = json.dumps(event.model_dump(), ensure_ascii=False, separators=(",", ":"))
+        raw = json_preview(event.model_dump(), RAW_CHARS)
+        return self.reject(event.id, event.store, event.kiosk, raw, error, now=now)
+
+    def reject(
+        self,
+        id: str,
+        store: str,
+        kiosk: str,
+        raw: str,
+        error: str,
+        *,
+        now: datetime | None = None,
+    ) -> bool:
+        """Quarantine what can never be stored (`raw`: its text, bounded by the caller);
+        False if that id already was."""
         row = {
-            "id": event.id,
-            "store": event.store,
-            "kiosk": event.kiosk,
-            # json.dumps escapes control characters: the text holds no NUL a database
-            # could refuse in turn.
-            "raw": raw,
-            "error": error.replace("\x00", "")[:2000],
+            "id": id,
+            "store": store,
+            "kiosk": kiosk,
+            # No NUL, no lone surrogate: text every database keeps.
+            "raw": safe_text(raw, RAW_CHARS + 100),
+            "error": safe_text(error, 2000),
             "received_at": now or datetime.now(UTC),
         }
         stmt = (
@@ -173,6 +197,37 @@ class Repository:
             .returning(RejectedEventRow.__table__.c.id)
         )
         return self._retrying(lambda session: session.execute(stmt).first() is not None)
+
+    def check_writable(self, store: str, kiosk: str) -> None:
+        """Raise unless the database takes an ordinary event now (inserted, rolled back).
+
+        Tells "this event can never be stored" (the stand-in goes in) apart from "the
+        database is down or broken" (it does not, and the error says why).
+        """
+        now = datetime.now(UTC)
+        row = {
+            "id": f"probe-{uuid.uuid4().hex}",
+            "store": store,
+            "kiosk": kiosk,
+            "seq": 1,
+            "type": "probe",
+            "ts": now,
+            "data": {},
+            "received_at": now,
+        }
+        with self.engine.connect() as conn:
+            trans = conn.begin()
+            try:
+                conn.execute(self._insert(EventRow.__table__), [row])
+            finally:
+                trans.rollback()
+
+    def count_rejected(self, store: str | None = None) -> int:
+        stmt = select(func.count()).select_from(RejectedEventRow)
+        if store is not None:
+            stmt = stmt.where(RejectedEventRow.store == store)
+        with self._sessions() as session:
+            return int(session.scalar(stmt) or 0)
 
     def rejected_events(
         self, *, store: str | None = None, since: datetime | None = None, limit: int | None = 100
