@@ -320,3 +320,43 @@ def test_double_redemptions_are_counted(repo: Repository) -> None:
     repo.add_events([second])
     assert repo.today_stats("s1")["double_redemptions"] == 1
     assert [e.id for e in repo.redemptions("s1", "cp1")] == [first.id, second.id]
+
+
+def test_the_sqlite_files_are_private(tmp_path: Path) -> None:
+    """bridge.db holds member names: 0600 like the kiosk's journal, -wal and -shm too."""
+    path = tmp_path / "shop" / "bridge.db"
+    r = Repository.from_url(f"sqlite:///{path}")
+    try:
+        r.create_tables()
+        r.add_events([_modes_event()])
+        files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+        assert all(f.exists() for f in files)
+        assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
+            f.name: "0o600" for f in files
+        }
+    finally:
+        r.close()
+    # A database made by an earlier version (0644) is made private when opened.
+    for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if f.exists():
+            f.chmod(0o644)
+    r = Repository.from_url(f"sqlite:///{path}")
+    try:
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        assert r.count_events() == 1
+        for f in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+            assert not f.exists() or oct(f.stat().st_mode & 0o777) == "0o600"
+    finally:
+        r.close()
+
+
+def _modes_event() -> Event:
+    return Event(
+        id=new_event_id(),
+        seq=1,
+        type="checkin",
+        ts=rfc3339(time.time()),
+        store="s1",
+        kiosk="k1",
+        data={"name": "Ada"},
+    )

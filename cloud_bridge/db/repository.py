@@ -12,8 +12,10 @@ still aborts (deadlock, serialization failure, a locked SQLite file) is run agai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -59,8 +61,10 @@ def make_engine(url: str) -> Engine:
     """An engine set up for this workload: WAL and a busy timeout on SQLite."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(parsed.database) if parsed.database else None
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            _private(db, create=True)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -70,9 +74,30 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            if db is not None:
+                # SQLite gives -wal and -shm the database file's mode; older ones (made
+                # when it was 0644) are made private here.
+                for side in (Path(f"{db}-wal"), Path(f"{db}-shm")):
+                    _private(side)
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _private(path: Path, *, create: bool = False) -> None:
+    """Mode 0600: the bridge's database holds member names and phone hashes, like the
+    kiosk's journal. Created so (never readable by others, not even for a moment), or
+    made so when an earlier version left it 0644."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot make %s private (chmod 600): %s", path, exc.strerror)
 
 
 class Repository:
