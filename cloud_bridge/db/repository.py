@@ -13,6 +13,8 @@ still aborts (deadlock, serialization failure, a locked SQLite file) is run agai
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -24,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Engine, Select, create_engine, event, func, select
+from sqlalchemy import ColumnElement, Engine, Select, create_engine, event, func, not_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -38,8 +40,15 @@ from cloud_bridge.db.errors import (
     safe_text,
     text_problem,
 )
+from cloud_bridge.db.figures import ahead
 from cloud_bridge.db.figures import today_stats as figures_of_today
-from cloud_bridge.db.records import KioskState, RejectedEvent, StoredEvent, stored_event
+from cloud_bridge.db.records import (
+    SKEW,
+    KioskState,
+    RejectedEvent,
+    StoredEvent,
+    stored_event,
+)
 from cloud_bridge.db.tables import Base, CommandRow, EventRow, KioskRow, RejectedEventRow
 from o2o_protocol.messages import Command, Event, EventType, Status
 from o2o_protocol.timeutil import parse_rfc3339
@@ -296,7 +305,8 @@ class Repository:
         limit: int | None = 100,
         oldest_first: bool = False,
     ) -> list[StoredEvent]:
-        """Stored events, newest first by default (by ts, then id)."""
+        """Stored events, newest first by default (by when they happened, then id; see
+        `iter_events`)."""
         return list(
             self.iter_events(
                 store=store,
@@ -318,22 +328,56 @@ class Repository:
         limit: int | None = None,
         oldest_first: bool = True,
     ) -> Iterator[StoredEvent]:
-        """Stream events without loading the whole table (for exports)."""
-        stmt = _where(
-            select(EventRow),
+        """Stream events without loading the whole table (for exports).
+
+        In the order they happened (`StoredEvent.when`): by `ts`, except that an event
+        dated more than a day after it was received (a kiosk clock in 2999) takes its
+        place by `received_at`, so it is never on top for good. Two index-friendly
+        queries, merged: the events dated plausibly (by `ts`), and those dated ahead."""
+        filters = (
             None if store is None else EventRow.store == store,
-            None if since is None else EventRow.ts >= since,
             None if type is None else EventRow.type == type,
             None if kiosk is None else EventRow.kiosk == kiosk,
         )
+        early = ahead(self._dialect)
+        plain = _where(
+            select(EventRow), *filters, not_(early), None if since is None else EventRow.ts >= since
+        )
         if oldest_first:
-            stmt = stmt.order_by(EventRow.ts, EventRow.id)
+            plain = plain.order_by(EventRow.ts, EventRow.id)
         else:
-            stmt = stmt.order_by(EventRow.ts.desc(), EventRow.id.desc())
-        stmt = stmt.limit(limit)
+            plain = plain.order_by(EventRow.ts.desc(), EventRow.id.desc())
         with self._sessions() as session:
-            for row in session.execute(stmt.execution_options(yield_per=1000)).scalars():
-                yield stored_event(row)
+            rows: Iterator[StoredEvent] = (
+                stored_event(r)
+                for r in session.execute(
+                    plain.limit(limit).execution_options(yield_per=1000)
+                ).scalars()
+            )
+            floor = since
+            if limit is not None:
+                first = list(rows)
+                rows = iter(first)
+                if not oldest_first and len(first) == limit:
+                    # Only one received after the last of these can still make the list.
+                    floor = max(floor, first[-1].ts) if floor else first[-1].ts
+            dated_ahead = _where(
+                select(EventRow),
+                *filters,
+                early,
+                None if floor is None else EventRow.received_at >= floor,
+                # Index range: dated ahead of its receipt means dated after `floor + 1d`.
+                None if floor is None else EventRow.ts > floor + SKEW,
+            )
+            if oldest_first:
+                dated_ahead = dated_ahead.order_by(EventRow.received_at, EventRow.id)
+            else:
+                dated_ahead = dated_ahead.order_by(EventRow.received_at.desc(), EventRow.id.desc())
+            others = [stored_event(r) for r in session.execute(dated_ahead.limit(limit)).scalars()]
+            merged = heapq.merge(
+                rows, others, key=lambda e: (e.when, e.id), reverse=not oldest_first
+            )
+            yield from itertools.islice(merged, limit)
 
     def count_events(self) -> int:
         with self._sessions() as session:
