@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -126,6 +127,9 @@ class EventSink:
     ) -> None:
         self.link = link
         self.limits = limits
+        #: Parsed to this depth at most: the batch array, the envelope's levels, and one
+        #: more, so whatever is deeper still fails the depth check and is quarantined.
+        self._cut_depth = limits.json_depth + 2
         self.repo = repo
         self.store = store
         self.max_batch = max_batch
@@ -219,7 +223,7 @@ class EventSink:
         self._queue.put(item)
 
     def _parse_status(self, payload: bytes | bytearray) -> Status:
-        raw = _loads(payload)
+        raw = _loads(payload, self._cut_depth)
         check_json(raw, self.limits, what="status")  # LimitExceeded: dropped, logged
         try:
             return Status.model_validate(raw)
@@ -232,7 +236,7 @@ class EventSink:
         """The valid events of a message, and those to quarantine: an envelope that is
         itself valid (its id, store and kiosk are this kiosk's) but whose data exceeds a
         limit or holds text no database keeps. Anything else invalid is logged, dropped."""
-        raw = _loads(payload)
+        raw = _loads(payload, self._cut_depth)
         items = raw if isinstance(raw, list) else [raw]
         good: list[Event] = []
         refused: list[_Refused] = []
@@ -448,9 +452,67 @@ def _run_hook(hook: Callable[..., None], *args: Any) -> None:
         log.exception("%s failed", getattr(hook, "__qualname__", hook))
 
 
-def _loads(payload: bytes | bytearray) -> Any:
+#: A JSON string, or one bracket: the structure of a payload, strings set aside.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+#: Brackets of a payload that needs cutting (nested past the limit) beyond which it is
+#: refused whole rather than walked token by token.
+_MAX_CUT_TOKENS = 200_000
+
+
+def _nested_deeper(payload: bytes, depth: int) -> bool:
+    """Whether brackets nest deeper than `depth` (strings set aside, `{}` counted as `[]`).
+    Each pass takes away exactly the innermost pairs (`replace` does not rescan what it
+    made), so this costs at most `depth` passes at C speed, and a payload of ordinary
+    depth is done in a few."""
+    brackets = _STRING.sub(b"", payload).translate(_SQUARE, _NOT_BRACKET)
+    for _ in range(depth):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"")
+    return bool(brackets)
+
+
+def _cut_deeper(payload: bytes, depth: int) -> bytes:
+    """The payload with every object or array that starts deeper than `depth` replaced
+    by `0`: what is left parses without deep recursion, and still nests past any limit
+    below `depth`, so the check that follows names it."""
+    out: list[bytes] = []
+    level, start, done, tokens = 0, -1, 0, 0
+    for m in _TOKEN.finditer(payload):
+        tokens += 1
+        if tokens > _MAX_CUT_TOKENS:
+            raise ProtocolError(f"nested deeper than {depth} levels, {tokens}+ brackets")
+        c = m.group()[:1]
+        if c == b'"':
+            continue
+        if c in b"[{":
+            level += 1
+            if level == depth + 1:
+                start = m.start()
+        else:
+            if level == depth + 1 and start >= 0:
+                out += [payload[done:start], b"0"]
+                done, start = m.end(), -1
+            level -= 1
+    if start >= 0:  # never closed: not JSON anyway
+        raise ProtocolError(f"not JSON: nested deeper than {depth} levels, unclosed")
+    out.append(payload[done:])
+    return b"".join(out)
+
+
+def _loads(payload: bytes | bytearray, depth: int = 64) -> Any:
+    """Parse JSON without deep recursion: Python's parser recurses once per level, and at
+    its recursion limit a thread can crash the whole process (a garbage-collection
+    callback that runs then has no room left). Anything nested deeper than `depth` is
+    cut (`_cut_deeper`) before parsing; the limits check refuses what was cut."""
+    data = bytes(payload)
+    if _nested_deeper(data, depth):
+        data = _cut_deeper(data, depth)
     try:
-        return json.loads(payload)
+        return json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"not JSON: {type(exc).__name__}") from None
 
