@@ -307,6 +307,8 @@ class EventSink:
                 self._process(batch)
             except Exception:
                 log.exception("ingest batch failed; the kiosks will re-send")
+                for item in batch:  # not PUBACKed, but no longer this worker's to wait on
+                    self._done(item)
 
     def _process(self, batch: list[_Message]) -> None:
         if not batch:
