@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Depends, FastAPI, HTTPException, Query, status
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -101,6 +101,7 @@ def create_app(
     signing_key: Ed25519PrivateKey | None = None,
     commands: CommandService | None = None,
     mqtt_connected: Callable[[], bool] | None = None,
+    ingest_health: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """The bridge's web app. Token and key are read from the config's files unless given.
 
@@ -167,13 +168,28 @@ def create_app(
     auth = [Depends(require_token)]
     read_auth = [Depends(require_read)]
 
-    @app.get("/health", tags=["service"])
-    def health() -> dict[str, Any]:
-        """Liveness for load balancers and scripts; no token needed, no data given away."""
+    @app.get(
+        "/health",
+        tags=["service"],
+        responses={
+            200: {"description": "ok: connected, subscribed, and the ingest keeps up"},
+            503: {"description": "degraded: `problems` says why (broker, database, ingest)"},
+        },
+    )
+    def health() -> JSONResponse:
+        """Liveness for load balancers and scripts; no token needed, no data given away.
+
+        503 with `"status": "degraded"` and the `problems` when the broker session is
+        down, the ingest waits for a database that is down, or a message has waited too
+        long to be stored (`BridgeRuntime.health`)."""
         body: dict[str, Any] = {"status": "ok", "store": store}
-        if mqtt_connected is not None:
+        if ingest_health is not None:
+            body.update(ingest_health())
+        elif mqtt_connected is not None:
             body["mqtt_connected"] = mqtt_connected()
-        return body
+            if not body["mqtt_connected"]:
+                body.update(status="degraded", problems=["broker session down"])
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     @app.get("/api/v1/events", dependencies=read_auth, tags=["events"])
     def list_events(

@@ -10,7 +10,7 @@ figures, then the link goes.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig
@@ -39,9 +39,13 @@ class BridgeRuntime:
         max_batch: int = 500,
         stats_interval_s: float = 1.0,
         stats_refresh_s: float = 60.0,
+        max_wait_s: float = 30.0,
     ) -> None:
+        """`max_wait_s`: how long a message taken from the broker may wait to be stored
+        before `/health` says degraded."""
         self.config = config
         self.repo = repo
+        self.max_wait_s = max_wait_s
         store = config.store
         m = config.mqtt
         self.link = MqttLink(
@@ -63,6 +67,7 @@ class BridgeRuntime:
             on_status=[self.commands.kiosk_reported],
             on_batch=self.stats.changed,
             max_batch=max_batch,
+            limits=config.limits,
         )
         self._parts: list[_Part] = [self.link, self.stats, self.sink]
         self._started: list[_Part] = []
@@ -83,3 +88,33 @@ class BridgeRuntime:
     @property
     def ready(self) -> bool:
         return self.link.subscribed
+
+    def health(self) -> dict[str, Any]:
+        """`/health`'s verdict: "degraded", with the problems named, when the broker session
+        is down, the ingest worker is not running, the database is down (the worker is
+        waiting for it), or a message taken from the broker has waited longer than
+        `max_wait_s` to be stored; "ok" otherwise. Ages and counts only, no data."""
+        ingest = self.sink.health()
+        connected = self.link.subscribed
+        problems: list[str] = []
+        if not connected:
+            problems.append("broker session down: not connected and subscribed")
+        if not ingest["running"]:
+            problems.append("ingest worker not running")
+        if ingest["database_down_s"] is not None:
+            problems.append(
+                f"database unavailable for {ingest['database_down_s']:.0f}s"
+                f" ({ingest['database_error']}): the ingest is waiting for it"
+            )
+        oldest = ingest["oldest_pending_s"]
+        if oldest is not None and oldest > self.max_wait_s:
+            problems.append(
+                f"a message taken {oldest:.0f}s ago is not stored yet"
+                f" (more than {self.max_wait_s:.0f}s)"
+            )
+        return {
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
+            "mqtt_connected": connected,
+            "ingest": ingest,
+        }

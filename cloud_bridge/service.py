@@ -65,7 +65,11 @@ def run_service(
     runtime = BridgeRuntime(config, repo)
     try:
         app = create_app(
-            config, repo, commands=runtime.commands, mqtt_connected=lambda: runtime.ready
+            config,
+            repo,
+            commands=runtime.commands,
+            mqtt_connected=lambda: runtime.ready,
+            ingest_health=runtime.health,
         )
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:

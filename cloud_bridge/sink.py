@@ -7,9 +7,16 @@ messages are acknowledged to the broker (PUBACK) only after that, too: with a pe
 MQTT session, whatever the bridge had not finished when it stopped or crashed is
 delivered again when it comes back, on top of the kiosk's own re-sends.
 
-Only a database that is unreachable is waited for. An event the database refuses is
-quarantined (`rejected_events`) and acked like the others: retrying it could never
-succeed and would hold up every kiosk's events behind it.
+Only a database that is down is waited for. Everything else that goes wrong with an
+event is about the event itself, and it is quarantined (`rejected_events`, with its reason
+and a bounded preview) and acked like the others: retrying it could never succeed and
+would hold up every kiosk's events behind it. The shop's input limits (`[limits]`,
+docs/limits.md) are applied before anything is stored: a message over `message_bytes` is
+refused unparsed; an event too deep, too long, too big, not finite or holding text no
+database keeps (NUL, a lone surrogate) is quarantined at once. Any other error the
+database step raises (a recursion, an overflow, a driver's encoding error) is told apart
+by trying the database with a harmless stand-in: if that goes in, the event is at fault
+and quarantined; if not, the database is, and the batch waits for it.
 
 What follows a commit (rules such as passing on a redeemed coupon, command re-sends on a
 kiosk's status, fresh figures) is handed to the hooks the runtime wires in.
@@ -17,8 +24,11 @@ kiosk's status, fresh figures) is handed to the hooks the runtime wires in.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,16 +37,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from pydantic import ValidationError
 
-from cloud_bridge.db import Repository, is_connection_error, one_line, refused_data
+from cloud_bridge.db import Repository, is_connection_error, one_line
+from cloud_bridge.db.errors import json_preview, text_problem
+from cloud_bridge.db.repository import RAW_CHARS
+from o2o_protocol.limits import DEFAULT_LIMITS, Limits, check_json, check_size
 from o2o_protocol.messages import (
     Ack,
     Event,
     ProtocolError,
     Status,
     dumps,
-    parse_events,
-    parse_status,
 )
 from o2o_protocol.mqtt import MqttLink
 from o2o_protocol.timeutil import parse_rfc3339
@@ -59,6 +71,22 @@ def _preview(payload: bytes | bytearray) -> str:
     return text if len(payload) <= _PREVIEW else f"{text}… ({len(payload)} bytes)"
 
 
+#: Characters kept of a message refused unparsed (over `message_bytes`).
+_MESSAGE_PREVIEW = 1024
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """Something from a kiosk that can never be stored: quarantined with its reason."""
+
+    id: str
+    kiosk: str
+    raw: str
+    error: str
+    #: An event id the kiosk may drop from its outbox (False: a message refused unparsed).
+    ack: bool = True
+
+
 @dataclass
 class _Message:
     """One accepted MQTT message, waiting for the worker."""
@@ -70,8 +98,12 @@ class _Message:
     generation: int
     events: list[Event] = field(default_factory=list)
     status: Status | None = None
+    refused: list[_Refused] = field(default_factory=list)
     retained: bool = False
     received: datetime = field(default_factory=lambda: datetime.now(UTC))
+    taken: float = field(default_factory=time.monotonic)
+    #: Its place among the messages taken and not yet finished (for /health).
+    key: int = 0
 
 
 class EventSink:
@@ -91,8 +123,13 @@ class EventSink:
         on_status: Sequence[StatusHook] = (),
         on_batch: Callable[[], None] | None = None,
         max_batch: int = 500,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.link = link
+        self.limits = limits
+        #: Parsed to this depth at most: the batch array, the envelope's levels, and one
+        #: more, so whatever is deeper still fails the depth check and is quarantined.
+        self._cut_depth = limits.json_depth + 2
         self.repo = repo
         self.store = store
         self.max_batch = max_batch
@@ -102,6 +139,13 @@ class EventSink:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
+        # For /health: what was taken and not yet finished (insertion order is age order),
+        # and since when the database has been failing (None: it is not).
+        self._pending: dict[int, float] = {}
+        self._pending_lock = threading.Lock()
+        self._next_key = 0
+        self._db_down_since: float | None = None
+        self._db_error = ""
         link.subscribe(
             [kiosk_topic(store, "+", EVENTS), kiosk_topic(store, "+", STATUS)], self._on_message
         )
@@ -141,43 +185,100 @@ class EventSink:
             return
         item = _Message(topic.store, topic.kiosk, msg.mid, msg.qos, self.link.generation)
         item.retained = bool(msg.retain)
+        payload = msg.payload
+        if len(payload) > self.limits.message_bytes:
+            # Refused unparsed: parsing it is what it would cost.
+            error = f"message: {len(payload)} bytes, more than {self.limits.message_bytes}"
+            log.warning("refused a message on %s: %s", msg.topic, error)
+            if topic.leaf != EVENTS:
+                self.link.ack(msg.mid, msg.qos)
+                return
+            digest = hashlib.sha256(payload).hexdigest()[:48]
+            item.refused.append(
+                _Refused(f"message-{digest}", topic.kiosk, _preview_text(payload), error, ack=False)
+            )
+            self._enqueue(item)
+            return
         try:
             if topic.leaf == EVENTS:
-                item.events = self._parse_events(msg.topic, topic.store, topic.kiosk, msg.payload)
+                item.events, item.refused = self._parse_events(
+                    msg.topic, topic.store, topic.kiosk, payload
+                )
             elif topic.leaf == STATUS:
-                item.status = parse_status(bytes(msg.payload))
-        except ProtocolError as exc:
-            log.warning(
-                "dropped a bad payload on %s: %s: %s", msg.topic, exc, _preview(msg.payload)
-            )
+                item.status = self._parse_status(payload)
+        except (ProtocolError, ValueError) as exc:
+            log.warning("dropped a bad payload on %s: %s: %s", msg.topic, exc, _preview(payload))
             self.link.ack(msg.mid, msg.qos)
             return
-        if not item.events and item.status is None:
+        if not item.events and item.status is None and not item.refused:
             self.link.ack(msg.mid, msg.qos)
             return
+        self._enqueue(item)
+
+    def _enqueue(self, item: _Message) -> None:
+        with self._pending_lock:
+            self._next_key += 1
+            item.key = self._next_key
+            self._pending[item.key] = item.taken
         self._queue.put(item)
 
-    @staticmethod
+    def _parse_status(self, payload: bytes | bytearray) -> Status:
+        raw = _loads(payload, self._cut_depth)
+        check_json(raw, self.limits, what="status")  # LimitExceeded: dropped, logged
+        try:
+            return Status.model_validate(raw)
+        except ValidationError as exc:
+            raise ProtocolError(_first_error(exc)) from None
+
     def _parse_events(
-        topic: str, store: str, kiosk: str, payload: bytes | bytearray
-    ) -> list[Event]:
-        events, errors = parse_events(bytes(payload))
-        for err in errors:
-            log.warning("dropped an invalid event on %s: %s: %s", topic, err, _preview(payload))
-        good = []
-        for e in events:
-            if (e.store, e.kiosk) != (store, kiosk):
+        self, topic: str, store: str, kiosk: str, payload: bytes | bytearray
+    ) -> tuple[list[Event], list[_Refused]]:
+        """The valid events of a message, and those to quarantine: an envelope that is
+        itself valid (its id, store and kiosk are this kiosk's) but whose data exceeds a
+        limit or holds text no database keeps. Anything else invalid is logged, dropped."""
+        raw = _loads(payload, self._cut_depth)
+        items = raw if isinstance(raw, list) else [raw]
+        good: list[Event] = []
+        refused: list[_Refused] = []
+        for i, element in enumerate(items):
+            problem = self._over_limits(element)
+            try:
+                # With its data set aside, the envelope shows whether it is a real event.
+                shell = element if problem is None else {**element, "data": {}}
+                event = Event.model_validate(shell)
+            except (ValidationError, TypeError, ValueError) as exc:
+                why = _first_error(exc) if problem is None else problem
+                log.warning("dropped an invalid event on %s: element %d: %s", topic, i, why)
+                continue
+            if (event.store, event.kiosk) != (store, kiosk):
                 # A kiosk may only speak for itself: its credentials cover its own subtree.
                 log.warning(
                     "refused event %s on %s: its envelope says store %r kiosk %r",
-                    e.id,
+                    event.id,
                     topic,
-                    e.store,
-                    e.kiosk,
+                    event.store,
+                    event.kiosk,
                 )
+            elif problem is not None:
+                log.warning("quarantining event %s on %s: %s", event.id, topic, problem)
+                refused.append(_Refused(event.id, kiosk, json_preview(element, RAW_CHARS), problem))
             else:
-                good.append(e)
-        return good
+                good.append(event)
+        return good, refused
+
+    def _over_limits(self, element: Any) -> str | None:
+        """Why an envelope can never be stored (limits, text), or None."""
+        if not isinstance(element, dict):
+            return None  # not an envelope at all: the model says so
+        try:
+            check_json(element, self.limits, what="event")
+            check_size(element, self.limits.event_bytes, what="event")
+        except (ValueError, RecursionError, OverflowError) as exc:
+            # LimitExceeded, or a lone surrogate the size check could not encode.
+            text = text_problem(element.get("data"))
+            return f"event: data holds {text}" if text else str(exc) or type(exc).__name__
+        text = text_problem(element.get("data"))
+        return f"event: data holds {text}" if text else None
 
     # -- worker thread -------------------------------------------------------------------
 
@@ -206,6 +307,8 @@ class EventSink:
                 self._process(batch)
             except Exception:
                 log.exception("ingest batch failed; the kiosks will re-send")
+                for item in batch:  # not PUBACKed, but no longer this worker's to wait on
+                    self._done(item)
 
     def _process(self, batch: list[_Message]) -> None:
         if not batch:
@@ -214,50 +317,73 @@ class EventSink:
             if item.status is not None:
                 self._store_status(item, item.status)
         events = [e for item in batch for e in item.events]
-        if events:
-            new = self._store_events(events)
+        refused = [(item.kiosk, r) for item in batch for r in item.refused]
+        if events or refused:
+            new = self._store_events(events, refused)
             if new is None:
                 return  # gave up while stopping: nothing acked, everything will come again
             log.debug("stored %d new of %d events", len(new), len(events))
-            self._ack(events)
-            for hook in self._after_stored:
-                _run_hook(hook, events, set(new))
+            self._ack(events, [r for _, r in refused if r.ack])
+            if events:
+                for hook in self._after_stored:
+                    _run_hook(hook, events, set(new))
         for item in batch:
             self.link.ack(item.mid, item.qos, generation=item.generation)
+            self._done(item)
         if self._on_batch is not None:
             self._on_batch()
 
-    def _ack(self, events: list[Event]) -> None:
-        """Tell each kiosk which of its events are stored (each id once)."""
+    def _done(self, item: _Message) -> None:
+        with self._pending_lock:
+            self._pending.pop(item.key, None)
+
+    def _ack(self, events: list[Event], refused: Sequence[_Refused] = ()) -> None:
+        """Tell each kiosk which of its events are stored or quarantined (each id once)."""
         acks: dict[str, dict[str, None]] = {}
         for e in events:
             acks.setdefault(e.kiosk, {})[e.id] = None
+        for r in refused:
+            acks.setdefault(r.kiosk, {})[r.id] = None
         for kiosk, ids in acks.items():
             self.link.publish(
                 kiosk_topic(self.store, kiosk, ACKS), dumps(Ack(ids=list(ids))), qos=1
             )
 
-    def _store_events(self, events: list[Event]) -> list[str] | None:
+    def _store_events(
+        self, events: list[Event], refused: Sequence[tuple[str, _Refused]] = ()
+    ) -> list[str] | None:
         """Store a batch; the new ids. Waits out a database that is down (None if it gives
-        up while stopping); quarantines what the database refuses."""
+        up while stopping); quarantines what can never be stored."""
         delay, attempts = 0.5, 0
         while True:
             try:
-                return self._store_or_quarantine(events)
+                for kiosk, r in refused:
+                    if self.repo.reject(r.id, self.store, kiosk, r.raw, r.error):
+                        log.error("quarantined %s from %s/%s: %s", r.id, self.store, kiosk, r.error)
+                new = self._store_or_quarantine(events)
             except Exception as exc:
                 attempts += 1
+                if self._db_down_since is None:
+                    self._db_down_since = time.monotonic()
+                self._db_error = type(getattr(exc, "orig", None) or exc).__name__
                 if self._stopping.is_set() and attempts >= 3:
                     log.error("could not store %d events while stopping: %s", len(events), exc)
                     return None
                 log.error("database error, retrying in %.1fs: %s", delay, one_line(exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            else:
+                self._db_down_since = None
+                return new
 
     def _store_or_quarantine(self, events: list[Event]) -> list[str]:
+        """Raises only when the database is at fault (down, or refusing anything)."""
+        if not events:
+            return []
         try:
             return self.repo.add_events(events)
         except Exception as exc:
-            if is_connection_error(exc) or not refused_data(exc):
+            if is_connection_error(exc):
                 raise
             log.warning("the database refused a batch of %d events: %s", len(events), one_line(exc))
         # Find the culprit(s): one event per transaction, the refused ones to quarantine.
@@ -266,8 +392,11 @@ class EventSink:
             try:
                 new.extend(self.repo.add_events([e]))
             except Exception as exc:
-                if is_connection_error(exc) or not refused_data(exc):
+                if is_connection_error(exc):
                     raise
+                # The event or the database? A harmless stand-in tells: if it goes in,
+                # the event is at fault. If it does not, this raises and the batch waits.
+                self.repo.check_writable(e.store, e.kiosk)
                 error = one_line(exc)
                 if self.repo.reject_event(e, error):
                     log.error(
@@ -279,6 +408,25 @@ class EventSink:
                         error,
                     )
         return new
+
+    # -- health ---------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """How the ingest is doing, for /health: no data, only ages and counts."""
+        now = time.monotonic()
+        with self._pending_lock:
+            oldest = next(iter(self._pending.values()), None)
+            pending = len(self._pending)
+        down = self._db_down_since
+        worker = self._worker
+        return {
+            "running": worker is not None and worker.is_alive(),
+            "stopping": self._stopping.is_set(),
+            "pending": pending,
+            "oldest_pending_s": None if oldest is None else round(now - oldest, 1),
+            "database_down_s": None if down is None else round(now - down, 1),
+            "database_error": self._db_error if down is not None else None,
+        }
 
     def _store_status(self, item: _Message, status: Status) -> None:
         seen: datetime | None = item.received
@@ -304,3 +452,82 @@ def _run_hook(hook: Callable[..., None], *args: Any) -> None:
         hook(*args)
     except Exception:
         log.exception("%s failed", getattr(hook, "__qualname__", hook))
+
+
+#: A JSON string, or one bracket: the structure of a payload, strings set aside.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+#: Brackets of a payload that needs cutting (nested past the limit) beyond which it is
+#: refused whole rather than walked token by token.
+_MAX_CUT_TOKENS = 200_000
+
+
+def _nested_deeper(payload: bytes, depth: int) -> bool:
+    """Whether brackets nest deeper than `depth` (strings set aside, `{}` counted as `[]`).
+    Each pass takes away exactly the innermost pairs (`replace` does not rescan what it
+    made), so this costs at most `depth` passes at C speed, and a payload of ordinary
+    depth is done in a few."""
+    brackets = _STRING.sub(b"", payload).translate(_SQUARE, _NOT_BRACKET)
+    for _ in range(depth):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"")
+    return bool(brackets)
+
+
+def _cut_deeper(payload: bytes, depth: int) -> bytes:
+    """The payload with every object or array that starts deeper than `depth` replaced
+    by `0`: what is left parses without deep recursion, and still nests past any limit
+    below `depth`, so the check that follows names it."""
+    out: list[bytes] = []
+    level, start, done, tokens = 0, -1, 0, 0
+    for m in _TOKEN.finditer(payload):
+        tokens += 1
+        if tokens > _MAX_CUT_TOKENS:
+            raise ProtocolError(f"nested deeper than {depth} levels, {tokens}+ brackets")
+        c = m.group()[:1]
+        if c == b'"':
+            continue
+        if c in b"[{":
+            level += 1
+            if level == depth + 1:
+                start = m.start()
+        else:
+            if level == depth + 1 and start >= 0:
+                out += [payload[done:start], b"0"]
+                done, start = m.end(), -1
+            level -= 1
+    if start >= 0:  # never closed: not JSON anyway
+        raise ProtocolError(f"not JSON: nested deeper than {depth} levels, unclosed")
+    out.append(payload[done:])
+    return b"".join(out)
+
+
+def _loads(payload: bytes | bytearray, depth: int = 64) -> Any:
+    """Parse JSON without deep recursion: Python's parser recurses once per level, and at
+    its recursion limit a thread can crash the whole process (a garbage-collection
+    callback that runs then has no room left). Anything nested deeper than `depth` is
+    cut (`_cut_deeper`) before parsing; the limits check refuses what was cut."""
+    data = bytes(payload)
+    if _nested_deeper(data, depth):
+        data = _cut_deeper(data, depth)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"not JSON: {type(exc).__name__}") from None
+
+
+def _preview_text(payload: bytes | bytearray) -> str:
+    """The start of a payload refused unparsed, as text (bad UTF-8 replaced)."""
+    head = bytes(payload[:_MESSAGE_PREVIEW]).decode("utf-8", "replace")
+    return f"{head}… ({len(payload)} bytes)"
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        return f"{loc}: {err['msg']}"
+    return f"{type(exc).__name__}: {exc}"

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -287,9 +288,12 @@ def test_run_serves_and_stops_cleanly_on_sigterm(
         wait_for_port("127.0.0.1", port, timeout=20, alive=lambda: proc.poll() is None)
         deadline = time.monotonic() + 10
         while True:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if json.loads(r.read())["mqtt_connected"]:
-                    break
+            try:  # 503 (degraded) until the broker session is up
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if json.loads(r.read())["mqtt_connected"]:
+                        break
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 503, exc
             assert time.monotonic() < deadline, "bridge never connected to the broker"
             time.sleep(0.1)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:

@@ -320,3 +320,101 @@ def test_double_redemptions_are_counted(repo: Repository) -> None:
     repo.add_events([second])
     assert repo.today_stats("s1")["double_redemptions"] == 1
     assert [e.id for e in repo.redemptions("s1", "cp1")] == [first.id, second.id]
+
+
+def test_the_sqlite_files_are_private(tmp_path: Path) -> None:
+    """bridge.db holds member names: 0600 like the kiosk's journal, -wal and -shm too."""
+    path = tmp_path / "shop" / "bridge.db"
+    r = Repository.from_url(f"sqlite:///{path}")
+    try:
+        r.create_tables()
+        r.add_events([_modes_event()])
+        files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+        assert all(f.exists() for f in files)
+        assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
+            f.name: "0o600" for f in files
+        }
+    finally:
+        r.close()
+    # A database made by an earlier version (0644) is made private when opened.
+    for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if f.exists():
+            f.chmod(0o644)
+    r = Repository.from_url(f"sqlite:///{path}")
+    try:
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        assert r.count_events() == 1
+        for f in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+            assert not f.exists() or oct(f.stat().st_mode & 0o777) == "0o600"
+    finally:
+        r.close()
+
+
+def _modes_event() -> Event:
+    return Event(
+        id=new_event_id(),
+        seq=1,
+        type="checkin",
+        ts=rfc3339(time.time()),
+        store="s1",
+        kiosk="k1",
+        data={"name": "Ada"},
+    )
+
+
+def _at(ts: str, type_: str = "checkin", seq: int = 1, **data: object) -> Event:
+    return Event(
+        id=new_event_id(), seq=seq, type=type_, ts=ts, store="s1", kiosk="k1", data=dict(data)
+    )
+
+
+def test_a_kiosk_clock_far_off_is_flagged_and_distorts_neither_figures_nor_order(
+    repo: Repository,
+) -> None:
+    now = datetime.now(UTC)
+    future = _at("2999-01-01T00:00:00Z", seq=1, name="from 2999")
+    past = _at("1971-06-01T12:00:00Z", seq=2, name="from 1971")
+    normal = [_at(rfc3339(now.timestamp() - 50 + i), seq=3 + i) for i in range(3)]
+    repo.add_events([future, past], now=now - timedelta(seconds=55))
+    repo.add_events(normal)
+    later = _at(rfc3339(now.timestamp() - 30), seq=9)
+    repo.add_events([later], now=now + timedelta(seconds=1))
+
+    # Newest first: the 2999 event sits where it arrived (55 s ago), not on top for good.
+    newest = repo.events(limit=10)
+    assert [e.id for e in newest][:4] == [later.id, normal[2].id, normal[1].id, normal[0].id]
+    assert newest[4].id == future.id and newest[-1].id == past.id
+    assert [e.id for e in repo.events(limit=2)] == [later.id, normal[2].id]
+    assert [e.id for e in repo.events(limit=10, oldest_first=True)] == [
+        e.id for e in reversed(newest)
+    ]
+    assert [e.id for e in repo.iter_events()] == [e.id for e in reversed(newest)]
+    # Flagged at query time: ts more than a day off the time it was received.
+    flags = {e.id: e.ts_flag for e in newest}
+    assert flags[future.id] == "ahead" and flags[past.id] == "behind"
+    assert {flags[e.id] for e in [*normal, later]} == {None}
+    # `since` goes by the same time: the 2999 event is as old as its arrival.
+    assert future.id not in {e.id for e in repo.events(since=now + timedelta(hours=1))}
+    assert future.id in {e.id for e in repo.events(since=now - timedelta(minutes=1))}
+
+    # Today's figures: the 2999 check-in counts on the day it arrived, the 1971 one not.
+    stats = repo.today_stats("s1", now=now)
+    assert stats["by_type"]["checkin"] == 5  # three normal, `later`, the one from 2999
+    assert stats["checkins"] == 5
+    assert repo.today_stats("s1", now=now + timedelta(days=1))["events"] == 0
+
+
+def test_checkins_count_only_counted_visits(repo: Repository) -> None:
+    ts = rfc3339(time.time())
+    repo.add_events(
+        [
+            _at(ts, seq=1, counted=True, points_earned=10),
+            _at(ts, seq=2, counted=False, points_earned=0),  # within the cool-down
+            _at(ts, seq=3),  # an older kiosk writes no `counted`: it counted
+            _at(ts, seq=4, counted="odd"),  # not true, not absent: not counted
+            _at(ts, seq=5, counted=None),
+        ]
+    )
+    stats = repo.today_stats("s1")
+    assert stats["by_type"]["checkin"] == 5
+    assert stats["checkins"] == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -30,7 +31,7 @@ from cloud_bridge.api import create_app
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
 from o2o_protocol.config_file import validate_config
-from o2o_protocol.messages import Event, EventType, Reason, new_event_id
+from o2o_protocol.messages import Event, EventType, Reason, Status, new_event_id
 from o2o_protocol.timeutil import rfc3339
 from tests.support import free_port, missing_component, wait_for_port
 
@@ -72,8 +73,13 @@ def test_the_page_is_self_contained_bilingual_and_safe(app: FastAPI) -> None:
     zh, en = _strings(page, "zh_CN"), _strings(page, "en")
     assert set(zh) == set(en), set(zh) ^ set(en)
     assert zh["title"] == "今日门店概况" and en["title"] == "Today at the shop"
-    assert zh["login.label"] == "API 令牌" and en["login.label"] == "API token"
-    assert "api.token" in zh["login.hint"].replace("{file}", "api.token")
+    # The page wants the read-only token (dashboard.token), and says so.
+    assert (
+        zh["login.label"] == "仪表盘令牌（只读）"
+        and en["login.label"] == "Dashboard token (read-only)"
+    )
+    assert "API" not in zh["login.label"] + en["login.label"]
+    assert "{file}" in zh["login.hint"] and 'file.textContent = "dashboard.token"' in page
     for reason in Reason:  # every rejection reason has a plain phrase in both languages
         assert f"reason.{reason.value}" in zh
     for event_type in EventType:  # every event type becomes a sentence
@@ -234,3 +240,106 @@ def test_dashboard_in_headless_chromium(server: tuple[str, float], tmp_path: Pat
     assert "login" not in tags.hidden and "dash" in tags.hidden
     assert "That token was not accepted" in dom
     assert "王小明" not in dom.split("<script>")[0]
+
+
+# --- alerts: printers, lockers, quarantined events, kiosk clocks ----------------------
+
+
+@pytest.fixture
+def alert_server(tmp_path: Path, repo: Repository) -> Iterator[str]:
+    config = validate_config(
+        tmp_path / "bridge.toml", {"store": "s1", "kiosks": ["k1", "k2", "k3"]}, BridgeConfig
+    )
+    app = create_app(config, repo, token=TOKEN, signing_key=Ed25519PrivateKey.generate())
+    now = time.time()
+    at = datetime.fromtimestamp
+    utc = ZoneInfo("UTC")
+    # k1 ran out of paper after its last status: an alert until a status says ok.
+    repo.set_status("s1", "k1", Status(online=True, printer="ok"), seen=at(now - 120, utc))
+    repo.add_events([_ev("printer.fault", 1, now - 20, "k1", fault="paper_out", detail="x")])
+    # k3's paper ran out too, but a later status says its printer is ok again: no alert.
+    repo.add_events(
+        [_ev("printer.fault", 1, now - 300, "k3", fault="paper_out", detail="x")],
+        now=at(now - 300, utc),
+    )
+    repo.set_status("s1", "k3", Status(online=True, printer="ok"), seen=at(now - 10, utc))
+    # k2: a locker fault in its status.
+    lockers = {"type": "gpio", "count": 4, "open": 0, "faults": 1, "lockers": []}
+    repo.set_status(
+        "s1", "k2", Status(online=True, printer="ok", lockers=lockers), seen=at(now - 5, utc)
+    )
+    # One visit that counted, one within the cool-down (earned nothing).
+    repo.add_events(
+        [
+            _ev("checkin", 2, now - 60, "k1", name="Nora Now", points_earned=10, counted=True),
+            _ev("checkin", 3, now - 50, "k1", name="Again Al", points_earned=0, counted=False),
+        ]
+    )
+    # A kiosk clock in 2999, ten minutes ago: marked, and not on top for good.
+    future = _ev("checkin", 9, 0, "k2", name="Future Fred", points_earned=10, counted=True)
+    repo.add_events(
+        [future.model_copy(update={"ts": "2999-01-01T00:00:00Z"})], now=at(now - 600, utc)
+    )
+    # An event the bridge could never store (quarantined, acked).
+    repo.reject("ev-too-deep", "s1", "k2", '{"id":"ev-too-deep"}', "event.data: nested deeper")
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    wait_for_port("127.0.0.1", port, 10)
+    yield f"http://127.0.0.1:{port}/"
+    srv.should_exit = True
+    thread.join(10)
+
+
+def _screenshot(url: str, tmp_path: Path, out: Path) -> None:
+    assert CHROMIUM is not None
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile-shot'}",
+        "--lang=en-US",
+        "--virtual-time-budget=8000",
+        "--window-size=1100,1100",
+        f"--screenshot={out}",
+        url,
+    ]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TZ": "Asia/Shanghai", "LANG": "C.UTF-8"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_dashboard_alerts_in_headless_chromium(alert_server: str, tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        missing_component("chromium", "apt-get install chromium, or run scripts/setup.sh")
+    url = alert_server + "#token=" + TOKEN
+    dom = _dump_dom(url, tmp_path, "en-US")
+    page = dom.split("<script>")[0]
+    assert "alerts" not in _parse(dom).hidden, page[-3000:]
+    assert "Needs attention" in page
+    assert "<b>k1</b>: printer out of paper" in page
+    assert "<b>k3</b>: printer" not in page  # cleared by the later status
+    assert "<b>k2</b>: lockers with a fault: <b>1</b>" in page
+    assert "Events that could not be stored, quarantined in the last 7 days: <b>1</b>" in page
+    assert "event.data: nested deeper" in page
+    # Check-ins: Nora's and Fred's (2999, counted on the day it arrived); Al's earned
+    # nothing (within the cool-down), so it is not one.
+    assert re.search(r'id="f-checkins">2<', page), page
+    # The 2999 event is shown when it arrived, below newer ones, and marked.
+    assert page.index("Nora Now") < page.index("Future Fred")
+    assert page.count('class="skew"') == 1
+    assert "2999" not in page.split("Future Fred")[0].rsplit("<tr", 1)[-1]
+
+    # Chinese, too.
+    dom = _dump_dom(url, tmp_path, "zh-CN")
+    assert "需要处理" in dom and "<b>k1</b>：打印机缺纸" in dom
+
+    shot = Path(os.environ.get("O2O_DASHBOARD_SCREENSHOT") or tmp_path / "dashboard.png")
+    _screenshot(url.replace("#token=", "#lang=en&token="), tmp_path, shot)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

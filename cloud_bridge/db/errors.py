@@ -6,6 +6,9 @@ writer aborted, and quarantines only what the database refuses about the rows th
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy.exc import (
@@ -33,13 +36,32 @@ class UnstorableEvent(ValueError):
 
 
 def has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_nul(v) for v in value)
-    return False
+    return text_problem(value) == "a NUL character (\\u0000)"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(value: Any) -> str | None:
+    """What no database can keep in a JSON value's strings (keys too), or None.
+
+    NUL: PostgreSQL's `text` has none; a lone surrogate (`"\\ud800"` in JSON) is not
+    Unicode and cannot be encoded as UTF-8 by either driver. Iterative, so any depth.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "a NUL character (\\u0000)"
+            if _SURROGATE.search(item):
+                return "a lone surrogate (not Unicode text)"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def is_write_conflict(exc: BaseException) -> bool:
@@ -83,3 +105,71 @@ def one_line(exc: BaseException) -> str:
     text = str(orig).strip()
     first = text.splitlines()[0] if text else ""
     return f"{type(orig).__name__}: {first}" if first else type(orig).__name__
+
+
+def safe_text(text: str, max_chars: int = 2000) -> str:
+    """Text any database keeps: no NUL, lone surrogates escaped, at most `max_chars`."""
+    text = text[:max_chars].replace("\x00", "")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _Piece(str):
+    """Literal JSON text in `json_preview`'s work list (as opposed to a value)."""
+
+
+def json_preview(value: Any, max_chars: int) -> str:
+    """`value` as compact JSON, cut after `max_chars` characters (with a note saying so).
+
+    Iterative and lazy: a value nested ten thousand deep or holding 10 MB costs no more
+    than `max_chars`. NUL and lone surrogates come out escaped (`\\u0000`, `\\ud800`), so
+    the text is valid JSON when whole, and any database can keep it either way.
+    """
+    out: list[str] = []
+    size = 0
+    todo: list[Iterator[Any]] = [iter([value])]
+    while todo:
+        try:
+            item = next(todo[-1])
+        except StopIteration:
+            todo.pop()
+            continue
+        if isinstance(item, _Piece):
+            text = str(item)
+        elif isinstance(item, dict):
+            text = "{"
+            todo.append(_object_parts(item, max_chars))
+        elif isinstance(item, list | tuple):
+            text = "["
+            todo.append(_array_parts(item))
+        elif isinstance(item, str):
+            text = _string(item, max_chars)
+        else:
+            try:
+                text = json.dumps(item)
+            except (TypeError, ValueError):  # an int past Python's digit limit, say
+                text = '"(a value too long to show)"'
+        out.append(text)
+        size += len(text)
+        if size > max_chars:
+            return "".join(out)[:max_chars] + f"… (cut at {max_chars} characters)"
+    return "".join(out)
+
+
+def _string(s: str, max_chars: int) -> str:
+    text = json.dumps(s[: max_chars + 1], ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _object_parts(d: dict[Any, Any], max_chars: int) -> Iterator[Any]:
+    for i, (k, v) in enumerate(d.items()):
+        yield _Piece(("," if i else "") + _string(str(k), max_chars) + ":")
+        yield v
+    yield _Piece("}")
+
+
+def _array_parts(items: list[Any] | tuple[Any, ...]) -> Iterator[Any]:
+    for i, v in enumerate(items):
+        if i:
+            yield _Piece(",")
+        yield v
+    yield _Piece("]")

@@ -1,7 +1,10 @@
 """Today's figures (the dashboard, `GET /api/v1/stats`, the retained stats topic).
 
 Counted from stored events by their own `ts` (when they happened at the kiosk), within
-the shop's local day.
+the shop's local day; except an event dated more than a day after the bridge received it
+(a kiosk clock in the year 2999): no event can happen after it arrived, so it counts on
+the day it was received. `checkins` counts the visits that counted (`data.counted` true,
+or absent as older kiosks write it), not those within the cool-down.
 """
 
 from __future__ import annotations
@@ -9,12 +12,45 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, exists, func, literal_column, not_, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from cloud_bridge.db.records import format_ts
+from cloud_bridge.db.records import SKEW, format_ts
 from cloud_bridge.db.tables import EventRow, KioskRow
 from o2o_protocol.messages import EventType
+
+
+def ahead(dialect: str, row: Any = EventRow) -> ColumnElement[bool]:
+    """`ts` more than a day after `received_at`: a kiosk clock running ahead."""
+    if dialect == "sqlite":
+        # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC): text order is time order.
+        return row.ts > func.datetime(row.received_at, "+1 day")
+    return row.ts > row.received_at + literal_column("interval '1 day'")
+
+
+def in_period(dialect: str, start: datetime, end: datetime) -> ColumnElement[bool]:
+    """Events of [start, end): by `ts`, or by `received_at` for those dated ahead of it.
+
+    Both halves are ranges of the (store, ts) index: an event dated ahead and received
+    on or after `start` has a `ts` after `start + 1 day`."""
+    early = ahead(dialect)
+    return or_(
+        and_(EventRow.ts >= start, EventRow.ts < end, not_(early)),
+        and_(
+            EventRow.ts > start + SKEW,
+            early,
+            EventRow.received_at >= start,
+            EventRow.received_at < end,
+        ),
+    )
+
+
+def counted(dialect: str) -> ColumnElement[bool]:
+    """A check-in that counted: `data.counted` true, or absent (older kiosks)."""
+    if dialect == "sqlite":
+        kind = func.json_type(EventRow.data, "$.counted")
+        return or_(kind.is_(None), kind == "true")
+    return or_(EventRow.data["counted"].is_(None), EventRow.data["counted"].as_string() == "true")
 
 
 def local_midnight(now: datetime | None = None) -> datetime:
@@ -28,7 +64,8 @@ def today_stats(session: Session, store: str, *, now: datetime | None = None) ->
     now = now or datetime.now(UTC)
     start = local_midnight(now)
     end = start + timedelta(days=1)
-    in_today = (EventRow.store == store, EventRow.ts >= start, EventRow.ts < end)
+    dialect = session.get_bind().dialect.name
+    in_today = (EventRow.store == store, in_period(dialect, start, end))
     reason = EventRow.data["reason"].as_string()
     by_type = {
         t: int(n)
@@ -46,13 +83,18 @@ def today_stats(session: Session, store: str, *, now: datetime | None = None) ->
     }
     kiosks = session.execute(select(KioskRow.online).where(KioskRow.store == store)).scalars()
     online = [bool(k) for k in kiosks]
-    doubles = int(session.scalar(_double_redemptions(store, start, end)) or 0)
+    doubles = int(session.scalar(_double_redemptions(store, in_today)) or 0)
+    checkins = session.scalar(
+        select(func.count())
+        .select_from(EventRow)
+        .where(*in_today, EventRow.type == EventType.CHECKIN.value, counted(dialect))
+    )
     return {
         "store": store,
         "day": start.strftime("%Y-%m-%d"),
         "ts": format_ts(now),
         "events": sum(by_type.values()),
-        "checkins": by_type.get(EventType.CHECKIN.value, 0),
+        "checkins": int(checkins or 0),
         "redemptions": by_type.get(EventType.COUPON_REDEEMED.value, 0),
         "pickups": by_type.get(EventType.PICKUP_COMPLETED.value, 0),
         "reservations": by_type.get(EventType.RESERVATION_ARRIVED.value, 0),
@@ -66,7 +108,7 @@ def today_stats(session: Session, store: str, *, now: datetime | None = None) ->
     }
 
 
-def _double_redemptions(store: str, start: datetime, end: datetime) -> Any:
+def _double_redemptions(store: str, in_today: tuple[ColumnElement[bool], ...]) -> Any:
     """Today's redemptions of a coupon the bridge had already stored as redeemed
     (under another event id): two kiosks that were offline at once both accepted it."""
     first = aliased(EventRow)
@@ -86,10 +128,8 @@ def _double_redemptions(store: str, start: datetime, end: datetime) -> Any:
         select(func.count())
         .select_from(EventRow)
         .where(
-            EventRow.store == store,
+            *in_today,
             EventRow.type == redeemed,
-            EventRow.ts >= start,
-            EventRow.ts < end,
             coupon.is_not(None),
             earlier,
         )

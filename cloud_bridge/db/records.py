@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cloud_bridge.db.tables import EventRow
+
+#: An event's `ts` further than this from when the bridge received it is flagged.
+SKEW = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,24 @@ class StoredEvent:
     kiosk: str
     data: dict[str, Any]
     received_at: datetime
+
+    @property
+    def ts_flag(self) -> str | None:
+        """ "ahead" when `ts` is more than a day after the bridge received the event (a
+        kiosk clock running ahead: nothing happens after it arrived), "behind" when more
+        than a day before (a clock running behind, or a kiosk that was offline that
+        long); None otherwise. Computed when read: nothing about it is stored."""
+        if self.ts > self.received_at + SKEW:
+            return "ahead"
+        if self.ts < self.received_at - SKEW:
+            return "behind"
+        return None
+
+    @property
+    def when(self) -> datetime:
+        """When it happened, as far as the bridge can tell: `ts`, or `received_at` for an
+        event dated ahead of it. Figures and newest-first lists go by this."""
+        return self.received_at if self.ts > self.received_at + SKEW else self.ts
 
     def envelope(self) -> dict[str, Any]:
         """The event as the contract's envelope (docs/mqtt.md), ts in RFC 3339 UTC."""

@@ -12,24 +12,43 @@ still aborts (deadlock, serialization failure, a locked SQLite file) is run agai
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import json
 import logging
+import os
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Engine, Select, create_engine, event, func, select
+from sqlalchemy import ColumnElement, Engine, Select, create_engine, event, func, not_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud_bridge.db.errors import UnstorableEvent, has_nul, is_write_conflict, one_line
+from cloud_bridge.db.errors import (
+    UnstorableEvent,
+    is_write_conflict,
+    json_preview,
+    one_line,
+    safe_text,
+    text_problem,
+)
+from cloud_bridge.db.figures import ahead
 from cloud_bridge.db.figures import today_stats as figures_of_today
-from cloud_bridge.db.records import KioskState, RejectedEvent, StoredEvent, stored_event
+from cloud_bridge.db.records import (
+    SKEW,
+    KioskState,
+    RejectedEvent,
+    StoredEvent,
+    stored_event,
+)
 from cloud_bridge.db.tables import Base, CommandRow, EventRow, KioskRow, RejectedEventRow
 from o2o_protocol.messages import Command, Event, EventType, Status
 from o2o_protocol.timeutil import parse_rfc3339
@@ -38,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: Rows per INSERT statement (well under SQLite's bound-parameter limit).
 _CHUNK = 500
+#: Characters of a quarantined event's text kept (`raw`); a longer one is cut.
+RAW_CHARS = 8192
 #: Attempts for a transaction the database aborted because of another writer.
 _CONFLICT_ATTEMPTS = 5
 
@@ -49,8 +70,10 @@ def make_engine(url: str) -> Engine:
     """An engine set up for this workload: WAL and a busy timeout on SQLite."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(parsed.database) if parsed.database else None
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            _private(db, create=True)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -60,9 +83,30 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            if db is not None:
+                # SQLite gives -wal and -shm the database file's mode; older ones (made
+                # when it was 0644) are made private here.
+                for side in (Path(f"{db}-wal"), Path(f"{db}-shm")):
+                    _private(side)
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _private(path: Path, *, create: bool = False) -> None:
+    """Mode 0600: the bridge's database holds member names and phone hashes, like the
+    kiosk's journal. Created so (never readable by others, not even for a moment), or
+    made so when an earlier version left it 0644."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot make %s private (chmod 600): %s", path, exc.strerror)
 
 
 class Repository:
@@ -114,8 +158,9 @@ class Repository:
         received = now or datetime.now(UTC)
         rows: dict[str, dict[str, Any]] = {}
         for e in events:
-            if e.id not in rows and has_nul(e.data):
-                raise UnstorableEvent(f"event {e.id}: data holds a NUL character (\\u0000)")
+            problem = None if e.id in rows else text_problem(e.data)
+            if problem:
+                raise UnstorableEvent(f"event {e.id}: data holds {problem}")
             rows.setdefault(
                 e.id,
                 {
@@ -155,15 +200,28 @@ class Repository:
 
     def reject_event(self, event: Event, error: str, *, now: datetime | None = None) -> bool:
         """Quarantine an event the database refused; False if it already was."""
-        raw = json.dumps(event.model_dump(), ensure_ascii=False, separators=(",", ":"))
+        raw = json_preview(event.model_dump(), RAW_CHARS)
+        return self.reject(event.id, event.store, event.kiosk, raw, error, now=now)
+
+    def reject(
+        self,
+        id: str,
+        store: str,
+        kiosk: str,
+        raw: str,
+        error: str,
+        *,
+        now: datetime | None = None,
+    ) -> bool:
+        """Quarantine what can never be stored (`raw`: its text, bounded by the caller);
+        False if that id already was."""
         row = {
-            "id": event.id,
-            "store": event.store,
-            "kiosk": event.kiosk,
-            # json.dumps escapes control characters: the text holds no NUL a database
-            # could refuse in turn.
-            "raw": raw,
-            "error": error.replace("\x00", "")[:2000],
+            "id": id,
+            "store": store,
+            "kiosk": kiosk,
+            # No NUL, no lone surrogate: text every database keeps.
+            "raw": safe_text(raw, RAW_CHARS + 100),
+            "error": safe_text(error, 2000),
             "received_at": now or datetime.now(UTC),
         }
         stmt = (
@@ -173,6 +231,37 @@ class Repository:
             .returning(RejectedEventRow.__table__.c.id)
         )
         return self._retrying(lambda session: session.execute(stmt).first() is not None)
+
+    def check_writable(self, store: str, kiosk: str) -> None:
+        """Raise unless the database takes an ordinary event now (inserted, rolled back).
+
+        Tells "this event can never be stored" (the stand-in goes in) apart from "the
+        database is down or broken" (it does not, and the error says why).
+        """
+        now = datetime.now(UTC)
+        row = {
+            "id": f"probe-{uuid.uuid4().hex}",
+            "store": store,
+            "kiosk": kiosk,
+            "seq": 1,
+            "type": "probe",
+            "ts": now,
+            "data": {},
+            "received_at": now,
+        }
+        with self.engine.connect() as conn:
+            trans = conn.begin()
+            try:
+                conn.execute(self._insert(EventRow.__table__), [row])
+            finally:
+                trans.rollback()
+
+    def count_rejected(self, store: str | None = None) -> int:
+        stmt = select(func.count()).select_from(RejectedEventRow)
+        if store is not None:
+            stmt = stmt.where(RejectedEventRow.store == store)
+        with self._sessions() as session:
+            return int(session.scalar(stmt) or 0)
 
     def rejected_events(
         self, *, store: str | None = None, since: datetime | None = None, limit: int | None = 100
@@ -216,7 +305,8 @@ class Repository:
         limit: int | None = 100,
         oldest_first: bool = False,
     ) -> list[StoredEvent]:
-        """Stored events, newest first by default (by ts, then id)."""
+        """Stored events, newest first by default (by when they happened, then id; see
+        `iter_events`)."""
         return list(
             self.iter_events(
                 store=store,
@@ -238,22 +328,56 @@ class Repository:
         limit: int | None = None,
         oldest_first: bool = True,
     ) -> Iterator[StoredEvent]:
-        """Stream events without loading the whole table (for exports)."""
-        stmt = _where(
-            select(EventRow),
+        """Stream events without loading the whole table (for exports).
+
+        In the order they happened (`StoredEvent.when`): by `ts`, except that an event
+        dated more than a day after it was received (a kiosk clock in 2999) takes its
+        place by `received_at`, so it is never on top for good. Two index-friendly
+        queries, merged: the events dated plausibly (by `ts`), and those dated ahead."""
+        filters = (
             None if store is None else EventRow.store == store,
-            None if since is None else EventRow.ts >= since,
             None if type is None else EventRow.type == type,
             None if kiosk is None else EventRow.kiosk == kiosk,
         )
+        early = ahead(self._dialect)
+        plain = _where(
+            select(EventRow), *filters, not_(early), None if since is None else EventRow.ts >= since
+        )
         if oldest_first:
-            stmt = stmt.order_by(EventRow.ts, EventRow.id)
+            plain = plain.order_by(EventRow.ts, EventRow.id)
         else:
-            stmt = stmt.order_by(EventRow.ts.desc(), EventRow.id.desc())
-        stmt = stmt.limit(limit)
+            plain = plain.order_by(EventRow.ts.desc(), EventRow.id.desc())
         with self._sessions() as session:
-            for row in session.execute(stmt.execution_options(yield_per=1000)).scalars():
-                yield stored_event(row)
+            rows: Iterator[StoredEvent] = (
+                stored_event(r)
+                for r in session.execute(
+                    plain.limit(limit).execution_options(yield_per=1000)
+                ).scalars()
+            )
+            floor = since
+            if limit is not None:
+                first = list(rows)
+                rows = iter(first)
+                if not oldest_first and len(first) == limit:
+                    # Only one received after the last of these can still make the list.
+                    floor = max(floor, first[-1].ts) if floor else first[-1].ts
+            dated_ahead = _where(
+                select(EventRow),
+                *filters,
+                early,
+                None if floor is None else EventRow.received_at >= floor,
+                # Index range: dated ahead of its receipt means dated after `floor + 1d`.
+                None if floor is None else EventRow.ts > floor + SKEW,
+            )
+            if oldest_first:
+                dated_ahead = dated_ahead.order_by(EventRow.received_at, EventRow.id)
+            else:
+                dated_ahead = dated_ahead.order_by(EventRow.received_at.desc(), EventRow.id.desc())
+            others = [stored_event(r) for r in session.execute(dated_ahead.limit(limit)).scalars()]
+            merged = heapq.merge(
+                rows, others, key=lambda e: (e.when, e.id), reverse=not oldest_first
+            )
+            yield from itertools.islice(merged, limit)
 
     def count_events(self) -> int:
         with self._sessions() as session:
