@@ -239,12 +239,12 @@ def _problem(text: str) -> dict[str, Any]:
 #: Answers every /api/v1/ route may give besides its own.
 READ_ANSWERS: dict[int | str, dict[str, Any]] = {
     401: _problem("No token, or a wrong one (`WWW-Authenticate: Bearer`)"),
+    413: _problem("The body is larger than `[limits] body_bytes`"),
 }
 #: ... and those of a route that changes something.
 WRITE_ANSWERS: dict[int | str, dict[str, Any]] = {
     **READ_ANSWERS,
     403: _problem("The read-only token on a route that changes something"),
-    413: _problem("The body is larger than `[limits] body_bytes`"),
 }
 
 #: An offset from now, as `since` takes it (`-2h`, `+1.5d`; units s m h d w).
@@ -386,10 +386,10 @@ class _TooLarge(HTTPException):
 class RequestGuard:
     """ASGI middleware: authenticate first, then cap the body, before anything reads it.
 
-    For `/api/` a missing or wrong token is a 401 before a byte of the body is read. For
-    every request a `Content-Length` over the limit is a 413 at once, and a body sent
-    without one (chunked) is counted while it arrives and cut off with a 413 past the
-    limit, so no request can make the bridge hold more than `limit` bytes of it.
+    On `/api/`, a missing or wrong token is a 401 before a byte of the body is read; then
+    a `Content-Length` over the limit is a 413 at once, and a body sent without one
+    (chunked) is counted while it arrives and cut off with a 413 past the limit, so no
+    request can make the bridge hold more than `limit` bytes of it.
     """
 
     def __init__(
@@ -400,15 +400,14 @@ class RequestGuard:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)  # the page and /health read no body
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
-        if scope["path"].startswith("/api/"):
-            given = headers.get(b"authorization")
-            if not self.authenticated(None if given is None else given.decode("latin-1")):
-                await _refuse(send, 401, "missing or wrong API token", b"Bearer")
-                return
+        given = headers.get(b"authorization")
+        if not self.authenticated(None if given is None else given.decode("latin-1")):
+            await _refuse(send, 401, "missing or wrong API token", b"Bearer")
+            return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             await _refuse(send, 413, _too_large(self.limit))
