@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from cloud_bridge.db import Repository
+from o2o_protocol.limits import DEFAULT_LIMITS, Limits, check_json, check_size
 from o2o_protocol.messages import COMMAND_DATA, Command, CommandName, Status, command_data, dumps
 from o2o_protocol.mqtt import MqttLink
 from o2o_protocol.topics import CMD, kiosk_topic
@@ -24,11 +25,24 @@ log = logging.getLogger(__name__)
 LOCKER_OPEN_TTL_S = 300
 
 
-def checked_command(name: str, data: dict[str, Any], *, now: float | None = None) -> dict[str, Any]:
+def checked_command(
+    name: str,
+    data: dict[str, Any],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    now: float | None = None,
+) -> dict[str, Any]:
     """The data to queue for command `name`; ValueError (a message for the caller) if the
-    name is unknown or the data does not fit the command."""
+    name is unknown, the data is over the shop's limits or does not fit the command.
+
+    The limits come first: data nested hundreds deep, or megabytes of it, would be stored
+    and then fail (or flood the kiosk) when sent, and a stored command is re-sent until
+    the kiosk applies it, so one that cannot be sent would hold back every later one.
+    """
     if name not in COMMAND_DATA:
         raise ValueError(f"unknown command {name!r}: use one of {', '.join(COMMAND_DATA)}")
+    check_json(data, limits, what="data")  # LimitExceeded, a ValueError; bounds the depth
+    check_size(data, limits.command_bytes, what="data")
     command_data(name, data)  # ProtocolError, a ValueError, names the bad field
     if name == CommandName.LOCKER_OPEN and data.get("expires") is None:
         data = {**data, "expires": int(time.time() if now is None else now) + LOCKER_OPEN_TTL_S}
@@ -39,17 +53,26 @@ class CommandService:
     """Queues commands for a store's kiosks and publishes them; re-sends what a kiosk
     reports it has not applied. Without a link it only queues (the next status re-sends)."""
 
-    def __init__(self, repo: Repository, store: str, link: MqttLink | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        store: str,
+        link: MqttLink | None = None,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self.repo = repo
         self.store = store
         self.link = link
+        self.limits = limits
 
     def send(self, kiosk: str, name: str, data: dict[str, Any]) -> Command:
         """Queue a command for a kiosk and publish it now.
 
-        Raises ValueError for an unknown command or bad data (nothing is queued).
+        Raises ValueError for an unknown command, or data over the limits or not fitting
+        the command (nothing is queued).
         """
-        data = checked_command(name, data)
+        data = checked_command(name, data, limits=self.limits)
         cmd = self.repo.add_command(self.store, kiosk, name, data)
         self._publish(kiosk, cmd)
         return cmd

@@ -31,6 +31,9 @@ DAY = 86400
 DEFAULT_TTL_S = {CodeType.COUPON: 30 * DAY, CodeType.PICKUP: 7 * DAY}
 #: A reservation code stays valid until a day after its slot.
 RESERVATION_GRACE_S = DAY
+#: How far from now any time of a code may be, however it is written: the 200 years an
+#: offset (`+999999d`) is already held to, for Unix seconds and ISO 8601 too.
+MAX_SPAN_S = 200 * 365 * DAY
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,19 @@ def new_code_id() -> str:
 
 
 def _when(value: str | int | None, now: float, what: str) -> int | None:
-    if value is None or isinstance(value, int):
-        return value
-    try:
-        return parse_when(value, now)
-    except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
+    """Unix seconds of a time given as Unix seconds or WHEN text, within 200 years of now."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{what}: a time is Unix seconds or text (+2h, 2026-12-01T10:00Z)")
+    if isinstance(value, str):
+        try:
+            value = parse_when(value, now)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+    if not now - MAX_SPAN_S <= value <= now + MAX_SPAN_S:
+        raise ValueError(f"{what}: {value} is more than 200 years from now")
+    return value
 
 
 #: What a code request may say, named alike on the command line and in the REST API.
@@ -135,5 +145,9 @@ def issue(
             exp = int(now) + DEFAULT_TTL_S[type_]
         elif type_ is CodeType.RESERVATION and at_ts is not None:
             exp = at_ts + RESERVATION_GRACE_S
+    if exp is not None and exp <= now:
+        raise ValueError(f"expires: {exp} is not in the future; the code would be dead at once")
+    if exp is not None and nbf is not None and nbf >= exp:
+        raise ValueError("not-before: not before expires; the code would never be valid")
     token = issue_code(key, type=type_, id=code_id, store=store, iat=int(now), exp=exp, **fields)
     return IssuedCode(token=token, type=type_name, id=code_id, store=store, exp=exp)

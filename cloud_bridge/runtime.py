@@ -58,7 +58,7 @@ class BridgeRuntime:
         self.stats = StatsPublisher(
             self.link, repo, store, interval_s=stats_interval_s, refresh_s=stats_refresh_s
         )
-        self.commands = CommandService(repo, store, self.link)
+        self.commands = CommandService(repo, store, self.link, limits=config.limits)
         self.sink = EventSink(
             self.link,
             repo,

@@ -55,6 +55,25 @@ def issue(kind: str, *args: str) -> str:
     return str(json.loads(tool("o2o-bridge", "issue", kind, *args, "--json"))["code"])
 
 
+def issued_last_summer(code_id: str, campaign: str) -> str:
+    """A coupon that has since expired. `issue` refuses an expiry in the past (a code dead
+    on arrival is a mistake), so this one is signed with the shop's key as it was then."""
+    from cloud_bridge.config import load_config, load_signing_key
+    from o2o_protocol.codes import CodeType, issue_code
+
+    config = load_config(RUN / "bridge.toml")
+    then = int(time.time()) - 120 * 86400
+    return issue_code(
+        load_signing_key(config),
+        type=CodeType.COUPON,
+        id=code_id,
+        store=config.store,
+        iat=then,
+        exp=then + 30 * 86400,
+        cp=campaign,
+    )
+
+
 def forge(token: str) -> str:
     prefix, payload, sig = token.split(".")
     body = json.loads(b64url_decode(payload))
@@ -225,7 +244,7 @@ def run_door(port: int) -> None:
     step("Issuing the codes customers got online.")
     member = issue("member", "--id", "ming", "--name", "小明")
     coupon = issue("coupon", "--id", "spring-001", "--campaign", "spring", "--value", "¥10 off")
-    expired = issue("coupon", "--id", "old-001", "--campaign", "summer", "--expires=-1d")
+    expired = issued_last_summer("old-001", "summer")
     foreign = issue("coupon", "--id", "other-001", "--store", "another-shop")
     booking = issue(
         "reservation", "--id", "cut-1030", "--name", "Li", "--service", "haircut", "--at", "+5m"

@@ -123,8 +123,9 @@ def test_every_code_type_verifies_with_the_kiosks_keys(
 
 def test_expired_and_not_yet_valid(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
     keys = load_kiosk_config(shop / "kiosk-k1.toml").public_keys()
-    expired = issue(shop, capsys, "coupon", "--expires=-1d")
-    result = verify_code(str(expired["code"]), keys, store="s1", now=time.time())
+    # An expiry in the past is refused when issuing (below); a code's expiry passes later.
+    expiring = issue(shop, capsys, "coupon", "--expires=+1h")
+    result = verify_code(str(expiring["code"]), keys, store="s1", now=time.time() + 7200)
     assert isinstance(result, Rejected) and result.reason is Reason.EXPIRED
     later = issue(shop, capsys, "coupon", "--not-before=+2d", "--expires", "2099-01-01")
     result = verify_code(str(later["code"]), keys, store="s1", now=time.time())
@@ -160,6 +161,10 @@ def test_issue_from_the_shop_directory_by_default(shop: Path) -> None:
         (["issue", "pickup"], "--order"),
         (["issue", "coupon", "--expires", "-1d"], "--expires=-1d"),
         (["issue", "coupon", "--expires=soon"], "not a time"),
+        (["issue", "coupon", "--expires=-1d"], "not in the future"),
+        (["issue", "coupon", "--expires=9999-12-31"], "200 years"),
+        (["issue", "reservation", "--at=-3d"], "not in the future"),
+        (["issue", "coupon", "--not-before=+2d", "--expires=+1d"], "never be valid"),
         (["issue", "member", "--config", "missing.toml"], "missing.toml"),
         (["export", "events", "--format", "xml"], "invalid choice"),
         (["run", "--http", "nonsense"], "--http"),

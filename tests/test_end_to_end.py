@@ -7,15 +7,17 @@ exactly once, and bad codes are refused with the contract's reasons.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import pytest
 
+from cloud_bridge.config import load_config, load_signing_key
 from devtools.corpus import write_video
 from devtools.replay import write_session
-from o2o_protocol.codes import b64url_decode, b64url_encode
+from o2o_protocol.codes import CodeType, b64url_decode, b64url_encode, issue_code
 from tests.keys import Issuer
 from tests.shop import init_shop, issue, outcomes, run_kiosk, running_bridge, stored_events
 from tests.support import MosquittoBroker
@@ -40,7 +42,12 @@ def shop(tmp_path: Path, mosquitto_broker: MosquittoBroker) -> Iterator[Path]:
 def test_scans_reach_the_bridge_once_with_reasons(shop: Path) -> None:
     member = issue(shop, "member", "--id", "u1", "--name", "小明")
     coupon = issue(shop, "coupon", "--id", "cp1", "--campaign", "spring", "--value", "¥10 off")
-    expired = issue(shop, "coupon", "--id", "cp2", "--expires=-1d")
+    # `issue` refuses an expiry in the past; a code issued two days ago that lived a day:
+    key = load_signing_key(load_config(shop / "bridge.toml"))
+    now = int(time.time())
+    expired = issue_code(
+        key, type=CodeType.COUPON, id="cp2", store="s1", iat=now - 2 * 86400, exp=now - 86400
+    )
     elsewhere = issue(shop, "coupon", "--id", "cp3", "--store", "other-shop")
     early = issue(shop, "coupon", "--id", "cp4", "--not-before=+1d")
     stranger = Issuer(store="s1").code("c", "cp5")  # signed, but not with this shop's key
