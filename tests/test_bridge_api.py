@@ -279,3 +279,11 @@ def test_the_read_only_token_reads_but_cannot_issue_or_command(
     assert denied.status_code == 403
     as_owner = {"Authorization": f"Bearer {TOKEN}"}
     assert app.post("/api/v1/codes", json={"type": "staff"}, headers=as_owner).status_code == 201
+
+
+def test_events_flag_a_kiosk_clock_far_off(client: TestClient, repo: Repository) -> None:
+    now = time.time()
+    ahead, fine = ev("checkin", 1, now + 400 * 86400), ev("checkin", 2, now)
+    repo.add_events([ahead, fine])
+    events = client.get("/api/v1/events", headers=AUTH).json()["events"]
+    assert {e["id"]: e["ts_flag"] for e in events} == {ahead.id: "ahead", fine.id: None}

@@ -12,6 +12,12 @@ from cloud_bridge.db.tables import EventRow
 SKEW = timedelta(days=1)
 
 
+def plus_skew(t: datetime) -> datetime:
+    """`t` + SKEW, held at the last time a datetime holds (a `since` of the year 9999)."""
+    last = datetime.max.replace(tzinfo=t.tzinfo)
+    return t + SKEW if t < last - SKEW else last
+
+
 @dataclass(frozen=True)
 class RejectedEvent:
     id: str

@@ -43,10 +43,10 @@ from cloud_bridge.db.errors import (
 from cloud_bridge.db.figures import ahead
 from cloud_bridge.db.figures import today_stats as figures_of_today
 from cloud_bridge.db.records import (
-    SKEW,
     KioskState,
     RejectedEvent,
     StoredEvent,
+    plus_skew,
     stored_event,
 )
 from cloud_bridge.db.tables import Base, CommandRow, EventRow, KioskRow, RejectedEventRow
@@ -367,7 +367,7 @@ class Repository:
                 early,
                 None if floor is None else EventRow.received_at >= floor,
                 # Index range: dated ahead of its receipt means dated after `floor + 1d`.
-                None if floor is None else EventRow.ts > floor + SKEW,
+                None if floor is None else EventRow.ts > plus_skew(floor),
             )
             if oldest_first:
                 dated_ahead = dated_ahead.order_by(EventRow.received_at, EventRow.id)
