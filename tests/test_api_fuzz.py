@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from cloud_bridge.api import create_app
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
+from cloud_bridge.issuing import CODE_FIELDS
 from o2o_protocol.config_file import validate_config
 from o2o_protocol.messages import COMMAND_DATA
 
@@ -55,20 +56,7 @@ json_values = st.recursive(
 )
 code_bodies = st.fixed_dictionaries(
     {"type": st.sampled_from(["member", "coupon", "pickup", "staff", "reservation", "gold"])},
-    optional={
-        k: json_values
-        for k in (
-            "id",
-            "name",
-            "campaign",
-            "value",
-            "order",
-            "at",
-            "service",
-            "not_before",
-            "expires",
-        )
-    },
+    optional=dict.fromkeys(CODE_FIELDS, json_values),
 )
 command_bodies = st.fixed_dictionaries(
     {"name": st.sampled_from([*COMMAND_DATA, "self.destruct"])},
