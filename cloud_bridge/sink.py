@@ -42,7 +42,7 @@ from pydantic import ValidationError
 from cloud_bridge.db import Repository, is_connection_error, one_line
 from cloud_bridge.db.errors import json_preview, text_problem
 from cloud_bridge.db.repository import RAW_CHARS
-from o2o_protocol.limits import DEFAULT_LIMITS, Limits, check_json, check_size
+from o2o_protocol.limits import DEFAULT_LIMITS, Limits, check_json
 from o2o_protocol.messages import (
     Ack,
     Event,
@@ -238,10 +238,13 @@ class EventSink:
         limit or holds text no database keeps. Anything else invalid is logged, dropped."""
         raw = _loads(payload, self._cut_depth)
         items = raw if isinstance(raw, list) else [raw]
+        # Text no database keeps can only come from these bytes: without them (as in
+        # every message a kiosk sends), no string needs looking at.
+        text_check = _MAY_HOLD_BAD_TEXT.search(payload) is not None
         good: list[Event] = []
         refused: list[_Refused] = []
         for i, element in enumerate(items):
-            problem = self._over_limits(element)
+            problem = self._over_limits(element, text_check=text_check)
             try:
                 # With its data set aside, the envelope shows whether it is a real event.
                 shell = element if problem is None else {**element, "data": {}}
@@ -266,18 +269,17 @@ class EventSink:
                 good.append(event)
         return good, refused
 
-    def _over_limits(self, element: Any) -> str | None:
+    def _over_limits(self, element: Any, *, text_check: bool = True) -> str | None:
         """Why an envelope can never be stored (limits, text), or None."""
         if not isinstance(element, dict):
             return None  # not an envelope at all: the model says so
         try:
-            check_json(element, self.limits, what="event")
-            check_size(element, self.limits.event_bytes, what="event")
+            check_json(element, self.limits, what="event", max_bytes=self.limits.event_bytes)
         except (ValueError, RecursionError, OverflowError) as exc:
             # LimitExceeded, or a lone surrogate the size check could not encode.
             text = text_problem(element.get("data"))
             return f"event: data holds {text}" if text else str(exc) or type(exc).__name__
-        text = text_problem(element.get("data"))
+        text = text_problem(element.get("data")) if text_check else None
         return f"event: data holds {text}" if text else None
 
     # -- worker thread -------------------------------------------------------------------
@@ -457,6 +459,9 @@ def _run_hook(hook: Callable[..., None], *args: Any) -> None:
 #: A JSON string, or one bracket: the structure of a payload, strings set aside.
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+#: A NUL or a surrogate, escaped (`\u0000`, `\ud800`) or raw: the only ways a JSON payload
+#: can carry text that no database keeps (paired surrogates match too; they are checked).
+_MAY_HOLD_BAD_TEXT = re.compile(rb"\x00|\\u0000|\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _SQUARE = bytes.maketrans(b"{}", b"[]")
 #: Brackets of a payload that needs cutting (nested past the limit) beyond which it is

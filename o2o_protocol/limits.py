@@ -43,36 +43,80 @@ class Limits(BaseModel):
 DEFAULT_LIMITS = Limits()
 
 
+#: Integers below this take at most 32 bytes in JSON; larger ones are counted exactly.
+_BIG = 10**30
+
+
 class LimitExceeded(ValueError):
     """A value over a limit; the message names where and which limit, never the value."""
 
 
-def check_json(value: Any, limits: Limits = DEFAULT_LIMITS, *, what: str = "value") -> None:
-    """Raise `LimitExceeded` if `value` (parsed JSON) is too deep, too long or not finite.
+def check_json(
+    value: Any,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    what: str = "value",
+    max_bytes: int | None = None,
+) -> None:
+    """Raise `LimitExceeded` if `value` (parsed JSON) is too deep, too long, not finite,
+    or (with `max_bytes`) larger than that as compact JSON.
 
     Iterative, and it stops at the first problem: the cost is bounded by the value's
-    size, never by its depth.
+    size, never by its depth. The size is bounded from above on the way (no character
+    takes more than 12 bytes in JSON, no float more than 32), so only a value that may
+    be over `max_bytes` is serialised to count it exactly. Where a problem is, is worked
+    out only when there is one.
     """
-    stack: list[tuple[Any, int, str]] = [(value, 1, what)]
-    while stack:
-        item, depth, path = stack.pop()
+    # (item, depth, parent index or -1, key or index under the parent)
+    nodes: list[tuple[Any, int, int, str | int]] = [(value, 1, -1, "")]
+    bound = 0
+    i = 0
+    while i < len(nodes):
+        item, depth, _, _ = nodes[i]
         if isinstance(item, dict | list):
             if depth > limits.json_depth:
-                raise LimitExceeded(f"{path}: nested deeper than {limits.json_depth} levels")
+                raise LimitExceeded(
+                    f"{_path(nodes, i, what)}: nested deeper than {limits.json_depth} levels"
+                )
             if len(item) > limits.items:
-                raise LimitExceeded(f"{path}: more than {limits.items} items")
+                raise LimitExceeded(f"{_path(nodes, i, what)}: more than {limits.items} items")
+            bound += 2 + len(item)
             if isinstance(item, dict):
                 for key, child in item.items():
                     if not isinstance(key, str) or len(key) > limits.string_chars:
-                        raise LimitExceeded(f"{path}: a key longer than {limits.string_chars}")
-                    stack.append((child, depth + 1, f"{path}.{_short(key)}"))
+                        raise LimitExceeded(
+                            f"{_path(nodes, i, what)}: a key longer than {limits.string_chars}"
+                        )
+                    bound += 12 * len(key) + 3
+                    nodes.append((child, depth + 1, i, key))
             else:
-                stack.extend((child, depth + 1, f"{path}[{i}]") for i, child in enumerate(item))
+                nodes.extend((child, depth + 1, i, n) for n, child in enumerate(item))
         elif isinstance(item, str):
             if len(item) > limits.string_chars:
-                raise LimitExceeded(f"{path}: longer than {limits.string_chars} characters")
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise LimitExceeded(f"{path}: not a finite number")
+                raise LimitExceeded(
+                    f"{_path(nodes, i, what)}: longer than {limits.string_chars} characters"
+                )
+            bound += 12 * len(item) + 2
+        else:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise LimitExceeded(f"{_path(nodes, i, what)}: not a finite number")
+            if isinstance(item, int) and not -_BIG < item < _BIG:
+                bound += len(str(item)) + 1  # a JSON integer may have thousands of digits
+            else:
+                bound += 32
+        i += 1
+    if max_bytes is not None and bound > max_bytes:
+        check_size(value, max_bytes, what=what)
+
+
+def _path(nodes: list[tuple[Any, int, int, str | int]], i: int, what: str) -> str:
+    """Where node `i` is, as `what.key[3].other` (keys shortened; never the value)."""
+    parts: list[str] = []
+    while nodes[i][2] >= 0:
+        _, _, parent, key = nodes[i]
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{_short(key)}")
+        i = parent
+    return what + "".join(reversed(parts))
 
 
 def json_bytes(value: Any) -> int:

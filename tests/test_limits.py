@@ -9,7 +9,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from o2o_protocol.limits import DEFAULT_LIMITS, LimitExceeded, Limits, check_json, check_size
+from o2o_protocol.limits import (
+    DEFAULT_LIMITS,
+    LimitExceeded,
+    Limits,
+    check_json,
+    check_size,
+    json_bytes,
+)
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=80),
+    lambda c: st.lists(c, max_size=12) | st.dictionaries(st.text(max_size=80), c, max_size=12),
+    max_leaves=40,
+)
 
 
 def nested(depth: int) -> object:
@@ -65,6 +78,28 @@ def test_size_is_counted_as_compact_utf8_json() -> None:
         check_size({"s": "é" * 100}, 100)
 
 
+def test_size_is_checked_in_the_same_walk_when_asked() -> None:
+    check_json({"s": "é" * 100}, max_bytes=300)
+    with pytest.raises(LimitExceeded, match="more than 100"):
+        check_json({"s": "é" * 100}, max_bytes=100)
+    with pytest.raises(LimitExceeded, match="more than 1000"):
+        check_json({"n": 10**4000}, max_bytes=1000)  # a long integer, not a long string
+    with pytest.raises(LimitExceeded, match="more than 1000"):
+        check_json({"s": "\U0001f600" * 300}, max_bytes=1000)
+
+
+@given(JSON_VALUES)
+def test_the_size_bound_never_lets_an_oversized_value_through(value: object) -> None:
+    size = json_bytes(value)
+    for limit in (size - 1, size):
+        try:
+            check_json(value, Limits(), max_bytes=limit)
+        except LimitExceeded:
+            assert limit < size
+        else:
+            assert limit >= size
+
+
 def test_a_shop_may_change_the_limits_within_reason() -> None:
     assert Limits(json_depth=32).json_depth == 32
     with pytest.raises(ValidationError):
@@ -89,11 +124,7 @@ def over(value: object, limits: Limits, depth: int = 1) -> bool:
 
 
 SMALL = Limits(json_depth=4, string_chars=64, items=10)
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=80),
-    lambda c: st.lists(c, max_size=12) | st.dictionaries(st.text(max_size=80), c, max_size=12),
-    max_leaves=40,
-)
+JSON = JSON_VALUES
 
 
 @given(JSON)
