@@ -19,7 +19,11 @@ from o2o_protocol.limits import (
 )
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=80),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=80),
     lambda c: st.lists(c, max_size=12) | st.dictionaries(st.text(max_size=80), c, max_size=12),
     max_leaves=40,
 )
