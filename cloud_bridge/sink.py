@@ -20,15 +20,18 @@ and quarantined; if not, the database is, and the batch waits for it.
 
 What follows a commit (rules such as passing on a redeemed coupon, command re-sends on a
 kiosk's status, fresh figures) is handed to the hooks the runtime wires in.
+
+Longer than most modules, on purpose: the path from a message taken off the wire to its
+ack (check, batch, store or quarantine, ack the kiosk, PUBACK the broker) is one
+sequence of guarantees, kept in one place so its order can be read top to bottom;
+reading payloads safely is in `payloads.py`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +45,7 @@ from pydantic import ValidationError
 from cloud_bridge.db import Repository, is_connection_error, one_line
 from cloud_bridge.db.errors import json_preview, text_problem
 from cloud_bridge.db.repository import RAW_CHARS
+from cloud_bridge.payloads import MAY_HOLD_BAD_TEXT, loads_bounded
 from o2o_protocol.limits import DEFAULT_LIMITS, Limits, check_json
 from o2o_protocol.messages import (
     Ack,
@@ -223,7 +227,7 @@ class EventSink:
         self._queue.put(item)
 
     def _parse_status(self, payload: bytes | bytearray) -> Status:
-        raw = _loads(payload, self._cut_depth)
+        raw = loads_bounded(payload, self._cut_depth)
         check_json(raw, self.limits, what="status")  # LimitExceeded: dropped, logged
         try:
             return Status.model_validate(raw)
@@ -236,11 +240,11 @@ class EventSink:
         """The valid events of a message, and those to quarantine: an envelope that is
         itself valid (its id, store and kiosk are this kiosk's) but whose data exceeds a
         limit or holds text no database keeps. Anything else invalid is logged, dropped."""
-        raw = _loads(payload, self._cut_depth)
+        raw = loads_bounded(payload, self._cut_depth)
         items = raw if isinstance(raw, list) else [raw]
         # Text no database keeps can only come from these bytes: without them (as in
         # every message a kiosk sends), no string needs looking at.
-        text_check = _MAY_HOLD_BAD_TEXT.search(payload) is not None
+        text_check = MAY_HOLD_BAD_TEXT.search(payload) is not None
         good: list[Event] = []
         refused: list[_Refused] = []
         for i, element in enumerate(items):
@@ -454,74 +458,6 @@ def _run_hook(hook: Callable[..., None], *args: Any) -> None:
         hook(*args)
     except Exception:
         log.exception("%s failed", getattr(hook, "__qualname__", hook))
-
-
-#: A JSON string, or one bracket: the structure of a payload, strings set aside.
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
-#: A NUL or a surrogate, escaped (`\u0000`, `\ud800`) or raw: the only ways a JSON payload
-#: can carry text that no database keeps (paired surrogates match too; they are checked).
-_MAY_HOLD_BAD_TEXT = re.compile(rb"\x00|\\u0000|\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
-_SQUARE = bytes.maketrans(b"{}", b"[]")
-#: Brackets of a payload that needs cutting (nested past the limit) beyond which it is
-#: refused whole rather than walked token by token.
-_MAX_CUT_TOKENS = 200_000
-
-
-def _nested_deeper(payload: bytes, depth: int) -> bool:
-    """Whether brackets nest deeper than `depth` (strings set aside, `{}` counted as `[]`).
-    Each pass takes away exactly the innermost pairs (`replace` does not rescan what it
-    made), so this costs at most `depth` passes at C speed, and a payload of ordinary
-    depth is done in a few."""
-    brackets = _STRING.sub(b"", payload).translate(_SQUARE, _NOT_BRACKET)
-    for _ in range(depth):
-        if not brackets:
-            return False
-        brackets = brackets.replace(b"[]", b"")
-    return bool(brackets)
-
-
-def _cut_deeper(payload: bytes, depth: int) -> bytes:
-    """The payload with every object or array that starts deeper than `depth` replaced
-    by `0`: what is left parses without deep recursion, and still nests past any limit
-    below `depth`, so the check that follows names it."""
-    out: list[bytes] = []
-    level, start, done, tokens = 0, -1, 0, 0
-    for m in _TOKEN.finditer(payload):
-        tokens += 1
-        if tokens > _MAX_CUT_TOKENS:
-            raise ProtocolError(f"nested deeper than {depth} levels, {tokens}+ brackets")
-        c = m.group()[:1]
-        if c == b'"':
-            continue
-        if c in b"[{":
-            level += 1
-            if level == depth + 1:
-                start = m.start()
-        else:
-            if level == depth + 1 and start >= 0:
-                out += [payload[done:start], b"0"]
-                done, start = m.end(), -1
-            level -= 1
-    if start >= 0:  # never closed: not JSON anyway
-        raise ProtocolError(f"not JSON: nested deeper than {depth} levels, unclosed")
-    out.append(payload[done:])
-    return b"".join(out)
-
-
-def _loads(payload: bytes | bytearray, depth: int = 64) -> Any:
-    """Parse JSON without deep recursion: Python's parser recurses once per level, and at
-    its recursion limit a thread can crash the whole process (a garbage-collection
-    callback that runs then has no room left). Anything nested deeper than `depth` is
-    cut (`_cut_deeper`) before parsing; the limits check refuses what was cut."""
-    data = bytes(payload)
-    if _nested_deeper(data, depth):
-        data = _cut_deeper(data, depth)
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"not JSON: {type(exc).__name__}") from None
 
 
 def _preview_text(payload: bytes | bytearray) -> str:

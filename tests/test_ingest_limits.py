@@ -290,21 +290,21 @@ def test_the_parser_never_sees_deep_nesting(monkeypatch: pytest.MonkeyPatch, dep
     """Python's JSON parser recurses once per level; at the recursion limit, on paho's
     thread, a garbage-collection callback (hypothesis installs one) crashed the process:
     "Cannot recover from stack overflow". Deeper parts are cut before it parses."""
-    from cloud_bridge import sink
+    from cloud_bridge import payloads
 
     seen: list[int] = []
     real = json.loads
 
     def loads(data: bytes) -> Any:
-        seen.append(next(d for d in range(300) if not sink._nested_deeper(data, d)))
+        seen.append(next(d for d in range(300) if not payloads._nested_deeper(data, d)))
         return real(data)
 
-    monkeypatch.setattr(sink.json, "loads", loads)
+    monkeypatch.setattr(payloads.json, "loads", loads)
     env = envelope("bad", 1, {})
     head = json.dumps(env)[: -len("{}}")]
     payload = ("[" + head + '{"a":' * depth + "1" + "}" * depth + "}]").encode()
-    [value] = sink._loads(payload, 18)
+    [value] = payloads.loads_bounded(payload, 18)
     assert seen == [min(depth + 2, 18)]
     assert value["id"] == env["id"]  # the envelope survives: it can be quarantined
-    with pytest.raises(sink.ProtocolError):
-        sink._loads(b"[" * 300_000, 18)  # cutting it would cost too much: refused whole
+    with pytest.raises(payloads.ProtocolError):
+        payloads.loads_bounded(b"[" * 300_000, 18)  # cutting it would cost too much: refused whole

@@ -8,6 +8,10 @@ two workers at once, lands once and the loser simply learns it was already there
 Rows are inserted in id order, so two writers with overlapping batches take their row
 locks in one order and cannot deadlock each other on PostgreSQL; a transaction the server
 still aborts (deadlock, serialization failure, a locked SQLite file) is run again.
+
+Longer than most modules, on purpose: every read and write of the bridge's tables goes
+through one session factory and one retry policy here; the figures are in `figures.py`,
+the row types in `tables.py` and `records.py`, error kinds in `errors.py`.
 """
 
 from __future__ import annotations
