@@ -77,9 +77,7 @@ def run_headless(
         """Lines come from the listener (every outcome, once on disk), not from here."""
 
     camera = camera_thread(source, reopen=reopen, backoff=backoff)
-    pipeline = ScanPipeline(
-        kiosk, camera, on_outcome=_outcome, quiet_window_s=kiosk.cfg.rules.quiet_window_s
-    )
+    pipeline = ScanPipeline(kiosk, camera, on_outcome=_outcome, quiet_window_s=kiosk.quiet_window_s)
     kiosk.add_listener(_print)
     status = 0
     try:

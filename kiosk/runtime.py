@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiosk import __version__
-from kiosk.config import KioskConfig
+from kiosk.config import KioskConfig, UiSection
 from kiosk.decisions import Preorder, Rules, printer_fault
 from kiosk.devices.lockers import LockerBank
 from kiosk.devices.printer import ReceiptPrinter
@@ -238,6 +238,21 @@ class KioskRuntime:
     def reprint_last_receipt(self) -> str | None:
         """Print the newest receipt again (paper jam, customer lost it); its title."""
         return self.receipts.reprint_last(self.db.history(REPRINT_SEARCH))
+
+    @property
+    def quiet_window_s(self) -> float:
+        """How long a code held in front of the camera stays one scan."""
+        return self.cfg.rules.quiet_window_s
+
+    @property
+    def ui(self) -> UiSection:
+        """What the screens show and how (language, join link, timeouts)."""
+        return self.cfg.ui
+
+    @property
+    def label(self) -> str:
+        """This kiosk as the staff see it: `store · kiosk`."""
+        return f"{self.cfg.store} · {self.cfg.kiosk}"
 
     def outbox_size(self) -> int:
         return self.db.outbox_size()

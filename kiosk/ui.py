@@ -76,7 +76,7 @@ class Session:
             kiosk,
             camera,
             on_outcome=lambda result: self._post(app.show_outcome, outcome_of(result)),
-            quiet_window_s=kiosk.cfg.rules.quiet_window_s,
+            quiet_window_s=kiosk.quiet_window_s,
         )
         self._watch: Any = None
         self._stopped = False
@@ -271,8 +271,7 @@ def create_app(
     """
     from kiosk.screens.app import KioskApp
 
-    cfg = kiosk.cfg
-    app = KioskApp(cfg.ui, store_label=f"{cfg.store} · {cfg.kiosk}")
+    app = KioskApp(kiosk.ui, store_label=kiosk.label)
     return app, Session(kiosk, app, camera)
 
 
