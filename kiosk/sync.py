@@ -128,6 +128,10 @@ class Sync:
     def wait_connected(self, timeout: float) -> bool:
         return self._link.wait_connected(timeout)
 
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Connected and subscribed: acks and commands published from now on reach it."""
+        return self._link.wait_subscribed(timeout)
+
     def wait_drained(self, timeout: float) -> bool:
         """Block until every event in the outbox is acked, or the timeout passes."""
         deadline = time.monotonic() + timeout
