@@ -127,7 +127,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UsageError(f"--since: {exc}") from None
     repo = Repository.from_url(config.db.url)
     try:
-        repo.create_tables()
+        repo.migrate()
         write_events(repo.iter_events(store=config.store, since=since), args.format, sys.stdout)
     finally:
         repo.close()

@@ -54,7 +54,7 @@ def run_service(
     """Run until SIGTERM/SIGINT; returns the exit status. Raises ConfigError on bad set-up."""
     repo = Repository.from_url(config.db.url)
     try:
-        repo.create_tables()
+        repo.migrate()
     except Exception as exc:
         repo.close()
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -45,6 +45,10 @@ class Reason(StrEnum):
     ORDER_NOT_READY = "order_not_ready"
     NO_LOCKER_FREE = "no_locker_free"
     NOT_ALLOWED = "not_allowed"
+    #: A campaign code shown outside the hours its campaign is valid.
+    OUTSIDE_HOURS = "outside_hours"
+    #: A reward asked for with fewer points than it costs (docs/members.md).
+    INSUFFICIENT_POINTS = "insufficient_points"
 
 
 class EventType(StrEnum):
@@ -62,6 +66,10 @@ class EventType(StrEnum):
     STAFF_LOGIN = "staff.login"
     #: A staff action other than a login (a locker opened remotely or from staff mode).
     STAFF_ACTION = "staff.action"
+    #: A member spent points on a reward at the kiosk (docs/members.md).
+    POINTS_REDEEMED = "points.redeemed"
+    #: A rating 1-5 after a check-in, a pickup or an activity.
+    REVIEW_SUBMITTED = "review.submitted"
 
 
 class CommandName(StrEnum):
@@ -72,6 +80,11 @@ class CommandName(StrEnum):
     LOCKER_OPEN = "locker.open"
     #: A coupon was redeemed at another kiosk of the store: single use per store.
     COUPON_USED = "coupon.used"
+    #: The store's reward catalogue, whole (replaces the kiosk's).
+    REWARDS_SET = "rewards.set"
+    #: Signed codes the kiosk hands out later without a signing key: reward vouchers and
+    #: member cards for people who join at the door (docs/members.md).
+    POOL_REFILL = "pool.refill"
 
 
 def new_event_id() -> str:
@@ -158,10 +171,19 @@ class CodeRevoke(_CommandData):
 
 
 class MemberUpsert(_CommandData):
+    """The bridge's view of a member after a change to its ledger (docs/members.md).
+
+    `points` may be below zero: two doors offline spent the same points. `applied` names
+    this kiosk's own events that the balance already counts, so the kiosk stops adding
+    them on top; `last_visit` (RFC 3339) lets its check-in cooldown hold across doors.
+    """
+
     id: str = Field(min_length=1, max_length=256)
     name: str | None = Field(default=None, max_length=100)
-    points: int | None = Field(default=None, ge=0, le=10**9)
+    points: int | None = Field(default=None, ge=-(10**9), le=10**9)
     visits: int | None = Field(default=None, ge=0, le=10**9)
+    last_visit: str | None = Field(default=None, max_length=40)
+    applied: list[str] | None = Field(default=None, max_length=200)
 
 
 class LockerOpen(_CommandData):
@@ -178,6 +200,42 @@ class CouponUsed(_CommandData):
     kiosk: str | None = None
 
 
+class Reward(BaseModel):
+    """One reward of the catalogue: what it is called and what it costs."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    id: str = Field(pattern=TOKEN_PATTERN)
+    name: str = Field(min_length=1, max_length=100)
+    #: The English name, when the shop gave one (the screen shows the customer's language).
+    name_en: str | None = Field(default=None, max_length=100)
+    points: int = Field(ge=1, le=10**9)
+    #: How many are left across the store; None: no limit.
+    stock: int | None = Field(default=None, ge=0, le=10**9)
+
+
+class RewardsSet(_CommandData):
+    rewards: list[Reward] = Field(default_factory=list, max_length=100)
+
+
+class PoolCode(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    id: str = Field(min_length=1, max_length=256)
+    code: str = Field(min_length=1, max_length=2048)
+    #: The link printed with it (a member's own page), when there is one.
+    url: str | None = Field(default=None, max_length=2048)
+
+
+class PoolRefill(_CommandData):
+    """More pre-signed codes for this kiosk: `voucher` codes of one reward (coupon codes
+    of campaign `reward:<id>`), or `member` codes for people who join at the door."""
+
+    kind: Literal["voucher", "member"]
+    reward: str | None = Field(default=None, pattern=TOKEN_PATTERN)
+    codes: list[PoolCode] = Field(max_length=200)
+
+
 COMMAND_DATA: dict[str, type[BaseModel]] = {
     CommandName.PREORDER_UPSERT: PreorderUpsert,
     CommandName.PREORDER_CANCEL: PreorderCancel,
@@ -185,6 +243,8 @@ COMMAND_DATA: dict[str, type[BaseModel]] = {
     CommandName.MEMBER_UPSERT: MemberUpsert,
     CommandName.LOCKER_OPEN: LockerOpen,
     CommandName.COUPON_USED: CouponUsed,
+    CommandName.REWARDS_SET: RewardsSet,
+    CommandName.POOL_REFILL: PoolRefill,
 }
 
 

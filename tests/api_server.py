@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
         raw["limits"] = {"body_bytes": int(argv[2])}
     config = validate_config(directory / "bridge.toml", raw, BridgeConfig)
     repo = Repository.from_url(f"sqlite:///{directory / 'bridge.db'}")
-    repo.create_tables()
+    repo.migrate()
     app = create_app(
         config,
         repo,

@@ -268,7 +268,7 @@ def xvfb_display() -> Iterator[str]:
 def repo(tmp_path: Path) -> Iterator[Repository]:
     """The bridge's repository on a fresh SQLite file (test_bridge_db also runs PostgreSQL)."""
     r = Repository.from_url(f"sqlite:///{tmp_path / 'bridge.db'}")
-    r.create_tables()
+    r.migrate()
     yield r
     r.close()
 
@@ -282,7 +282,7 @@ def any_repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Reposit
     else:
         url = request.getfixturevalue("pg_url")
     r = Repository.from_url(url)
-    r.create_tables()
+    r.migrate()
     with r.engine.begin() as conn:
         for table in ("events", "kiosks", "commands", "rejected_events"):
             conn.execute(text(f"DELETE FROM {table}"))

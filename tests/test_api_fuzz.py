@@ -83,7 +83,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Any:
         directory / "bridge.toml", {"store": "s1", "kiosks": ["k1"]}, BridgeConfig
     )
     repo = Repository.from_url(f"sqlite:///{directory / 'bridge.db'}")
-    repo.create_tables()
+    repo.migrate()
     app = create_app(config, repo, token=TOKEN, signing_key=Ed25519PrivateKey.generate())
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c

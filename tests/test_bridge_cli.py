@@ -250,7 +250,7 @@ def test_a_missing_signing_key_is_one_clear_line(shop: Path) -> None:
 
 def test_export_events_jsonl_and_csv(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
     repo = Repository.from_url(load_config(shop / "bridge.toml").db.url)
-    repo.create_tables()
+    repo.migrate()
     now = time.time()
     events = [
         Event(id=new_event_id(), seq=1, type="checkin", ts=rfc3339(now - 3 * 86400),

@@ -165,7 +165,7 @@ def test_two_concurrent_writers_store_each_id_once(repo: Repository) -> None:
 
 def test_sqlite_uses_wal(tmp_path: Path) -> None:
     r = Repository.from_url(f"sqlite:///{tmp_path / 'sub' / 'b.db'}")
-    r.create_tables()
+    r.migrate()
     with r.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     r.close()
@@ -196,7 +196,7 @@ def test_overlapping_batches_in_opposite_orders_do_not_deadlock(pg_url: str) -> 
     PostgreSQL breaks by aborting one side. In id order we wait for `low` holding nothing.
     """
     repo = Repository.from_url(pg_url)
-    repo.create_tables()
+    repo.migrate()
     other = Repository.from_url(pg_url)
     low, high = _sorted_pair()
     result: list[list[str]] = []
@@ -327,7 +327,7 @@ def test_the_sqlite_files_are_private(tmp_path: Path) -> None:
     path = tmp_path / "shop" / "bridge.db"
     r = Repository.from_url(f"sqlite:///{path}")
     try:
-        r.create_tables()
+        r.migrate()
         r.add_events([_modes_event()])
         files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
         assert all(f.exists() for f in files)

@@ -106,7 +106,7 @@ class Bridge:
         directory.mkdir(parents=True, exist_ok=True)
         self.config = bridge_config(directory, url, **mqtt_settings)
         self.repo = Repository.from_url(f"sqlite:///{directory / 'bridge.db'}")
-        self.repo.create_tables()
+        self.repo.migrate()
         self.runtime: BridgeRuntime | None = None
 
     def start(self, *, wait: bool = True) -> BridgeRuntime:

@@ -46,6 +46,7 @@ from cloud_bridge.db.errors import (
 )
 from cloud_bridge.db.figures import ahead
 from cloud_bridge.db.figures import today_stats as figures_of_today
+from cloud_bridge.db.migrate import migrate
 from cloud_bridge.db.records import (
     KioskState,
     RejectedEvent,
@@ -53,7 +54,7 @@ from cloud_bridge.db.records import (
     plus_skew,
     stored_event,
 )
-from cloud_bridge.db.tables import Base, CommandRow, EventRow, KioskRow, RejectedEventRow
+from cloud_bridge.db.tables import CommandRow, EventRow, KioskRow, RejectedEventRow
 from o2o_protocol.messages import Command, Event, EventType, Status
 from o2o_protocol.timeutil import parse_rfc3339
 
@@ -127,8 +128,9 @@ class Repository:
     def from_url(cls, url: str) -> Repository:
         return cls(make_engine(url))
 
-    def create_tables(self) -> None:
-        Base.metadata.create_all(self.engine)
+    def migrate(self) -> None:
+        """Create the tables, or upgrade them to this release's (Alembic, `migrate.py`)."""
+        migrate(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

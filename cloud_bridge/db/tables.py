@@ -1,11 +1,27 @@
-"""The bridge's tables. Changing one needs a migration: there are none yet, so don't."""
+"""The bridge's tables.
+
+Changing one needs a migration in `cloud_bridge/migrations/versions/` (docs/upgrading.md):
+shops keep their data across upgrades, and a test upgrades the previous release's
+database on SQLite and PostgreSQL and compares the result with these tables.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Dialect, Index, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -87,3 +103,91 @@ class RejectedEventRow(Base):
     raw: Mapped[str] = mapped_column(Text)
     error: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime]
+
+
+#: Member ids come from codes (up to 256 characters, docs/codes.md).
+MEMBER_ID = 256
+
+
+class MemberRow(Base):
+    """A member of the store. `points` is the sum of the member's ledger entries, kept
+    here in the same transaction as each entry so a balance is one read (docs/members.md)."""
+
+    __tablename__ = "members"
+
+    store: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(MEMBER_ID), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(100))
+    points: Mapped[int] = mapped_column(BigInteger, default=0)
+    visits: Mapped[int] = mapped_column(Integer, default=0)
+    last_visit: Mapped[datetime | None]
+    joined_at: Mapped[datetime]
+    #: Where the member joined: `kiosk:<id>` or `online`.
+    source: Mapped[str] = mapped_column(String(80))
+    referrer: Mapped[str | None] = mapped_column(String(MEMBER_ID))
+    updated_at: Mapped[datetime]
+
+
+class LedgerRow(Base):
+    """One earn or spend. `ref` (`event:<id>` or `key:<Idempotency-Key>`) is unique per
+    store, so a re-sent event or a repeated request never counts twice."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        UniqueConstraint("store", "ref", name="uq_ledger_entries_store_ref"),
+        Index("ix_ledger_entries_store_member", "store", "member", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    store: Mapped[str] = mapped_column(String(64))
+    member: Mapped[str] = mapped_column(String(MEMBER_ID))
+    delta: Mapped[int] = mapped_column(BigInteger)
+    #: `checkin` (a counted visit, even one that earned nothing), `reward:<id>`,
+    #: `referral:<member>`, or the online side's own words.
+    reason: Mapped[str] = mapped_column(String(200))
+    #: `kiosk:<id>` or `online`.
+    source: Mapped[str] = mapped_column(String(80))
+    ref: Mapped[str] = mapped_column(String(300))
+    #: When it happened (the event's `ts`, or when the request arrived).
+    at: Mapped[datetime]
+    #: This entry took the balance below zero (two doors offline spent the same points).
+    overdraft: Mapped[bool] = mapped_column(Boolean, default=False)
+    recorded_at: Mapped[datetime]
+
+
+class RewardRow(Base):
+    """A reward of the store's catalogue; `stock` None means no limit."""
+
+    __tablename__ = "rewards"
+
+    store: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    name_en: Mapped[str | None] = mapped_column(String(100))
+    points: Mapped[int] = mapped_column(BigInteger)
+    stock: Mapped[int | None] = mapped_column(BigInteger)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class PoolCodeRow(Base):
+    """A code signed in advance and handed to one kiosk (docs/members.md, code pools):
+    a reward voucher or a member card for someone who joins at the door."""
+
+    __tablename__ = "pool_codes"
+    __table_args__ = (Index("ix_pool_codes_kiosk", "store", "kiosk", "kind", "reward"),)
+
+    store: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(MEMBER_ID), primary_key=True)
+    kiosk: Mapped[str] = mapped_column(String(64))
+    #: `voucher` or `member`.
+    kind: Mapped[str] = mapped_column(String(16))
+    reward: Mapped[str | None] = mapped_column(String(64))
+    code: Mapped[str] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(Text)
+    issued_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    used_event: Mapped[str | None] = mapped_column(String(64))
