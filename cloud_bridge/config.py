@@ -204,6 +204,30 @@ class SigningSection(_Section):
         return _resolve(v, info)
 
 
+class MembersSection(_Section):
+    """Members, points and rewards (docs/members.md)."""
+
+    #: Points a member earns when someone they shared a link with joins.
+    referral_points: Annotated[int, Field(ge=0, le=1_000_000)] = 50
+    #: Unused pre-signed codes each kiosk holds, per reward and for new members.
+    pool_size: Annotated[int, Field(ge=1, le=200)] = 10
+    #: How long a reward voucher stays valid.
+    voucher_days: Annotated[int, Field(ge=1, le=3650)] = 365
+    #: How long the live member code on a member's page stays valid.
+    live_code_s: Annotated[int, Field(ge=30, le=86400)] = 120
+    #: The bridge's address as a phone reaches it (e.g. `https://shop.example`): member
+    #: pages are `<page_url>/m/<code>`. Empty: `http://<http.host>:<http.port>`.
+    page_url: str = ""
+
+    @field_validator("page_url")
+    @classmethod
+    def _page_url(cls, v: str) -> str:
+        v = v.strip().rstrip("/")
+        if v and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", v):
+            raise ValueError("page_url must be an http:// or https:// address")
+        return v
+
+
 def _section() -> Any:
     # Validating the default ({}) lets path defaults resolve against the config's directory.
     return Field(default_factory=dict, validate_default=True)
@@ -216,6 +240,7 @@ class BridgeConfig(_Section):
     http: HttpSection = _section()
     api: ApiSection = _section()
     signing: SigningSection = _section()
+    members: MembersSection = _section()
     #: What the bridge takes from kiosks and API clients (docs/limits.md).
     limits: Limits = Field(default_factory=Limits)
     #: The kiosks this store expects, so the dashboard can show one that never came up.
@@ -234,6 +259,10 @@ class BridgeConfig(_Section):
         if len(set(v)) != len(v):
             raise ValueError("kiosk ids must be unique")
         return v
+
+    def member_page_base(self) -> str:
+        """Where member pages live, without the trailing slash (docs/members.md)."""
+        return self.members.page_url or f"http://{self.http.host}:{self.http.port}"
 
     def client_id(self) -> str:
         """The MQTT client id: configured, or derived from store (and host for a group)."""
