@@ -27,6 +27,7 @@ from cloud_bridge.db.ledger import (
     Posting,
     WouldGoBelowZero,
 )
+from cloud_bridge.db.records import SKEW
 from cloud_bridge.db.tables import MEMBER_ID
 from o2o_protocol.messages import CommandName, Event, EventType
 from o2o_protocol.timeutil import parse_rfc3339
@@ -277,6 +278,11 @@ class MemberService:
         assert isinstance(member_id, str)
         source = f"kiosk:{e.kiosk}"
         at = parse_rfc3339(e.ts)
+        now = datetime.now(UTC)
+        if at > now + SKEW:
+            # A kiosk clock far ahead (the year 2999): it happened when it arrived, or its
+            # `last_visit` would hold the cool-down at every door for good.
+            at = now
         if e.type == EventType.MEMBER_JOINED:
             if data.get("known") is True:
                 return []

@@ -73,9 +73,9 @@ def event(kiosk: str, type: str, ts: float | None = None, **data: Any) -> Event:
     )
 
 
-def checkin(kiosk: str, member: str, earned: int, **data: Any) -> Event:
+def checkin(kiosk: str, member: str, earned: int, ts: float | None = None) -> Event:
     return event(
-        kiosk, "checkin", member_id=member, name="Ada", points_earned=earned, counted=True, **data
+        kiosk, "checkin", ts, member_id=member, name="Ada", points_earned=earned, counted=True
     )
 
 
@@ -121,6 +121,20 @@ def test_a_resent_checkin_counts_once(db: Repository) -> None:
     assert [u["points"] for u in upserts(db, "k1")] == [10]
     assert upserts(db, "k1")[0]["applied"] == [visit.id]
     assert upserts(db, "k2")[0]["applied"] == []
+
+
+def test_a_kiosk_clock_far_ahead_does_not_hold_the_cool_down_for_good(db: Repository) -> None:
+    members = service(db)
+    before = time.time()
+    store(db, members, checkin("k1", "ada", 10), checkin("k2", "ada", 10, ts=0))
+    ahead = event(
+        "k2", "checkin", ts=32472144000, member_id="ada", points_earned=10, counted=True
+    )  # 2999-01-01
+    store(db, members, ahead)
+    ada = members.get("ada")
+    assert ada is not None and (ada.points, ada.visits) == (30, 3)
+    assert ada.last_visit is not None and before - 1 <= ada.last_visit.timestamp() <= time.time()
+    assert parse_rfc3339(upserts(db, "k1")[-1]["last_visit"]) == ada.last_visit
 
 
 def test_the_same_idempotency_key_twice_changes_the_balance_once(db: Repository) -> None:
