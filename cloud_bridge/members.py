@@ -9,6 +9,7 @@ each `member.upsert` names the events of *that* kiosk the balance already counts
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -154,6 +155,9 @@ class MemberService:
         self.kiosks = list(kiosks)
         self.settings = settings
         self.book = Ledger(repo, store)
+        #: Read-then-queue in one order: the sink's thread and API requests both notify,
+        #: and a kiosk must not get an older balance under a later seq.
+        self._notifying = threading.Lock()
 
     # -- reads ----------------------------------------------------------------------
 
@@ -229,6 +233,10 @@ class MemberService:
     def notify(self, member_id: str) -> None:
         """Queue `member.upsert` for every kiosk of the store, each with its own
         `applied` (its latest events the balance counts)."""
+        with self._notifying:
+            self._notify(member_id)
+
+    def _notify(self, member_id: str) -> None:
         member = self.book.get(member_id)
         if member is None:
             return
