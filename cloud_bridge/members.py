@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: The largest change one entry may make (an API request, a kiosk's earn or spend).
 MAX_DELTA = 1_000_000
+#: The events the ledger counts.
+_COUNTED = (EventType.CHECKIN, EventType.POINTS_REDEEMED, EventType.MEMBER_JOINED)
 #: Names are cut to what the members table and `member.upsert` hold.
 NAME_CHARS = 100
 
@@ -267,15 +269,40 @@ class MemberService:
                 changed.update(dict.fromkeys(self._apply(e)))
             except Exception:
                 log.exception("could not count event %s (%s) in the ledger", e.id, e.type)
-        for member_id in changed:
+        self._tell(changed)
+
+    def _tell(self, members: dict[str, None]) -> None:
+        for member_id in members:
             try:
                 self.notify(member_id)
             except Exception:
                 log.exception("could not tell the kiosks about member %s", member_id)
 
+    def catch_up(self, since: datetime) -> int:
+        """Count the member events received since `since` that the ledger has missed (the
+        hook runs after the events are stored and acked: a database fault in between
+        would lose them); each is counted once whatever else runs. Returns how many."""
+        types = [t.value for t in _COUNTED]
+        counted, after = 0, None
+        changed: dict[str, None] = {}
+        while page := self.book.unledgered(types, since, after=after):
+            after = page[-1]
+            for stored in page:
+                try:
+                    touched = self._apply(Event.model_validate(stored.envelope()))
+                except Exception:
+                    log.exception("could not count event %s (%s)", stored.id, stored.type)
+                    continue
+                counted += bool(touched)
+                changed.update(dict.fromkeys(touched))
+        self._tell(changed)
+        if counted:
+            log.warning("counted %d member event(s) the ledger had missed", counted)
+        return counted
+
     def _apply(self, e: Event) -> list[str]:
         """Count one event; the members it changed."""
-        if e.type not in (EventType.CHECKIN, EventType.POINTS_REDEEMED, EventType.MEMBER_JOINED):
+        if e.type not in _COUNTED:
             return []
         data = e.data
         member_id = data.get("member_id")
