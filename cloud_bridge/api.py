@@ -22,6 +22,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, status
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from cloud_bridge.api_members import members_router
 from cloud_bridge.api_schema import (
     READ_ANSWERS,
     WRITE_ANSWERS,
@@ -39,6 +40,7 @@ from cloud_bridge.config import BridgeConfig, load_api_token, load_read_token, l
 from cloud_bridge.db import KioskState, Repository, StoredEvent, format_ts
 from cloud_bridge.http_guard import RequestGuard, StrictJsonRoute
 from cloud_bridge.issuing import issue
+from cloud_bridge.members import MemberService
 from o2o_protocol.messages import (
     check_id,
 )
@@ -76,6 +78,7 @@ def create_app(
     commands: CommandService | None = None,
     mqtt_connected: Callable[[], bool] | None = None,
     ingest_health: Callable[[], dict[str, Any]] | None = None,
+    members: MemberService | None = None,
 ) -> FastAPI:
     """The bridge's web app. Token and key are read from the config's files unless given.
 
@@ -89,6 +92,8 @@ def create_app(
     store = config.store
     if commands is None:
         commands = CommandService(repo, store, limits=config.limits)
+    if members is None:
+        members = MemberService(repo, store, commands, config.kiosks, settings=config.members)
     expected = api_token.encode()
     expected_read = read_token.encode() if read_token else None
 
@@ -145,6 +150,7 @@ def create_app(
     )
     app.router.route_class = StrictJsonRoute
     app.state.limits = config.limits
+    app.state.members = members
     app.add_middleware(
         RequestGuard,
         authenticated=lambda value: _role(value) is not None,
@@ -262,6 +268,8 @@ def create_app(
         except ValueError as exc:
             raise unprocessable(str(exc), "body", "data") from None
         return {"kiosk": kiosk, **cmd.model_dump()}
+
+    app.include_router(members_router(members, auth=auth, read_auth=read_auth))
 
     dashboard = resources.files("cloud_bridge").joinpath("static/dashboard.html").read_text("utf-8")
     page_headers = {

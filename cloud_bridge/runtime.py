@@ -1,24 +1,35 @@
 """The bridge's MQTT side, wired: one connection and the parts that use it.
 
 `BridgeRuntime` builds the parts: the MQTT link, the stats publisher, the command service
-(no thread of its own: it publishes when asked), and the event sink with what follows a
-commit (rules, command re-sends, fresh figures). It starts the link, the stats publisher
+(no thread of its own: it publishes when asked), the member service (the points ledger),
+and the event sink with what follows a commit (rules, the ledger, command re-sends, fresh
+figures). It starts the link, the stats publisher
 and the sink in that order and stops them in reverse: the sink finishes storing and
 acking what it took while the link is still up, the stats publisher sends the last
-figures, then the link goes.
+figures, then the link goes. Once started, it counts the recent member events the ledger
+missed (stored and acked, then a fault before the ledger hook ran).
 """
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
+from cloud_bridge.members import MemberService
 from cloud_bridge.rules import CouponUsedElsewhere
 from cloud_bridge.sink import EventSink
 from cloud_bridge.stats import StatsPublisher
 from o2o_protocol.mqtt import MqttLink
+
+log = logging.getLogger(__name__)
+
+#: At start, member events received this many days back that the ledger missed are
+#: counted (`MemberService.catch_up`).
+CATCH_UP_DAYS = 7
 
 
 class _Part(Protocol):
@@ -59,11 +70,17 @@ class BridgeRuntime:
             self.link, repo, store, interval_s=stats_interval_s, refresh_s=stats_refresh_s
         )
         self.commands = CommandService(repo, store, self.link, limits=config.limits)
+        self.members = MemberService(
+            repo, store, self.commands, config.kiosks, settings=config.members
+        )
         self.sink = EventSink(
             self.link,
             repo,
             store,
-            after_stored=[CouponUsedElsewhere(repo, store, self.commands, config.kiosks)],
+            after_stored=[
+                CouponUsedElsewhere(repo, store, self.commands, config.kiosks),
+                self.members.after_stored,
+            ],
             on_status=[self.commands.kiosk_reported],
             on_batch=self.stats.changed,
             max_batch=max_batch,
@@ -76,6 +93,10 @@ class BridgeRuntime:
         for part in self._parts:
             part.start()
             self._started.append(part)
+        try:
+            self.members.catch_up(datetime.now(UTC) - timedelta(days=CATCH_UP_DAYS))
+        except Exception:
+            log.exception("could not check the ledger for missed member events")
 
     def stop(self) -> None:
         while self._started:

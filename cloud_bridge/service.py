@@ -68,6 +68,7 @@ def run_service(
             config,
             repo,
             commands=runtime.commands,
+            members=runtime.members,
             mqtt_connected=lambda: runtime.ready,
             ingest_health=runtime.health,
         )

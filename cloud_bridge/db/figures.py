@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, literal_column, not_, 
 from sqlalchemy.orm import Session, aliased
 
 from cloud_bridge.db.records import SKEW, format_ts
-from cloud_bridge.db.tables import EventRow, KioskRow
+from cloud_bridge.db.tables import EventRow, KioskRow, MemberRow
 from o2o_protocol.messages import EventType
 
 
@@ -105,7 +105,14 @@ def today_stats(session: Session, store: str, *, now: datetime | None = None) ->
         "by_type": dict(sorted(by_type.items())),
         "kiosks_online": sum(online),
         "kiosks_seen": len(online),
+        "overdrawn_members": _overdrawn(session, store),
     }
+
+
+def _overdrawn(session: Session, store: str) -> int:
+    """Members below zero now (not only today's): they need the owner until settled."""
+    stmt = select(func.count()).where(MemberRow.store == store, MemberRow.points < 0)
+    return int(session.scalar(stmt) or 0)
 
 
 def _double_redemptions(store: str, in_today: tuple[ColumnElement[bool], ...]) -> Any:
