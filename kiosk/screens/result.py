@@ -51,6 +51,12 @@ class RewardButton(BigButton):
     reward_id = StringProperty("")
 
 
+class ConfirmButton(BigButton):
+    """Yes or no to spending points: yes in the shop's amber, no quieter."""
+
+    yes = BooleanProperty(True)
+
+
 class StarButton(ButtonBehavior, Widget):
     """One star of the rating row, drawn rather than taken from a font."""
 
@@ -104,7 +110,7 @@ class ResultScreen(CustomerScreen):
         #: The widgets the panels show now, for the .kv-free parts of the tests.
         self.reward_buttons: list[RewardButton] = []
         self.star_buttons: list[StarButton] = []
-        self.confirm_buttons: dict[str, BigButton] = {}
+        self.confirm_buttons: dict[str, ConfirmButton] = {}
         self.panel_texts: list[str] = []
         self.rating_texts: list[str] = []
         app = App.get_running_app()
@@ -243,7 +249,7 @@ class ResultScreen(CustomerScreen):
             label("PanelTitle", confirm_text(self.choice, m))
             row = BoxLayout(size_hint_y=None, spacing=panel.spacing)
             for key, yes in (("yes", True), ("no", False)):
-                button = Factory.ConfirmButton(text=m.get(f"reward.{key}"), yes=yes)
+                button = ConfirmButton(text=m.get(f"reward.{key}"), yes=yes)
                 button.bind(on_release=lambda b: self.confirm(bool(b.yes)))
                 self.confirm_buttons[key] = button
                 row.add_widget(button)
