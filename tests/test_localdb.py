@@ -67,8 +67,8 @@ def test_ack_removes_only_named_events_and_survives_reopen(tmp_path: Path) -> No
 
 def test_member_visits_accumulate(tmp_path: Path) -> None:
     s = open_store(tmp_path)
-    s.record(Decision(EventType.CHECKIN, effects=(MemberVisit("u1", "Ann", 1, 10, "d1"),)), 0)
-    s.record(Decision(EventType.CHECKIN, effects=(MemberVisit("u1", None, 2, 20, "d2"),)), 0)
+    s.record(Decision(EventType.CHECKIN, effects=(MemberVisit("u1", "Ann", 10, "d1"),)), 0)
+    s.record(Decision(EventType.CHECKIN, effects=(MemberVisit("u1", None, 10, "d2"),)), 0)
     facts = s.facts_for(code("m", "u1"))
     assert (facts.member_visits, facts.member_points, facts.member_last_day) == (2, 20, "d2")
     assert facts.member_last_at == 0  # the time of the last counted visit, for the cooldown
