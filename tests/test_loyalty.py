@@ -28,7 +28,10 @@ def member(id: str = "u1") -> Code:
     return result
 
 
-def checkin(facts: Facts, rules: Rules = Rules(points_per_visit=10)) -> Decision:
+DEFAULT_RULES = Rules(points_per_visit=10)
+
+
+def checkin(facts: Facts, rules: Rules = DEFAULT_RULES) -> Decision:
     d = decide(member(), facts, rules, now=NOW, today=time.strftime("%Y-%m-%d"))
     assert isinstance(d, Decision) and d.event_type is EventType.CHECKIN
     return d
@@ -156,7 +159,9 @@ def test_join_takes_a_pooled_member_code_and_its_page() -> None:
     )
     assert known is not None and known.data["member_id"] == "u9" and known.effects == ()
     # An empty pool: a generated id and the shop's sign-up link, as before.
-    plain = decide_join("13800138000", secret="s", member_id="g1", join_url="https://j", known=False)
+    plain = decide_join(
+        "13800138000", secret="s", member_id="g1", join_url="https://j", known=False
+    )
     assert plain is not None and plain.data["join_url"] == "https://j?j=g1"
     assert "page_url" not in plain.data and plain.effect(PoolCodeTaken) is None
 
