@@ -397,6 +397,15 @@ def _drive(out: Path) -> dict[str, Any]:
             # A refusal: nothing to rate, nothing to spend.
             show(REFUSED)
             report["refused"] = on_ui(state)
+
+            # A member scanned just as the last result fades out: the full panels still.
+            def home_and_back() -> None:
+                result_screen().go_home()
+                app.show_outcome(checkin("ev-checkin-5", 500))
+
+            on_ui(home_and_back)
+            wait_for("the offer", reward_state("offer"))
+            report["scanned_while_leaving"] = on_ui(state)
             on_ui(lambda: result_screen().go_home())
 
             zh_texts = [v for k, v in load_catalog("zh_CN").items() if k.startswith(_NEW_KEYS)]
@@ -519,6 +528,8 @@ def test_a_rating_is_one_tap_recorded_once_with_thanks(run: dict[str, Any]) -> N
     assert run["pickup_again"]["rating"] == [EN.get("rating.already")]
     arrival = run["arrival"]
     assert arrival["stars"] == 5 and arrival["reward_state"] == ""
+    leaving = run["scanned_while_leaving"]
+    assert leaving["screen"] == "result" and leaving["stars"] == 5 and leaving["rewards"]
     refused = run["refused"]
     assert refused["stars"] == 0 and refused["reward_state"] == "" and refused["ok"] is False
 

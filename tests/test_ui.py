@@ -25,6 +25,7 @@ import pytest
 
 from kiosk.commands import apply_command
 from kiosk.i18n import LANGUAGES, Messages, load_catalog
+from kiosk.loyalty import RatingSubject
 from kiosk.screens.outcome import ERROR, LOADING, Outcome, describe
 from o2o_protocol.messages import Reason
 from tests.keys import Issuer
@@ -258,6 +259,14 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
             report["shot_regular"] = shot("result_regular")
             wait_for("the start screen again", lambda: app.root.current == "start")
 
+            # The runtime refuses a rating outside 1-5 by raising: the session answers None
+            # (the screen then says the rating was not saved) and the kiosk carries on.
+            answers: dict[str, Any] = {}
+            bad = RatingSubject("checkin", "ev-x", member_id=REGULAR)
+            on_ui(lambda: session.rate(bad, 6, lambda v: answers.setdefault("rate", v)))
+            wait_for("the session's answer", lambda: "rate" in answers)
+            report["bad_rating_answer"] = repr(answers["rate"])
+
             tap(lambda: app.root.get_screen("start").ids.join_button)
             wait_for("the join screen", lambda: app.root.current == "join")
             join = app.root.get_screen("join")
@@ -484,6 +493,8 @@ def test_rewards_and_a_rating_through_the_kiosk_runtime(ui_run: dict[str, Any]) 
         "balance": balance - 10,
         "voucher_id": "v1",
     }
+    assert ui_run["bad_rating_answer"] == "None"  # and the scenario went on
+    assert "could not record a rating of checkin: ValueError" in ui_run["stderr"]
     [rating] = [e for e in history if e["type"] == "review.submitted"]
     assert rating["data"] == {
         "rating": 5,

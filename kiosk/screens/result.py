@@ -136,11 +136,14 @@ class ResultScreen(CustomerScreen):
         self._render()
 
     def _answer(self, fn: Callable[[Any], None]) -> Callable[[Any], None]:
-        """A backend callback that is dropped once its outcome has left the screen."""
+        """A backend callback that is dropped once its outcome has left the screen: a late
+        answer must not restart a timer that would pull the next customer off their screen.
+        (The kiosk still did what was asked: a voucher still prints.)"""
         generation = self._generation
 
         def done(value: Any) -> None:
-            if generation == self._generation:
+            showing = self.manager is not None and self.manager.current == self.name
+            if showing and generation == self._generation:
                 fn(value)
 
         return done
@@ -206,12 +209,6 @@ class ResultScreen(CustomerScreen):
         self._render()
 
     # --- drawing -------------------------------------------------------------------------
-
-    def on_leave(self, *args: Any) -> None:
-        super().on_leave(*args)
-        self._generation += 1  # answers still on their way are for nobody now
-        self.reward_state = self.rating_state = ""
-        self._render()
 
     def _render(self) -> None:
         """Rebuild both panels from the state, in the current language."""
