@@ -16,9 +16,11 @@ from kiosk.effects import (
     CodeUsed,
     Effect,
     MemberUpdate,
+    PoolCodesAdded,
     PreorderCancelled,
     PreorderDetails,
     RemoteOpenQueued,
+    RewardsReplaced,
 )
 from kiosk.localdb import KioskDB
 from o2o_protocol.codes import CodeType
@@ -29,12 +31,14 @@ from o2o_protocol.messages import (
     CouponUsed,
     LockerOpen,
     MemberUpsert,
+    PoolRefill,
     PreorderCancel,
     PreorderUpsert,
     ProtocolError,
+    RewardsSet,
     command_data,
 )
-from o2o_protocol.timeutil import rfc3339
+from o2o_protocol.timeutil import parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +83,27 @@ def changes_for(cmd: Command, now: float) -> tuple[Effect, ...]:
         case PreorderCancel(order=order):
             return (PreorderCancelled(order),)
         case MemberUpsert():
-            fields = data.model_dump(include={"name", "points", "visits"}, exclude_none=True)
-            return (MemberUpdate(data.id, fields),)
+            return (_member_update(data),)
+        case RewardsSet(rewards=rewards):
+            return (RewardsReplaced(tuple(r.model_dump(mode="json") for r in rewards)),)
+        case PoolRefill(kind=kind, reward=reward, codes=codes):
+            if kind == "voucher" and reward is None:
+                raise ProtocolError("pool.refill: voucher codes name their reward")
+            pooled = tuple((c.id, c.code, c.url) for c in codes)
+            return (PoolCodesAdded(kind, reward if kind == "voucher" else None, pooled),)
         case LockerOpen():
             return (RemoteOpenQueued(cmd.seq, data.locker, data.by, data.expires),)
     return ()
+
+
+def _member_update(data: MemberUpsert) -> MemberUpdate:
+    """The bridge's balance, visits and name, and the time of its last counted visit
+    (kept as Unix seconds; one that cannot be read is left out, not fatal)."""
+    fields = data.model_dump(include={"name", "points", "visits"}, exclude_none=True)
+    if data.last_visit:
+        try:
+            fields["last_visit_at"] = parse_rfc3339(data.last_visit).timestamp()
+        except (ValueError, OverflowError):
+            log.warning("member.upsert %s: unreadable last_visit %r", data.id, data.last_visit)
+    applied = None if data.applied is None else tuple(data.applied)
+    return MemberUpdate(data.id, fields, applied)

@@ -21,13 +21,19 @@ from kiosk.effects import (
     Effect,
     MemberVisit,
     NewMember,
+    PointsSpent,
+    PoolCodeTaken,
     PreorderChange,
     PreorderStatus,
+    Rated,
     RemoteOpenSettled,
+    StockTaken,
 )
+from kiosk.loyalty import RatingSubject
 from kiosk.sizes import fitting
 from o2o_protocol.codes import Code, CodeType, Rejected, decode_unverified
-from o2o_protocol.messages import EventType, Reason
+from o2o_protocol.messages import EventType, PoolCode, Reason, Reward
+from o2o_protocol.timeutil import local_day
 
 #: What an unverified (maybe hostile) id may keep when it is quoted in an event.
 _UNSAFE = re.compile(r"[^\w\-.:@+]")
@@ -56,7 +62,12 @@ class Preorder:
 
 @dataclass(frozen=True)
 class Facts:
-    """What the local database knows about one code."""
+    """What the local database knows about one code.
+
+    A member's points and visits are the bridge's plus this kiosk's own changes it has
+    not counted yet; `member_last_at`/`member_last_day` are this kiosk's last counted
+    visit, `member_last_visit_at` the bridge's (a visit at any door).
+    """
 
     revoked: bool = False
     coupon_used_at: str | None = None
@@ -64,6 +75,7 @@ class Facts:
     member_points: int = 0
     member_last_day: str | None = None
     member_last_at: float | None = None
+    member_last_visit_at: float | None = None
     reservation_arrived_at: str | None = None
     preorder: Preorder | None = None
     #: Lockers holding no order, as (number, size); only looked up for staff loading.
@@ -150,11 +162,9 @@ def decide(
 
 
 def _member(code: Code, facts: Facts, rules: Rules, today: str, now: float) -> Decision:
-    same_day = rules.once_per_day and facts.member_last_day == today
-    too_soon = (
-        facts.member_last_at is not None
-        and now - facts.member_last_at < rules.checkin_cooldown_min * 60
-    )
+    last_at, last_day = _last_visit(facts)
+    same_day = rules.once_per_day and last_day == today
+    too_soon = last_at is not None and now - last_at < rules.checkin_cooldown_min * 60
     counted = not (same_day or too_soon)
     earned = rules.points_per_visit if counted else 0
     visits = facts.member_visits + (1 if counted else 0)
@@ -167,8 +177,20 @@ def _member(code: Code, facts: Facts, rules: Rules, today: str, now: float) -> D
         "points": points,
         "counted": counted,
     }
-    visit = (MemberVisit(code.id, code.name, visits, points, today),) if counted else ()
+    visit = (MemberVisit(code.id, code.name, earned, today),) if counted else ()
     return Decision(EventType.CHECKIN, data, effects=visit)
+
+
+def _last_visit(facts: Facts) -> tuple[float | None, str | None]:
+    """The later of this kiosk's last counted visit and the bridge's (any door), as a
+    time and a local day: the cooldown and once-a-day hold across doors."""
+    at, day = facts.member_last_at, facts.member_last_day
+    bridge = facts.member_last_visit_at
+    if bridge is not None:
+        at = bridge if at is None else max(at, bridge)
+        bridge_day = local_day(bridge)
+        day = bridge_day if day is None else max(day, bridge_day)
+    return at, day
 
 
 def _coupon(code: Code, facts: Facts) -> Decision:
@@ -363,21 +385,128 @@ def phone_hash(phone: str, secret: str) -> str:
 
 
 def decide_join(
-    phone_text: str, *, secret: str, member_id: str, join_url: str, known: bool
+    phone_text: str,
+    *,
+    secret: str,
+    member_id: str,
+    join_url: str,
+    known: bool,
+    pooled: PoolCode | None = None,
+    referrer: str | None = None,
 ) -> Decision | None:
-    """A new member from a phone number typed on the kiosk; None for a bad number."""
+    """A new member from a phone number typed on the kiosk; None for a bad number.
+
+    A new member takes `pooled` (a member code the bridge signed in advance) when there
+    is one: its id becomes theirs and its url their page, the code leaves the pool in
+    the same write. A member already known keeps their id and the pool its code.
+    """
     phone = normalise_phone(phone_text)
     if phone is None:
         return None
     hashed = phone_hash(phone, secret)
+    card = None if known else pooled
+    if card is not None:
+        member_id = card.id
     link = _join_link(join_url, member_id)
-    data = {"member_id": member_id, "phone_hash": hashed, "join_url": link, "known": known}
-    member = () if known else (NewMember(member_id, hashed),)
-    return Decision(EventType.MEMBER_JOINED, data, effects=member)
+    data: dict[str, Any] = {
+        "member_id": member_id,
+        "phone_hash": hashed,
+        "join_url": link,
+        "known": known,
+    }
+    effects: tuple[Effect, ...] = () if known else (NewMember(member_id, hashed),)
+    if card is not None:
+        if card.url:
+            data["page_url"] = card.url
+        effects += (PoolCodeTaken("member", card.id),)
+    if referrer and referrer != member_id and not known:
+        data["referrer"] = _UNSAFE.sub("?", referrer[:256])
+    return Decision(EventType.MEMBER_JOINED, data, effects=effects)
 
 
 def _join_link(join_url: str, member_id: str) -> str:
+    return _link(join_url, "j", member_id) or member_id
+
+
+def share_link(join_url: str, member_id: str) -> str | None:
+    """The link a member passes on: whoever joins through it names them as referrer."""
+    return _link(join_url, "ref", member_id)
+
+
+def _link(join_url: str, key: str, member_id: str) -> str | None:
     if not join_url:
-        return member_id
+        return None
     sep = "&" if "?" in join_url else "?"
-    return f"{join_url}{sep}j={member_id}"
+    return f"{join_url}{sep}{key}={member_id}"
+
+
+# --- rewards and ratings ----------------------------------------------------------------
+
+
+def redeem(
+    member_id: str,
+    reward: Reward | None,
+    facts: Facts,
+    voucher: PoolCode | None,
+    *,
+    reward_id: str | None = None,
+) -> Decision:
+    """A member spends points on a reward (`facts.member_points`: the balance the kiosk
+    knows, its own pending spends already off). The voucher leaves the pool, and the
+    points the balance, in the same write as the event. `reward_id`: the id asked for,
+    quoted when no such reward is known."""
+    balance = facts.member_points
+    asked = reward.id if reward else _UNSAFE.sub("?", (reward_id or "")[:64])
+    base = {"member_id": member_id, "reward_id": asked}
+    if reward is None or reward.stock == 0 or voucher is None:
+        why = "no such reward" if reward is None else "none of this reward left here"
+        return Decision(
+            EventType.SCAN_REJECTED,
+            {"reason": Reason.NOT_ALLOWED.value, "detail": why, **base},
+            Reason.NOT_ALLOWED,
+        )
+    if reward.points > balance:
+        data = {
+            "reason": Reason.INSUFFICIENT_POINTS.value,
+            **base,
+            "points": reward.points,
+            "balance": balance,
+        }
+        return Decision(EventType.SCAN_REJECTED, data, Reason.INSUFFICIENT_POINTS)
+    data = {
+        **base,
+        "reward": reward.name,
+        "points": reward.points,
+        "balance": balance - reward.points,
+        "voucher_id": voucher.id,
+        # The signed code itself: the slip prints it, and a reprint prints it again.
+        "voucher_code": voucher.code,
+    }
+    effects = (
+        PointsSpent(member_id, reward.points),
+        PoolCodeTaken("voucher", voucher.id),
+        StockTaken(reward.id),
+    )
+    return Decision(EventType.POINTS_REDEEMED, data, effects=effects)
+
+
+def review(subject: RatingSubject, rating: int, *, rated: bool = False) -> Decision:
+    """A one-tap rating of a visit; once per rated event (`rated`: it already was).
+
+    A rating outside 1..5 is the caller's mistake, not an outcome: ValueError.
+    """
+    if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
+        raise ValueError(f"a rating is 1 to 5, not {rating!r}")
+    about: dict[str, Any] = {
+        "subject": subject.subject,
+        "event": subject.event,
+        "member_id": subject.member_id,
+        "order": subject.order,
+        "reservation_id": subject.reservation_id,
+    }
+    about = {k: v for k, v in about.items() if v is not None}
+    if rated:
+        refused = {"reason": Reason.ALREADY_USED.value, "detail": "already rated", **about}
+        return Decision(EventType.SCAN_REJECTED, refused, Reason.ALREADY_USED)
+    data: dict[str, Any] = {"rating": rating, **about}
+    return Decision(EventType.REVIEW_SUBMITTED, data, effects=(Rated(subject.event),))

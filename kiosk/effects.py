@@ -45,13 +45,21 @@ class CodeRevoked:
 
 @dataclass(frozen=True)
 class MemberVisit:
-    """A counted visit: the member's new totals, and the day (for once-a-day rules)."""
+    """A counted visit: `points` earned, kept pending until the bridge has counted it,
+    and the day (for once-a-day rules)."""
 
     member_id: str
     name: str | None
-    visits: int
     points: int
     day: str
+
+
+@dataclass(frozen=True)
+class PointsSpent:
+    """A reward paid for at this kiosk: a pending change of −`points` for the member."""
+
+    member_id: str
+    points: int
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,54 @@ class NewMember:
 
 @dataclass(frozen=True)
 class MemberUpdate:
-    """The bridge's view of a member (name, points, visits): only the fields it sent."""
+    """The bridge's view of a member: only the fields it sent (`name`, `points`,
+    `visits`, `last_visit`). `applied`: this kiosk's events its balance already counts,
+    whose pending changes go; None (an upsert without it) keeps every pending change."""
 
     member_id: str
     fields: dict[str, Any] = field(default_factory=dict)
+    applied: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RewardsReplaced:
+    """The store's whole active catalogue (`o2o_protocol.messages.Reward` dumps), in order."""
+
+    rewards: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class StockTaken:
+    """One of a reward redeemed here: its local stock goes down (never below zero)."""
+
+    reward_id: str
+
+
+@dataclass(frozen=True)
+class PoolCodesAdded:
+    """Pre-signed codes from the bridge: vouchers of `reward`, or member codes.
+
+    Each is `(id, code, url)`; ids the kiosk holds or has handed out are ignored."""
+
+    kind: Literal["voucher", "member"]
+    reward: str | None
+    codes: tuple[tuple[str, str, str | None], ...]
+
+
+@dataclass(frozen=True)
+class PoolCodeTaken:
+    """A pooled code handed out: gone from the pool in the same write as the event that
+    prints it. The write fails (nothing recorded) if the code is no longer there."""
+
+    kind: Literal["voucher", "member"]
+    code_id: str
+
+
+@dataclass(frozen=True)
+class Rated:
+    """The event `event_id` was rated: it cannot be rated again."""
+
+    event_id: str
 
 
 @dataclass(frozen=True)
@@ -122,8 +174,14 @@ Effect = (
     CodeUsed
     | CodeRevoked
     | MemberVisit
+    | PointsSpent
     | NewMember
     | MemberUpdate
+    | RewardsReplaced
+    | StockTaken
+    | PoolCodesAdded
+    | PoolCodeTaken
+    | Rated
     | PreorderChange
     | PreorderDetails
     | PreorderCancelled

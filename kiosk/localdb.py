@@ -39,15 +39,21 @@ from kiosk.effects import (
     MemberUpdate,
     MemberVisit,
     NewMember,
+    PointsSpent,
+    PoolCodesAdded,
+    PoolCodeTaken,
     PreorderCancelled,
     PreorderChange,
     PreorderDetails,
+    Rated,
     RemoteOpenQueued,
     RemoteOpenSettled,
+    RewardsReplaced,
+    StockTaken,
 )
 from kiosk.journal import DatabaseDamaged, JournalDB, JournalStorage
 from o2o_protocol.codes import Code, CodeType
-from o2o_protocol.messages import Event, new_event_id
+from o2o_protocol.messages import Event, PoolCode, Reward, new_event_id
 from o2o_protocol.timeutil import parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,11 @@ DB_FILE = "kiosk.json"
 #: Revocations name a code id, whatever its type.
 REVOKED = "revoked"
 PRUNE_EVERY_S = 3600.0
+#: Own changes kept per member until the bridge counts them. The bridge names only the
+#: latest 50 of them per member (`applied`), and one that never sends `applied` never
+#: clears any: past this many, the oldest go, so a member's document (written again at
+#: every visit) stays small on a kiosk that is offline for months.
+MAX_PENDING = 100
 
 
 class DBError(Exception):
@@ -117,6 +128,10 @@ class KioskDB:
         self._lockers = t("lockers", cache_size=0)
         self._meta = t("meta", cache_size=0)
         self._remote_opens = t("remote_opens", cache_size=0)
+        self._rewards = t("rewards", cache_size=0)
+        self._pool = t("pool", cache_size=0)
+        self._pool_taken = t("pool_taken", cache_size=0)
+        self._rated = t("rated", cache_size=0)
         # Acks name event ids; the outbox is keyed by seq. Rebuilt on open, kept in step.
         self._outbox_seq: dict[str, int] = {}
         self._reindex()
@@ -166,16 +181,7 @@ class KioskDB:
                 used = self._redeemed.get(doc_id=_doc_id(code.id, CodeType.COUPON))
                 return Facts(revoked=revoked, coupon_used_at=used["at"] if used else None)
             if code.type is CodeType.MEMBER:
-                member = self._members.get(doc_id=_doc_id(code.id, CodeType.MEMBER))
-                if member is None:
-                    return Facts(revoked=revoked)
-                return Facts(
-                    revoked=revoked,
-                    member_visits=int(member.get("visits") or 0),
-                    member_points=int(member.get("points") or 0),
-                    member_last_day=member.get("last_day"),
-                    member_last_at=member.get("last_at"),
-                )
+                return self._member_facts(code.id, revoked)
             if code.type is CodeType.RESERVATION:
                 came = self._redeemed.get(doc_id=_doc_id(code.id, CodeType.RESERVATION))
                 return Facts(revoked=revoked, reservation_arrived_at=came["at"] if came else None)
@@ -184,6 +190,58 @@ class KioskDB:
                 free = self.free_lockers() if staff else ()
                 return Facts(revoked=revoked, preorder=self.preorder(order), free_lockers=free)
             return Facts(revoked=revoked)
+
+    def member_facts(self, member_id: str) -> Facts:
+        """A member's balance and last visits as decisions see them (0 for a stranger)."""
+        with self._lock:
+            return self._member_facts(member_id, False)
+
+    def _member_facts(self, member_id: str, revoked: bool) -> Facts:
+        member = self._members.get(doc_id=_doc_id(member_id, CodeType.MEMBER))
+        if member is None:
+            return Facts(revoked=revoked)
+        # `points`/`visits` are the bridge's (or, in a document of the previous release,
+        # the kiosk's own totals): both are the base the pending changes go on top of.
+        pending = member.get("pending") or []
+        return Facts(
+            revoked=revoked,
+            member_visits=int(member.get("visits") or 0) + sum(1 for p in pending if p["visit"]),
+            member_points=int(member.get("points") or 0) + sum(int(p["delta"]) for p in pending),
+            member_last_day=member.get("last_day"),
+            member_last_at=member.get("last_at"),
+            member_last_visit_at=member.get("last_visit_at"),
+        )
+
+    def rewards(self) -> list[Reward]:
+        """The catalogue the bridge last sent, in its order, with the stock left here."""
+        with self._lock:
+            raw = self._storage.table_data("rewards")
+            docs = [raw[k] for k in sorted(raw, key=int)]
+        return [Reward.model_construct(**d) for d in docs]
+
+    def reward(self, reward_id: str) -> Reward | None:
+        return next((r for r in self.rewards() if r.id == reward_id), None)
+
+    def vouchers_left(self) -> dict[str, int]:
+        """How many vouchers the pool holds, per reward id."""
+        left: dict[str, int] = {}
+        with self._lock:
+            for doc in self._storage.table_data("pool").values():
+                if doc["kind"] == "voucher":
+                    left[doc["reward"]] = left.get(doc["reward"], 0) + 1
+        return left
+
+    def pooled(self, kind: str, reward: str | None = None) -> PoolCode | None:
+        """The oldest pooled code of a kind (vouchers: of `reward`), or None when empty."""
+        with self._lock:
+            for doc in self._storage.table_data("pool").values():
+                if doc["kind"] == kind and (kind != "voucher" or doc["reward"] == reward):
+                    return PoolCode(id=doc["id"], code=doc["code"], url=doc.get("url"))
+        return None
+
+    def rated(self, event_id: str) -> bool:
+        with self._lock:
+            return self._rated.contains(doc_id=_doc_id(event_id, "rated"))
 
     def preorder(self, order: str) -> Preorder | None:
         with self._lock:
@@ -278,29 +336,63 @@ class KioskDB:
                 key = _doc_id(effect.code_id, REVOKED)
                 self._revoked.upsert(Document({"id": effect.code_id, "at": effect.at}, key))
             case MemberVisit():
-                key = _doc_id(effect.member_id, CodeType.MEMBER)
-                old: dict[str, Any] = self._members.get(doc_id=key) or {}
-                member = {
-                    **old,
-                    "id": effect.member_id,
-                    "name": effect.name or old.get("name"),
-                    "visits": effect.visits,
-                    "points": effect.points,
-                    "last_day": effect.day,
-                    "last_at": now,
-                }
-                self._members.upsert(Document(member, doc_id=key))
+                member = self._member_doc(effect.member_id)
+                member.update(last_day=effect.day, last_at=now)
+                if effect.name:
+                    member["name"] = effect.name
+                self._add_pending(member, event, effect.points, visit=True)
+            case PointsSpent():
+                member = self._member_doc(effect.member_id)
+                self._add_pending(member, event, -effect.points, visit=False)
             case NewMember():
-                joined = {"id": effect.member_id, "phone_hash": effect.phone_hash}
-                key = _doc_id(effect.member_id, CodeType.MEMBER)
-                self._members.upsert(Document({**joined, "visits": 0, "points": 0}, key))
+                member = self._member_doc(effect.member_id)
+                member["phone_hash"] = effect.phone_hash
+                self._put_member(member)
                 phone = _doc_id(effect.phone_hash, "phone")
                 self._phones.upsert(Document({"member_id": effect.member_id}, doc_id=phone))
             case MemberUpdate():
-                key = _doc_id(effect.member_id, CodeType.MEMBER)
-                known: dict[str, Any] = self._members.get(doc_id=key) or {"visits": 0}
-                fields = {**known, "id": effect.member_id, **effect.fields}
-                self._members.upsert(Document(fields, key))
+                member = self._member_doc(effect.member_id)
+                member.update(effect.fields)
+                if effect.applied is not None:
+                    counted = set(effect.applied)
+                    pending = member.get("pending") or []
+                    member["pending"] = [p for p in pending if p["event"] not in counted]
+                self._put_member(member)
+            case RewardsReplaced():
+                self._rewards.remove(doc_ids=[int(k) for k in self._storage.table_data("rewards")])
+                for n, reward in enumerate(effect.rewards, start=1):
+                    self._rewards.insert(Document(dict(reward), doc_id=n))
+            case StockTaken():
+                for n_key, doc in self._storage.table_data("rewards").items():
+                    if doc["id"] == effect.reward_id and doc.get("stock"):
+                        left = {**doc, "stock": doc["stock"] - 1}
+                        self._rewards.upsert(Document(left, doc_id=int(n_key)))
+            case PoolCodesAdded():
+                ns = f"pool:{effect.kind}"
+                for code_id, text, url in effect.codes:
+                    key = _doc_id(code_id, ns)
+                    if self._pool.contains(doc_id=key) or self._pool_taken.contains(doc_id=key):
+                        continue  # held already, or handed out: never twice
+                    doc = {"kind": effect.kind, "reward": effect.reward, "id": code_id}
+                    self._pool.insert(Document({**doc, "code": text, "url": url}, doc_id=key))
+            case PoolCodeTaken():
+                key = _doc_id(effect.code_id, f"pool:{effect.kind}")
+                held = self._pool.get(doc_id=key)
+                if held is None:
+                    # Raised inside the batch: the whole write, event included, is undone.
+                    raise LookupError(f"{effect.kind} code {effect.code_id} is not in the pool")
+                self._pool.remove(doc_ids=[key])
+                taken = {
+                    "kind": effect.kind,
+                    "id": effect.code_id,
+                    "reward": held.get("reward"),
+                    "event": event.id if event else None,
+                    "at": now,
+                }
+                self._pool_taken.upsert(Document(taken, doc_id=key))
+            case Rated():
+                key = _doc_id(effect.event_id, "rated")
+                self._rated.upsert(Document({"event": effect.event_id, "at": now}, doc_id=key))
             case PreorderChange():
                 self._set_preorder(effect.order, effect.status, effect.locker)
             case PreorderDetails():
@@ -326,6 +418,23 @@ class KioskDB:
             case RemoteOpenSettled():
                 if self._remote_opens.contains(doc_id=effect.seq):
                     self._remote_opens.remove(doc_ids=[effect.seq])
+
+    def _member_doc(self, member_id: str) -> dict[str, Any]:
+        """A member's stored document (a copy), or a new one with nothing yet."""
+        key = _doc_id(member_id, CodeType.MEMBER)
+        old: dict[str, Any] = self._members.get(doc_id=key) or {"visits": 0, "points": 0}
+        return {**old, "id": member_id}
+
+    def _put_member(self, member: dict[str, Any]) -> None:
+        self._members.upsert(Document(member, doc_id=_doc_id(member["id"], CodeType.MEMBER)))
+
+    def _add_pending(
+        self, member: dict[str, Any], event: Event | None, delta: int, *, visit: bool
+    ) -> None:
+        """One own change on top of the bridge's balance, until an upsert names its event."""
+        change = {"event": event.id if event else None, "delta": delta, "visit": visit}
+        member["pending"] = [*(member.get("pending") or []), change][-MAX_PENDING:]
+        self._put_member(member)
 
     def _set_preorder(self, order: str, status: str, locker: int | None) -> None:
         key = _doc_id(order, "order")
@@ -416,14 +525,25 @@ class KioskDB:
                 for k, d in self._storage.table_data("redeemed").items()
                 if d.get("exp") is not None and d["exp"] < now - 86400
             ]
-            if old or expired:
+            # Handed-out codes and rated events are remembered as long as the history.
+            remembered = {"pool_taken": self._pool_taken, "rated": self._rated}
+            stale = {
+                name: [
+                    int(k) for k, d in self._storage.table_data(name).items() if d["at"] < cutoff
+                ]
+                for name in remembered
+            }
+            if old or expired or any(stale.values()):
                 with self._storage.batch():
                     if old:
                         self._history.remove(doc_ids=old)
                     if expired:
                         self._redeemed.remove(doc_ids=expired)
+                    for name, keys in stale.items():
+                        if keys:
+                            remembered[name].remove(doc_ids=keys)
                 log.info("pruned %d old events and %d expired coupons", len(old), len(expired))
-        return len(old) + len(expired)
+        return len(old) + len(expired) + sum(len(v) for v in stale.values())
 
     # --- commands from the bridge ----------------------------------------------------
 

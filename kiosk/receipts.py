@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from kiosk.decisions import share_link
+from o2o_protocol.codes import Rejected, decode_unverified
 from o2o_protocol.messages import EventType
 
 
@@ -48,6 +51,14 @@ STRINGS: dict[str, dict[str, str]] = {
         "joined_scan": "用手机扫码，完成会员注册",
         "joined_scan_known": "用手机扫码，打开您的会员页面",
         "member_id": "会员号：{member_id}",
+        "joined_page": "用手机扫码，打开您的会员页面（也是您的会员卡）",
+        "share": "邀请好友加入：{url}",
+        "voucher": "积分兑换券",
+        "reward": "奖品：{reward}",
+        "spent": "使用积分：{points}",
+        "balance_after": "剩余积分：{balance}",
+        "valid_until": "有效期至：{date}",
+        "voucher_show": "到柜台出示此码领取",
     },
     "en": {
         "checkin": "Checked in",
@@ -74,6 +85,14 @@ STRINGS: dict[str, dict[str, str]] = {
         "joined_scan": "Scan with your phone to finish signing up",
         "joined_scan_known": "Scan with your phone to open your member page",
         "member_id": "Member no.: {member_id}",
+        "joined_page": "Scan to open your member page (it is your member card too)",
+        "share": "Invite a friend: {url}",
+        "voucher": "Reward voucher",
+        "reward": "Reward: {reward}",
+        "spent": "Points used: {points}",
+        "balance_after": "Points left: {balance}",
+        "valid_until": "Valid until: {date}",
+        "voucher_show": "Show this code at the counter",
     },
 }
 
@@ -112,6 +131,7 @@ def checkin_receipt(
     language: str = "zh_CN",
     ts: str | None = None,
     next_visit_url: str | None = None,
+    join_url: str | None = None,
 ) -> Receipt:
     lines = _line(language, "member", data, "name")
     lines += _line(language, "visits", data, "visits")
@@ -120,6 +140,7 @@ def checkin_receipt(
     else:
         lines.append(_t(language, "not_counted"))
     lines += _line(language, "points", data, "points")
+    lines += _share(language, data, join_url)
     return _finish(_t(language, "checkin"), lines, language, ts, next_visit_url)
 
 
@@ -129,6 +150,7 @@ def coupon_receipt(
     language: str = "zh_CN",
     ts: str | None = None,
     next_visit_url: str | None = None,
+    join_url: str | None = None,
 ) -> Receipt:
     lines = _line(language, "campaign", data, "campaign")
     lines += _line(language, "value", data, "value")
@@ -142,6 +164,7 @@ def pickup_receipt(
     language: str = "zh_CN",
     ts: str | None = None,
     next_visit_url: str | None = None,
+    join_url: str | None = None,
 ) -> Receipt:
     values = dict(data)
     values.setdefault("order_id", values.get("order"))
@@ -156,23 +179,69 @@ def joined_receipt(
     language: str = "zh_CN",
     ts: str | None = None,
     next_visit_url: str | None = None,
+    join_url: str | None = None,
 ) -> Receipt:
-    """The new member's slip. A kiosk holds public keys only and cannot mint a member
-    code, so the slip's QR is the sign-up link carrying the member id: the customer
-    finishes on the phone and gets a real member code there. No next-visit coupon: the
-    one QR on the slip is the sign-up."""
+    """The new member's slip. With a member code from the kiosk's pool, the QR is the
+    member's own page (`page_url`, a member card as well). Without one (a kiosk holds
+    public keys only and cannot mint a code), it is the sign-up link carrying the member
+    id: the customer finishes on the phone and gets a member code there. No next-visit
+    coupon: the one QR on the slip is the member's."""
     known = bool(data.get("known"))
     lines = [_t(language, "joined_welcome")] if not known else []
     lines += _line(language, "member_id", data, "member_id")
+    page = str(data.get("page_url") or "")
     url = str(data.get("join_url") or "")
-    # Without a configured sign-up page the "link" is the bare member id: nothing to scan.
-    qr = url if "://" in url else None
-    if qr:
+    qr: str | None = None
+    if "://" in page:
+        qr = page
+        lines.append(_t(language, "joined_page"))
+    elif "://" in url:  # without a sign-up page the "link" is the bare member id
+        qr = url
         lines.append(_t(language, "joined_scan_known" if known else "joined_scan"))
+    lines += _share(language, data, join_url)
     if ts:
         lines.append(_t(language, "time", ts=ts))
     title = _t(language, "joined_known" if known else "joined")
     return Receipt(title, tuple(lines), qr, _t(language, "thanks"))
+
+
+def voucher_receipt(
+    data: Mapping[str, Any],
+    *,
+    language: str = "zh_CN",
+    ts: str | None = None,
+    next_visit_url: str | None = None,
+    join_url: str | None = None,
+) -> Receipt:
+    """A reward taken with points: the voucher's QR is a signed coupon code from the
+    kiosk's pool, redeemed at the counter (or any kiosk) like any coupon, once."""
+    code = str(data.get("voucher_code") or "")
+    lines = _line(language, "reward", data, "reward")
+    lines += _line(language, "spent", data, "points")
+    until = _valid_until(code)
+    if until:
+        lines.append(_t(language, "valid_until", date=until))
+    lines += _line(language, "balance_after", data, "balance")
+    if code:
+        lines.append(_t(language, "voucher_show"))
+    if ts:
+        lines.append(_t(language, "time", ts=ts))
+    return Receipt(_t(language, "voucher"), tuple(lines), code or None, _t(language, "thanks"))
+
+
+def _valid_until(code: str) -> str | None:
+    """The day the voucher's code expires (the shop's local day), read from the code."""
+    payload = decode_unverified(code) if code else None
+    if payload is None or isinstance(payload, Rejected) or payload.exp is None:
+        return None
+    return datetime.fromtimestamp(payload.exp).strftime("%Y-%m-%d")
+
+
+def _share(language: str, data: Mapping[str, Any], join_url: str | None) -> list[str]:
+    """The member's invitation link, when the shop has a sign-up page."""
+    member = data.get("member_id")
+    url = share_link(join_url or "", str(member)) if member else None
+    return [_t(language, "share", url=url)] if url else []
 
 
 def selftest_receipt(*, language: str = "zh_CN", qr: str | None = "O2O self-test") -> Receipt:
@@ -185,6 +254,7 @@ _BUILDERS = {
     EventType.COUPON_REDEEMED.value: coupon_receipt,
     EventType.PICKUP_OPENED.value: pickup_receipt,
     EventType.MEMBER_JOINED.value: joined_receipt,
+    EventType.POINTS_REDEEMED.value: voucher_receipt,
 }
 
 
@@ -195,12 +265,16 @@ def receipt_for(
     language: str = "zh_CN",
     ts: str | None = None,
     next_visit_url: str | None = None,
+    join_url: str | None = None,
 ) -> Receipt | None:
-    """The receipt for an event, or None when that event prints nothing."""
+    """The receipt for an event, or None when that event prints nothing.
+
+    `join_url`: the shop's sign-up page; member slips then carry a share link.
+    """
     build = _BUILDERS.get(str(event_type))
     if build is None:
         return None
-    return build(data, language=language, ts=ts, next_visit_url=next_visit_url)
+    return build(data, language=language, ts=ts, next_visit_url=next_visit_url, join_url=join_url)
 
 
 def render_text(receipt: Receipt, width: int = 32) -> str:

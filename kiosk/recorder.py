@@ -34,15 +34,23 @@ class Receipts:
         language: str,
         next_visit_url: str | None,
         enabled: bool = True,
+        join_url: str | None = None,
     ) -> None:
         self.worker = worker
         self.language = language
         self.next_visit_url = next_visit_url or None
         self.enabled = enabled
+        #: The shop's sign-up page: member slips carry a share link built on it.
+        self.join_url = join_url or None
 
     def _receipt(self, event_type: str, data: dict[str, Any], ts: str | None) -> Receipt | None:
         return receipt_for(
-            event_type, data, language=self.language, ts=ts, next_visit_url=self.next_visit_url
+            event_type,
+            data,
+            language=self.language,
+            ts=ts,
+            next_visit_url=self.next_visit_url,
+            join_url=self.join_url,
         )
 
     def print_for(self, recorded: Recorded) -> None:

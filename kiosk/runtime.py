@@ -25,6 +25,7 @@ from kiosk.devices.printer_worker import PrinterWorker
 from kiosk.factories import lockers_from_config, printer_from_config
 from kiosk.localdb import KioskDB, Recorded
 from kiosk.lockerflows import LockerCoordinator, Opening
+from kiosk.loyalty import MemberOffer, RatingSubject
 from kiosk.recorder import REPRINT_SEARCH, Listener, Receipts, Recorder
 from kiosk.scanning import ScanService, ScanSettings
 from kiosk.sync import Sync
@@ -116,6 +117,7 @@ class KioskRuntime:
             language=self.cfg.ui.language,
             next_visit_url=self.cfg.printer.next_visit_url,
             enabled=self.cfg.printer.type != "none",
+            join_url=self.cfg.ui.join_url,
         )
         self.recorder = Recorder(
             self.db, notify=self._wake_sync, receipts=self.receipts, clock=self.clock
@@ -211,8 +213,23 @@ class KioskRuntime:
     def scan(self, text: str) -> Recorded | Opening:
         return self.scans.scan(text)
 
-    def join(self, phone: str) -> Recorded | None:
-        return self.scans.join(phone)
+    def join(self, phone: str, referrer: str | None = None) -> Recorded | None:
+        """A new member from a typed phone number (None: not a number); `referrer`: the
+        member whose share link brought them."""
+        return self.scans.join(phone, referrer=referrer)
+
+    def offer(self, member_id: str) -> MemberOffer:
+        """The member's balance and the rewards they can take now (docs/members.md)."""
+        return self.scans.offer(member_id)
+
+    def redeem(self, member_id: str, reward_id: str) -> Recorded:
+        """Spend points on a reward: `points.redeemed` recorded and the voucher printed,
+        or `scan.rejected` (too few points, none left). Raises `DBError` if not written."""
+        return self.scans.redeem(member_id, reward_id)
+
+    def rate(self, subject: RatingSubject, rating: int) -> Recorded:
+        """A 1-5 rating of a visit (ValueError outside that); a second one is refused."""
+        return self.scans.rate(subject, rating)
 
     def staff_open(self, number: int) -> Recorded:
         return self.doors.staff_open(number)

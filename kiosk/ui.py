@@ -26,6 +26,7 @@ from kiosk.config import KioskConfig
 from kiosk.devices.camera import CameraThread, FrameSource
 from kiosk.localdb import Recorded
 from kiosk.lockerflows import Opening
+from kiosk.loyalty import MemberOffer, RatingSubject
 from kiosk.pipeline import ScanFailed, ScanPipeline, ScanResult, camera_thread
 from kiosk.runtime import KioskRuntime
 from kiosk.screens.backend import PreorderView, StaffSnapshot, locker_views
@@ -59,6 +60,7 @@ def outcome_of(result: ScanResult) -> Outcome:
         event_type=result.event.type,
         reason=reason.value if reason is not None else None,
         data=dict(result.event.data),
+        event_id=result.event.id,
     )
 
 
@@ -162,6 +164,32 @@ class Session:
     def reprint(self, done: Callable[[str | None], None]) -> None:
         """Print the newest receipt again (paper jam, customer lost it); None if none."""
         self._job("reprint the last receipt", self.kiosk.reprint_last_receipt, done, None)
+
+    def offer(self, member_id: str, done: Callable[[MemberOffer | None], None]) -> None:
+        """The rewards a member can afford, for the result screen after a check-in."""
+        self._job("read a member's rewards", lambda: self.kiosk.offer(member_id), done, None)
+
+    def redeem(self, member_id: str, reward_id: str, done: Callable[[Outcome], None]) -> None:
+        """Spend points on a reward (the runtime prints the voucher); the screen shows only
+        what this records."""
+        self._job(
+            f"redeem reward {reward_id}",
+            lambda: outcome_of(self.kiosk.redeem(member_id, reward_id)),
+            done,
+            Outcome(ERROR),
+        )
+
+    def rate(
+        self, subject: RatingSubject, rating: int, done: Callable[[Outcome | None], None]
+    ) -> None:
+        """A visitor's rating of what the result screen showed; None if not recorded."""
+        failed: Outcome | None = None
+        self._job(
+            f"record a rating of {subject.subject}",
+            lambda: outcome_of(self.kiosk.rate(subject, rating)),
+            done,
+            failed,
+        )
 
     def end_staff(self) -> None:
         """Staff left the staff screen: end staff mode now, so the next customer's pickup

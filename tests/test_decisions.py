@@ -41,7 +41,7 @@ def test_member_checkin_earns_points_and_names_the_member() -> None:
     assert d.event_type is EventType.CHECKIN and d.accepted
     assert d.data["name"] == "Ann" and d.data["visits"] == 3 and d.data["points"] == 30
     visit = d.effect(MemberVisit)
-    assert visit is not None and visit.points == 30
+    assert visit is not None and visit.points == 10  # earned: pending until the bridge counts it
 
 
 def test_once_per_day_counts_the_second_visit_without_points() -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from kiosk import decisions
 from kiosk.commands import apply_command
 from kiosk.decisions import Decision
 from kiosk.effects import CodeUsed, MemberVisit, PreorderChange
-from kiosk.localdb import DB_FILE, DBError, KioskDB
+from kiosk.localdb import DB_FILE, MAX_PENDING, DBError, KioskDB, _doc_id
+from kiosk.loyalty import RatingSubject
 from o2o_protocol.codes import Code, CodeType, verify_code
 from o2o_protocol.messages import Command, EventType
 from tests.keys import Issuer
@@ -67,8 +70,8 @@ def test_ack_removes_only_named_events_and_survives_reopen(tmp_path: Path) -> No
 
 def test_member_visits_accumulate(tmp_path: Path) -> None:
     s = open_store(tmp_path)
-    s.record(Decision(EventType.CHECKIN, effects=(MemberVisit("u1", "Ann", 1, 10, "d1"),)), 0)
-    s.record(Decision(EventType.CHECKIN, effects=(MemberVisit("u1", None, 2, 20, "d2"),)), 0)
+    s.record(Decision(EventType.CHECKIN, effects=(MemberVisit("u1", "Ann", 10, "d1"),)), 0)
+    s.record(Decision(EventType.CHECKIN, effects=(MemberVisit("u1", None, 10, "d2"),)), 0)
     facts = s.facts_for(code("m", "u1"))
     assert (facts.member_visits, facts.member_points, facts.member_last_day) == (2, 20, "d2")
     assert facts.member_last_at == 0  # the time of the last counted visit, for the cooldown
@@ -282,3 +285,156 @@ def test_commands_are_stamped_with_the_injected_clock(tmp_path: Path) -> None:
     (used,) = data["redeemed"].values()
     assert used["kiosk"] is None  # the first use wins: single use per store
     s.close()
+
+
+# --- members, rewards and code pools (docs/members.md) -----------------------------------
+
+VOUCHERS = [{"id": f"v{i}", "code": ISSUER.code("c", f"v{i}", cp="reward:coffee")} for i in (1, 2)]
+CATALOGUE = {"rewards": [{"id": "coffee", "name": "咖啡", "points": 30, "stock": 5}]}
+
+
+def stocked(path: Path) -> KioskDB:
+    """A kiosk holding the catalogue and two coffee vouchers (commands 1 and 2)."""
+    s = open_store(path)
+    assert apply_command(s, Command(seq=1, name="rewards.set", data=CATALOGUE))
+    refill = {"kind": "voucher", "reward": "coffee", "codes": VOUCHERS}
+    assert apply_command(s, Command(seq=2, name="pool.refill", data=refill))
+    return s
+
+
+def spend(s: KioskDB, member: str = "u1") -> str:
+    """Redeem a coffee the way the runtime does: read, decide, record in one write."""
+    reward, voucher = s.reward("coffee"), s.pooled("voucher", "coffee")
+    d = decisions.redeem(member, reward, s.member_facts(member), voucher)
+    assert d.event_type is EventType.POINTS_REDEEMED, d.data
+    return s.record(d, time.time()).event.id
+
+
+def visit(s: KioskDB, member: str = "u1", points: int = 10) -> str:
+    effect = MemberVisit(member, None, points, "d1")
+    return s.record(Decision(EventType.CHECKIN, effects=(effect,)), time.time()).event.id
+
+
+def upsert(s: KioskDB, **data: object) -> None:
+    assert apply_command(s, Command(seq=s.last_cmd_seq + 1, name="member.upsert", data=data))
+
+
+def test_balance_is_the_bridge_base_plus_own_pending_changes(tmp_path: Path) -> None:
+    s = stocked(tmp_path)
+    upsert(s, id="u1", name="Ann", points=40, visits=4)
+    first = visit(s)
+    assert s.member_facts("u1").member_points == 50
+    second = spend(s)
+    facts = s.member_facts("u1")
+    assert (facts.member_points, facts.member_visits) == (20, 5)
+    # The bridge has counted the visit (balance 50), not yet the spend: only the visit goes.
+    upsert(s, id="u1", points=50, visits=5, applied=[first])
+    assert s.member_facts("u1").member_points == 20
+    # An upsert without `applied` sets the base and keeps every pending change.
+    upsert(s, id="u1", points=100)
+    assert s.member_facts("u1").member_points == 70
+    upsert(s, id="u1", points=20, applied=[first, second, "someone-elses"])
+    facts = s.member_facts("u1")
+    assert (facts.member_points, facts.member_visits) == (20, 5)
+    s.close()
+    assert open_store(tmp_path).member_facts("u1").member_points == 20
+
+
+def test_a_member_first_heard_of_from_the_bridge_is_created(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    upsert(s, id="u7", name="Bo", points=-20, visits=3, last_visit="2026-11-30T09:00:00Z")
+    facts = s.facts_for(code("m", "u7"))
+    assert (facts.member_points, facts.member_visits) == (-20, 3)  # overdrawn elsewhere
+    assert facts.member_last_visit_at == datetime(2026, 11, 30, 9, tzinfo=UTC).timestamp()
+    upsert(s, id="u7", last_visit="not a time")  # unreadable: the last good one stays
+    assert (
+        s.member_facts("u7").member_last_visit_at
+        == datetime(2026, 11, 30, 9, tzinfo=UTC).timestamp()
+    )
+
+
+def test_pending_changes_are_bounded_oldest_first(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    ids = [visit(s, points=1) for _ in range(MAX_PENDING + 5)]
+    assert s.member_facts("u1").member_points == MAX_PENDING
+    upsert(s, id="u1", points=0, applied=ids[-10:])
+    assert s.member_facts("u1").member_points == MAX_PENDING - 10
+
+
+def test_a_member_of_the_previous_release_keeps_their_points(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    s.close()
+    (tmp_path / DB_FILE).with_suffix(".journal").unlink(missing_ok=True)
+    # A member document as the previous release wrote it (its totals, no pending list),
+    # under the same stable document id.
+    old = {"id": "u1", "name": "Ann", "points": 70, "visits": 7, "last_day": "d0", "last_at": 5.0}
+    data = {"members": {str(_doc_id("u1", CodeType.MEMBER)): old}}
+    (tmp_path / DB_FILE).write_text(json.dumps(data))
+    s = open_store(tmp_path)
+    facts = s.member_facts("u1")
+    assert (facts.member_points, facts.member_visits, facts.member_last_at) == (70, 7, 5.0)
+    counted = visit(s)
+    assert s.member_facts("u1").member_points == 80
+    upsert(s, id="u1", points=80, visits=8, applied=[counted])
+    assert s.member_facts("u1").member_points == 80
+
+
+def test_a_power_cut_never_loses_a_spend_nor_hands_a_voucher_out_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kiosk.journal as journal
+
+    s = stocked(tmp_path)
+    upsert(s, id="u1", points=100)
+    spent = spend(s)
+    real_write = journal.os.write
+
+    def cut(fd: int, data: bytes) -> int:  # the power goes part-way through the write
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(5, "power cut")
+
+    def dead(fd: int, length: int) -> None:  # and nothing runs after it
+        raise OSError(5, "power cut")
+
+    with monkeypatch.context() as m:
+        m.setattr(journal.os, "write", cut)
+        m.setattr(journal.os, "ftruncate", dead)
+        with pytest.raises(DBError):
+            spend(s)
+    s.close()
+    s = open_store(tmp_path)  # power back: the torn half-write is dropped
+    assert [e.id for e in s.pending()][-1] == spent
+    assert s.member_facts("u1").member_points == 70  # the spend that completed is kept
+    held = s.pooled("voucher", "coffee")
+    assert held is not None and held.id == "v2"  # v1 went with the completed spend
+    # The bridge re-sends the handed-out voucher: it never comes back into the pool.
+    again = {"kind": "voucher", "reward": "coffee", "codes": VOUCHERS}
+    assert apply_command(s, Command(seq=s.last_cmd_seq + 1, name="pool.refill", data=again))
+    assert s.vouchers_left() == {"coffee": 1}
+    spend(s)
+    assert s.pooled("voucher", "coffee") is None
+    # A decision naming a code already taken records nothing at all.
+    stale = decisions.redeem("u1", s.reward("coffee"), s.member_facts("u1"), held)
+    outbox = s.outbox_size()
+    with pytest.raises(DBError):
+        s.record(stale, time.time())
+    assert s.outbox_size() == outbox and s.member_facts("u1").member_points == 40
+    reward = s.reward("coffee")
+    assert reward is not None and reward.stock == 3  # two redeemed here
+
+
+def test_handed_out_codes_and_ratings_are_forgotten_with_the_history(tmp_path: Path) -> None:
+    now = time.time()
+    s = KioskDB(tmp_path, store="s1", kiosk="k1", history_days=30)
+    apply_command(s, Command(seq=1, name="rewards.set", data=CATALOGUE))
+    refill = {"kind": "voucher", "reward": "coffee", "codes": VOUCHERS}
+    apply_command(s, Command(seq=2, name="pool.refill", data=refill))
+    upsert(s, id="u1", points=100)
+    d = decisions.redeem(
+        "u1", s.reward("coffee"), s.member_facts("u1"), s.pooled("voucher", "coffee")
+    )
+    s.record(d, now - 40 * 86400)
+    s.record(decisions.review(RatingSubject("checkin", "e1"), 4), now - 40 * 86400)
+    assert s.rated("e1")
+    s.prune(now)
+    assert not s.rated("e1")

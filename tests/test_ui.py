@@ -25,6 +25,7 @@ import pytest
 
 from kiosk.commands import apply_command
 from kiosk.i18n import LANGUAGES, Messages, load_catalog
+from kiosk.loyalty import RatingSubject
 from kiosk.screens.outcome import ERROR, LOADING, Outcome, describe
 from o2o_protocol.messages import Reason
 from tests.keys import Issuer
@@ -37,6 +38,10 @@ CAMPAIGN, VALUE = "开业酬宾", "满50减10"
 JOIN_URL = "https://shop.example.com/join?store=s1"
 PHONE, BAD_PHONE = "13800138000", "12345"
 ORDER, ORDER_NAME, STAFF_NAME = "A-7", "李雷", "小张"
+#: A reward in the kiosk's catalogue, and a member with points enough for it.
+COFFEE = {"id": "coffee", "name": "咖啡", "name_en": "Coffee", "points": 10}
+CAKE = {"id": "cake", "name": "蛋糕", "name_en": "Cake", "points": 500}
+REGULAR, REGULAR_NAME, REGULAR_POINTS = "mem-2", "陈晨", 40
 STAFF_SESSION_S = 7.0
 
 
@@ -63,6 +68,15 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
     kiosk = KioskRuntime(load_config(config_path))
     order = {"order": ORDER, "name": ORDER_NAME, "size": "M"}
     apply_command(kiosk.db, Command(seq=1, name="preorder.upsert", data=order))
+    for seq, (name, data) in enumerate(
+        [
+            ("rewards.set", {"rewards": [COFFEE, CAKE]}),
+            ("pool.refill", {"kind": "voucher", "reward": "coffee", "codes": codes["vouchers"]}),
+            ("member.upsert", {"id": REGULAR, "name": REGULAR_NAME, "points": REGULAR_POINTS}),
+        ],
+        start=2,
+    ):
+        apply_command(kiosk.db, Command(seq=seq, name=name, data=data))
     app, session = create_app(kiosk)
     report: dict[str, Any] = {}
 
@@ -170,6 +184,18 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
         s = app.root.get_screen("result")
         return {"ok": s.ok, "title": s.title, "detail": s.detail, "extra": s.extra}
 
+    def panels() -> dict[str, Any]:
+        s = app.root.get_screen("result")
+        return {
+            "rewards": [b.text for b in s.reward_buttons],
+            "panel": list(s.panel_texts),
+            "stars": len(s.star_buttons),
+            "rating": list(s.rating_texts),
+        }
+
+    def reward_state(value: str) -> Callable[[], bool]:
+        return lambda: app.root.get_screen("result").reward_state == value
+
     def on_result(pred: Callable[[dict[str, Any]], bool]) -> Callable[[], bool]:
         return lambda: app.root.current == "result" and pred(result())
 
@@ -200,6 +226,8 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
             session.submit(codes["member"])
             shown = wait_for("the check-in", on_result(lambda r: MEMBER_NAME in r["title"]))
             report["checkin"] = on_ui(result)
+            wait_for("the rewards on offer", reward_state("offer"))
+            report["checkin_panels"] = on_ui(panels)
             report["shot_checkin"] = shot("result_checkin")
             back = wait_for("the start screen again", lambda: app.root.current == "start")
             report["returned_after_s"] = back - shown
@@ -215,6 +243,29 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
             tap(lambda: app.root.get_screen("result"))
             back = wait_for("a touch to go back", lambda: app.root.current == "start", 1.0)
             report["touch_returned_after_s"] = back - shown
+
+            # A regular spends points on a coffee and rates the visit, through the runtime.
+            session.submit(codes["regular"])
+            wait_for("the regular's offer", reward_state("offer"))
+            report["regular_offer"] = on_ui(panels)
+            tap(lambda: app.root.get_screen("result").reward_buttons[0])
+            wait_for("the confirm step", reward_state("confirm"))
+            tap(lambda: app.root.get_screen("result").confirm_buttons["yes"])
+            wait_for("the voucher", reward_state("done"))
+            report["regular_redeemed"] = on_ui(panels)
+            tap(lambda: app.root.get_screen("result").star_buttons[4])
+            wait_for("the thanks", lambda: app.root.get_screen("result").rating_state == "done")
+            report["regular_rated"] = on_ui(panels)
+            report["shot_regular"] = shot("result_regular")
+            wait_for("the start screen again", lambda: app.root.current == "start")
+
+            # The runtime refuses a rating outside 1-5 by raising: the session answers None
+            # (the screen then says the rating was not saved) and the kiosk carries on.
+            answers: dict[str, Any] = {}
+            bad = RatingSubject("checkin", "ev-x", member_id=REGULAR)
+            on_ui(lambda: session.rate(bad, 6, lambda v: answers.setdefault("rate", v)))
+            wait_for("the session's answer", lambda: "rate" in answers)
+            report["bad_rating_answer"] = repr(answers["rate"])
 
             tap(lambda: app.root.get_screen("start").ids.join_button)
             wait_for("the join screen", lambda: app.root.current == "join")
@@ -378,6 +429,11 @@ def ui_run(xvfb_display: str, tmp_path_factory: pytest.TempPathFactory) -> dict[
         "coupon": issuer.code("c", "cpn-1", cp=CAMPAIGN, v=VALUE),
         "staff": issuer.code("s", "staff-1", n=STAFF_NAME),
         "pickup": issuer.code("p", "pk-1", o=ORDER),
+        "regular": issuer.code("m", REGULAR, n=REGULAR_NAME),
+        "vouchers": [
+            {"id": f"v{i}", "code": issuer.code("c", f"v{i}", cp="reward:coffee", v="咖啡")}
+            for i in (1, 2)
+        ],
     }
     (out / "codes.json").write_text(json.dumps(codes), encoding="utf-8")
     env = _kivy_env(out / "kivy-home")
@@ -408,6 +464,44 @@ def test_checkin_shows_member_name_and_points(ui_run: dict[str, Any]) -> None:
     assert MEMBER_NAME in checkin["title"]
     assert "10" in checkin["detail"]  # +10 this visit, 10 in total (default rules)
     assert checkin == {**checkin, "extra": Messages().get("result.checkin.visits", visits=1)}
+
+
+def test_rewards_and_a_rating_through_the_kiosk_runtime(ui_run: dict[str, Any]) -> None:
+    """The result screen wired to the real runtime: what it offers, spends and rates is
+    what the kiosk recorded (and will send to the bridge)."""
+    zh = Messages("zh_CN")
+    # 10 points after the first visit: the coffee (10), not the cake (500).
+    assert ui_run["checkin_panels"]["rewards"] == ["咖啡 · 10 分"]
+    assert ui_run["checkin_panels"]["stars"] == 5
+    balance = REGULAR_POINTS + 10
+    assert ui_run["regular_offer"]["panel"] == [zh.get("reward.title"), f"当前积分 {balance}"]
+    assert ui_run["regular_redeemed"]["panel"] == [
+        zh.get("reward.done.title"),
+        zh.get("reward.done.detail"),
+        zh.get("reward.balance_left", balance=balance - 10),
+    ]
+    assert ui_run["regular_rated"]["rating"] == [zh.get("rating.thanks")]
+
+    history = _history(ui_run)
+    [visit] = [e for e in history if e["type"] == "checkin" and e["data"]["member_id"] == REGULAR]
+    [spent] = [e for e in history if e["type"] == "points.redeemed"]
+    assert spent["data"] == {
+        **spent["data"],
+        "member_id": REGULAR,
+        "reward_id": "coffee",
+        "points": 10,
+        "balance": balance - 10,
+        "voucher_id": "v1",
+    }
+    assert ui_run["bad_rating_answer"] == "None"  # and the scenario went on
+    assert "could not record a rating of checkin: ValueError" in ui_run["stderr"]
+    [rating] = [e for e in history if e["type"] == "review.submitted"]
+    assert rating["data"] == {
+        "rating": 5,
+        "subject": "checkin",
+        "event": visit["id"],
+        "member_id": REGULAR,
+    }
 
 
 def test_coupon_twice_is_already_used(ui_run: dict[str, Any]) -> None:

@@ -145,7 +145,7 @@ class KioskApp(App):
             self.root.get_screen(STAFF).show_message(staff_message(outcome, self._messages))
             return
         screen: ResultScreen = self.root.get_screen(RESULT)
-        screen.show(describe(outcome, self._messages))
+        screen.show(describe(outcome, self._messages), outcome)
         if self.root.current == RESULT:
             screen.restart_timer()
         else:

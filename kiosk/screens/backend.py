@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kiosk.i18n import Messages
+from kiosk.loyalty import MemberOffer, RatingSubject
 from kiosk.screens.outcome import LOADING, Outcome, describe
 from o2o_protocol.messages import EventType
 
@@ -65,6 +66,17 @@ class Backend(Protocol):
     def reprint(self, done: Callable[[str | None], None]) -> None: ...
 
     def end_staff(self) -> None: ...
+
+    def offer(self, member_id: str, done: Callable[[MemberOffer | None], None]) -> None:
+        """The rewards a member can afford now; None when the kiosk cannot tell."""
+
+    def redeem(self, member_id: str, reward_id: str, done: Callable[[Outcome], None]) -> None:
+        """Spend points on a reward; `done` gets the recorded outcome (or ERROR)."""
+
+    def rate(
+        self, subject: RatingSubject, rating: int, done: Callable[[Outcome | None], None]
+    ) -> None:
+        """Record a rating 1-5; `done` gets the recorded outcome, None if none was."""
 
 
 def locker_views(orders: Mapping[int, str | None], status: Mapping[str, Any]) -> list[LockerView]:

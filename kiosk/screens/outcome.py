@@ -21,11 +21,13 @@ LOADING = "locker.opening"
 
 @dataclass(frozen=True)
 class Outcome:
-    """A recorded scan as the screens see it: the event type, the reason, the data."""
+    """A recorded scan as the screens see it: the event type, the reason, the data, and
+    the event's id (None for UI states), which a rating names as the event it rates."""
 
     event_type: str
     reason: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
+    event_id: str | None = None
 
     @property
     def accepted(self) -> bool:
