@@ -1,4 +1,5 @@
-"""The kiosk's local database: outbox, history, coupons, members, preorders, lockers.
+"""The kiosk's local database: outbox, history, coupons, members, preorders, lockers,
+rewards, code pools and ratings.
 
 ("Store" in this project is the shop; this is the database on the kiosk's SD card.)
 TinyDB behind one repository class, on a journaled storage (`kiosk.journal`): every

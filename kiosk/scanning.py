@@ -1,9 +1,10 @@
 """The scan service: verify → facts → decide → record, for one scanned text at a time.
 
 It holds the staff session (a staff code puts the kiosk in staff mode for a while), and
-hands locker intents to the `LockerCoordinator`. Everything it records goes through the
-`Recorder`, so it returns only once the outcome is on disk (or raises `DBError`, with
-nothing recorded). Blocking: call it off the UI thread.
+hands locker intents to the `LockerCoordinator`. Joins, rewards and ratings (the taps
+after a scan) are recorded here too. Everything it records goes through the `Recorder`,
+so it returns only once the outcome is on disk (or raises `DBError`, with nothing
+recorded). Blocking: call it off the UI thread.
 """
 
 from __future__ import annotations

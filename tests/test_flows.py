@@ -191,3 +191,22 @@ def test_code_types_the_shop_turned_off_are_not_allowed(shop: Shop) -> None:
         ("scan.rejected", "not_allowed"),
         ("checkin", None),
     ]
+
+
+def test_member_balances_and_visits_from_the_bridge_hold_at_this_door(shop: Shop) -> None:
+    """The bridge's balance is the base a check-in adds to, a visit at another door holds
+    the cooldown here, and a member the kiosk never saw arrives with their balance."""
+    root = shop.root
+    just_now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 300))
+    shop.command("member.upsert", id="u1", name="Ann", points=40, visits=4, last_visit=just_now)
+    seq = shop.command("member.upsert", id="u2", name="Bo", points=-20, visits=1)
+    shop.sync_commands(seq)
+    ann = issue(root, "member", "--id", "u1", "--name", "Ann")
+    bo = issue(root, "member", "--id", "u2", "--name", "Bo")
+    lines = shop.scan("members", [ann, bo])
+    assert outcomes(lines) == [("checkin", None), ("checkin", None)]
+    assert (lines[0]["data"]["counted"], lines[0]["data"]["points"]) == (False, 40)
+    assert (lines[1]["data"]["counted"], lines[1]["data"]["points"]) == (True, -10)
+    assert lines[1]["data"]["visits"] == 2
+    stored = [e for e in stored_events(root) if e["type"] == "checkin"]
+    assert sorted(e["data"]["member_id"] for e in stored) == ["u1", "u2"]

@@ -6,6 +6,7 @@ member code from the pool."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +219,29 @@ def test_join_takes_a_pooled_member_code_and_prints_its_page(door: Door) -> None
     member_id = third.event.data["member_id"]
     assert not re.fullmatch(r"mc\d", member_id)
     assert printed_qr(door.slips(4)[3]) == f"{JOIN}?j={member_id}"
+
+
+def test_two_taps_at_once_never_share_a_voucher(door: Door) -> None:
+    k = door.kiosk
+    door.command("rewards.set", rewards=[{"id": "coffee", "name": "Coffee", "points": 30}])
+    door.command("pool.refill", kind="voucher", reward="coffee", codes=vouchers("v1"))
+    door.command("member.upsert", id="u1", points=100)
+    door.command("member.upsert", id="u2", points=100)
+    results: list[Recorded] = []
+    start = threading.Barrier(2)
+
+    def tap(member: str) -> None:
+        start.wait()
+        results.append(k.redeem(member, "coffee"))
+
+    taps = [threading.Thread(target=tap, args=(m,)) for m in ("u1", "u2")]
+    for t in taps:
+        t.start()
+    for t in taps:
+        t.join(10)
+    kinds = sorted(r.event.type for r in results)
+    assert kinds == ["points.redeemed", "scan.rejected"]
+    (won,) = [r for r in results if r.event.type == "points.redeemed"]
+    loser = "u2" if won.event.data["member_id"] == "u1" else "u1"
+    assert k.offer(won.event.data["member_id"]).balance == 70
+    assert k.offer(loser).balance == 100  # the refused tap spent nothing
