@@ -22,6 +22,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, status
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from cloud_bridge.api_rewards import rewards_router
 from cloud_bridge.api_schema import (
     READ_ANSWERS,
     WRITE_ANSWERS,
@@ -39,6 +40,8 @@ from cloud_bridge.config import BridgeConfig, load_api_token, load_read_token, l
 from cloud_bridge.db import KioskState, Repository, StoredEvent, format_ts
 from cloud_bridge.http_guard import RequestGuard, StrictJsonRoute
 from cloud_bridge.issuing import issue
+from cloud_bridge.member_page import MemberPages, member_page_router
+from cloud_bridge.rewards import RewardService
 from o2o_protocol.messages import (
     check_id,
 )
@@ -76,6 +79,7 @@ def create_app(
     commands: CommandService | None = None,
     mqtt_connected: Callable[[], bool] | None = None,
     ingest_health: Callable[[], dict[str, Any]] | None = None,
+    rewards: RewardService | None = None,
 ) -> FastAPI:
     """The bridge's web app. Token and key are read from the config's files unless given.
 
@@ -270,6 +274,13 @@ def create_app(
         "Referrer-Policy": "no-referrer",
         "X-Content-Type-Options": "nosniff",
     }
+
+    # Rewards, ratings and the member's page (api_rewards.py, member_page.py).
+    rewards = rewards or RewardService(repo, config, key, commands)
+    app.state.rewards = rewards
+    app.include_router(rewards_router(rewards, auth=auth, read_auth=read_auth))
+    pages = MemberPages(config, key, rewards, lambda: getattr(app.state, "members", None))
+    app.include_router(member_page_router(pages))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:

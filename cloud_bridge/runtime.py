@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
+from cloud_bridge.rewards import RewardService
 from cloud_bridge.rules import CouponUsedElsewhere
 from cloud_bridge.sink import EventSink
 from cloud_bridge.stats import StatsPublisher
@@ -40,9 +43,11 @@ class BridgeRuntime:
         stats_interval_s: float = 1.0,
         stats_refresh_s: float = 60.0,
         max_wait_s: float = 30.0,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         """`max_wait_s`: how long a message taken from the broker may wait to be stored
-        before `/health` says degraded."""
+        before `/health` says degraded; `signing_key`: what signs the kiosks' code pools
+        (without it, none are kept)."""
         self.config = config
         self.repo = repo
         self.max_wait_s = max_wait_s
@@ -59,12 +64,17 @@ class BridgeRuntime:
             self.link, repo, store, interval_s=stats_interval_s, refresh_s=stats_refresh_s
         )
         self.commands = CommandService(repo, store, self.link, limits=config.limits)
+        # Rewards and code pools (rewards.py): topped up on status, kept right by events.
+        self.rewards = RewardService(repo, config, signing_key, self.commands)
         self.sink = EventSink(
             self.link,
             repo,
             store,
-            after_stored=[CouponUsedElsewhere(repo, store, self.commands, config.kiosks)],
-            on_status=[self.commands.kiosk_reported],
+            after_stored=[
+                CouponUsedElsewhere(repo, store, self.commands, config.kiosks),
+                self.rewards.after_stored,
+            ],
+            on_status=[self.commands.kiosk_reported, self.rewards.kiosk_reported],
             on_batch=self.stats.changed,
             max_batch=max_batch,
             limits=config.limits,
