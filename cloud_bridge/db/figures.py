@@ -120,21 +120,21 @@ def rating_summary(session: Session, where: Sequence[ColumnElement[bool]]) -> di
         whole = func.json_type(EventRow.data, "$.rating") == "integer"
     else:
         whole = func.json_typeof(EventRow.data["rating"]) == "number"
+    # One expression object each, so PostgreSQL sees the same GROUP BY as SELECT.
+    rating, subject = EventRow.data["rating"].as_string(), EventRow.data["subject"].as_string()
     rows = session.execute(
-        select(
-            EventRow.data["rating"].as_string(), EventRow.data["subject"].as_string(), func.count()
-        )
+        select(rating, subject, func.count())
         .where(*where, EventRow.type == EventType.REVIEW_SUBMITTED.value, whole)
-        .group_by(EventRow.data["rating"].as_string(), EventRow.data["subject"].as_string())
+        .group_by(rating, subject)
     )
     distribution = dict.fromkeys(("1", "2", "3", "4", "5"), 0)
     subjects: dict[str, list[int]] = {}
-    for rating, subject, n in rows:
-        key = str(rating)
+    for value, about, n in rows:
+        key = str(value)
         if key not in distribution:
             continue  # 0, 6, 4.0: not a rating
         distribution[key] += int(n)
-        tally = subjects.setdefault(subject or "other", [0, 0])
+        tally = subjects.setdefault(about or "other", [0, 0])
         tally[0] += int(n)
         tally[1] += int(n) * int(key)
     count = sum(distribution.values())
