@@ -22,6 +22,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, status
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from cloud_bridge.api_members import members_router
 from cloud_bridge.api_rewards import rewards_router
 from cloud_bridge.api_schema import (
     READ_ANSWERS,
@@ -41,6 +42,7 @@ from cloud_bridge.db import KioskState, Repository, StoredEvent, format_ts
 from cloud_bridge.http_guard import RequestGuard, StrictJsonRoute
 from cloud_bridge.issuing import issue
 from cloud_bridge.member_page import MemberPages, member_page_router
+from cloud_bridge.members import MemberService
 from cloud_bridge.rewards import RewardService
 from o2o_protocol.messages import (
     check_id,
@@ -79,6 +81,7 @@ def create_app(
     commands: CommandService | None = None,
     mqtt_connected: Callable[[], bool] | None = None,
     ingest_health: Callable[[], dict[str, Any]] | None = None,
+    members: MemberService | None = None,
     rewards: RewardService | None = None,
 ) -> FastAPI:
     """The bridge's web app. Token and key are read from the config's files unless given.
@@ -93,6 +96,8 @@ def create_app(
     store = config.store
     if commands is None:
         commands = CommandService(repo, store, limits=config.limits)
+    if members is None:
+        members = MemberService(repo, store, commands, config.kiosks, settings=config.members)
     expected = api_token.encode()
     expected_read = read_token.encode() if read_token else None
 
@@ -149,6 +154,7 @@ def create_app(
     )
     app.router.route_class = StrictJsonRoute
     app.state.limits = config.limits
+    app.state.members = members
     app.add_middleware(
         RequestGuard,
         authenticated=lambda value: _role(value) is not None,
@@ -267,6 +273,8 @@ def create_app(
             raise unprocessable(str(exc), "body", "data") from None
         return {"kiosk": kiosk, **cmd.model_dump()}
 
+    app.include_router(members_router(members, auth=auth, read_auth=read_auth))
+
     dashboard = resources.files("cloud_bridge").joinpath("static/dashboard.html").read_text("utf-8")
     page_headers = {
         "Cache-Control": "no-cache",
@@ -279,7 +287,7 @@ def create_app(
     rewards = rewards or RewardService(repo, config, key, commands)
     app.state.rewards = rewards
     app.include_router(rewards_router(rewards, auth=auth, read_auth=read_auth))
-    pages = MemberPages(config, key, rewards, lambda: getattr(app.state, "members", None))
+    pages = MemberPages(config, key, rewards, members)
     app.include_router(member_page_router(pages))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

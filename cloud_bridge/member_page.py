@@ -16,11 +16,9 @@ import html
 import io
 import re
 import time
-from collections.abc import Callable
 from datetime import datetime
 from importlib import resources
 from string import Template
-from typing import Any
 from urllib.parse import quote, urlencode
 
 import segno
@@ -30,6 +28,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.issuing import issue
+from cloud_bridge.members import MemberService
 from cloud_bridge.rewards import RewardService
 from o2o_protocol.codes import Code, CodeType, key_id, verify_code
 
@@ -150,15 +149,15 @@ def _local(dt: datetime) -> str:
 
 
 class MemberPages:
-    """Renders the pages of one store; `members` is the member service (or None before
-    the bridge keeps members: a valid code then shows 0 points)."""
+    """Renders the pages of one store. A valid code of a member the bridge does not know
+    yet (nobody has checked in with it) shows 0 points, not an error."""
 
     def __init__(
         self,
         config: BridgeConfig,
         key: Ed25519PrivateKey,
         rewards: RewardService,
-        members: Callable[[], Any],
+        members: MemberService,
     ) -> None:
         self.config = config
         self.store = config.store
@@ -210,9 +209,8 @@ class MemberPages:
         if code is None:
             return self.missing(lang)
         s = STRINGS[lang]
-        service = self.members()
-        view = service.get(code.id) if service is not None else None
-        entries = service.ledger(code.id, limit=LEDGER_ENTRIES) if view is not None else []
+        view = self.members.get(code.id)
+        entries = self.members.ledger(code.id, limit=LEDGER_ENTRIES) if view is not None else []
         name = (view.name if view is not None else None) or code.name or s["member"]
         points = view.points if view is not None else 0
         visits = view.visits if view is not None else 0

@@ -1,8 +1,9 @@
 """The bridge's MQTT side, wired: one connection and the parts that use it.
 
 `BridgeRuntime` builds the parts: the MQTT link, the stats publisher, the command service
-(no thread of its own: it publishes when asked), and the event sink with what follows a
-commit (rules, command re-sends, fresh figures). It starts the link, the stats publisher
+(no thread of its own: it publishes when asked), the member service (the points ledger),
+and the event sink with what follows a commit (rules, the ledger, command re-sends, fresh
+figures). It starts the link, the stats publisher
 and the sink in that order and stops them in reverse: the sink finishes storing and
 acking what it took while the link is still up, the stats publisher sends the last
 figures, then the link goes.
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
+from cloud_bridge.members import MemberService
 from cloud_bridge.rewards import RewardService
 from cloud_bridge.rules import CouponUsedElsewhere
 from cloud_bridge.sink import EventSink
@@ -64,6 +66,9 @@ class BridgeRuntime:
             self.link, repo, store, interval_s=stats_interval_s, refresh_s=stats_refresh_s
         )
         self.commands = CommandService(repo, store, self.link, limits=config.limits)
+        self.members = MemberService(
+            repo, store, self.commands, config.kiosks, settings=config.members
+        )
         # Rewards and code pools (rewards.py): topped up on status, kept right by events.
         self.rewards = RewardService(repo, config, signing_key, self.commands)
         self.sink = EventSink(
@@ -72,6 +77,7 @@ class BridgeRuntime:
             store,
             after_stored=[
                 CouponUsedElsewhere(repo, store, self.commands, config.kiosks),
+                self.members.after_stored,
                 self.rewards.after_stored,
             ],
             on_status=[self.commands.kiosk_reported, self.rewards.kiosk_reported],

@@ -70,6 +70,7 @@ def run_service(
             repo,
             signing_key=key,
             commands=runtime.commands,
+            members=runtime.members,
             rewards=runtime.rewards,
             mqtt_connected=lambda: runtime.ready,
             ingest_health=runtime.health,

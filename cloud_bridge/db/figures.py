@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, literal_column, not_, 
 from sqlalchemy.orm import Session, aliased
 
 from cloud_bridge.db.records import SKEW, format_ts
-from cloud_bridge.db.tables import EventRow, KioskRow
+from cloud_bridge.db.tables import EventRow, KioskRow, MemberRow
 from o2o_protocol.messages import EventType
 
 
@@ -107,6 +107,7 @@ def today_stats(session: Session, store: str, *, now: datetime | None = None) ->
         "by_type": dict(sorted(by_type.items())),
         "kiosks_online": sum(online),
         "kiosks_seen": len(online),
+        "overdrawn_members": _overdrawn(session, store),
         "ratings_today": ratings["count"],
         "rating_average_today": ratings["average"],
     }
@@ -147,6 +148,12 @@ def rating_summary(session: Session, where: Sequence[ColumnElement[bool]]) -> di
             s: {"count": n, "average": round(t / n, 2)} for s, (n, t) in sorted(subjects.items())
         },
     }
+
+
+def _overdrawn(session: Session, store: str) -> int:
+    """Members below zero now (not only today's): they need the owner until settled."""
+    stmt = select(func.count()).where(MemberRow.store == store, MemberRow.points < 0)
+    return int(session.scalar(stmt) or 0)
 
 
 def _double_redemptions(store: str, in_today: tuple[ColumnElement[bool], ...]) -> Any:

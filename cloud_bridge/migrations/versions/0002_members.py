@@ -1,10 +1,18 @@
 """Members and their points ledger, the reward catalogue, pre-signed code pools.
 
+The members of a 0.1 shop are carried over from its stored events: each counted check-in
+becomes a ledger entry (ref `event:<id>`, so a kiosk re-sending it later does not count it
+again), and a `member.joined` makes the member. Self-contained on purpose (plain table
+constructs, no app code), so it does the same whatever later releases change.
+
 Revision ID: 0002
 Revises: 0001
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -81,6 +89,138 @@ def upgrade() -> None:
         sa.Column("used_event", sa.String(64), nullable=True),
     )
     op.create_index("ix_pool_codes_kiosk", "pool_codes", ["store", "kiosk", "kind", "reward"])
+    _backfill(op.get_bind())
+
+
+#: Events read per query (keyset pages: no cursor stays open while rows are written).
+_PAGE = 1000
+_NAME = 100
+
+_events = sa.table(
+    "events",
+    sa.column("id", sa.String()),
+    sa.column("store", sa.String()),
+    sa.column("kiosk", sa.String()),
+    sa.column("type", sa.String()),
+    sa.column("ts", sa.DateTime(timezone=True)),
+    sa.column("data", sa.JSON()),
+)
+_members = sa.table(
+    "members",
+    *(sa.column(c) for c in ("store", "id", "name", "points", "visits", "last_visit", "joined_at")),
+    *(sa.column(c) for c in ("source", "referrer", "updated_at")),
+)
+_ledger = sa.table(
+    "ledger_entries",
+    *(
+        sa.column(c)
+        for c in ("store", "member", "delta", "reason", "source", "ref", "at", "overdraft")
+    ),
+    sa.column("recorded_at"),
+)
+
+
+class _Member:
+    """A member as the events so far tell it (a plain class: Alembic loads this module
+    outside `sys.modules`, where a dataclass cannot resolve its annotations)."""
+
+    def __init__(self, joined_at: datetime, source: str) -> None:
+        self.joined_at = joined_at
+        self.source = source
+        self.name: str | None = None
+        self.named_at: datetime | None = None
+        self.points = 0
+        self.visits = 0
+        self.last_visit: datetime | None = None
+
+
+def _member_id(value: Any) -> str | None:
+    if not isinstance(value, str) or not 1 <= len(value) <= _MEMBER:
+        return None
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        return None
+    return value
+
+
+def _earned(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+        return 0
+    return value
+
+
+def _backfill(conn: sa.Connection) -> None:
+    """Members and ledger entries from the events already stored, read a page at a time."""
+    now = datetime.now(UTC)
+    if conn.dialect.name == "sqlite":
+        now = now.replace(tzinfo=None)  # how the bridge stores times there (naive UTC)
+    members: dict[tuple[str, str], _Member] = {}
+    last = ""
+    while True:
+        page = conn.execute(
+            sa.select(_events)
+            .where(_events.c.type.in_(("checkin", "member.joined")), _events.c.id > last)
+            .order_by(_events.c.id)
+            .limit(_PAGE)
+        ).all()
+        if not page:
+            break
+        last = page[-1].id
+        entries = []
+        for e in page:
+            data = e.data if isinstance(e.data, dict) else {}
+            member_id = _member_id(data.get("member_id"))
+            if member_id is None or (e.type != "checkin" and data.get("known") is True):
+                continue  # a join of a phone that had joined before: no new member
+            source = f"kiosk:{e.kiosk}"
+            m = members.get((e.store, member_id))
+            if m is None:
+                m = members[(e.store, member_id)] = _Member(e.ts, source)
+            elif e.ts < m.joined_at:
+                m.joined_at, m.source = e.ts, source
+            if e.type != "checkin":
+                continue
+            name = data.get("name")
+            if isinstance(name, str) and name and (m.named_at is None or e.ts >= m.named_at):
+                m.name, m.named_at = name[:_NAME], e.ts
+            earned = _earned(data.get("points_earned"))
+            counted = data.get("counted")
+            if counted is not True and not (counted is None and earned > 0):
+                continue
+            m.points += earned
+            m.visits += 1
+            m.last_visit = e.ts if m.last_visit is None else max(m.last_visit, e.ts)
+            entries.append(
+                {
+                    "store": e.store,
+                    "member": member_id,
+                    "delta": earned,
+                    "reason": "checkin",
+                    "source": source,
+                    "ref": f"event:{e.id}",
+                    "at": e.ts,
+                    "overdraft": False,
+                    "recorded_at": now,
+                }
+            )
+        if entries:
+            conn.execute(_ledger.insert(), entries)
+    rows = [
+        {
+            "store": store,
+            "id": member_id,
+            "name": m.name,
+            "points": m.points,
+            "visits": m.visits,
+            "last_visit": m.last_visit,
+            "joined_at": m.joined_at,
+            "source": m.source,
+            "referrer": None,
+            "updated_at": now,
+        }
+        for (store, member_id), m in members.items()
+    ]
+    for i in range(0, len(rows), _PAGE):
+        conn.execute(_members.insert(), rows[i : i + _PAGE])
 
 
 def downgrade() -> None:

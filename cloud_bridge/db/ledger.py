@@ -1,0 +1,339 @@
+"""Members and their points ledger (docs/members.md): every write is one transaction.
+
+An entry and the member's balance change together: the entry is inserted with `ON
+CONFLICT (store, ref) DO NOTHING`, and only a new entry moves `members.points`, so a
+re-sent event or a repeated request counts once whoever else is writing. An online spend
+moves the balance with a conditional `UPDATE … WHERE points + d >= 0`: the database
+itself refuses the one that would go below zero, even with two requests at once on
+PostgreSQL (the second waits for the first's row lock and re-checks). A kiosk's spend is
+always kept; the entry that takes the balance below zero is flagged `overdraft`.
+
+Reads and writes go through the Repository's session factory and retry policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session
+
+from cloud_bridge.db.repository import Repository
+from cloud_bridge.db.tables import LedgerRow, MemberRow
+
+#: Per kiosk and member, how many of its own event ids an upsert names as `applied`.
+APPLIED = 50
+
+
+@dataclass(frozen=True)
+class Member:
+    id: str
+    name: str | None
+    points: int
+    visits: int
+    last_visit: datetime | None
+    joined_at: datetime
+    source: str
+    referrer: str | None
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    member: str
+    delta: int
+    reason: str
+    source: str
+    ref: str
+    at: datetime
+    overdraft: bool
+
+
+@dataclass(frozen=True)
+class NewMember:
+    """A member to create if the store does not have it yet."""
+
+    id: str
+    name: str | None
+    source: str
+    joined_at: datetime
+    referrer: str | None = None
+
+
+@dataclass(frozen=True)
+class Posting:
+    """One ledger entry to add; `visit`: a counted check-in (visits, last_visit)."""
+
+    member: str
+    delta: int
+    reason: str
+    source: str
+    ref: str
+    at: datetime
+    visit: bool = False
+
+
+@dataclass(frozen=True)
+class Posted:
+    """What adding an entry did: `new` false when its ref was already there (then
+    `entry` is the one stored first); `member` as it is after the transaction."""
+
+    new: bool
+    entry: Entry
+    member: Member
+
+
+class NoSuchMember(LookupError):
+    pass
+
+
+class WouldGoBelowZero(ValueError):
+    pass
+
+
+def _member(r: MemberRow) -> Member:
+    return Member(
+        r.id, r.name, int(r.points), int(r.visits), r.last_visit, r.joined_at, r.source, r.referrer
+    )
+
+
+def _entry(r: LedgerRow) -> Entry:
+    return Entry(
+        int(r.id), r.member, int(r.delta), r.reason, r.source, r.ref, r.at, bool(r.overdraft)
+    )
+
+
+class Ledger:
+    """The ledger of one store."""
+
+    def __init__(self, repo: Repository, store: str) -> None:
+        self.repo = repo
+        self.store = store
+
+    # -- writes ---------------------------------------------------------------------
+
+    def create(
+        self, new: NewMember, *, rename: bool = False, referral_points: int = 0
+    ) -> tuple[Member, bool, Member | None]:
+        """Create a member (idempotent); `rename`: set the name of one that exists (when
+        `new.name` is given). A new member whose referrer exists credits the referrer
+        `referral_points` once, in the same transaction. Returns (member, created, the
+        referrer if credited)."""
+
+        def work(session: Session) -> tuple[Member, bool, Member | None]:
+            created, referrer = self._ensure(session, new)
+            if not created and rename and new.name is not None:
+                session.execute(
+                    update(MemberRow)
+                    .where(MemberRow.store == self.store, MemberRow.id == new.id)
+                    .values(name=new.name, updated_at=datetime.now(UTC))
+                )
+            credited = None
+            if created and referrer is not None and referral_points > 0:
+                posting = Posting(
+                    referrer,
+                    referral_points,
+                    f"referral:{new.id}"[:200],
+                    new.source,
+                    f"referral:{new.id}",
+                    new.joined_at,
+                )
+                if self._insert_entry(session, posting) is not None:
+                    credited = self._move(session, posting, overdraft_ok=True)[0]
+            return self._get(session, new.id), created, credited
+
+        return self.repo._retrying(work)
+
+    def post(
+        self, posting: Posting, *, create: NewMember | None = None, overdraft_ok: bool = True
+    ) -> Posted:
+        """Add one entry and move the balance, once per `ref`.
+
+        `create`: make the member first if unknown (a kiosk's event); otherwise an unknown
+        member raises NoSuchMember. `overdraft_ok` false: a spend that would take the
+        balance below zero raises WouldGoBelowZero and nothing is stored."""
+
+        def work(session: Session) -> Posted:
+            if create is not None:
+                self._ensure(session, create)
+            elif session.scalar(self._exists(posting.member)) is None:
+                raise NoSuchMember(posting.member)
+            entry_id = self._insert_entry(session, posting)
+            if entry_id is None:
+                first = session.execute(
+                    select(LedgerRow).where(
+                        LedgerRow.store == self.store, LedgerRow.ref == posting.ref
+                    )
+                ).scalar_one()
+                return Posted(False, _entry(first), self._get(session, posting.member))
+            member, overdraft = self._move(session, posting, overdraft_ok=overdraft_ok)
+            if overdraft:
+                session.execute(
+                    update(LedgerRow).where(LedgerRow.id == entry_id).values(overdraft=True)
+                )
+            row = session.get(LedgerRow, entry_id)
+            assert row is not None
+            return Posted(True, _entry(row), member)
+
+        return self.repo._retrying(work)
+
+    def _exists(self, member: str) -> Any:
+        return select(MemberRow.id).where(MemberRow.store == self.store, MemberRow.id == member)
+
+    def _ensure(self, session: Session, new: NewMember) -> tuple[bool, str | None]:
+        """Insert the member unless it exists; (whether it was new, its referrer: the one
+        given if that is another existing member). An existing member without a name
+        takes the one given."""
+        now = datetime.now(UTC)
+        referrer = new.referrer
+        if referrer is not None and (
+            referrer == new.id or session.scalar(self._exists(referrer)) is None
+        ):
+            referrer = None
+        stmt = (
+            self.repo._insert(MemberRow.__table__)
+            .values(
+                store=self.store,
+                id=new.id,
+                name=new.name,
+                points=0,
+                visits=0,
+                last_visit=None,
+                joined_at=new.joined_at,
+                source=new.source,
+                referrer=referrer,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["store", "id"])
+            .returning(MemberRow.__table__.c.id)
+        )
+        created = session.execute(stmt).first() is not None
+        if not created and new.name is not None:
+            session.execute(
+                update(MemberRow)
+                .where(
+                    MemberRow.store == self.store, MemberRow.id == new.id, MemberRow.name.is_(None)
+                )
+                .values(name=new.name, updated_at=now)
+            )
+        return created, referrer
+
+    def _insert_entry(self, session: Session, p: Posting) -> int | None:
+        """INSERT … ON CONFLICT (store, ref) DO NOTHING: the new entry's id, or None."""
+        stmt = (
+            self.repo._insert(LedgerRow.__table__)
+            .values(
+                store=self.store,
+                member=p.member,
+                delta=p.delta,
+                reason=p.reason,
+                source=p.source,
+                ref=p.ref,
+                at=p.at,
+                overdraft=False,
+                recorded_at=datetime.now(UTC),
+            )
+            .on_conflict_do_nothing(index_elements=["store", "ref"])
+            .returning(LedgerRow.__table__.c.id)
+        )
+        return session.execute(stmt).scalar()
+
+    def _move(self, session: Session, p: Posting, *, overdraft_ok: bool) -> tuple[Member, bool]:
+        """Apply an entry to the member row; (member after, whether it is an overdraft)."""
+        values: dict[str, Any] = {
+            "points": MemberRow.points + p.delta,
+            "updated_at": datetime.now(UTC),
+        }
+        if p.visit:
+            values["visits"] = MemberRow.visits + 1
+            values["last_visit"] = case(
+                (MemberRow.last_visit.is_(None), p.at),
+                (MemberRow.last_visit < p.at, p.at),
+                else_=MemberRow.last_visit,
+            )
+        stmt = update(MemberRow).where(MemberRow.store == self.store, MemberRow.id == p.member)
+        if p.delta < 0 and not overdraft_ok:
+            # Atomic: the row lock makes a concurrent spend wait and re-check this.
+            stmt = stmt.where(MemberRow.points + p.delta >= 0)
+        changed = session.execute(stmt.values(**values).returning(MemberRow.id)).first()
+        if changed is None:
+            if session.scalar(self._exists(p.member)) is None:
+                raise NoSuchMember(p.member)
+            raise WouldGoBelowZero(p.member)
+        member = self._get(session, p.member)
+        return member, p.delta < 0 and member.points < 0
+
+    # -- reads ----------------------------------------------------------------------
+
+    def _get(self, session: Session, member_id: str) -> Member:
+        row = session.execute(
+            select(MemberRow)
+            .where(MemberRow.store == self.store, MemberRow.id == member_id)
+            .execution_options(populate_existing=True)
+        ).scalar_one()
+        return _member(row)
+
+    def get(self, member_id: str) -> Member | None:
+        stmt = select(MemberRow).where(MemberRow.store == self.store, MemberRow.id == member_id)
+        with self.repo._sessions() as session:
+            row = session.execute(stmt).scalar_one_or_none()
+            return None if row is None else _member(row)
+
+    def entries(
+        self, member_id: str, *, limit: int = 100, oldest_first: bool = False
+    ) -> list[Entry]:
+        """A member's entries, newest first (in the order they were recorded)."""
+        order = LedgerRow.id if oldest_first else LedgerRow.id.desc()
+        stmt = (
+            select(LedgerRow)
+            .where(LedgerRow.store == self.store, LedgerRow.member == member_id)
+            .order_by(order)
+            .limit(limit)
+        )
+        with self.repo._sessions() as session:
+            return [_entry(r) for r in session.execute(stmt).scalars()]
+
+    def balance_after(self, entry: Entry) -> int:
+        """The member's balance right after `entry` (the sum up to it)."""
+        stmt = select(func.coalesce(func.sum(LedgerRow.delta), 0)).where(
+            LedgerRow.store == self.store,
+            LedgerRow.member == entry.member,
+            LedgerRow.id <= entry.id,
+        )
+        with self.repo._sessions() as session:
+            return int(session.scalar(stmt) or 0)
+
+    def members(self, *, limit: int = 100) -> list[Member]:
+        """Members by id."""
+        stmt = select(MemberRow).where(MemberRow.store == self.store).order_by(MemberRow.id)
+        with self.repo._sessions() as session:
+            return [_member(r) for r in session.execute(stmt.limit(limit)).scalars()]
+
+    def overdrawn(self, *, limit: int = 100) -> list[Member]:
+        """Members whose balance is below zero, the furthest below first."""
+        stmt = (
+            select(MemberRow)
+            .where(MemberRow.store == self.store, MemberRow.points < 0)
+            .order_by(MemberRow.points, MemberRow.id)
+            .limit(limit)
+        )
+        with self.repo._sessions() as session:
+            return [_member(r) for r in session.execute(stmt).scalars()]
+
+    def applied(self, member_id: str, kiosk: str) -> list[str]:
+        """The ids of `kiosk`'s latest events the member's balance counts, newest first."""
+        stmt = (
+            select(LedgerRow.ref)
+            .where(
+                LedgerRow.store == self.store,
+                LedgerRow.member == member_id,
+                LedgerRow.source == f"kiosk:{kiosk}",
+                LedgerRow.ref.startswith("event:", autoescape=True),
+            )
+            .order_by(LedgerRow.id.desc())
+            .limit(APPLIED)
+        )
+        with self.repo._sessions() as session:
+            return [ref.removeprefix("event:") for ref in session.execute(stmt).scalars()]

@@ -1,0 +1,321 @@
+"""Members and their points (docs/members.md): the ledger fed by kiosks' events and the
+online side, and what every kiosk is told after a change.
+
+Kiosks decide offline on the balance they last heard plus their own pending changes;
+each `member.upsert` names the events of *that* kiosk the balance already counts
+(`applied`), so a kiosk can drop those and never count one twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from cloud_bridge.commands import CommandService
+from cloud_bridge.config import MembersSection
+from cloud_bridge.db import Repository, format_ts
+from cloud_bridge.db.ledger import (
+    Entry,
+    Ledger,
+    Member,
+    NewMember,
+    NoSuchMember,
+    Posting,
+    WouldGoBelowZero,
+)
+from cloud_bridge.db.tables import MEMBER_ID
+from o2o_protocol.messages import CommandName, Event, EventType
+from o2o_protocol.timeutil import parse_rfc3339
+
+log = logging.getLogger(__name__)
+
+#: The largest change one entry may make (an API request, a kiosk's earn or spend).
+MAX_DELTA = 1_000_000
+#: Names are cut to what the members table and `member.upsert` hold.
+NAME_CHARS = 100
+
+
+def member_id_problem(value: object) -> str | None:
+    """Why `value` cannot be a member id (None: it can): 1-256 characters, no control
+    characters (ids come from codes, docs/codes.md)."""
+    if not isinstance(value, str) or not value:
+        return "a member id is a non-empty string"
+    if len(value) > MEMBER_ID:
+        return f"a member id is at most {MEMBER_ID} characters"
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        return "a member id holds no control characters"
+    return None
+
+
+def _name(value: object) -> str | None:
+    return value[:NAME_CHARS] if isinstance(value, str) and value else None
+
+
+def _count(value: object, low: int, high: int) -> int | None:
+    """An integer within [low, high] (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class MemberView:
+    id: str
+    name: str | None
+    points: int
+    visits: int
+    last_visit: datetime | None
+    joined_at: datetime
+    source: str
+    referrer: str | None
+
+    @property
+    def overdrawn(self) -> bool:
+        """Below zero: two doors offline spent the same points."""
+        return self.points < 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "points": self.points,
+            "visits": self.visits,
+            "last_visit": format_ts(self.last_visit) if self.last_visit else None,
+            "joined_at": format_ts(self.joined_at),
+            "source": self.source,
+            "referrer": self.referrer,
+            "overdrawn": self.overdrawn,
+        }
+
+    @classmethod
+    def of(cls, m: Member) -> MemberView:
+        return cls(
+            m.id, m.name, m.points, m.visits, m.last_visit, m.joined_at, m.source, m.referrer
+        )
+
+
+@dataclass(frozen=True)
+class LedgerEntryView:
+    delta: int
+    reason: str
+    source: str
+    ref: str
+    at: datetime
+    overdraft: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "delta": self.delta,
+            "reason": self.reason,
+            "source": self.source,
+            "ref": self.ref,
+            "at": format_ts(self.at),
+            "overdraft": self.overdraft,
+        }
+
+    @classmethod
+    def of(cls, e: Entry) -> LedgerEntryView:
+        return cls(e.delta, e.reason, e.source, e.ref, e.at, e.overdraft)
+
+
+class UnknownMember(LookupError):
+    """No member with that id in this store."""
+
+
+class BelowZero(ValueError):
+    """The spend would take the balance below zero (nothing was changed)."""
+
+
+class KeyReused(ValueError):
+    """An Idempotency-Key already used for a different change."""
+
+
+class MemberService:
+    """Members, the ledger and points of one store; tells kiosks after each change."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        store: str,
+        commands: CommandService,
+        kiosks: Sequence[str],
+        *,
+        settings: MembersSection,
+    ) -> None:
+        self.repo = repo
+        self.store = store
+        self.commands = commands
+        #: The configured kiosks; those the bridge has heard from are added each time.
+        self.kiosks = list(kiosks)
+        self.settings = settings
+        self.book = Ledger(repo, store)
+
+    # -- reads ----------------------------------------------------------------------
+
+    def get(self, member_id: str) -> MemberView | None:
+        found = self.book.get(member_id)
+        return None if found is None else MemberView.of(found)
+
+    def ledger(
+        self, member_id: str, *, limit: int = 100, oldest_first: bool = False
+    ) -> list[LedgerEntryView]:
+        """The member's entries, newest first (in the order they were recorded)."""
+        entries = self.book.entries(member_id, limit=limit, oldest_first=oldest_first)
+        return [LedgerEntryView.of(e) for e in entries]
+
+    def listing(self, *, limit: int = 100) -> list[MemberView]:
+        """Members by id."""
+        return [MemberView.of(m) for m in self.book.members(limit=limit)]
+
+    def overdrawn(self, *, limit: int = 100) -> list[MemberView]:
+        """Members below zero, the furthest below first."""
+        return [MemberView.of(m) for m in self.book.overdrawn(limit=limit)]
+
+    # -- the online side --------------------------------------------------------------
+
+    def create(
+        self,
+        member_id: str,
+        name: str | None = None,
+        referrer: str | None = None,
+        *,
+        source: str = "online",
+    ) -> tuple[MemberView, bool]:
+        """Create a member, or rename one that exists (when `name` is given); a new one
+        whose `referrer` is an existing member credits the referrer once."""
+        new = NewMember(member_id, _name(name), source, datetime.now(UTC), referrer)
+        member, created, credited = self.book.create(
+            new, rename=True, referral_points=self.settings.referral_points
+        )
+        if created or name is not None:
+            self.notify(member_id)
+        if credited is not None:
+            self.notify(credited.id)
+        return MemberView.of(member), created
+
+    def change_points(
+        self, member_id: str, delta: int, reason: str, *, key: str | None = None
+    ) -> MemberView:
+        """Earn (delta > 0) or spend (< 0) online. The same `key` again changes nothing
+        and answers the balance as it was right after the first; UnknownMember,
+        BelowZero (nothing changed), KeyReused (the key named another change)."""
+        ref = f"key:{key}" if key is not None else f"request:{uuid.uuid4().hex}"
+        posting = Posting(member_id, delta, reason, "online", ref, datetime.now(UTC))
+        try:
+            posted = self.book.post(posting, overdraft_ok=False)
+        except NoSuchMember:
+            raise UnknownMember(member_id) from None
+        except WouldGoBelowZero:
+            raise BelowZero(
+                f"member {member_id} has fewer than {-delta} points: the balance would go"
+                " below zero"
+            ) from None
+        view = MemberView.of(posted.member)
+        if posted.new:
+            self.notify(member_id)
+            return view
+        first = posted.entry
+        if (first.member, first.delta, first.reason) != (member_id, delta, reason):
+            raise KeyReused("this Idempotency-Key was already used for another change")
+        return replace(view, points=self.book.balance_after(first))
+
+    # -- kiosks -----------------------------------------------------------------------
+
+    def notify(self, member_id: str) -> None:
+        """Queue `member.upsert` for every kiosk of the store, each with its own
+        `applied` (its latest events the balance counts)."""
+        member = self.book.get(member_id)
+        if member is None:
+            return
+        base = {
+            "id": member.id,
+            "name": member.name,
+            "points": member.points,
+            "visits": member.visits,
+            "last_visit": format_ts(member.last_visit) if member.last_visit else None,
+        }
+        for kiosk in dict.fromkeys([*self.kiosks, *self.repo.kiosk_names(self.store)]):
+            data = {**base, "applied": self.book.applied(member_id, kiosk)}
+            try:
+                self.commands.send(kiosk, CommandName.MEMBER_UPSERT.value, data)
+            except ValueError as exc:
+                log.error("cannot tell kiosk %s about member %s: %s", kiosk, member_id, exc)
+
+    def after_stored(self, events: list[Event], new: set[str]) -> None:
+        """The event sink's hook: count each newly stored event once, then tell the
+        kiosks about every member that changed. One bad event is logged and skipped."""
+        seen: set[str] = set()
+        changed: dict[str, None] = {}
+        for e in events:
+            if e.id in seen or e.id not in new:
+                continue
+            seen.add(e.id)
+            try:
+                changed.update(dict.fromkeys(self._apply(e)))
+            except Exception:
+                log.exception("could not count event %s (%s) in the ledger", e.id, e.type)
+        for member_id in changed:
+            try:
+                self.notify(member_id)
+            except Exception:
+                log.exception("could not tell the kiosks about member %s", member_id)
+
+    def _apply(self, e: Event) -> list[str]:
+        """Count one event; the members it changed."""
+        if e.type not in (EventType.CHECKIN, EventType.POINTS_REDEEMED, EventType.MEMBER_JOINED):
+            return []
+        data = e.data
+        member_id = data.get("member_id")
+        problem = member_id_problem(member_id)
+        if problem is not None:
+            log.warning("event %s (%s) not counted: %s", e.id, e.type, problem)
+            return []
+        assert isinstance(member_id, str)
+        source = f"kiosk:{e.kiosk}"
+        at = parse_rfc3339(e.ts)
+        if e.type == EventType.MEMBER_JOINED:
+            if data.get("known") is True:
+                return []
+            referrer = data.get("referrer")
+            new = NewMember(
+                member_id,
+                _name(data.get("name")),
+                source,
+                at,
+                referrer if member_id_problem(referrer) is None else None,
+            )
+            _, created, credited = self.book.create(
+                new, referral_points=self.settings.referral_points
+            )
+            return [member_id, *([credited.id] if credited else [])] if created else []
+        create = NewMember(member_id, _name(data.get("name")), source, at)
+        if e.type == EventType.CHECKIN:
+            earned = _count(data.get("points_earned"), 0, MAX_DELTA)
+            counted = data.get("counted")
+            if counted is not True and not (counted is None and earned):
+                return []
+            posting = Posting(
+                member_id, earned or 0, "checkin", source, f"event:{e.id}", at, visit=True
+            )
+        else:
+            spent = _count(data.get("points"), 1, MAX_DELTA)
+            if spent is None:
+                log.warning("event %s (points.redeemed) not counted: no points spent", e.id)
+                return []
+            reward = data.get("reward_id")
+            reason = f"reward:{reward}" if isinstance(reward, str) and reward else "reward"
+            posting = Posting(member_id, -spent, reason[:200], source, f"event:{e.id}", at)
+        posted = self.book.post(posting, create=create, overdraft_ok=True)
+        if posted.entry.overdraft and posted.new:
+            log.warning(
+                "member %s overdrawn (%d points) by event %s at kiosk %s",
+                member_id,
+                posted.member.points,
+                e.id,
+                e.kiosk,
+            )
+        return [member_id] if posted.new else []

@@ -1,0 +1,290 @@
+"""Members' points on the bridge (docs/members.md): the ledger counts each earn and spend
+once, never lets the online side spend below zero, keeps both of two offline doors'
+spends and says who is overdrawn, and tells every kiosk the new balance.
+
+On SQLite and PostgreSQL; the last test runs a real bridge against a real Mosquitto.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from cloud_bridge.commands import CommandService
+from cloud_bridge.config import MembersSection
+from cloud_bridge.db import Repository
+from cloud_bridge.members import BelowZero, KeyReused, MemberService, UnknownMember
+from cloud_bridge.runtime import BridgeRuntime
+from o2o_protocol.messages import Event, dumps
+from o2o_protocol.timeutil import parse_rfc3339, rfc3339
+from o2o_protocol.topics import kiosk_topic
+from tests.support import MosquittoBroker
+from tests.test_bridge_ingest import Peer, make_config
+
+STORE = "s1"
+_TABLES = ("events", "kiosks", "commands", "rejected_events", "members", "ledger_entries")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
+    """The bridge's repository on SQLite and on PostgreSQL (emptied first)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'members.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    r = Repository.from_url(url)
+    r.migrate()
+    with r.engine.begin() as conn:
+        for table in _TABLES:
+            conn.execute(text(f"DELETE FROM {table}"))
+    yield r
+    r.close()
+
+
+def service(repo: Repository, **settings: Any) -> MemberService:
+    return MemberService(
+        repo,
+        STORE,
+        CommandService(repo, STORE),
+        ["k1", "k2"],
+        settings=MembersSection(**settings),
+    )
+
+
+_seq = iter(range(1, 10**6))
+
+
+def event(kiosk: str, type: str, ts: float | None = None, **data: Any) -> Event:
+    return Event(
+        id=str(uuid.uuid4()),
+        seq=next(_seq),
+        type=type,
+        ts=rfc3339(time.time() if ts is None else ts),
+        store=STORE,
+        kiosk=kiosk,
+        data=data,
+    )
+
+
+def checkin(kiosk: str, member: str, earned: int, **data: Any) -> Event:
+    return event(
+        kiosk, "checkin", member_id=member, name="Ada", points_earned=earned, counted=True, **data
+    )
+
+
+def spend(kiosk: str, member: str, points: int) -> Event:
+    return event(
+        kiosk,
+        "points.redeemed",
+        member_id=member,
+        reward_id="coffee",
+        reward="Coffee",
+        points=points,
+        voucher_id=f"v-{uuid.uuid4().hex[:8]}",
+    )
+
+
+def store(repo: Repository, members: MemberService, *events: Event) -> list[str]:
+    """What the event sink does: store, then run the hook with the ids that were new."""
+    new = repo.add_events(list(events))
+    members.after_stored(list(events), set(new))
+    return new
+
+
+def upserts(repo: Repository, kiosk: str) -> list[dict[str, Any]]:
+    return [c.data for c in repo.commands_after(STORE, kiosk, 0) if c.name == "member.upsert"]
+
+
+def test_a_resent_checkin_counts_once(db: Repository) -> None:
+    members = service(db)
+    visit = checkin("k1", "ada", 10)
+    assert store(db, members, visit) == [visit.id]
+    assert store(db, members, visit) == []  # the kiosk sent it again: stored once
+    # Even a hook that sees it as new twice (two workers) counts it once: ref is unique.
+    members.after_stored([visit], {visit.id})
+    ada = members.get("ada")
+    assert ada is not None
+    assert (ada.points, ada.visits, ada.name, ada.source) == (10, 1, "Ada", "kiosk:k1")
+    assert [e.ref for e in members.ledger("ada")] == [f"event:{visit.id}"]
+    # Within the cool-down (not counted): no entry, no visit.
+    store(db, members, event("k1", "checkin", member_id="ada", points_earned=0, counted=False))
+    ada = members.get("ada")
+    assert ada is not None and (ada.points, ada.visits) == (10, 1)
+    # Every kiosk heard the balance once, and k1 that its check-in is counted.
+    assert [u["points"] for u in upserts(db, "k1")] == [10]
+    assert upserts(db, "k1")[0]["applied"] == [visit.id]
+    assert upserts(db, "k2")[0]["applied"] == []
+
+
+def test_the_same_idempotency_key_twice_changes_the_balance_once(db: Repository) -> None:
+    members = service(db)
+    members.create("ada", "Ada")
+    first = members.change_points("ada", 25, "welcome gift", key="order-77")
+    again = members.change_points("ada", 25, "welcome gift", key="order-77")
+    assert first.points == again.points == 25
+    members.change_points("ada", 5, "survey")
+    # Repeated later, it still answers as the first did, and changes nothing.
+    assert members.change_points("ada", 25, "welcome gift", key="order-77").points == 25
+    ada = members.get("ada")
+    assert ada is not None and ada.points == 30
+    assert [e.delta for e in members.ledger("ada")] == [5, 25]
+    with pytest.raises(KeyReused):
+        members.change_points("ada", -25, "refund", key="order-77")
+    with pytest.raises(UnknownMember):
+        members.change_points("nobody", 5, "gift")
+
+
+def test_an_online_spend_below_zero_is_refused_and_changes_nothing(db: Repository) -> None:
+    members = service(db)
+    members.create("ada", "Ada")
+    members.change_points("ada", 30, "gift")
+    told = len(upserts(db, "k1"))
+    with pytest.raises(BelowZero):
+        members.change_points("ada", -31, "voucher", key="k-31")
+    ada = members.get("ada")
+    assert ada is not None and ada.points == 30
+    assert [e.delta for e in members.ledger("ada")] == [30]
+    assert len(upserts(db, "k1")) == told  # no kiosk told of a change that did not happen
+    # The same key can be used once the member has the points.
+    members.change_points("ada", 1, "bonus")
+    assert members.change_points("ada", -31, "voucher", key="k-31").points == 0
+
+
+def test_two_doors_spending_the_same_points_are_both_kept_and_flagged(db: Repository) -> None:
+    members = service(db)
+    store(db, members, checkin("k1", "ada", 30))
+    first, second = spend("k1", "ada", 30), spend("k2", "ada", 30)
+    store(db, members, first)
+    store(db, members, second)  # k2 was offline and spent the same points
+    entries = members.ledger("ada")
+    assert [(e.delta, e.source, e.overdraft) for e in entries] == [
+        (-30, "kiosk:k2", True),
+        (-30, "kiosk:k1", False),
+        (30, "kiosk:k1", False),
+    ]
+    assert entries[0].reason == "reward:coffee"
+    ada = members.get("ada")
+    assert ada is not None and ada.points == -30 and ada.overdrawn
+    assert [m.id for m in members.overdrawn()] == ["ada"]
+    assert db.today_stats(STORE)["overdrawn_members"] == 1
+    # Both kiosks hear the balance below zero, each with its own spend applied.
+    k1, k2 = upserts(db, "k1")[-1], upserts(db, "k2")[-1]
+    assert k1["points"] == k2["points"] == -30
+    assert first.id in k1["applied"] and second.id in k2["applied"]
+    # Settled online: no longer listed.
+    members.change_points("ada", 30, "settled by the owner")
+    assert members.overdrawn() == []
+    assert db.today_stats(STORE)["overdrawn_members"] == 0
+
+
+def test_concurrent_online_spends_never_go_below_zero(db: Repository) -> None:
+    members = service(db)
+    members.create("ada", "Ada")
+    members.change_points("ada", 100, "gift")
+    threads, start = 12, threading.Barrier(12)
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def spend_once(i: int) -> None:
+        start.wait()
+        try:
+            members.change_points("ada", -30, f"voucher {i}")
+            outcome = "spent"
+        except BelowZero:
+            outcome = "refused"
+        with lock:
+            results.append(outcome)
+
+    workers = [threading.Thread(target=spend_once, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert sorted(results) == ["refused"] * 9 + ["spent"] * 3
+    ada = members.get("ada")
+    assert ada is not None and ada.points == 10
+    assert sum(e.delta for e in members.ledger("ada")) == 10
+    assert not any(e.overdraft for e in members.ledger("ada"))
+
+
+def test_a_referral_is_credited_once(db: Repository) -> None:
+    members = service(db, referral_points=40)
+    members.create("ada", "Ada")
+    bob, created = members.create("bob", "Bob", referrer="ada")
+    assert created and bob.referrer == "ada"
+    again, created = members.create("bob", "Bobby", referrer="ada")
+    assert not created and again.name == "Bobby"
+    ada = members.get("ada")
+    assert ada is not None and ada.points == 40
+    assert [(e.delta, e.reason) for e in members.ledger("ada")] == [(40, "referral:bob")]
+    # Joining at the door through a shared link credits the same way, once.
+    joined = event("k2", "member.joined", member_id="cleo", known=False, referrer="ada")
+    store(db, members, joined)
+    members.after_stored([joined], {joined.id})
+    cleo = members.get("cleo")
+    assert cleo is not None and (cleo.source, cleo.referrer) == ("kiosk:k2", "ada")
+    ada = members.get("ada")
+    assert ada is not None and ada.points == 80
+    # A referrer the store does not know, or oneself, credits no one.
+    members.create("dan", referrer="nobody")
+    members.create("eve", referrer="eve")
+    dan, eve = members.get("dan"), members.get("eve")
+    assert dan is not None and eve is not None and dan.referrer is None and eve.referrer is None
+    assert members.get("nobody") is None
+    assert [u for u in upserts(db, "k1") if u["id"] == "ada"][-1] == {
+        "id": "ada",
+        "name": "Ada",
+        "points": 80,
+        "visits": 0,
+        "last_visit": None,
+        "applied": [],
+    }
+
+
+def test_kiosks_hear_the_new_balance_over_mqtt(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, repo: Repository
+) -> None:
+    ingest = BridgeRuntime(
+        make_config(tmp_path, mosquitto_broker, kiosks=("k1", "k2")), repo, stats_interval_s=0.2
+    )
+    ingest.start()
+    peers = {
+        k: Peer(mosquitto_broker, kiosk_topic(STORE, k, "cmd"), kiosk_topic(STORE, k, "acks"))
+        for k in ("k1", "k2")
+    }
+    try:
+        assert ingest.wait_ready(10)
+        visit = checkin("k1", "ada", 10)
+        peers["k1"].publish(kiosk_topic(STORE, "k1", "events"), dumps(visit))
+        assert peers["k1"].next(10)[1] == {"ids": [visit.id]}
+        for k, applied in (("k1", [visit.id]), ("k2", [])):
+            topic, cmd, _ = peers[k].next(10)
+            assert topic == kiosk_topic(STORE, k, "cmd")
+            assert cmd["name"] == "member.upsert"
+            data = cmd["data"]
+            assert {f: data[f] for f in ("id", "name", "points", "visits", "applied")} == {
+                "id": "ada",
+                "name": "Ada",
+                "points": 10,
+                "visits": 1,
+                "applied": applied,
+            }
+            # The visit's own time: the cool-down holds at the other door too.
+            assert parse_rfc3339(data["last_visit"]) == parse_rfc3339(visit.ts)
+        # A re-send is acked again but counted and told once.
+        peers["k1"].publish(kiosk_topic(STORE, "k1", "events"), dumps(visit))
+        assert peers["k1"].next(10)[1] == {"ids": [visit.id]}
+        assert peers["k1"].nothing() and peers["k2"].nothing()
+        ada = ingest.members.get("ada")
+        assert ada is not None and ada.points == 10
+    finally:
+        for peer in peers.values():
+            peer.close()
+        ingest.stop()

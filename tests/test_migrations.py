@@ -1,0 +1,221 @@
+"""A shop that ran release 0.1 upgrades and keeps everything (docs/upgrading.md).
+
+Each test builds release 0.1's database exactly as 0.1 did (tests/release_0_1.py, its own
+frozen copy of the tables) on SQLite and on PostgreSQL, lets the bridge upgrade it, and
+checks what a shop owner would notice: every event, kiosk, command and quarantined event
+is still there, members come with the points their check-ins earned, the result is the
+schema a new shop gets, and the bridge carries on working on it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from cloud_bridge.commands import CommandService
+from cloud_bridge.config import MembersSection, load_config
+from cloud_bridge.db import Repository
+from cloud_bridge.db.migrate import head
+from cloud_bridge.db.tables import Base
+from cloud_bridge.members import MemberService
+from o2o_protocol.messages import Event
+from o2o_protocol.timeutil import rfc3339
+from tests import release_0_1 as old
+from tests.release_0_1 import COUNTED, MEMBERS, STORE, event_id, make_release_0_1
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def old_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of its own holding release 0.1's tables and data."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'bridge.db'}"
+        make_release_0_1(url)
+        yield url
+        return
+    server = make_url(request.getfixturevalue("pg_url"))
+    admin = server.set(drivername="postgresql", database="postgres")
+    dsn = admin.render_as_string(hide_password=False)
+    name = f"o2o_migrate_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = server.set(database=name).render_as_string(hide_password=False)
+    try:
+        make_release_0_1(url)
+        yield url
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of release 0.1's tables, in key order, as 0.1's own tables read them."""
+    tables = {
+        "events": (old.EventRow, old.EventRow.id),
+        "kiosks": (old.KioskRow, old.KioskRow.kiosk),
+        "commands": (old.CommandRow, old.CommandRow.kiosk, old.CommandRow.seq),
+        "rejected_events": (old.RejectedEventRow, old.RejectedEventRow.id),
+    }
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    with engine.connect() as conn:
+        for name, (row, *order) in tables.items():
+            table = row.__table__
+            rows = conn.execute(select(table).order_by(*order)).all()
+            out[name] = [tuple(r) for r in rows]
+    return out
+
+
+def service(repo: Repository, store: str = STORE) -> MemberService:
+    return MemberService(
+        repo, store, CommandService(repo, store), ["k1", "k2"], settings=MembersSection()
+    )
+
+
+def test_a_0_1_database_upgrades_with_every_row_and_its_members(old_url: str) -> None:
+    engine = create_engine(old_url)
+    before = snapshot(engine)
+    assert len(before["events"]) == len(old.EVENTS)
+
+    repo = Repository.from_url(old_url)
+    try:
+        repo.migrate()
+        assert snapshot(engine) == before  # same events, kiosks, commands, quarantine
+
+        for (store, member_id), want in MEMBERS.items():
+            got = service(repo, store).get(member_id)
+            assert got is not None, member_id
+            assert (got.points, got.visits, got.last_visit, got.joined_at) == (
+                want.points,
+                want.visits,
+                want.last_visit,
+                want.joined_at,
+            ), member_id
+            assert (got.source, got.name, got.overdrawn) == (want.source, want.name, False)
+        # Ada: one entry per counted visit (not the one within the cool-down), each
+        # naming its event, newest first, dated when it happened.
+        entries = service(repo).ledger("ada")
+        assert [e.ref for e in entries] == [f"event:{event_id(n)}" for n in (8, 3, 1)]
+        assert [(e.delta, e.reason, e.source) for e in entries] == [
+            (10, "checkin", "kiosk:k1"),
+            (10, "checkin", "kiosk:k2"),
+            (10, "checkin", "kiosk:k1"),
+        ]
+        assert [e.at for e in entries] == [old.EVENTS[n - 1]["ts"] for n in (8, 3, 1)]
+        with engine.connect() as conn:
+            entries_total = conn.execute(text("SELECT count(*) FROM ledger_entries")).scalar()
+            members_total = conn.execute(text("SELECT count(*) FROM members")).scalar()
+        assert (entries_total, members_total) == (len(COUNTED), len(MEMBERS))
+        # Each kiosk hears which of its own events the balance already counts.
+        assert service(repo).book.applied("ada", "k1") == [event_id(8), event_id(1)]
+        assert service(repo).book.applied("ada", "k2") == [event_id(3)]
+    finally:
+        repo.close()
+        engine.dispose()
+
+
+def test_the_upgraded_schema_is_the_one_a_new_shop_gets(old_url: str) -> None:
+    repo = Repository.from_url(old_url)
+    try:
+        repo.migrate()
+        with repo.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+            assert context.get_current_revision() == head()
+    finally:
+        repo.close()
+
+
+def test_the_bridge_works_on_an_upgraded_database(old_url: str) -> None:
+    repo = Repository.from_url(old_url)
+    try:
+        repo.migrate()
+        members = service(repo)
+        visit = Event(
+            id=str(uuid.uuid4()),
+            seq=12,
+            type="checkin",
+            ts=rfc3339(old.START.timestamp() + 20 * 86400),
+            store=STORE,
+            kiosk="k2",
+            data={"member_id": "ada", "name": "Ada L.", "points_earned": 10, "counted": True},
+        )
+        new = repo.add_events([visit])
+        members.after_stored([visit], set(new))
+        ada = members.get("ada")
+        assert ada is not None and (ada.points, ada.visits) == (40, 4)
+        assert ada.last_visit is not None and rfc3339(ada.last_visit.timestamp()) == visit.ts
+        # A 0.1 check-in counted by the upgrade, seen again, is not counted twice.
+        again = Event.model_validate(
+            {**repo.events(store=STORE, type="checkin", oldest_first=True)[0].envelope()}
+        )
+        assert again.id == event_id(1)
+        members.after_stored([again], {again.id})
+        ada = members.get("ada")
+        assert ada is not None and ada.points == 40
+        # The online side spends; the stats see the upgraded tables.
+        assert members.change_points("ada", -40, "gift card").points == 0
+        assert repo.today_stats(STORE)["overdrawn_members"] == 0
+        assert len(repo.events(store=STORE, limit=None)) == len(old.EVENTS)  # s2's not here
+    finally:
+        repo.close()
+
+
+def test_migrating_twice_changes_nothing(old_url: str) -> None:
+    repo = Repository.from_url(old_url)
+    try:
+        repo.migrate()
+        engine = repo.engine
+
+        def counts() -> dict[str, int]:
+            with engine.connect() as conn:
+                return {
+                    t: int(conn.execute(select(func.count()).select_from(text(t))).scalar() or 0)
+                    for t in ("events", "members", "ledger_entries", "commands", "kiosks")
+                }
+
+        first = counts()
+        first_snapshot = snapshot(engine)
+        repo.migrate()
+        assert counts() == first
+        assert snapshot(engine) == first_snapshot
+        ada = service(repo).get("ada")
+        assert ada is not None and ada.points == 30
+    finally:
+        repo.close()
+
+
+def test_export_prints_the_old_events_of_an_upgraded_sqlite_database(tmp_path: Path) -> None:
+    bin_dir = Path(sys.executable).parent
+    shop = tmp_path / "shop"
+    subprocess.run(
+        [str(bin_dir / "o2o-bridge"), "init", "--dir", str(shop), "--store", STORE],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    url = load_config(shop / "bridge.toml").db.url
+    make_release_0_1(url)
+    Repository.from_url(url).migrate()
+    done = subprocess.run(
+        [str(bin_dir / "o2o-bridge"), "export", "events", "--config", str(shop / "bridge.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = [json.loads(line) for line in done.stdout.splitlines()]
+    ours = [e for e in old.EVENTS if e["store"] == STORE]
+    assert [p["id"] for p in printed] == [e["id"] for e in ours]
+    assert [p["data"] for p in printed] == [e["data"] for e in ours]
+    assert [p["type"] for p in printed][:2] == ["checkin", "checkin"]
