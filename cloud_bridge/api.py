@@ -19,8 +19,13 @@ from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Depends, FastAPI, HTTPException, Query, status
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.routing import Match
 
 from cloud_bridge.api_members import members_router
 from cloud_bridge.api_rewards import rewards_router
@@ -160,6 +165,22 @@ def create_app(
         authenticated=lambda value: _role(value) is not None,
         limit=config.limits.body_bytes,
     )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """A 405's `Allow` names every method of the path (Starlette names only those of
+        the first route that matched it, and a path may have several routes)."""
+        if exc.status_code != status.HTTP_405_METHOD_NOT_ALLOWED:
+            return await http_exception_handler(request, exc)
+        methods = {
+            m
+            for r in app.routes
+            if isinstance(r, APIRoute) and r.matches(request.scope)[0] is not Match.NONE
+            for m in r.methods or ()
+        }
+        allow = {"Allow": ", ".join(sorted(methods))}
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=allow)
+
     auth = [Depends(require_token)]
     read_auth = [Depends(require_read)]
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.params import Depends
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from cloud_bridge.api_schema import (
     _DATE,
@@ -50,11 +50,27 @@ class RewardChange(_JsonNumbers):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: _Name | None = None
+    # Not null when given (a reward always has a name and a price); absent: unchanged.
+    name: Annotated[
+        str | None,
+        Field(min_length=1, max_length=100),
+        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 100}),
+    ] = None
     name_en: _NameEn = None
-    points: _Points | None = None
+    points: Annotated[
+        int | None,
+        Field(ge=1, le=10**9),
+        WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 10**9}),
+    ] = None
     stock: _Stock = None
-    active: bool | None = None
+    active: Annotated[bool | None, WithJsonSchema({"type": "boolean"})] = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> RewardChange:
+        for name in ("name", "points", "active"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} may not be null")
+        return self
 
 
 class RewardOut(BaseModel):
@@ -172,11 +188,7 @@ def rewards_router(
     def change_reward(id: RewardId, body: RewardChange) -> dict[str, Any]:
         """Change a reward's names, price, stock, or whether it is on offer; every kiosk
         hears the new catalogue."""
-        changes = body.model_dump(include=body.model_fields_set)
-        for field in ("name", "points", "active"):
-            if field in changes and changes[field] is None:
-                raise unprocessable(f"{field} may not be null", "body", field)
-        return _change(id, changes)
+        return _change(id, body.model_dump(include=body.model_fields_set))
 
     @router.delete(
         "/api/v1/rewards/{id}",
