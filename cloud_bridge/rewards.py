@@ -92,9 +92,11 @@ class RewardService:
         """A new reward, on offer at once. ValueError when MAX_ACTIVE are on offer."""
         if self.catalogue.count_active() >= MAX_ACTIVE:
             raise ValueError(f"{MAX_ACTIVE} rewards are active already: retire one first")
-        Reward(id="r-check", name=name, name_en=name_en, points=points, stock=stock)
+        id = new_reward_id()
+        # The kiosks' own model: refuse what no kiosk would take.
+        Reward(id=id, name=name, name_en=name_en, points=points, stock=stock)
         reward = self.catalogue.add_reward(
-            new_reward_id(), name=name, name_en=name_en, points=points, stock=stock
+            id, name=name, name_en=name_en, points=points, stock=stock
         )
         self._changed()
         return reward

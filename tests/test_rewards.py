@@ -25,8 +25,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from sqlalchemy import text
 
 from cloud_bridge.api import create_app
+from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
+from cloud_bridge.rewards import RewardService
 from cloud_bridge.runtime import BridgeRuntime
 from o2o_protocol.codes import Code, CodeType, key_id, verify_code
 from o2o_protocol.config_file import validate_config
@@ -383,3 +385,32 @@ def test_redemptions_use_vouchers_and_stock(shop: Shop, k1: Kiosk) -> None:
     assert [x["id"] for x in k1.command("rewards.set")["data"]["rewards"]] == [reward]
     assert len(k1.command("pool.refill", "voucher")["data"]["codes"]) == 1
     assert len(shop.unused("k1", "voucher", reward)) == POOL
+
+
+def test_top_ups_at_once_never_overfill_a_pool(tmp_path: Path, db: Repository) -> None:
+    """Several bridge workers hearing one kiosk at once: the pool still holds `pool_size`
+    unused codes, each sent once, in commands numbered without gaps."""
+    config = _config(tmp_path)
+    key = Ed25519PrivateKey.generate()
+    workers = [
+        RewardService(db, config, key, CommandService(db, STORE, limits=config.limits))
+        for _ in range(4)
+    ]
+    start = threading.Barrier(len(workers))
+
+    def top_up(service: RewardService) -> None:
+        start.wait()
+        service.top_up("k1")
+
+    threads = [threading.Thread(target=top_up, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    pool = workers[0].pool("k1", unused=True)
+    assert len(pool) == POOL
+    sent = [c for c in db.commands_after(STORE, "k1", 0)]
+    assert [c.seq for c in sent] == list(range(1, len(sent) + 1))
+    assert sorted(code["id"] for c in sent for code in c.data["codes"]) == sorted(
+        p.id for p in pool
+    )
