@@ -8,13 +8,14 @@ changes the balance once and answers as the first did.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Any
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, ClassVar
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, status
 from fastapi.params import Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.types import Receive, Scope, Send
 
 from cloud_bridge.api_schema import READ_ANSWERS, WRITE_ANSWERS, Problem, _JsonNumbers
 from cloud_bridge.http_guard import StrictJsonRoute
@@ -115,6 +116,26 @@ class LedgerAnswer(BaseModel):
     entries: list[LedgerEntryAnswer]
 
 
+class _MemberRoute(StrictJsonRoute):
+    """`/api/v1/members` has a GET and a POST route: a 405 there names both in `Allow`
+    (Starlette's names only the methods of the route it matched first)."""
+
+    #: Every method of each member path, over all its routes.
+    allowed: ClassVar[dict[str, set[str]]] = {}
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        self.allowed.setdefault(self.path_format, set()).update(self.methods or ())
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            methods = self.allowed.get(self.path_format, self.methods)
+            raise HTTPException(
+                status.HTTP_405_METHOD_NOT_ALLOWED, headers={"Allow": ", ".join(sorted(methods))}
+            )
+        await super().handle(scope, receive, send)
+
+
 def _conflict(text: str) -> HTTPException:
     return HTTPException(status.HTTP_409_CONFLICT, text)
 
@@ -127,7 +148,7 @@ def members_router(
     members: MemberService, *, auth: Sequence[Depends], read_auth: Sequence[Depends]
 ) -> APIRouter:
     """The member routes; `auth` (full token) guards writes, `read_auth` reads."""
-    router = APIRouter(prefix="/api/v1/members", tags=["members"], route_class=StrictJsonRoute)
+    router = APIRouter(prefix="/api/v1/members", tags=["members"], route_class=_MemberRoute)
 
     @router.post(
         "",

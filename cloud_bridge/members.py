@@ -9,6 +9,7 @@ each `member.upsert` names the events of *that* kiosk the balance already counts
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +28,7 @@ from cloud_bridge.db.ledger import (
     Posting,
     WouldGoBelowZero,
 )
+from cloud_bridge.db.records import SKEW
 from cloud_bridge.db.tables import MEMBER_ID
 from o2o_protocol.messages import CommandName, Event, EventType
 from o2o_protocol.timeutil import parse_rfc3339
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: The largest change one entry may make (an API request, a kiosk's earn or spend).
 MAX_DELTA = 1_000_000
+#: The events the ledger counts.
+_COUNTED = (EventType.CHECKIN, EventType.POINTS_REDEEMED, EventType.MEMBER_JOINED)
 #: Names are cut to what the members table and `member.upsert` hold.
 NAME_CHARS = 100
 
@@ -153,6 +157,9 @@ class MemberService:
         self.kiosks = list(kiosks)
         self.settings = settings
         self.book = Ledger(repo, store)
+        #: Read-then-queue in one order: the sink's thread and API requests both notify,
+        #: and a kiosk must not get an older balance under a later seq.
+        self._notifying = threading.Lock()
 
     # -- reads ----------------------------------------------------------------------
 
@@ -228,6 +235,10 @@ class MemberService:
     def notify(self, member_id: str) -> None:
         """Queue `member.upsert` for every kiosk of the store, each with its own
         `applied` (its latest events the balance counts)."""
+        with self._notifying:
+            self._notify(member_id)
+
+    def _notify(self, member_id: str) -> None:
         member = self.book.get(member_id)
         if member is None:
             return
@@ -258,15 +269,40 @@ class MemberService:
                 changed.update(dict.fromkeys(self._apply(e)))
             except Exception:
                 log.exception("could not count event %s (%s) in the ledger", e.id, e.type)
-        for member_id in changed:
+        self._tell(changed)
+
+    def _tell(self, members: dict[str, None]) -> None:
+        for member_id in members:
             try:
                 self.notify(member_id)
             except Exception:
                 log.exception("could not tell the kiosks about member %s", member_id)
 
+    def catch_up(self, since: datetime) -> int:
+        """Count the member events received since `since` that the ledger has missed (the
+        hook runs after the events are stored and acked: a database fault in between
+        would lose them); each is counted once whatever else runs. Returns how many."""
+        types = [t.value for t in _COUNTED]
+        counted, after = 0, None
+        changed: dict[str, None] = {}
+        while page := self.book.unledgered(types, since, after=after):
+            after = page[-1]
+            for stored in page:
+                try:
+                    touched = self._apply(Event.model_validate(stored.envelope()))
+                except Exception:
+                    log.exception("could not count event %s (%s)", stored.id, stored.type)
+                    continue
+                counted += bool(touched)
+                changed.update(dict.fromkeys(touched))
+        self._tell(changed)
+        if counted:
+            log.warning("counted %d member event(s) the ledger had missed", counted)
+        return counted
+
     def _apply(self, e: Event) -> list[str]:
         """Count one event; the members it changed."""
-        if e.type not in (EventType.CHECKIN, EventType.POINTS_REDEEMED, EventType.MEMBER_JOINED):
+        if e.type not in _COUNTED:
             return []
         data = e.data
         member_id = data.get("member_id")
@@ -277,6 +313,11 @@ class MemberService:
         assert isinstance(member_id, str)
         source = f"kiosk:{e.kiosk}"
         at = parse_rfc3339(e.ts)
+        now = datetime.now(UTC)
+        if at > now + SKEW:
+            # A kiosk clock far ahead (the year 2999): it happened when it arrived, or its
+            # `last_visit` would hold the cool-down at every door for good.
+            at = now
         if e.type == EventType.MEMBER_JOINED:
             if data.get("known") is True:
                 return []

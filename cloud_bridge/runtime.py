@@ -11,6 +11,8 @@ figures, then the link goes.
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,6 +26,12 @@ from cloud_bridge.rules import CouponUsedElsewhere
 from cloud_bridge.sink import EventSink
 from cloud_bridge.stats import StatsPublisher
 from o2o_protocol.mqtt import MqttLink
+
+log = logging.getLogger(__name__)
+
+#: At start, member events received this many days back that the ledger missed are
+#: counted (docs/members.md; `MemberService.catch_up`).
+CATCH_UP_DAYS = 7
 
 
 class _Part(Protocol):
@@ -92,6 +100,10 @@ class BridgeRuntime:
         for part in self._parts:
             part.start()
             self._started.append(part)
+        try:
+            self.members.catch_up(datetime.now(UTC) - timedelta(days=CATCH_UP_DAYS))
+        except Exception:
+            log.exception("could not check the ledger for missed member events")
 
     def stop(self) -> None:
         while self._started:

@@ -148,7 +148,8 @@ def _checkin(
 
 
 #: The events of the shop: two kiosks, check-ins (one within the cool-down, one from an
-#: older kiosk that wrote no `counted`), a join, a coupon, refusals, another store.
+#: older kiosk that wrote no `counted`, one from a clock far ahead), a join, a coupon,
+#: refusals, another store.
 EVENTS = [
     _checkin(1, "k1", _at(0), "ada", "Ada", visits=1, points_earned=10, points=10, counted=True),
     _checkin(
@@ -191,17 +192,22 @@ EVENTS = [
         {"member_id": "ada", "name": "Ada (s2)", "points_earned": 7, "counted": True},
         store="s2",
     ),
+    # A kiosk clock in the year 2999: the visit happened when it arrived.
+    {
+        **_checkin(12, "k2", _at(11), "bob", "Bob", points_earned=5, counted=True),
+        "ts": datetime(2999, 1, 1, tzinfo=UTC),
+    },
 ]
 
 #: What the upgrade must make of them, per (store, member).
 MEMBERS = {
     (STORE, "ada"): Expected(30, 3, _at(9), _at(0), "kiosk:k1", "Ada L."),
-    (STORE, "bob"): Expected(5, 1, _at(5), _at(5), "kiosk:k2", "Bob"),
+    (STORE, "bob"): Expected(10, 2, _at(11, 2 / 3600), _at(5), "kiosk:k2", "Bob"),
     (STORE, "cleo"): Expected(10, 1, _at(9, 1), _at(6), "kiosk:k1", "Cleo"),
     ("s2", "ada"): Expected(7, 1, _at(10), _at(10), "kiosk:k9", "Ada (s2)"),
 }
 #: The events that become ledger entries (counted check-ins), by number.
-COUNTED = [1, 3, 4, 8, 9, 11]
+COUNTED = [1, 3, 4, 8, 9, 11, 12]
 
 
 def event_id(n: int) -> str:

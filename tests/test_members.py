@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,9 @@ def event(kiosk: str, type: str, ts: float | None = None, **data: Any) -> Event:
     )
 
 
-def checkin(kiosk: str, member: str, earned: int, **data: Any) -> Event:
+def checkin(kiosk: str, member: str, earned: int, ts: float | None = None) -> Event:
     return event(
-        kiosk, "checkin", member_id=member, name="Ada", points_earned=earned, counted=True, **data
+        kiosk, "checkin", ts, member_id=member, name="Ada", points_earned=earned, counted=True
     )
 
 
@@ -121,6 +122,40 @@ def test_a_resent_checkin_counts_once(db: Repository) -> None:
     assert [u["points"] for u in upserts(db, "k1")] == [10]
     assert upserts(db, "k1")[0]["applied"] == [visit.id]
     assert upserts(db, "k2")[0]["applied"] == []
+
+
+def test_a_kiosk_clock_far_ahead_does_not_hold_the_cool_down_for_good(db: Repository) -> None:
+    members = service(db)
+    before = time.time()
+    store(db, members, checkin("k1", "ada", 10), checkin("k2", "ada", 10, ts=0))
+    ahead = event(
+        "k2", "checkin", ts=32472144000, member_id="ada", points_earned=10, counted=True
+    )  # 2999-01-01
+    store(db, members, ahead)
+    ada = members.get("ada")
+    assert ada is not None and (ada.points, ada.visits) == (30, 3)
+    assert ada.last_visit is not None and before - 1 <= ada.last_visit.timestamp() <= time.time()
+    assert parse_rfc3339(upserts(db, "k1")[-1]["last_visit"]) == ada.last_visit
+
+
+def test_events_the_ledger_missed_are_counted_once_later(db: Repository) -> None:
+    members = service(db)
+    visit, redeemed = checkin("k1", "ada", 30, ts=time.time() - 60), spend("k2", "ada", 20)
+    joined = event("k1", "member.joined", member_id="bob", known=False)
+    db.add_events([redeemed, joined, visit])  # stored and acked, but the hook never ran
+    assert members.get("ada") is None
+    since = datetime.now(UTC) - timedelta(days=1)
+    assert members.catch_up(since) == 3
+    ada, bob = members.get("ada"), members.get("bob")
+    assert ada is not None and (ada.points, ada.visits) == (10, 1)
+    assert bob is not None and bob.source == "kiosk:k1"
+    assert [u for u in upserts(db, "k2") if u["id"] == "ada"][-1]["applied"] == [redeemed.id]
+    assert not any(e.overdraft for e in members.ledger("ada"))  # in the order they came
+    # Again (the next start, or alongside the live hook): nothing counts twice.
+    assert members.catch_up(since) == 0
+    members.after_stored([visit, redeemed, joined], {visit.id, redeemed.id, joined.id})
+    ada = members.get("ada")
+    assert ada is not None and ada.points == 10 and len(members.ledger("ada")) == 2
 
 
 def test_the_same_idempotency_key_twice_changes_the_balance_once(db: Repository) -> None:
@@ -251,16 +286,25 @@ def test_a_referral_is_credited_once(db: Repository) -> None:
 def test_kiosks_hear_the_new_balance_over_mqtt(
     tmp_path: Path, mosquitto_broker: MosquittoBroker, repo: Repository
 ) -> None:
+    # Stored before a restart, but the bridge stopped before counting it.
+    missed = checkin("k2", "bob", 5)
+    repo.add_events([missed])
     ingest = BridgeRuntime(
         make_config(tmp_path, mosquitto_broker, kiosks=("k1", "k2")), repo, stats_interval_s=0.2
     )
-    ingest.start()
     peers = {
         k: Peer(mosquitto_broker, kiosk_topic(STORE, k, "cmd"), kiosk_topic(STORE, k, "acks"))
         for k in ("k1", "k2")
     }
+    ingest.start()
     try:
         assert ingest.wait_ready(10)
+        bob = ingest.members.get("bob")
+        assert bob is not None and bob.points == 5  # counted as the bridge started
+        for k in ("k1", "k2"):
+            bob_upsert = peers[k].next(10)[1]
+            assert bob_upsert["data"]["id"] == "bob"
+            assert bob_upsert["data"]["applied"] == ([missed.id] if k == "k2" else [])
         visit = checkin("k1", "ada", 10)
         peers["k1"].publish(kiosk_topic(STORE, "k1", "events"), dumps(visit))
         assert peers["k1"].next(10)[1] == {"ids": [visit.id]}

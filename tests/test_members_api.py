@@ -3,10 +3,13 @@ shared the link), read balances and ledgers, earn and spend points, safely repea
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
@@ -17,6 +20,8 @@ from cloud_bridge.members import MemberService
 from o2o_protocol.config_file import validate_config
 from o2o_protocol.messages import Event, new_event_id
 from o2o_protocol.timeutil import parse_rfc3339, rfc3339
+from tests.support import free_port, missing_component, wait_for_port
+from tests.test_dashboard import CHROMIUM, _dump_dom, _parse
 
 TOKEN = "t0ken-for-tests-0123456789"
 READ = "read-0nly-token-0123456789"
@@ -198,3 +203,42 @@ def test_the_openapi_document_lists_the_member_routes(client: TestClient) -> Non
     change = paths["/api/v1/members/{member_id}/points"]["post"]
     assert {"404", "409", "422", "401", "403"} <= set(change["responses"])
     assert any(p["name"] == "Idempotency-Key" for p in change["parameters"])
+
+
+def test_the_dashboard_names_overdrawn_members(tmp_path: Path, repo: Repository) -> None:
+    if CHROMIUM is None:
+        missing_component("chromium", "apt-get install chromium, or run scripts/setup.sh")
+    config = validate_config(tmp_path / "bridge.toml", {"store": "s1"}, BridgeConfig)
+    app = create_app(config, repo, token=TOKEN, signing_key=Ed25519PrivateKey.generate())
+    members: MemberService = app.state.members
+    members.create("ada", "Ada")
+    members.create("bob", "Bob")
+    now = rfc3339(time.time())
+    spends = [
+        Event(id=new_event_id(), seq=1, type="points.redeemed", ts=now, store="s1", kiosk=k,
+              data={"member_id": "ada", "reward_id": "tea", "points": 20})
+        for k in ("k1", "k2")
+    ]  # fmt: skip
+    members.after_stored(spends, set(repo.add_events(spends)))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for_port("127.0.0.1", port, 10)
+        url = f"http://127.0.0.1:{port}/#token={TOKEN}"
+        dom = _dump_dom(url, tmp_path, "en-US")
+        page = dom.split("<script>")[0]
+        assert "alerts" not in _parse(dom).hidden, page[-3000:]
+        assert "Members below zero points (two offline kiosks spent the same points): <b>1</b>" in (
+            page
+        )
+        dom = _dump_dom(url, tmp_path, "zh-CN")
+        assert "<b>1</b> 位会员积分为负" in dom.split("<script>")[0]
+        # Settled: the line goes.
+        members.change_points("ada", 40, "settled")
+        page = _dump_dom(url, tmp_path, "en-US").split("<script>")[0]
+        assert "Members below zero points" not in page
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -13,15 +13,17 @@ Reads and writes go through the Repository's session factory and retry policy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, exists, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from cloud_bridge.db.records import StoredEvent, stored_event
 from cloud_bridge.db.repository import Repository
-from cloud_bridge.db.tables import LedgerRow, MemberRow
+from cloud_bridge.db.tables import EventRow, LedgerRow, MemberRow
 
 #: Per kiosk and member, how many of its own event ids an upsert names as `applied`.
 APPLIED = 50
@@ -321,6 +323,33 @@ class Ledger:
         )
         with self.repo._sessions() as session:
             return [_member(r) for r in session.execute(stmt).scalars()]
+
+    def unledgered(
+        self,
+        types: Sequence[str],
+        since: datetime,
+        *,
+        after: StoredEvent | None = None,
+        limit: int = 500,
+    ) -> list[StoredEvent]:
+        """Stored events of `types` received since `since` that no ledger entry names, in
+        the order they arrived (then happened), a page at a time: pass the last one of a
+        page as `after` to read on."""
+        named = exists().where(
+            LedgerRow.store == EventRow.store, LedgerRow.ref == literal("event:") + EventRow.id
+        )
+        order = (EventRow.received_at, EventRow.ts, EventRow.id)
+        stmt = select(EventRow).where(
+            EventRow.store == self.store,
+            EventRow.type.in_(list(types)),
+            EventRow.received_at >= since,
+            ~named,
+        )
+        if after is not None:
+            stmt = stmt.where(tuple_(*order) > tuple_(after.received_at, after.ts, after.id))
+        with self.repo._sessions() as session:
+            rows = session.execute(stmt.order_by(*order).limit(limit)).scalars()
+            return [stored_event(r) for r in rows]
 
     def applied(self, member_id: str, kiosk: str) -> list[str]:
         """The ids of `kiosk`'s latest events the member's balance counts, newest first."""

@@ -11,7 +11,7 @@ Revises: 0001
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -104,7 +104,11 @@ _events = sa.table(
     sa.column("type", sa.String()),
     sa.column("ts", sa.DateTime(timezone=True)),
     sa.column("data", sa.JSON()),
+    sa.column("received_at", sa.DateTime(timezone=True)),
 )
+#: An event dated more than this after it arrived (a kiosk clock far ahead) happened when
+#: it arrived: a visit in the year 2999 would hold the cool-down at every door for good.
+_SKEW = timedelta(days=1)
 _members = sa.table(
     "members",
     *(sa.column(c) for c in ("store", "id", "name", "points", "visits", "last_visit", "joined_at")),
@@ -172,23 +176,24 @@ def _backfill(conn: sa.Connection) -> None:
             if member_id is None or (e.type != "checkin" and data.get("known") is True):
                 continue  # a join of a phone that had joined before: no new member
             source = f"kiosk:{e.kiosk}"
+            at = e.received_at if e.ts > e.received_at + _SKEW else e.ts
             m = members.get((e.store, member_id))
             if m is None:
-                m = members[(e.store, member_id)] = _Member(e.ts, source)
-            elif e.ts < m.joined_at:
-                m.joined_at, m.source = e.ts, source
+                m = members[(e.store, member_id)] = _Member(at, source)
+            elif at < m.joined_at:
+                m.joined_at, m.source = at, source
             if e.type != "checkin":
                 continue
             name = data.get("name")
-            if isinstance(name, str) and name and (m.named_at is None or e.ts >= m.named_at):
-                m.name, m.named_at = name[:_NAME], e.ts
+            if isinstance(name, str) and name and (m.named_at is None or at >= m.named_at):
+                m.name, m.named_at = name[:_NAME], at
             earned = _earned(data.get("points_earned"))
             counted = data.get("counted")
             if counted is not True and not (counted is None and earned > 0):
                 continue
             m.points += earned
             m.visits += 1
-            m.last_visit = e.ts if m.last_visit is None else max(m.last_visit, e.ts)
+            m.last_visit = at if m.last_visit is None else max(m.last_visit, at)
             entries.append(
                 {
                     "store": e.store,
@@ -197,7 +202,7 @@ def _backfill(conn: sa.Connection) -> None:
                     "reason": "checkin",
                     "source": source,
                     "ref": f"event:{e.id}",
-                    "at": e.ts,
+                    "at": at,
                     "overdraft": False,
                     "recorded_at": now,
                 }
