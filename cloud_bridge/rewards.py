@@ -230,38 +230,72 @@ class RewardService:
     def after_stored(self, events: Sequence[Event], new: set[str]) -> None:
         """Rules for newly stored events (AfterStored): a redeemed reward uses its
         voucher and one of its stock; a join at the door uses a pooled member code."""
+        fresh = list({e.id: e for e in events if e.id in new}.values())
+        self._apply(fresh, replay=False)
+
+    def catch_up(self, since: datetime) -> int:
+        """Apply the stored events since `since` whose pooled code is still unused: the
+        hook runs after events are stored and acked, so a fault in between would leave a
+        used code counted as unused (a pool one short for good) and the stock one high.
+        Safe to run any time (a code is used once); returns how many it applied."""
+        unused = {p.id for p in self.catalogue.pool_codes(unused=True)}
+        if not unused:
+            return 0
+        missed = [
+            e
+            for type_ in (EventType.POINTS_REDEEMED, EventType.MEMBER_JOINED)
+            for e in self.repo.iter_events(store=self.store, type=type_.value, since=since)
+            if e.data.get("voucher_id" if type_ is EventType.POINTS_REDEEMED else "member_id")
+            in unused
+        ]
+        applied = self._apply([Event.model_validate(e.envelope()) for e in missed], replay=True)
+        if applied:
+            log.warning("applied %d event(s) the code pools had missed", applied)
+        return applied
+
+    def _apply(self, events: Sequence[Event], *, replay: bool) -> int:
         refill: set[str] = set()
         catalogue_changed = False
-        seen: set[str] = set()
+        applied = 0
         for e in events:
-            if e.id not in new or e.id in seen:
-                continue
-            seen.add(e.id)
             try:
                 if e.type == EventType.POINTS_REDEEMED:
-                    catalogue_changed |= self._redeemed(e, refill)
+                    used, ran_out = self._redeemed(e, refill, replay=replay)
+                    catalogue_changed |= ran_out
                 elif e.type == EventType.MEMBER_JOINED:
-                    self._used(e, "member_id", MEMBER, refill)
+                    used = self._used(e, "member_id", MEMBER, refill) is not None
+                else:
+                    continue
+                applied += used
             except Exception:
                 log.exception("could not apply event %s (%s) to the code pools", e.id, e.type)
         if catalogue_changed:
             self.send_catalogue()
         for kiosk in sorted(refill):
             self.top_up(kiosk)
+        return applied
 
-    def _redeemed(self, event: Event, refill: set[str]) -> bool:
-        """True when the reward ran out with this one (the catalogue changed)."""
-        self._used(event, "voucher_id", VOUCHER, refill)
+    def _redeemed(self, event: Event, refill: set[str], *, replay: bool) -> tuple[bool, bool]:
+        """(voucher used now, the reward ran out with this one). The stock is taken with
+        the voucher's first use, so a replay never takes it twice; a live redemption
+        without a pooled voucher takes it too."""
+        used = self._used(event, "voucher_id", VOUCHER, refill)
         reward = event.data.get("reward_id")
         if not isinstance(reward, str) or not reward:
-            return False
+            return used is not None, False
+        if used is None:
+            voucher = event.data.get("voucher_id")
+            pooled = isinstance(voucher, str) and self.catalogue.pool_code(voucher) is not None
+            if replay or pooled:
+                return False, False  # counted already (or a voucher used twice: logged)
         after = self.catalogue.take_stock(reward)
-        return after is not None and after.stock == 0
+        return used is not None, after is not None and after.stock == 0
 
-    def _used(self, event: Event, field: str, kind: str, refill: set[str]) -> None:
+    def _used(self, event: Event, field: str, kind: str, refill: set[str]) -> PoolCodeRecord | None:
+        """Mark the event's pooled code used; the code, or None (not pooled, or used)."""
         code = event.data.get(field)
         if not isinstance(code, str) or not code:
-            return
+            return None
         try:
             at = parse_rfc3339(event.ts)
         except ValueError:
@@ -277,3 +311,4 @@ class RewardService:
                     used.kiosk,
                     event.kiosk,
                 )
+        return used

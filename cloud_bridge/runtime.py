@@ -104,6 +104,10 @@ class BridgeRuntime:
             self.members.catch_up(datetime.now(UTC) - timedelta(days=CATCH_UP_DAYS))
         except Exception:
             log.exception("could not check the ledger for missed member events")
+        try:
+            self.rewards.catch_up(datetime.now(UTC) - timedelta(days=CATCH_UP_DAYS))
+        except Exception:
+            log.exception("could not check the code pools for missed events")
 
     def stop(self) -> None:
         while self._started:

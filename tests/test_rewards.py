@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -414,3 +415,48 @@ def test_top_ups_at_once_never_overfill_a_pool(tmp_path: Path, db: Repository) -
     assert sorted(code["id"] for c in sent for code in c.data["codes"]) == sorted(
         p.id for p in pool
     )
+
+
+def test_events_the_pools_missed_are_applied_once_at_start(tmp_path: Path, db: Repository) -> None:
+    """A redemption stored and acked, then a fault before the pool rules ran: the bridge's
+    start applies it (voucher used, stock taken, pool refilled), and only once."""
+    config = _config(tmp_path)
+    service = RewardService(
+        db, config, Ed25519PrivateKey.generate(), CommandService(db, STORE, limits=config.limits)
+    )
+    reward = service.add(name="Cookie", points=30, stock=5)
+    voucher = service.pool("k1", unused=True)[0]
+    service.top_up("k2")
+    member_code = next(p for p in service.pool("k2", unused=True) if p.kind == "member")
+    redeemed = Event(
+        id=new_event_id(),
+        seq=1,
+        type="points.redeemed",
+        ts=rfc3339(time.time()),
+        store=STORE,
+        kiosk="k1",
+        data={"member_id": "m-ada", "reward_id": reward.id, "points": 30, "voucher_id": voucher.id},
+    )
+    joined = redeemed.model_copy(
+        update={
+            "id": new_event_id(),
+            "kiosk": "k2",
+            "type": "member.joined",
+            "data": {"member_id": member_code.id},
+        }
+    )
+    db.add_events([redeemed, joined])  # stored, but no hook ran
+
+    since = datetime.now(UTC) - timedelta(days=7)
+    assert service.catch_up(since) == 2
+    assert service.reward(reward.id).stock == 4  # type: ignore[union-attr]
+    used = {p.id: p.used_event for p in service.pool() if p.used_at is not None}
+    assert used == {voucher.id: redeemed.id, member_code.id: joined.id}
+    assert len([p for p in service.pool("k1", unused=True) if p.kind == "voucher"]) == POOL
+    assert len([p for p in service.pool("k2", unused=True) if p.kind == "member"]) == POOL
+    # Again (another start): nothing more.
+    assert service.catch_up(since) == 0
+    assert service.reward(reward.id).stock == 4  # type: ignore[union-attr]
+    # The live hook seeing it again (another worker) does not take the stock twice either.
+    service.after_stored([redeemed], {redeemed.id})
+    assert service.reward(reward.id).stock == 4  # type: ignore[union-attr]

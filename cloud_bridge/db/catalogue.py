@@ -355,6 +355,10 @@ class Catalogue:
         result: PoolCodeRecord | None = self.repo._retrying(work)
         return result
 
+    def pool_code(self, id: str) -> PoolCodeRecord | None:
+        row = self._read(lambda s: s.get(PoolCodeRow, (self.store, id)))
+        return None if row is None else _pool_code(row)
+
     def pool_codes(
         self, *, kiosk: str | None = None, kind: str | None = None, unused: bool = False
     ) -> list[PoolCodeRecord]:
