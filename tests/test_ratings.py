@@ -66,9 +66,9 @@ def test_ratings_summed_up_by_period_and_subject(tmp_path: Path, db: Repository)
     last_week = now - timedelta(days=7)
     db.add_events(
         [
-            _review(1, now - timedelta(minutes=5), 5, "checkin"),
-            _review(2, now - timedelta(minutes=4), 4, "checkin"),
-            _review(3, now - timedelta(minutes=3), 2, "pickup"),
+            _review(1, now - timedelta(seconds=30), 5, "checkin"),
+            _review(2, now - timedelta(seconds=20), 4, "checkin"),
+            _review(3, now - timedelta(seconds=10), 2, "pickup"),
             _review(4, last_week, 1, "reservation"),
             # Not ratings: out of range, not a whole number, text; and another store's.
             _review(5, now, 9, "checkin"),
@@ -96,7 +96,7 @@ def test_ratings_summed_up_by_period_and_subject(tmp_path: Path, db: Repository)
     assert recent["count"] == 3 and recent["average"] == 3.67
     assert recent["distribution"] == {"1": 0, "2": 1, "3": 0, "4": 1, "5": 1}
     # An RFC 3339 `to` is exclusive, to the second.
-    cut = rfc3339((now - timedelta(minutes=3, seconds=30)).timestamp())
+    cut = rfc3339((now - timedelta(seconds=15)).timestamp())
     r = api.get("/api/v1/ratings", params={"from": since, "to": cut}, headers=FULL)
     assert r.json()["count"] == 2 and r.json()["average"] == 4.5
     # Nothing in range: no average rather than a made-up one.
@@ -117,7 +117,7 @@ def test_the_dashboard_shows_todays_rating(repo: Repository, tmp_path: Path) -> 
         missing_component("chromium", "apt-get install chromium, or run scripts/setup.sh")
     now = datetime.now(UTC)
     repo.add_events(
-        [_review(1, now - timedelta(minutes=2), 5, "checkin"), _review(2, now, 4, "pickup")]
+        [_review(1, now - timedelta(seconds=10), 5, "checkin"), _review(2, now, 4, "pickup")]
     )
     app = _app(tmp_path, repo)
     port = free_port()
