@@ -6,7 +6,8 @@ and the event sink with what follows a commit (rules, the ledger, command re-sen
 figures). It starts the link, the stats publisher
 and the sink in that order and stops them in reverse: the sink finishes storing and
 acking what it took while the link is still up, the stats publisher sends the last
-figures, then the link goes.
+figures, then the link goes. Once started, it counts the recent member events the ledger
+missed (stored and acked, then a fault before the ledger hook ran).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from o2o_protocol.mqtt import MqttLink
 log = logging.getLogger(__name__)
 
 #: At start, member events received this many days back that the ledger missed are
-#: counted (docs/members.md; `MemberService.catch_up`).
+#: counted (`MemberService.catch_up`).
 CATCH_UP_DAYS = 7
 
 
