@@ -7,7 +7,8 @@ figures). It starts the link, the stats publisher
 and the sink in that order and stops them in reverse: the sink finishes storing and
 acking what it took while the link is still up, the stats publisher sends the last
 figures, then the link goes. Once started, it counts the recent member events the ledger
-missed (stored and acked, then a fault before the ledger hook ran).
+missed (stored and acked, then a fault before the ledger hook ran), and the code pools
+(`rewards.py`) the redemptions and joins they missed.
 """
 
 from __future__ import annotations
