@@ -19,10 +19,16 @@ from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Depends, FastAPI, HTTPException, Query, status
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.routing import Match
 
 from cloud_bridge.api_members import members_router
+from cloud_bridge.api_rewards import rewards_router
 from cloud_bridge.api_schema import (
     READ_ANSWERS,
     WRITE_ANSWERS,
@@ -40,7 +46,9 @@ from cloud_bridge.config import BridgeConfig, load_api_token, load_read_token, l
 from cloud_bridge.db import KioskState, Repository, StoredEvent, format_ts
 from cloud_bridge.http_guard import RequestGuard, StrictJsonRoute
 from cloud_bridge.issuing import issue
+from cloud_bridge.member_page import MemberPages, member_page_router
 from cloud_bridge.members import MemberService
+from cloud_bridge.rewards import RewardService
 from o2o_protocol.messages import (
     check_id,
 )
@@ -79,6 +87,7 @@ def create_app(
     mqtt_connected: Callable[[], bool] | None = None,
     ingest_health: Callable[[], dict[str, Any]] | None = None,
     members: MemberService | None = None,
+    rewards: RewardService | None = None,
 ) -> FastAPI:
     """The bridge's web app. Token and key are read from the config's files unless given.
 
@@ -156,6 +165,22 @@ def create_app(
         authenticated=lambda value: _role(value) is not None,
         limit=config.limits.body_bytes,
     )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """A 405's `Allow` names every method of the path (Starlette names only those of
+        the first route that matched it, and a path may have several routes)."""
+        if exc.status_code != status.HTTP_405_METHOD_NOT_ALLOWED:
+            return await http_exception_handler(request, exc)
+        methods = {
+            m
+            for r in app.routes
+            if isinstance(r, APIRoute) and r.matches(request.scope)[0] is not Match.NONE
+            for m in r.methods or ()
+        }
+        allow = {"Allow": ", ".join(sorted(methods))}
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=allow)
+
     auth = [Depends(require_token)]
     read_auth = [Depends(require_read)]
 
@@ -278,6 +303,13 @@ def create_app(
         "Referrer-Policy": "no-referrer",
         "X-Content-Type-Options": "nosniff",
     }
+
+    # Rewards, ratings and the member's page (api_rewards.py, member_page.py).
+    rewards = rewards or RewardService(repo, config, key, commands)
+    app.state.rewards = rewards
+    app.include_router(rewards_router(rewards, auth=auth, read_auth=read_auth))
+    pages = MemberPages(config, key, rewards, members)
+    app.include_router(member_page_router(pages))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:

@@ -7,7 +7,8 @@ figures). It starts the link, the stats publisher
 and the sink in that order and stops them in reverse: the sink finishes storing and
 acking what it took while the link is still up, the stats publisher sends the last
 figures, then the link goes. Once started, it counts the recent member events the ledger
-missed (stored and acked, then a fault before the ledger hook ran).
+missed (stored and acked, then a fault before the ledger hook ran), and the code pools
+(`rewards.py`) the redemptions and joins they missed.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
 from cloud_bridge.members import MemberService
+from cloud_bridge.rewards import RewardService
 from cloud_bridge.rules import CouponUsedElsewhere
 from cloud_bridge.sink import EventSink
 from cloud_bridge.stats import StatsPublisher
@@ -51,9 +55,11 @@ class BridgeRuntime:
         stats_interval_s: float = 1.0,
         stats_refresh_s: float = 60.0,
         max_wait_s: float = 30.0,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         """`max_wait_s`: how long a message taken from the broker may wait to be stored
-        before `/health` says degraded."""
+        before `/health` says degraded; `signing_key`: what signs the kiosks' code pools
+        (without it, none are kept)."""
         self.config = config
         self.repo = repo
         self.max_wait_s = max_wait_s
@@ -73,6 +79,8 @@ class BridgeRuntime:
         self.members = MemberService(
             repo, store, self.commands, config.kiosks, settings=config.members
         )
+        # Rewards and code pools (rewards.py): topped up on status, kept right by events.
+        self.rewards = RewardService(repo, config, signing_key, self.commands)
         self.sink = EventSink(
             self.link,
             repo,
@@ -80,8 +88,9 @@ class BridgeRuntime:
             after_stored=[
                 CouponUsedElsewhere(repo, store, self.commands, config.kiosks),
                 self.members.after_stored,
+                self.rewards.after_stored,
             ],
-            on_status=[self.commands.kiosk_reported],
+            on_status=[self.commands.kiosk_reported, self.rewards.kiosk_reported],
             on_batch=self.stats.changed,
             max_batch=max_batch,
             limits=config.limits,
@@ -97,6 +106,10 @@ class BridgeRuntime:
             self.members.catch_up(datetime.now(UTC) - timedelta(days=CATCH_UP_DAYS))
         except Exception:
             log.exception("could not check the ledger for missed member events")
+        try:
+            self.rewards.catch_up(datetime.now(UTC) - timedelta(days=CATCH_UP_DAYS))
+        except Exception:
+            log.exception("could not check the code pools for missed events")
 
     def stop(self) -> None:
         while self._started:

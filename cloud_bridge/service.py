@@ -20,7 +20,7 @@ import uvicorn
 from sqlalchemy.engine import make_url
 
 from cloud_bridge.api import create_app
-from cloud_bridge.config import BridgeConfig
+from cloud_bridge.config import BridgeConfig, load_signing_key
 from cloud_bridge.db import Repository
 from cloud_bridge.runtime import BridgeRuntime
 from o2o_protocol.config_file import ConfigError
@@ -62,13 +62,16 @@ def run_service(
         if password:  # a driver may quote the URL it was given
             first = first.replace(str(password), "***")
         raise ConfigError(config_path, "db.url", f"cannot open the database: {first}") from None
-    runtime = BridgeRuntime(config, repo)
     try:
+        key = load_signing_key(config)
+        runtime = BridgeRuntime(config, repo, signing_key=key)
         app = create_app(
             config,
             repo,
+            signing_key=key,
             commands=runtime.commands,
             members=runtime.members,
+            rewards=runtime.rewards,
             mqtt_connected=lambda: runtime.ready,
             ingest_health=runtime.health,
         )

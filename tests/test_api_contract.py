@@ -50,6 +50,12 @@ CONFIG = "\n".join(f"checks.{c}.enabled = true" for c in CHECKS) + (
     'include-path = "/api/v1/codes"\n'
     'include-method = "POST"\n'
     "checks.positive_data_acceptance.enabled = false\n"
+    # And one more: retiring a reward (DELETE) keeps it, so past redemptions keep its name
+    # and `PATCH {"active": true}` offers it again (docs/rest-api.md). A PATCH after the
+    # DELETE succeeding is the API as documented, not a "use after free".
+    "\n[[operations]]\n"
+    'include-path-regex = "^/api/v1/rewards/"\n'
+    "checks.use_after_free.enabled = false\n"
 )
 
 

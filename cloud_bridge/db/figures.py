@@ -9,6 +9,7 @@ or absent as older kiosks write it), not those within the cool-down.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -84,6 +85,7 @@ def today_stats(session: Session, store: str, *, now: datetime | None = None) ->
     kiosks = session.execute(select(KioskRow.online).where(KioskRow.store == store)).scalars()
     online = [bool(k) for k in kiosks]
     doubles = int(session.scalar(_double_redemptions(store, in_today)) or 0)
+    ratings = rating_summary(session, in_today)
     checkins = session.scalar(
         select(func.count())
         .select_from(EventRow)
@@ -106,6 +108,45 @@ def today_stats(session: Session, store: str, *, now: datetime | None = None) ->
         "kiosks_online": sum(online),
         "kiosks_seen": len(online),
         "overdrawn_members": _overdrawn(session, store),
+        "ratings_today": ratings["count"],
+        "rating_average_today": ratings["average"],
+    }
+
+
+def rating_summary(session: Session, where: Sequence[ColumnElement[bool]]) -> dict[str, Any]:
+    """The ratings (`review.submitted`, an integer 1-5) among the events `where` selects:
+    how many, their average (None without any), how many of each, and per subject."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        whole = func.json_type(EventRow.data, "$.rating") == "integer"
+    else:
+        whole = func.json_typeof(EventRow.data["rating"]) == "number"
+    # One expression object each, so PostgreSQL sees the same GROUP BY as SELECT.
+    rating, subject = EventRow.data["rating"].as_string(), EventRow.data["subject"].as_string()
+    rows = session.execute(
+        select(rating, subject, func.count())
+        .where(*where, EventRow.type == EventType.REVIEW_SUBMITTED.value, whole)
+        .group_by(rating, subject)
+    )
+    distribution = dict.fromkeys(("1", "2", "3", "4", "5"), 0)
+    subjects: dict[str, list[int]] = {}
+    for value, about, n in rows:
+        key = str(value)
+        if key not in distribution:
+            continue  # 0, 6, 4.0: not a rating
+        distribution[key] += int(n)
+        tally = subjects.setdefault(about or "other", [0, 0])
+        tally[0] += int(n)
+        tally[1] += int(n) * int(key)
+    count = sum(distribution.values())
+    total = sum(int(k) * n for k, n in distribution.items())
+    return {
+        "count": count,
+        "average": round(total / count, 2) if count else None,
+        "distribution": distribution,
+        "by_subject": {
+            s: {"count": n, "average": round(t / n, 2)} for s, (n, t) in sorted(subjects.items())
+        },
     }
 
 
