@@ -37,11 +37,12 @@ from kiosk.screens.rewards import (
     reward_label,
 )
 from o2o_protocol.messages import EventType, Reason
-from tests.test_ui import REPO, _kivy_env, _need_kivy
+from tests.test_ui import REPO, _decode, _kivy_env, _need_kivy
 
 RESULT_S = 3.0
 SHOTS = Path("/tmp/shots")
 MEMBER, NAME = "mem-1", "王小明"
+PAGE_URL = "https://shop.example/m/O2O1.eyJ0IjoibSJ9.c2ln"
 LATTE = RewardChoice("latte", "拿铁咖啡", "Latte", 100)
 COOKIE = RewardChoice("cookie", "手工曲奇", None, 30)
 CAKE = RewardChoice("cake", "芝士蛋糕", "Cheesecake", 120)
@@ -408,6 +409,19 @@ def _drive(out: Path) -> dict[str, Any]:
             report["scanned_while_leaving"] = on_ui(state)
             on_ui(lambda: result_screen().go_home())
 
+            # Joined with a pre-signed member code: the QR is the member's own page.
+            joined = {"member_id": "m-7f3a", "known": False, "page_url": PAGE_URL}
+            def join_answered() -> None:
+                app.show_join()
+                app._joined(Outcome(EventType.MEMBER_JOINED, None, joined, "ev-j"))
+
+            on_ui(join_answered)
+            wait_for("the joined screen", lambda: app.root.current == "joined")
+            report["joined_hint"] = on_ui(lambda: app.root.get_screen("joined").ids.hint.text)
+            report["joined_language"] = on_ui(lambda: app.language)
+            shot("joined_page")
+            on_ui(lambda: app.root.get_screen("joined").go_home())
+
             zh_texts = [v for k, v in load_catalog("zh_CN").items() if k.startswith(_NEW_KEYS)]
             names = [r.name for r in CATALOGUE]
             report["missing_glyphs"] = on_ui(lambda: missing_glyphs([*zh_texts, *names]))
@@ -560,6 +574,11 @@ def _inside(inner: list[float], outer: list[float], slack: float = 1.5) -> bool:
         and x + w <= ox + ow + slack
         and (y + h <= oy + oh + slack)
     )
+
+
+def test_a_member_who_joins_with_a_pooled_code_gets_their_own_page(run: dict[str, Any]) -> None:
+    assert run["joined_hint"] == Messages(run["joined_language"]).get("joined.hint_page")
+    assert _decode(run["shots"]["joined_page"]) == [PAGE_URL]
 
 
 def test_layout_fits_with_thumb_sized_targets(run: dict[str, Any]) -> None:

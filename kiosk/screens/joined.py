@@ -1,7 +1,9 @@
-"""After a join at the keypad: welcome, and the QR that finishes the sign-up on a phone.
+"""After a join at the keypad: welcome, and the QR that takes the new member online.
 
-A kiosk holds public keys only and cannot issue a member code itself; the QR carries
-the shop's sign-up link with the new member id, and the phone gets the real code.
+A kiosk holds public keys only and cannot sign a member code itself. When the bridge has
+given it a pre-signed member code (docs/members.md, code pools) the QR is the member's own
+page, which is also their member card; otherwise it is the shop's sign-up link with the
+new member id, and the phone gets the real code there.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ class JoinedScreen(CustomerScreen):
     known = BooleanProperty(False)
     qr_texture = ObjectProperty(None, allownone=True)
     has_qr = BooleanProperty(False)
+    #: The QR opens the member's own page (a pre-signed code), not the sign-up link.
+    is_page = BooleanProperty(False)
 
     def show(self, data: Mapping[str, Any]) -> None:
         self.known = bool(data.get("known"))
-        url = str(data.get("join_url") or "")
+        page = str(data.get("page_url") or "")
+        self.is_page = "://" in page
+        url = page if self.is_page else str(data.get("join_url") or "")
         # Without a sign-up page configured the "link" is the bare member id: no QR then.
         self.qr_texture = safe_qr_texture(url) if "://" in url else None
         self.has_qr = self.qr_texture is not None
