@@ -411,6 +411,7 @@ def _drive(out: Path) -> dict[str, Any]:
 
             # Joined with a pre-signed member code: the QR is the member's own page.
             joined = {"member_id": "m-7f3a", "known": False, "page_url": PAGE_URL}
+
             def join_answered() -> None:
                 app.show_join()
                 app._joined(Outcome(EventType.MEMBER_JOINED, None, joined, "ev-j"))
