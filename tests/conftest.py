@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
 from cloud_bridge.db import Repository
 from tests.prod_broker import certs, prod, prod_tls  # noqa: F401  (fixtures for all tests)
@@ -283,8 +282,15 @@ def any_repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Reposit
         url = request.getfixturevalue("pg_url")
     r = Repository.from_url(url)
     r.migrate()
-    with r.engine.begin() as conn:
-        for table in ("events", "kiosks", "commands", "rejected_events"):
-            conn.execute(text(f"DELETE FROM {table}"))
+    empty_tables(r)
     yield r
     r.close()
+
+
+def empty_tables(repo: Repository) -> None:
+    """Every row of every table gone (the PostgreSQL database is shared by the session)."""
+    from cloud_bridge.db.tables import Base
+
+    with repo.engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())

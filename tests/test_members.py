@@ -10,13 +10,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from cloud_bridge.commands import CommandService
 from cloud_bridge.config import MembersSection
@@ -30,23 +28,12 @@ from tests.support import MosquittoBroker
 from tests.test_bridge_ingest import Peer, make_config
 
 STORE = "s1"
-_TABLES = ("events", "kiosks", "commands", "rejected_events", "members", "ledger_entries")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
-    """The bridge's repository on SQLite and on PostgreSQL (emptied first)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'members.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    r = Repository.from_url(url)
-    r.migrate()
-    with r.engine.begin() as conn:
-        for table in _TABLES:
-            conn.execute(text(f"DELETE FROM {table}"))
-    yield r
-    r.close()
+@pytest.fixture
+def db(any_repo: Repository) -> Repository:
+    """The bridge's repository on SQLite and on PostgreSQL, every table emptied first."""
+    return any_repo
 
 
 def service(repo: Repository, **settings: Any) -> MemberService:

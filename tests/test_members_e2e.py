@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
+from cloud_bridge.db import Repository
 from kiosk.config import load_config
 from kiosk.runtime import KioskRuntime
 from o2o_protocol.messages import EventType
+from tests.conftest import empty_tables
 from tests.shop import bridge_cli, issue, running_bridge
 from tests.support import MosquittoBroker, free_port
 from tests.test_sync import wait_until
@@ -62,12 +64,23 @@ class Shop:
         return self.api("POST", f"/members/{member_id}/points", body, **{"Idempotency-Key": key})
 
 
-@pytest.fixture
-def shop(tmp_path: Path, mosquitto_broker: MosquittoBroker) -> Iterator[Shop]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shop(
+    request: pytest.FixtureRequest, tmp_path: Path, mosquitto_broker: MosquittoBroker
+) -> Iterator[Shop]:
+    """Two doors and the bridge, on the embedded SQLite or on PostgreSQL."""
+    db: list[str] = []
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        repo = Repository.from_url(url)
+        repo.migrate()
+        empty_tables(repo)
+        repo.close()
+        db = ["--db", url]
     bridge_cli(
         tmp_path,
         "init", "--dir", str(tmp_path), "--store", "s1",
-        "--kiosk", "k1", "--kiosk", "k2", "--mqtt", mosquitto_broker.url,
+        "--kiosk", "k1", "--kiosk", "k2", "--mqtt", mosquitto_broker.url, *db,
     )  # fmt: skip
     with running_bridge(tmp_path) as port:
         yield Shop(tmp_path, port)

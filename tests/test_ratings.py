@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import text
 
 from cloud_bridge.api import create_app
 from cloud_bridge.config import BridgeConfig
@@ -28,18 +26,10 @@ TOKEN = "ratings-test-token-0123456789"
 FULL = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ratings.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    r = Repository.from_url(url)
-    r.migrate()
-    with r.engine.begin() as conn:
-        conn.execute(text("DELETE FROM events"))
-    yield r
-    r.close()
+@pytest.fixture
+def db(any_repo: Repository) -> Repository:
+    """The bridge's repository on SQLite and on PostgreSQL, every table emptied first."""
+    return any_repo
 
 
 def _review(seq: int, at: datetime, rating: object, subject: str, store: str = "s1") -> Event:

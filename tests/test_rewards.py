@@ -23,7 +23,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from sqlalchemy import text
 
 from cloud_bridge.api import create_app
 from cloud_bridge.commands import CommandService
@@ -45,29 +44,10 @@ FULL = {"Authorization": f"Bearer {TOKEN}"}
 POOL = 3
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
-    """The bridge's database on SQLite and on PostgreSQL (emptied first)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'rewards.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    r = Repository.from_url(url)
-    r.migrate()
-    with r.engine.begin() as conn:
-        for table in (
-            "events",
-            "kiosks",
-            "commands",
-            "rejected_events",
-            "rewards",
-            "pool_codes",
-            "ledger_entries",
-            "members",
-        ):
-            conn.execute(text(f"DELETE FROM {table}"))
-    yield r
-    r.close()
+@pytest.fixture
+def db(any_repo: Repository) -> Repository:
+    """The bridge's repository on SQLite and on PostgreSQL, every table emptied first."""
+    return any_repo
 
 
 def _config(tmp_path: Path, broker: MosquittoBroker | None = None) -> BridgeConfig:
