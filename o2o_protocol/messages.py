@@ -175,7 +175,8 @@ class MemberUpsert(_CommandData):
 
     `points` may be below zero: two doors offline spent the same points. `applied` names
     this kiosk's own events that the balance already counts, so the kiosk stops adding
-    them on top; `last_visit` (RFC 3339) lets its check-in cooldown hold across doors.
+    them on top; `last_visit` (RFC 3339) lets its check-in cooldown hold across doors;
+    `version` orders upserts of one member.
     """
 
     id: str = Field(min_length=1, max_length=256)
@@ -184,6 +185,10 @@ class MemberUpsert(_CommandData):
     visits: int | None = Field(default=None, ge=0, le=10**9)
     last_visit: str | None = Field(default=None, max_length=40)
     applied: list[str] | None = Field(default=None, max_length=200)
+    #: Grows with every change to the member's ledger (the id of its newest entry): a
+    #: kiosk ignores an upsert older than one it has applied, so two bridge workers
+    #: answering one after the other can never set an older balance over a newer one.
+    version: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
 class LockerOpen(_CommandData):
