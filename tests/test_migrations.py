@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import make_url
 
 from cloud_bridge.commands import CommandService
@@ -193,6 +193,37 @@ def test_migrating_twice_changes_nothing(old_url: str) -> None:
         assert ada is not None and ada.points == 30
     finally:
         repo.close()
+
+
+def test_an_upgrade_cut_short_leaves_the_0_1_database_and_runs_again(old_url: str) -> None:
+    """A full disk (or a power cut) while the members are carried over: nothing of the
+    upgrade is kept, the shop's data is as it was, and the next start upgrades it."""
+    engine = create_engine(old_url)
+    before = snapshot(engine)
+
+    def disk_full(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO LEDGER_ENTRIES"):
+            raise OSError(28, "No space left on device")
+
+    repo = Repository.from_url(old_url)
+    try:
+        event.listen(Engine, "before_cursor_execute", disk_full)
+        try:
+            with pytest.raises(OSError):
+                repo.migrate()
+        finally:
+            event.remove(Engine, "before_cursor_execute", disk_full)
+        tables = set(inspect(engine).get_table_names())
+        assert tables == {"events", "kiosks", "commands", "rejected_events"}
+        assert snapshot(engine) == before
+
+        repo.migrate()
+        assert snapshot(engine) == before
+        ada = service(repo).get("ada")
+        assert ada is not None and ada.points == 30
+    finally:
+        repo.close()
+        engine.dispose()
 
 
 def test_export_prints_the_old_events_of_an_upgraded_sqlite_database(tmp_path: Path) -> None:
