@@ -191,3 +191,77 @@ class PoolCodeRow(Base):
     issued_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
     used_event: Mapped[str | None] = mapped_column(String(64))
+
+
+class CampaignRow(Base):
+    """A campaign (docs/campaigns.md): what its codes are worth, how many there are, when
+    they are valid. `issued` counts the codes handed out, kept here so a request for the
+    last ones is decided by one conditional update, exact under concurrent requests."""
+
+    __tablename__ = "campaigns"
+
+    store: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    #: `coupon`, `group_buy`, `flash_sale` or `visit_card`.
+    kind: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(String(100))
+    #: How many codes there are at most; None: no limit.
+    quantity: Mapped[int | None] = mapped_column(BigInteger)
+    issued: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: How many codes one member may get; None: no limit.
+    per_member: Mapped[int | None] = mapped_column(Integer)
+    #: Uses of one code (a visit card); None: once.
+    uses: Mapped[int | None] = mapped_column(Integer)
+    #: Valid hours, `[{"days": [1..7], "from": "HH:MM", "to": "HH:MM"}]`, shop time.
+    hours: Mapped[list[Any] | None] = mapped_column(JSON)
+    starts: Mapped[datetime | None]
+    ends: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+class IssuedCodeRow(Base):
+    """Every code issued for a campaign: which, to whom, when."""
+
+    __tablename__ = "issued_codes"
+    __table_args__ = (Index("ix_issued_codes_campaign", "store", "campaign", "member"),)
+
+    store: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(MEMBER_ID), primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(64))
+    member: Mapped[str | None] = mapped_column(String(MEMBER_ID))
+    issued_at: Mapped[datetime]
+    expires: Mapped[datetime | None]
+
+
+class ActivityRow(Base):
+    """An in-store activity members sign up for online; `signed_up` counts the places
+    taken (a cancelled sign-up gives its place back), decided like `issued` above."""
+
+    __tablename__ = "activities"
+
+    store: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    title: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime]
+    duration_min: Mapped[int] = mapped_column(Integer, default=60)
+    capacity: Mapped[int] = mapped_column(Integer)
+    signed_up: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+
+
+class SignupRow(Base):
+    """One place at an activity; its id is the ticket's (a reservation code's) id."""
+
+    __tablename__ = "signups"
+    __table_args__ = (Index("ix_signups_activity", "store", "activity"),)
+
+    store: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(MEMBER_ID), primary_key=True)
+    activity: Mapped[str] = mapped_column(String(64))
+    member: Mapped[str | None] = mapped_column(String(MEMBER_ID))
+    name: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+    cancelled_at: Mapped[datetime | None]
+    #: When the ticket was scanned at the door (`reservation.arrived`).
+    arrived_at: Mapped[datetime | None]
