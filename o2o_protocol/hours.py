@@ -134,4 +134,5 @@ def shop_zone(name: str | None) -> tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}: use an IANA name such as Asia/Shanghai")
+        hint = "use an IANA name such as Asia/Shanghai"
+        raise ValueError(f"unknown time zone {name!r}: {hint}") from None
