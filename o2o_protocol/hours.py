@@ -104,7 +104,8 @@ def describe(hours: Iterable[Window], language: str = "zh_CN") -> str:
 
 
 def _day_ranges(days: Sequence[int], lang: str) -> str:
-    names, runs = _DAYS[lang], []
+    names = _DAYS[lang]
+    runs: list[list[int]] = []
     for d in sorted(days):
         if runs and d == runs[-1][1] + 1:
             runs[-1][1] = d
