@@ -289,7 +289,16 @@ def test_commands_are_stamped_with_the_injected_clock(tmp_path: Path) -> None:
 
 # --- members, rewards and code pools (docs/members.md) -----------------------------------
 
-VOUCHERS = [{"id": f"v{i}", "code": ISSUER.code("c", f"v{i}", cp="reward:coffee")} for i in (1, 2)]
+YEAR = 365 * 86400
+
+
+def voucher(id: str, exp: float | None = None) -> dict[str, str]:
+    """A pooled coffee voucher as the bridge signs it: valid a year unless told."""
+    end = int(time.time() + YEAR if exp is None else exp)
+    return {"id": id, "code": ISSUER.code("c", id, cp="reward:coffee", exp=end)}
+
+
+VOUCHERS = [voucher(f"v{i}") for i in (1, 2)]
 CATALOGUE = {"rewards": [{"id": "coffee", "name": "咖啡", "points": 30, "stock": 5}]}
 
 
