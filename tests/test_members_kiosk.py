@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 import threading
 import time
-from datetime import datetime
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
