@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from kiosk.decisions import plausible_visit
 from kiosk.effects import (
     CodeRevoked,
     CodeUsed,
@@ -83,7 +84,7 @@ def changes_for(cmd: Command, now: float) -> tuple[Effect, ...]:
         case PreorderCancel(order=order):
             return (PreorderCancelled(order),)
         case MemberUpsert():
-            return (_member_update(data),)
+            return (_member_update(data, now),)
         case RewardsSet(rewards=rewards):
             return (RewardsReplaced(tuple(r.model_dump(mode="json") for r in rewards)),)
         case PoolRefill(kind=kind, reward=reward, codes=codes):
@@ -96,14 +97,20 @@ def changes_for(cmd: Command, now: float) -> tuple[Effect, ...]:
     return ()
 
 
-def _member_update(data: MemberUpsert) -> MemberUpdate:
+def _member_update(data: MemberUpsert, now: float) -> MemberUpdate:
     """The bridge's balance, visits and name, and the time of its last counted visit
-    (kept as Unix seconds; one that cannot be read is left out, not fatal)."""
+    (kept as Unix seconds). A `last_visit` that cannot be read, or lies outside
+    `plausible_visit` (year 1 would break the day computation at every later check-in,
+    year 9999 would hold the cooldown forever), is left out, not fatal."""
     fields = data.model_dump(include={"name", "points", "visits"}, exclude_none=True)
     if data.last_visit:
         try:
-            fields["last_visit_at"] = parse_rfc3339(data.last_visit).timestamp()
+            at: float | None = parse_rfc3339(data.last_visit).timestamp()
         except (ValueError, OverflowError):
-            log.warning("member.upsert %s: unreadable last_visit %r", data.id, data.last_visit)
+            at = None
+        if at is not None and plausible_visit(at, now):
+            fields["last_visit_at"] = at
+        else:
+            log.warning("member.upsert %s: ignored last_visit %r", data.id, data.last_visit)
     applied = None if data.applied is None else tuple(data.applied)
-    return MemberUpdate(data.id, fields, applied)
+    return MemberUpdate(data.id, fields, applied, data.version)

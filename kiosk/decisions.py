@@ -162,7 +162,7 @@ def decide(
 
 
 def _member(code: Code, facts: Facts, rules: Rules, today: str, now: float) -> Decision:
-    last_at, last_day = _last_visit(facts)
+    last_at, last_day = _last_visit(facts, now)
     same_day = rules.once_per_day and last_day == today
     too_soon = last_at is not None and now - last_at < rules.checkin_cooldown_min * 60
     counted = not (same_day or too_soon)
@@ -181,12 +181,27 @@ def _member(code: Code, facts: Facts, rules: Rules, today: str, now: float) -> D
     return Decision(EventType.CHECKIN, data, effects=visit)
 
 
-def _last_visit(facts: Facts) -> tuple[float | None, str | None]:
+#: The earliest `last_visit` a kiosk believes (2000-01-01T00:00:00Z): older is bad data.
+EARLIEST_VISIT = 946684800.0
+
+
+def plausible_visit(at: object, now: float) -> bool:
+    """Whether `at` can be a real last visit: from 2000 to a day ahead of `now` (clocks
+    differ a little). Anything else would break the day computation (year 1) or hold the
+    cooldown and once-a-day rule forever (year 9999)."""
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        return False
+    return EARLIEST_VISIT <= at <= now + 86400
+
+
+def _last_visit(facts: Facts, now: float) -> tuple[float | None, str | None]:
     """The later of this kiosk's last counted visit and the bridge's (any door), as a
-    time and a local day: the cooldown and once-a-day hold across doors."""
+    time and a local day: the cooldown and once-a-day hold across doors. A stored bridge
+    time that is not `plausible_visit` (written before kiosks checked it) is ignored, so
+    it can never lock a member out."""
     at, day = facts.member_last_at, facts.member_last_day
     bridge = facts.member_last_visit_at
-    if bridge is not None:
+    if bridge is not None and plausible_visit(bridge, now):
         at = bridge if at is None else max(at, bridge)
         bridge_day = local_day(bridge)
         day = bridge_day if day is None else max(day, bridge_day)

@@ -74,11 +74,13 @@ class NewMember:
 class MemberUpdate:
     """The bridge's view of a member: only the fields it sent (`name`, `points`,
     `visits`, `last_visit`). `applied`: this kiosk's events its balance already counts,
-    whose pending changes go; None (an upsert without it) keeps every pending change."""
+    whose pending changes go; None (an upsert without it) keeps every pending change.
+    `version`: the member's ledger version; one older than the stored one changes nothing."""
 
     member_id: str
     fields: dict[str, Any] = field(default_factory=dict)
     applied: tuple[str, ...] | None = None
+    version: int | None = None
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from kiosk.effects import (
     StockTaken,
 )
 from kiosk.journal import DatabaseDamaged, JournalDB, JournalStorage
-from o2o_protocol.codes import Code, CodeType
+from o2o_protocol.codes import Code, CodeType, Rejected, decode_unverified, extract_token
 from o2o_protocol.messages import Event, PoolCode, Reward, new_event_id
 from o2o_protocol.timeutil import parse_rfc3339, rfc3339
 
@@ -68,6 +68,9 @@ PRUNE_EVERY_S = 3600.0
 #: clears any: past this many, the oldest go, so a member's document (written again at
 #: every visit) stays small on a kiosk that is offline for months.
 MAX_PENDING = 100
+#: A pooled code that expires sooner than this is neither offered nor handed out: a
+#: voucher printed today must leave its holder time to use it.
+FRESH_FOR_S = 7 * 86400
 
 
 class DBError(Exception):
@@ -223,22 +226,58 @@ class KioskDB:
     def reward(self, reward_id: str) -> Reward | None:
         return next((r for r in self.rewards() if r.id == reward_id), None)
 
-    def vouchers_left(self) -> dict[str, int]:
-        """How many vouchers the pool holds, per reward id."""
+    def vouchers_left(self, now: float | None = None) -> dict[str, int]:
+        """How many vouchers the pool holds that are good for `FRESH_FOR_S` more, per
+        reward id (a reward whose vouchers are all about to expire is not offered)."""
         left: dict[str, int] = {}
-        with self._lock:
-            for doc in self._storage.table_data("pool").values():
-                if doc["kind"] == "voucher":
-                    left[doc["reward"]] = left.get(doc["reward"], 0) + 1
+        for doc in self._good_pooled(now):
+            if doc["kind"] == "voucher":
+                left[doc["reward"]] = left.get(doc["reward"], 0) + 1
         return left
 
-    def pooled(self, kind: str, reward: str | None = None) -> PoolCode | None:
-        """The oldest pooled code of a kind (vouchers: of `reward`), or None when empty."""
+    def pooled(
+        self, kind: str, reward: str | None = None, now: float | None = None
+    ) -> PoolCode | None:
+        """A pooled code of a kind (vouchers: of `reward`) good for `FRESH_FOR_S` more,
+        or None when there is none.
+
+        The one that expires first goes first: every one of them still gives its holder
+        a week or more, and a code used before it goes stale is one less left to rot in
+        the pool (the bridge counts a code as unused until an event names it, so one
+        that expires here is not replaced).
+        """
+        found = [
+            doc
+            for doc in self._good_pooled(now)
+            if doc["kind"] == kind and (kind != "voucher" or doc["reward"] == reward)
+        ]
+        if not found:
+            return None
+        doc = min(found, key=lambda d: _pool_exp(d) or float("inf"))
+        return PoolCode(id=doc["id"], code=doc["code"], url=doc.get("url"))
+
+    def _good_pooled(self, now: float | None) -> list[dict[str, Any]]:
+        """Pooled codes (in pool order) that do not expire within `FRESH_FOR_S`; codes
+        already expired leave the pool here, so they are never looked at again."""
+        when = self.clock() if now is None else now
+        good: list[dict[str, Any]] = []
+        expired: list[int] = []
         with self._lock:
-            for doc in self._storage.table_data("pool").values():
-                if doc["kind"] == kind and (kind != "voucher" or doc["reward"] == reward):
-                    return PoolCode(id=doc["id"], code=doc["code"], url=doc.get("url"))
-        return None
+            for key, doc in self._storage.table_data("pool").items():
+                exp = _pool_exp(doc)
+                if exp is not None and exp <= when:
+                    expired.append(int(key))
+                elif exp is None or exp > when + FRESH_FOR_S:
+                    good.append(doc)
+            if expired:
+                try:
+                    self._pool.remove(doc_ids=expired)
+                except Exception as exc:  # reading must not fail: drop them next time
+                    self._reindex()
+                    log.warning("could not drop expired pool codes: %s", exc)
+                else:
+                    log.info("dropped %d expired codes from the pool", len(expired))
+        return good
 
     def rated(self, event_id: str) -> bool:
         with self._lock:
@@ -353,7 +392,20 @@ class KioskDB:
                 self._phones.upsert(Document({"member_id": effect.member_id}, doc_id=phone))
             case MemberUpdate():
                 member = self._member_doc(effect.member_id)
+                held = member.get("version")
+                if effect.version is not None and held is not None and effect.version < held:
+                    # Two bridge workers may answer out of order: never set an older
+                    # balance (and pending state) over a newer one.
+                    log.info(
+                        "member.upsert %s: version %d is older than %d, ignored",
+                        effect.member_id,
+                        effect.version,
+                        held,
+                    )
+                    return
                 member.update(effect.fields)
+                if effect.version is not None:
+                    member["version"] = effect.version
                 if effect.applied is not None:
                     counted = set(effect.applied)
                     pending = member.get("pending") or []
@@ -374,8 +426,12 @@ class KioskDB:
                     key = _doc_id(code_id, ns)
                     if self._pool.contains(doc_id=key) or self._pool_taken.contains(doc_id=key):
                         continue  # held already, or handed out: never twice
+                    exp = code_expiry(text)
+                    if exp is not None and exp <= now:
+                        continue  # already expired: useless to anyone
                     doc = {"kind": effect.kind, "reward": effect.reward, "id": code_id}
-                    self._pool.insert(Document({**doc, "code": text, "url": url}, doc_id=key))
+                    doc.update(code=text, url=url, exp=exp)
+                    self._pool.insert(Document(doc, doc_id=key))
             case PoolCodeTaken():
                 key = _doc_id(effect.code_id, f"pool:{effect.kind}")
                 held = self._pool.get(doc_id=key)
@@ -387,6 +443,7 @@ class KioskDB:
                     "kind": effect.kind,
                     "id": effect.code_id,
                     "reward": held.get("reward"),
+                    "exp": _pool_exp(held),
                     "event": event.id if event else None,
                     "at": now,
                 }
@@ -526,13 +583,21 @@ class KioskDB:
                 for k, d in self._storage.table_data("redeemed").items()
                 if d.get("exp") is not None and d["exp"] < now - 86400
             ]
-            # Handed-out codes and rated events are remembered as long as the history.
+            # Rated events are remembered as long as the history. Handed-out codes are
+            # remembered at least as long as the code could still be valid: a kiosk whose
+            # commands are sent again from the start (database reset, last_cmd_seq 0)
+            # receives old `pool.refill`s again, and a code forgotten too early would go
+            # back into the pool and be handed out twice (see `_taken_stale`).
             remembered = {"pool_taken": self._pool_taken, "rated": self._rated}
             stale = {
-                name: [
-                    int(k) for k, d in self._storage.table_data(name).items() if d["at"] < cutoff
-                ]
-                for name in remembered
+                "rated": [
+                    int(k) for k, d in self._storage.table_data("rated").items() if d["at"] < cutoff
+                ],
+                "pool_taken": [
+                    int(k)
+                    for k, d in self._storage.table_data("pool_taken").items()
+                    if self._taken_stale(d, cutoff, now)
+                ],
             }
             if old or expired or any(stale.values()):
                 with self._storage.batch():
@@ -545,6 +610,23 @@ class KioskDB:
                             remembered[name].remove(doc_ids=keys)
                 log.info("pruned %d old events and %d expired coupons", len(old), len(expired))
         return len(old) + len(expired) + sum(len(v) for v in stale.values())
+
+    def _taken_stale(self, taken: dict[str, Any], cutoff: float, now: float) -> bool:
+        """Whether a handed-out code's record may go: older than the history and expired.
+
+        A code without expiry stays valid: a member code's id is kept as long as its
+        member's document is here (members are never pruned), any other as long as the
+        history; one with an expiry until it has passed (no refill can bring it back then:
+        expired codes never enter the pool).
+        """
+        if taken["at"] >= cutoff:
+            return False
+        exp = taken.get("exp")
+        if taken["kind"] == "member" and self._members.contains(
+            doc_id=_doc_id(taken["id"], CodeType.MEMBER)
+        ):
+            return False
+        return exp is None or exp < now
 
     # --- commands from the bridge ----------------------------------------------------
 
@@ -594,6 +676,21 @@ class KioskDB:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)
                 self._lock_fd = -1
+
+
+def code_expiry(text: str) -> int | None:
+    """A pre-signed code's `exp`, read without verifying (the bridge signed it; the
+    kiosk only needs to know when it stops being useful); None without one."""
+    payload = decode_unverified(extract_token(text))
+    return None if isinstance(payload, Rejected) else payload.exp
+
+
+def _pool_exp(doc: dict[str, Any]) -> int | None:
+    """A pool document's expiry; read from its code for documents stored before `exp`."""
+    if "exp" in doc:
+        exp: int | None = doc["exp"]
+        return exp
+    return code_expiry(doc["code"])
 
 
 def _preorder(doc: dict[str, Any]) -> Preorder:

@@ -289,7 +289,16 @@ def test_commands_are_stamped_with_the_injected_clock(tmp_path: Path) -> None:
 
 # --- members, rewards and code pools (docs/members.md) -----------------------------------
 
-VOUCHERS = [{"id": f"v{i}", "code": ISSUER.code("c", f"v{i}", cp="reward:coffee")} for i in (1, 2)]
+YEAR = 365 * 86400
+
+
+def voucher(id: str, exp: float | None = None) -> dict[str, str]:
+    """A pooled coffee voucher as the bridge signs it: valid a year unless told."""
+    end = int(time.time() + YEAR if exp is None else exp)
+    return {"id": id, "code": ISSUER.code("c", id, cp="reward:coffee", exp=end)}
+
+
+VOUCHERS = [voucher(f"v{i}") for i in (1, 2)]
 CATALOGUE = {"rewards": [{"id": "coffee", "name": "咖啡", "points": 30, "stock": 5}]}
 
 
@@ -347,6 +356,8 @@ def test_a_member_first_heard_of_from_the_bridge_is_created(tmp_path: Path) -> N
     assert (facts.member_points, facts.member_visits) == (-20, 3)  # overdrawn elsewhere
     assert facts.member_last_visit_at == datetime(2026, 11, 30, 9, tzinfo=UTC).timestamp()
     upsert(s, id="u7", last_visit="not a time")  # unreadable: the last good one stays
+    upsert(s, id="u7", last_visit="9999-12-31T00:00:00Z")  # implausible: ignored too
+    upsert(s, id="u7", last_visit="1999-12-31T00:00:00Z")
     assert (
         s.member_facts("u7").member_last_visit_at
         == datetime(2026, 11, 30, 9, tzinfo=UTC).timestamp()
@@ -438,3 +449,99 @@ def test_handed_out_codes_and_ratings_are_forgotten_with_the_history(tmp_path: P
     assert s.rated("e1")
     s.prune(now)
     assert not s.rated("e1")
+
+
+def test_an_older_member_upsert_never_replaces_a_newer_one(tmp_path: Path) -> None:
+    """Two bridge workers may answer out of order: version 5, then version 3."""
+    s = open_store(tmp_path)
+    first, second = visit(s), visit(s)
+    upsert(s, id="u1", points=60, visits=6, applied=[first], version=5)
+    assert s.member_facts("u1").member_points == 70  # 60 + the visit not yet counted
+    upsert(s, id="u1", points=40, visits=4, applied=[], version=3)  # applied, changes nothing
+    facts = s.member_facts("u1")
+    assert (facts.member_points, facts.member_visits) == (70, 7)
+    assert s.last_cmd_seq == 2
+    # Without a version, as before; the version applied last still holds.
+    upsert(s, id="u1", points=100)
+    assert s.member_facts("u1").member_points == 110
+    s.close()
+    s = open_store(tmp_path)
+    upsert(s, id="u1", points=0, version=4)
+    assert s.member_facts("u1").member_points == 110
+    upsert(s, id="u1", points=90, applied=[second], version=6)
+    assert s.member_facts("u1").member_points == 90
+
+
+def test_pooled_vouchers_about_to_expire_are_skipped_and_expired_ones_dropped(
+    tmp_path: Path,
+) -> None:
+    clock = [time.time()]
+    s = KioskDB(tmp_path, store="s1", kiosk="k1", clock=lambda: clock[0])
+    day, t0 = 86400, clock[0]
+    assert apply_command(s, Command(seq=1, name="rewards.set", data=CATALOGUE))
+    codes = [
+        voucher("soon", t0 + 3 * day),  # not worth printing
+        voucher("late", t0 + 200 * day),
+        voucher("mid", t0 + 100 * day),
+        voucher("gone", t0 - 60),  # expired before it arrived: never pooled
+    ]
+    refill = {"kind": "voucher", "reward": "coffee", "codes": codes}
+    assert apply_command(s, Command(seq=2, name="pool.refill", data=refill))
+    assert s.vouchers_left() == {"coffee": 2}
+    held = s.pooled("voucher", "coffee")
+    assert held is not None and held.id == "mid"  # used before it goes stale
+    clock[0] = t0 + 95 * day  # "mid" is within a week of its expiry now
+    held = s.pooled("voucher", "coffee")
+    assert held is not None and held.id == "late"
+    clock[0] = t0 + 150 * day
+    assert s.vouchers_left() == {"coffee": 1}
+    assert sorted(d["id"] for d in s._storage.table_data("pool").values()) == ["late"]
+    clock[0] = t0 + 195 * day
+    assert s.vouchers_left() == {} and s.pooled("voucher", "coffee") is None
+
+
+def test_handed_out_codes_are_remembered_while_they_are_valid(tmp_path: Path) -> None:
+    """A kiosk sent its commands again from the start gets old refills again: a voucher
+    or member code handed out months ago must not go back into the pool."""
+    day = 86400
+    clock = [time.time() - 40 * day]
+    s = KioskDB(tmp_path, store="s1", kiosk="k1", history_days=30, clock=lambda: clock[0])
+    t0 = clock[0]
+    short, good = voucher("short", t0 + 10 * day), voucher("good", t0 + YEAR)
+    cards = [{"id": "mc1", "code": ISSUER.code("m", "mc1"), "url": "https://b.example/m/1"}]
+    refills = [
+        ("rewards.set", CATALOGUE),
+        ("pool.refill", {"kind": "voucher", "reward": "coffee", "codes": [short, good]}),
+        ("pool.refill", {"kind": "member", "codes": cards}),
+    ]
+    for seq, (name, data) in enumerate(refills, start=1):
+        assert apply_command(s, Command(seq=seq, name=name, data=data))
+    upsert(s, id="u1", points=100)
+    for _ in range(2):
+        d = decisions.redeem(
+            "u1", s.reward("coffee"), s.member_facts("u1"), s.pooled("voucher", "coffee")
+        )
+        assert d.event_type is EventType.POINTS_REDEEMED
+        s.record(d, t0)
+    joined = decisions.decide_join(
+        "13800138000",
+        secret="k",
+        member_id="generated",
+        join_url="https://j",
+        known=False,
+        pooled=s.pooled("member"),
+    )
+    assert joined is not None and joined.data["member_id"] == "mc1"
+    s.record(joined, t0)
+    clock[0] = t0 + 40 * day
+    s.prune(clock[0])
+    # "short" has expired: forgotten. "good" and the member's code are remembered.
+    taken = sorted(d["id"] for d in s._storage.table_data("pool_taken").values())
+    assert taken == ["good", "mc1"]
+    again = [
+        ("pool.refill", {"kind": "voucher", "reward": "coffee", "codes": [short, good]}),
+        ("pool.refill", {"kind": "member", "codes": cards}),
+    ]
+    for name, data in again:
+        assert apply_command(s, Command(seq=s.last_cmd_seq + 1, name=name, data=data))
+    assert s.vouchers_left() == {} and s.pooled("member") is None

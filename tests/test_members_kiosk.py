@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from kiosk.commands import apply_command
 from kiosk.config import KioskConfig
 from kiosk.devices.serial_printer import SerialPrinter
+from kiosk.effects import MemberUpdate
 from kiosk.localdb import Recorded
 from kiosk.loyalty import RewardChoice, rating_subject
 from kiosk.runtime import KioskRuntime
@@ -87,8 +89,9 @@ def door(tmp_path: Path) -> Iterator[Door]:
         paper.close()
 
 
-def vouchers(*ids: str) -> list[dict[str, str]]:
-    exp = int(time.time()) + 365 * 86400
+def vouchers(*ids: str, days: float = 365) -> list[dict[str, str]]:
+    """Coffee vouchers as the bridge signs them, valid `days` from now."""
+    exp = int(time.time() + days * 86400)
     return [
         {"id": i, "code": ISSUER.code("c", i, cp="reward:coffee", v="Coffee", exp=exp)} for i in ids
     ]
@@ -245,3 +248,57 @@ def test_two_taps_at_once_never_share_a_voucher(door: Door) -> None:
     loser = "u2" if won.event.data["member_id"] == "u1" else "u1"
     assert k.offer(won.event.data["member_id"]).balance == 70
     assert k.offer(loser).balance == 100  # the refused tap spent nothing
+
+
+BAD_VISITS = ["0001-01-01T00:00:00+14:00", "9999-12-31T12:00:00Z"]
+
+
+@pytest.mark.parametrize("last_visit", BAD_VISITS)
+def test_a_bad_last_visit_from_the_bridge_never_locks_a_member_out(
+    door: Door, last_visit: str
+) -> None:
+    """Year 1 used to raise at every later check-in, year 9999 to hold the cooldown forever."""
+    k = door.kiosk
+    door.command("member.upsert", id="u1", points=20, visits=2, last_visit=last_visit)
+    visit = k.scan(ISSUER.code("m", "u1", n="Ann"))
+    assert isinstance(visit, Recorded) and visit.event.type == "checkin"
+    assert visit.event.data["points_earned"] == 10 and visit.event.data["points"] == 30
+    assert visit.event.data["visits"] == 3
+
+
+@pytest.mark.parametrize("last_visit", BAD_VISITS)
+def test_a_bad_last_visit_stored_before_the_fix_is_ignored(door: Door, last_visit: str) -> None:
+    """A member document written by an earlier release, with the bad time stored."""
+    k = door.kiosk
+    at = datetime.fromisoformat(last_visit).timestamp()
+    k.db.apply_changes([MemberUpdate("u1", {"points": 20, "last_visit_at": at})], time.time())
+    visit = k.scan(ISSUER.code("m", "u1", n="Ann"))
+    assert isinstance(visit, Recorded) and visit.event.type == "checkin"
+    assert visit.event.data["points_earned"] == 10 and visit.event.data["points"] == 30
+    # The cooldown still holds for the visit just counted.
+    again = k.scan(ISSUER.code("m", "u1", n="Ann"))
+    assert isinstance(again, Recorded) and again.event.data["points_earned"] == 0
+
+
+def test_vouchers_about_to_expire_are_neither_offered_nor_printed(door: Door) -> None:
+    k = door.kiosk
+    rewards = [
+        {"id": "coffee", "name": "Coffee", "points": 30},
+        {"id": "cake", "name": "Cake", "points": 30},
+    ]
+    door.command("rewards.set", rewards=rewards)
+    door.command("pool.refill", kind="voucher", reward="coffee", codes=vouchers("v1", days=3))
+    door.command("pool.refill", kind="voucher", reward="cake", codes=vouchers("k1", days=3))
+    door.command("member.upsert", id="u1", points=100)
+    # Every voucher expires within a week: nothing is on offer, nothing can be spent.
+    assert k.offer("u1").rewards == ()
+    refused = k.redeem("u1", "coffee")
+    assert refused.event.type == "scan.rejected" and k.offer("u1").balance == 100
+    # Fresh coffee vouchers arrive (v3 signed a month before v2): the one that expires
+    # first among those still good for a week goes first, the stale v1 never.
+    door.command("pool.refill", kind="voucher", reward="coffee", codes=vouchers("v2", days=365))
+    door.command("pool.refill", kind="voucher", reward="coffee", codes=vouchers("v3", days=335))
+    assert [c.id for c in k.offer("u1").rewards] == ["coffee"]
+    printed = [k.redeem("u1", "coffee").event.data.get("voucher_id") for _ in range(3)]
+    assert printed == ["v3", "v2", None] and k.offer("u1").balance == 40
+    assert k.offer("u1").rewards == ()
