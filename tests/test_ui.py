@@ -424,6 +424,7 @@ def ui_run(xvfb_display: str, tmp_path_factory: pytest.TempPathFactory) -> dict[
     out = tmp_path_factory.mktemp("ui")
     issuer = Issuer()
     config = _write_config(out, issuer)
+    year = int(time.time()) + 365 * 86400  # a voucher about to expire is not offered
     codes = {
         "member": issuer.code("m", "mem-1", n=MEMBER_NAME),
         "coupon": issuer.code("c", "cpn-1", cp=CAMPAIGN, v=VALUE),
@@ -431,7 +432,10 @@ def ui_run(xvfb_display: str, tmp_path_factory: pytest.TempPathFactory) -> dict[
         "pickup": issuer.code("p", "pk-1", o=ORDER),
         "regular": issuer.code("m", REGULAR, n=REGULAR_NAME),
         "vouchers": [
-            {"id": f"v{i}", "code": issuer.code("c", f"v{i}", cp="reward:coffee", v="咖啡")}
+            {
+                "id": f"v{i}",
+                "code": issuer.code("c", f"v{i}", cp="reward:coffee", v="咖啡", exp=year),
+            }
             for i in (1, 2)
         ],
     }
