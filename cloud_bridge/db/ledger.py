@@ -387,11 +387,18 @@ class Ledger:
 
     def snapshot(self, member_id: str, kiosks: Sequence[str]) -> Snapshot | None:
         """The member, its version and each kiosk's `applied`, read in one transaction
-        with the member row locked (PostgreSQL; SQLite reads one snapshot anyway): no
-        entry can be added in between, so the balance and the lists agree. None: no
-        such member."""
+        with the member row locked (SQLite: the database): no entry can be added in
+        between, so the balance and the lists agree. None: no such member."""
 
         def work(session: Session) -> Snapshot | None:
+            if self.repo._dialect == "sqlite":
+                # pysqlite begins a transaction only at a write: this no-op one makes the
+                # reads below one snapshot and holds off other writers until it ends.
+                session.execute(
+                    update(MemberRow)
+                    .where(MemberRow.store == self.store, MemberRow.id == member_id)
+                    .values(points=MemberRow.points)
+                )
             row = session.execute(
                 select(MemberRow)
                 .where(MemberRow.store == self.store, MemberRow.id == member_id)
