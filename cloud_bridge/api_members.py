@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, ClassVar
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, status
 from fastapi.params import Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,7 +19,15 @@ from starlette.types import Receive, Scope, Send
 
 from cloud_bridge.api_schema import READ_ANSWERS, WRITE_ANSWERS, Problem, _JsonNumbers
 from cloud_bridge.http_guard import StrictJsonRoute
-from cloud_bridge.members import MAX_DELTA, BelowZero, KeyReused, MemberService, UnknownMember
+from cloud_bridge.issuing import issue
+from cloud_bridge.members import (
+    MAX_DELTA,
+    BelowZero,
+    KeyReused,
+    MemberService,
+    MemberView,
+    UnknownMember,
+)
 
 #: A member id, as a path segment can carry it: 1-256 characters, no control characters,
 #: no '/'. Ids the bridge issues are 1-64 base64url characters (docs/codes.md).
@@ -94,6 +102,15 @@ class MemberAnswer(BaseModel):
     overdrawn: bool
 
 
+class MemberPageAnswer(MemberAnswer):
+    page_url: str | None = Field(
+        default=None,
+        description="the member's own page, `<members.page_url>/m/<member code>` (a code of "
+        "this store for this member, no expiry); absent without a signing key or for an id "
+        "longer than 64 characters",
+    )
+
+
 class MemberList(BaseModel):
     members: list[MemberAnswer]
 
@@ -144,6 +161,20 @@ def _unknown(member_id: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"no member {member_id!r}")
 
 
+def _with_page(request: Request, member: MemberView) -> dict[str, Any]:
+    """The member answer with `page_url` when the bridge can sign a code for the member:
+    the key is the one the app loaded, held by its reward service (`app.state.rewards`)."""
+    answer = member.as_dict()
+    rewards = getattr(request.app.state, "rewards", None)
+    if rewards is None or rewards.key is None:
+        return answer
+    try:
+        code = issue(rewards.key, "member", store=rewards.store, id=member.id)
+    except ValueError:  # ids up to 256 characters; a code holds at most 64
+        return answer
+    return {**answer, "page_url": rewards.page_url(code.token)}
+
+
 def members_router(
     members: MemberService, *, auth: Sequence[Depends], read_auth: Sequence[Depends]
 ) -> APIRouter:
@@ -154,15 +185,18 @@ def members_router(
         "",
         dependencies=auth,
         status_code=status.HTTP_201_CREATED,
-        response_model=MemberAnswer,
-        responses={**WRITE_ANSWERS, 200: {"model": MemberAnswer, "description": "It existed"}},
+        response_model=MemberPageAnswer,
+        responses={
+            **WRITE_ANSWERS,
+            200: {"model": MemberPageAnswer, "description": "It existed"},
+        },
     )
-    def create_member(body: MemberRequest) -> JSONResponse:
+    def create_member(body: MemberRequest, request: Request) -> JSONResponse:
         """Create a member (201), or answer the existing one (200; renamed when `name` is
-        given). A new member whose `referrer` is an existing member credits the referrer
-        `[members] referral_points` once."""
+        given), with the link to the member's page. A new member whose `referrer` is an
+        existing member credits the referrer `[members] referral_points` once."""
         member, created = members.create(body.id, body.name, body.referrer)
-        return JSONResponse(member.as_dict(), status_code=201 if created else 200)
+        return JSONResponse(_with_page(request, member), status_code=201 if created else 200)
 
     @router.get("", dependencies=read_auth, response_model=MemberList, responses=READ_ANSWERS)
     def list_members(
@@ -177,15 +211,15 @@ def members_router(
     @router.get(
         "/{member_id}",
         dependencies=read_auth,
-        response_model=MemberAnswer,
+        response_model=MemberPageAnswer,
         responses={**READ_ANSWERS, **_UNKNOWN},
     )
-    def get_member(member_id: _MemberPath) -> dict[str, Any]:
-        """A member's balance, visits and last visit."""
+    def get_member(member_id: _MemberPath, request: Request) -> JSONResponse:
+        """A member's balance, visits and last visit, and the link to the member's page."""
         member = members.get(member_id)
         if member is None:
             raise _unknown(member_id)
-        return member.as_dict()
+        return JSONResponse(_with_page(request, member))
 
     @router.post(
         "/{member_id}/points",

@@ -157,8 +157,8 @@ class MemberService:
         self.kiosks = list(kiosks)
         self.settings = settings
         self.book = Ledger(repo, store)
-        #: Read-then-queue in one order: the sink's thread and API requests both notify,
-        #: and a kiosk must not get an older balance under a later seq.
+        #: Read-then-queue in one order within this process (the sink's thread and API
+        #: requests both notify); across workers, `version` orders the upserts.
         self._notifying = threading.Lock()
 
     # -- reads ----------------------------------------------------------------------
@@ -239,22 +239,34 @@ class MemberService:
             self._notify(member_id)
 
     def _notify(self, member_id: str) -> None:
-        member = self.book.get(member_id)
-        if member is None:
-            return
+        self._send(self._upserts(member_id))
+
+    def _upserts(self, member_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """Each kiosk's `member.upsert` data, from one transaction (the balance and every
+        `applied` agree), with `version` (the newest entry id): another worker may queue
+        its upsert between this read and our send, so a kiosk keeps the one with the
+        higher version, not the later seq."""
+        kiosks = list(dict.fromkeys([*self.kiosks, *self.repo.kiosk_names(self.store)]))
+        snap = self.book.snapshot(member_id, kiosks)
+        if snap is None:
+            return []
+        member = snap.member
         base = {
             "id": member.id,
             "name": member.name,
             "points": member.points,
             "visits": member.visits,
             "last_visit": format_ts(member.last_visit) if member.last_visit else None,
+            "version": snap.version,
         }
-        for kiosk in dict.fromkeys([*self.kiosks, *self.repo.kiosk_names(self.store)]):
-            data = {**base, "applied": self.book.applied(member_id, kiosk)}
+        return [(kiosk, {**base, "applied": snap.applied[kiosk]}) for kiosk in kiosks]
+
+    def _send(self, upserts: list[tuple[str, dict[str, Any]]]) -> None:
+        for kiosk, data in upserts:
             try:
                 self.commands.send(kiosk, CommandName.MEMBER_UPSERT.value, data)
             except ValueError as exc:
-                log.error("cannot tell kiosk %s about member %s: %s", kiosk, member_id, exc)
+                log.error("cannot tell kiosk %s about member %s: %s", kiosk, data["id"], exc)
 
     def after_stored(self, events: list[Event], new: set[str]) -> None:
         """The event sink's hook: count each newly stored event once, then tell the
@@ -359,4 +371,5 @@ class MemberService:
                 e.id,
                 e.kiosk,
             )
-        return [member_id] if posted.new else []
+        # A repeat that filled in a missing name changed what kiosks show too.
+        return [member_id] if posted.new or posted.named else []

@@ -6,14 +6,16 @@ and the event sink with what follows a commit (rules, the ledger, command re-sen
 figures). It starts the link, the stats publisher
 and the sink in that order and stops them in reverse: the sink finishes storing and
 acking what it took while the link is still up, the stats publisher sends the last
-figures, then the link goes. Once started, it counts the recent member events the ledger
-missed (stored and acked, then a fault before the ledger hook ran), and the code pools
-(`rewards.py`) the redemptions and joins they missed.
+figures, then the link goes. Once started, and then every `catch_up_interval_s` while it
+runs, it counts the recent member events the ledger missed (stored and acked, then a fault
+before or in the ledger hook), and the code pools (`rewards.py`) the redemptions and joins
+they missed: a hook that failed once is made good without a restart.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 #: At start, member events received this many days back that the ledger missed are
 #: counted (`MemberService.catch_up`).
 CATCH_UP_DAYS = 7
+#: How often, while the bridge runs, it counts again what the ledger and pools missed.
+CATCH_UP_INTERVAL_S = 300.0
 
 
 class _Part(Protocol):
@@ -56,10 +60,12 @@ class BridgeRuntime:
         stats_refresh_s: float = 60.0,
         max_wait_s: float = 30.0,
         signing_key: Ed25519PrivateKey | None = None,
+        catch_up_interval_s: float = CATCH_UP_INTERVAL_S,
     ) -> None:
         """`max_wait_s`: how long a message taken from the broker may wait to be stored
         before `/health` says degraded; `signing_key`: what signs the kiosks' code pools
-        (without it, none are kept)."""
+        (without it, none are kept); `catch_up_interval_s`: how often the missed events
+        are looked for again while running."""
         self.config = config
         self.repo = repo
         self.max_wait_s = max_wait_s
@@ -97,21 +103,43 @@ class BridgeRuntime:
         )
         self._parts: list[_Part] = [self.link, self.stats, self.sink]
         self._started: list[_Part] = []
+        self.catch_up_interval_s = catch_up_interval_s
+        self._stopping = threading.Event()
+        self._catching_up: threading.Thread | None = None
 
     def start(self) -> None:
         for part in self._parts:
             part.start()
             self._started.append(part)
+        self.catch_up()
+        self._stopping.clear()
+        self._catching_up = threading.Thread(
+            target=self._catch_up_loop, name="bridge-catch-up", daemon=True
+        )
+        self._catching_up.start()
+
+    def catch_up(self) -> None:
+        """Count what the ledger and the code pools missed in the last `CATCH_UP_DAYS`
+        (each event once, safe alongside the live hooks)."""
+        since = datetime.now(UTC) - timedelta(days=CATCH_UP_DAYS)
         try:
-            self.members.catch_up(datetime.now(UTC) - timedelta(days=CATCH_UP_DAYS))
+            self.members.catch_up(since)
         except Exception:
             log.exception("could not check the ledger for missed member events")
         try:
-            self.rewards.catch_up(datetime.now(UTC) - timedelta(days=CATCH_UP_DAYS))
+            self.rewards.catch_up(since)
         except Exception:
             log.exception("could not check the code pools for missed events")
 
+    def _catch_up_loop(self) -> None:
+        while not self._stopping.wait(self.catch_up_interval_s):
+            self.catch_up()
+
     def stop(self) -> None:
+        self._stopping.set()
+        if self._catching_up is not None:
+            self._catching_up.join()
+            self._catching_up = None
         while self._started:
             self._started.pop().stop()
 

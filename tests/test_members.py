@@ -26,6 +26,7 @@ from o2o_protocol.timeutil import parse_rfc3339, rfc3339
 from o2o_protocol.topics import kiosk_topic
 from tests.support import MosquittoBroker
 from tests.test_bridge_ingest import Peer, make_config
+from tests.test_health import until
 
 STORE = "s1"
 
@@ -260,14 +261,100 @@ def test_a_referral_is_credited_once(db: Repository) -> None:
     dan, eve = members.get("dan"), members.get("eve")
     assert dan is not None and eve is not None and dan.referrer is None and eve.referrer is None
     assert members.get("nobody") is None
-    assert [u for u in upserts(db, "k1") if u["id"] == "ada"][-1] == {
+    told = [u for u in upserts(db, "k1") if u["id"] == "ada"][-1]
+    assert told == {
         "id": "ada",
         "name": "Ada",
         "points": 80,
         "visits": 0,
         "last_visit": None,
         "applied": [],
+        "version": members.book.entries("ada")[0].id,  # its newest entry
     }
+
+
+def test_two_workers_telling_at_once_order_the_balances_by_version(db: Repository) -> None:
+    a, b = service(db), service(db)  # two bridge workers on one database
+    bought = checkin("k1", "ada", 100)
+    store(db, a, bought)
+    stale = a._upserts("ada")  # worker A has read ada (100 points)...
+    spent = spend("k1", "ada", 100)
+    store(db, b, spent)  # ...B counts a spend and tells k1 first...
+    a._send(stale)  # ...then A's older read goes out under the later seq.
+    told = upserts(db, "k1")
+    (points_0, later_seq) = told[-2:]
+    assert (points_0["points"], points_0["applied"]) == (0, [spent.id, bought.id])
+    assert (later_seq["points"], later_seq["applied"]) == (100, [bought.id])
+    # The kiosk keeps the upsert with the highest version: the spend is not undone.
+    assert points_0["version"] > later_seq["version"]
+    assert max(told, key=lambda u: u["version"])["points"] == 0
+    # A rename changes no points: the same version, never a lower one.
+    a.create("ada", "Ada L.")
+    assert upserts(db, "k1")[-1]["version"] == points_0["version"]
+
+
+def test_a_long_offline_stretch_is_named_in_applied_in_full(db: Repository) -> None:
+    members = service(db)
+    visits = [checkin("k1", "ada", 1, ts=time.time() - 600 + i) for i in range(70)]
+    store(db, members, *visits)  # 70 pending at the kiosk (it keeps up to 100)
+    applied = upserts(db, "k1")[-1]["applied"]
+    assert upserts(db, "k1")[-1]["points"] == 70
+    # Every one is named, so the kiosk drops all 70 and shows 70, not 70 + 20.
+    assert sorted(applied) == sorted(v.id for v in visits)
+
+
+def test_a_repeat_that_fills_in_a_missing_name_is_told(db: Repository) -> None:
+    members = service(db)
+    nameless = event("k1", "checkin", member_id="ada", points_earned=10, counted=True)
+    store(db, members, nameless)
+    assert upserts(db, "k2")[-1]["name"] is None
+    # The same event again, now with the name (a second worker sees it as new too).
+    named = nameless.model_copy(update={"data": {**nameless.data, "name": "Ada"}})
+    members.after_stored([named], {named.id})
+    ada = members.get("ada")
+    assert ada is not None and (ada.name, ada.points) == ("Ada", 10)
+    assert [u["name"] for u in upserts(db, "k2")] == [None, "Ada"]
+
+
+def test_a_failed_hook_is_made_good_while_the_bridge_runs(
+    tmp_path: Path,
+    mosquitto_broker: MosquittoBroker,
+    repo: Repository,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ingest = BridgeRuntime(
+        make_config(tmp_path, mosquitto_broker, kiosks=("k1",)),
+        repo,
+        stats_interval_s=0.2,
+        catch_up_interval_s=0.2,
+    )
+    peer = Peer(mosquitto_broker, kiosk_topic(STORE, "k1", "cmd"), kiosk_topic(STORE, "k1", "acks"))
+    visit = checkin("k1", "ada", 10)
+    # The database refuses the first posting of this visit: the hook fails once.
+    with repo.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON ledger_entries"
+            f" WHEN NEW.ref = 'event:{visit.id}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    ingest.start()
+    try:
+        assert ingest.wait_ready(10)
+        peer.publish(kiosk_topic(STORE, "k1", "events"), dumps(visit))
+        assert peer.next(10)[1] == {"ids": [visit.id]}  # stored and acked...
+        failed = f"could not count event {visit.id} (checkin) in the ledger"
+        until(lambda: any(r.getMessage() == failed for r in caplog.records))  # ...the hook failed
+        assert ingest.members.get("ada") is None
+        with repo.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER refuse")
+        # No restart: the periodic pass counts it and k1 hears it.
+        cmd = peer.next(10)[1]
+        assert cmd["name"] == "member.upsert"
+        assert (cmd["data"]["points"], cmd["data"]["applied"]) == (10, [visit.id])
+        ada = ingest.members.get("ada")
+        assert ada is not None and ada.points == 10
+    finally:
+        peer.close()
+        ingest.stop()
 
 
 def test_kiosks_hear_the_new_balance_over_mqtt(

@@ -14,9 +14,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
 from cloud_bridge.api import create_app
+from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
 from cloud_bridge.members import MemberService
+from cloud_bridge.rewards import RewardService
+from o2o_protocol.codes import Code, CodeType, key_id, verify_code
 from o2o_protocol.config_file import validate_config
 from o2o_protocol.messages import Event, new_event_id
 from o2o_protocol.timeutil import parse_rfc3339, rfc3339
@@ -69,6 +72,37 @@ def test_create_read_and_rename_a_member(client: TestClient) -> None:
     assert client.get("/api/v1/members/nobody", headers=AUTH).status_code == 404
     listed = client.get("/api/v1/members", headers=READ_AUTH).json()["members"]
     assert [m["id"] for m in listed] == ["ada"]
+
+
+def test_a_member_created_online_gets_a_link_to_its_page(tmp_path: Path, repo: Repository) -> None:
+    raw = {"store": "s1", "kiosks": ["k1"], "members": {"page_url": "https://shop.example"}}
+    config = validate_config(tmp_path / "bridge.toml", raw, BridgeConfig)
+    key = Ed25519PrivateKey.generate()
+    client = TestClient(create_app(config, repo, token=TOKEN, read_token=READ, signing_key=key))
+    created = post(client, "/api/v1/members", {"id": "u-8812", "name": "Li"})
+    got = client.get("/api/v1/members/u-8812", headers=READ_AUTH)
+    assert (created.status_code, got.status_code) == (201, 200)
+    for url in (created.json()["page_url"], got.json()["page_url"]):
+        base, _, token = url.rpartition("/m/")
+        assert base == "https://shop.example"
+        trusted = {key_id(key.public_key()): key.public_key()}
+        code = verify_code(token, trusted, store="s1", now=time.time() + 400 * 86400)
+        assert isinstance(code, Code), code  # a member code of this store, no expiry
+        assert (code.type, code.id) == (CodeType.MEMBER, "u-8812")
+        page = client.get(f"/m/{token}")
+        assert page.status_code == 200 and "Li" in page.text
+    # Codes signed without a key (a reward service built without one): no field.
+    keyless = TestClient(
+        create_app(
+            config,
+            repo,
+            token=TOKEN,
+            read_token=READ,
+            signing_key=key,
+            rewards=RewardService(repo, config, None, CommandService(repo, "s1")),
+        )
+    )
+    assert "page_url" not in keyless.get("/api/v1/members/u-8812", headers=READ_AUTH).json()
 
 
 def test_a_shared_link_credits_the_referrer_once(client: TestClient) -> None:

@@ -25,8 +25,11 @@ from cloud_bridge.db.records import StoredEvent, stored_event
 from cloud_bridge.db.repository import Repository
 from cloud_bridge.db.tables import EventRow, LedgerRow, MemberRow
 
-#: Per kiosk and member, how many of its own event ids an upsert names as `applied`.
-APPLIED = 50
+#: Per kiosk and member, how many of its own event ids an upsert names as `applied`: as
+#: many as a kiosk keeps pending (its `MAX_PENDING`, 100). A kiosk drops a pending change
+#: only when an upsert names it; one left out would be added to the base for good (after
+#: a long offline stretch, more than a shorter list of a member's events are pending).
+APPLIED = 100
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,21 @@ class Posted:
     new: bool
     entry: Entry
     member: Member
+    #: The member had no name and took the posting's (kiosks must hear it even when the
+    #: entry itself was a repeat).
+    named: bool = False
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A member as one transaction saw it: the balance, the `applied` list of each kiosk
+    asked about, and `version`, the member's newest ledger entry id (0: none). Every
+    change to points, visits or last visit adds an entry, so a later balance never has
+    a lower version, whichever worker read it."""
+
+    member: Member
+    version: int
+    applied: dict[str, list[str]]
 
 
 class NoSuchMember(LookupError):
@@ -125,7 +143,7 @@ class Ledger:
         referrer if credited)."""
 
         def work(session: Session) -> tuple[Member, bool, Member | None]:
-            created, referrer = self._ensure(session, new)
+            created, referrer, _ = self._ensure(session, new)
             if not created and rename and new.name is not None:
                 session.execute(
                     update(MemberRow)
@@ -142,6 +160,7 @@ class Ledger:
                     f"referral:{new.id}",
                     new.joined_at,
                 )
+                self._lock(session, referrer)
                 if self._insert_entry(session, posting) is not None:
                     credited = self._move(session, posting, overdraft_ok=True)[0]
             return self._get(session, new.id), created, credited
@@ -158,10 +177,12 @@ class Ledger:
         balance below zero raises WouldGoBelowZero and nothing is stored."""
 
         def work(session: Session) -> Posted:
+            named = False
             if create is not None:
-                self._ensure(session, create)
+                _, _, named = self._ensure(session, create)
             elif session.scalar(self._exists(posting.member)) is None:
                 raise NoSuchMember(posting.member)
+            self._lock(session, posting.member)
             entry_id = self._insert_entry(session, posting)
             if entry_id is None:
                 first = session.execute(
@@ -169,7 +190,7 @@ class Ledger:
                         LedgerRow.store == self.store, LedgerRow.ref == posting.ref
                     )
                 ).scalar_one()
-                return Posted(False, _entry(first), self._get(session, posting.member))
+                return Posted(False, _entry(first), self._get(session, posting.member), named)
             member, overdraft = self._move(session, posting, overdraft_ok=overdraft_ok)
             if overdraft:
                 session.execute(
@@ -177,17 +198,23 @@ class Ledger:
                 )
             row = session.get(LedgerRow, entry_id)
             assert row is not None
-            return Posted(True, _entry(row), member)
+            return Posted(True, _entry(row), member, named)
 
         return self.repo._retrying(work)
+
+    def _lock(self, session: Session, member: str) -> None:
+        """Lock the member row before adding its entry (PostgreSQL; SQLite has one writer):
+        a member's entry ids then grow in the order they commit, so the newest id is a
+        version that only grows (`snapshot`)."""
+        session.execute(self._exists(member).with_for_update())
 
     def _exists(self, member: str) -> Any:
         return select(MemberRow.id).where(MemberRow.store == self.store, MemberRow.id == member)
 
-    def _ensure(self, session: Session, new: NewMember) -> tuple[bool, str | None]:
+    def _ensure(self, session: Session, new: NewMember) -> tuple[bool, str | None, bool]:
         """Insert the member unless it exists; (whether it was new, its referrer: the one
-        given if that is another existing member). An existing member without a name
-        takes the one given."""
+        given if that is another existing member, whether an existing member without a
+        name took the one given)."""
         now = datetime.now(UTC)
         referrer = new.referrer
         if referrer is not None and (
@@ -212,15 +239,22 @@ class Ledger:
             .returning(MemberRow.__table__.c.id)
         )
         created = session.execute(stmt).first() is not None
+        named = False
         if not created and new.name is not None:
-            session.execute(
-                update(MemberRow)
-                .where(
-                    MemberRow.store == self.store, MemberRow.id == new.id, MemberRow.name.is_(None)
-                )
-                .values(name=new.name, updated_at=now)
+            named = (
+                session.execute(
+                    update(MemberRow)
+                    .where(
+                        MemberRow.store == self.store,
+                        MemberRow.id == new.id,
+                        MemberRow.name.is_(None),
+                    )
+                    .values(name=new.name, updated_at=now)
+                    .returning(MemberRow.id)
+                ).first()
+                is not None
             )
-        return created, referrer
+        return created, referrer, named
 
     def _insert_entry(self, session: Session, p: Posting) -> int | None:
         """INSERT … ON CONFLICT (store, ref) DO NOTHING: the new entry's id, or None."""
@@ -351,9 +385,48 @@ class Ledger:
             rows = session.execute(stmt.order_by(*order).limit(limit)).scalars()
             return [stored_event(r) for r in rows]
 
+    def snapshot(self, member_id: str, kiosks: Sequence[str]) -> Snapshot | None:
+        """The member, its version and each kiosk's `applied`, read in one transaction
+        with the member row locked (SQLite: the database): no entry can be added in
+        between, so the balance and the lists agree. None: no such member."""
+
+        def work(session: Session) -> Snapshot | None:
+            if self.repo._dialect == "sqlite":
+                # pysqlite begins a transaction only at a write: this no-op one makes the
+                # reads below one snapshot and holds off other writers until it ends.
+                session.execute(
+                    update(MemberRow)
+                    .where(MemberRow.store == self.store, MemberRow.id == member_id)
+                    .values(points=MemberRow.points)
+                )
+            row = session.execute(
+                select(MemberRow)
+                .where(MemberRow.store == self.store, MemberRow.id == member_id)
+                .with_for_update()
+            ).scalar_one_or_none()
+            if row is None:
+                return None
+            version = session.scalar(
+                select(func.max(LedgerRow.id)).where(
+                    LedgerRow.store == self.store, LedgerRow.member == member_id
+                )
+            )
+            applied = {
+                k: [r.removeprefix("event:") for r in session.scalars(self._applied(member_id, k))]
+                for k in kiosks
+            }
+            return Snapshot(_member(row), int(version or 0), applied)
+
+        return self.repo._retrying(work)
+
     def applied(self, member_id: str, kiosk: str) -> list[str]:
         """The ids of `kiosk`'s latest events the member's balance counts, newest first."""
-        stmt = (
+        with self.repo._sessions() as session:
+            rows = session.execute(self._applied(member_id, kiosk)).scalars()
+            return [ref.removeprefix("event:") for ref in rows]
+
+    def _applied(self, member_id: str, kiosk: str) -> Any:
+        return (
             select(LedgerRow.ref)
             .where(
                 LedgerRow.store == self.store,
@@ -364,5 +437,3 @@ class Ledger:
             .order_by(LedgerRow.id.desc())
             .limit(APPLIED)
         )
-        with self.repo._sessions() as session:
-            return [ref.removeprefix("event:") for ref in session.execute(stmt).scalars()]
