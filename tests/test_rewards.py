@@ -443,7 +443,7 @@ def test_events_the_pools_missed_are_applied_once_at_start(tmp_path: Path, db: R
 
 
 def _service(
-    tmp_path: Path, db: Repository, clock: Callable[[], float] = time.time, **members: Any
+    tmp_path: Path, db: Repository, clock: Callable[[], float] | None = None, **members: Any
 ) -> RewardService:
     raw: dict[str, Any] = {
         "store": STORE,
@@ -452,7 +452,10 @@ def _service(
     }
     config = validate_config(tmp_path / "bridge.toml", raw, BridgeConfig)
     commands = CommandService(db, STORE, limits=config.limits)
-    return RewardService(db, config, Ed25519PrivateKey.generate(), commands, clock=clock)
+    key = Ed25519PrivateKey.generate()
+    if clock is None:
+        return RewardService(db, config, key, commands)
+    return RewardService(db, config, key, commands, clock=clock)
 
 
 def _refills(db: Repository, kiosk: str, kind: str) -> list[dict[str, Any]]:
