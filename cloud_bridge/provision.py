@@ -67,7 +67,7 @@ key_file = "signing.key"      # Ed25519 private key that signs codes; keep it se
 
 [members]
 # The bridge's address as a phone reaches it: join slips link to <page_url>/m/<code>.
-# Unset while [http] host is 127.0.0.1 or 0.0.0.0: slips carry no member page link.
+# Unset while the http host is 127.0.0.1 or 0.0.0.0: slips carry no member page link.
 # page_url = "https://shop.example"
 # The shop's own online sign-up page; a member page's share link adds ref=<member id>.
 # join_url = "https://shop.example/join"
