@@ -588,3 +588,34 @@ def test_member_codes_carry_no_page_link_no_phone_reaches(
     lan.top_up("k2")
     codes = [c for r in _refills(db, "k2", "member") for c in r["codes"]]
     assert codes and all(c["url"] == f"http://10.0.0.5:8080/m/{c['code']}" for c in codes)
+
+
+def test_a_fault_taking_the_stock_leaves_the_voucher_unused(
+    tmp_path: Path, repo: Repository
+) -> None:
+    """The database refuses the stock update (a fault mid-redemption): the voucher stays
+    unused too, so the next start applies the redemption whole, stock taken once."""
+    service = _service(tmp_path, repo)
+    reward = service.add(name="Cookie", points=30, stock=5)
+    voucher = service.pool("k1", unused=True)[0]
+    redeemed = Event(
+        id=new_event_id(),
+        seq=1,
+        type="points.redeemed",
+        ts=rfc3339(time.time()),
+        store=STORE,
+        kiosk="k1",
+        data={"member_id": "m-ada", "reward_id": reward.id, "voucher_id": voucher.id},
+    )
+    repo.add_events([redeemed])
+    with repo.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER fault BEFORE UPDATE ON rewards BEGIN SELECT RAISE(ABORT, 'fault'); END"
+        )
+    service.after_stored([redeemed], {redeemed.id})  # logged, not raised
+    assert service.catalogue.pool_code(voucher.id).used_at is None  # type: ignore[union-attr]
+    with repo.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER fault")
+    assert service.catch_up(datetime.now(UTC) - timedelta(days=1)) == 1
+    assert service.catalogue.pool_code(voucher.id).used_event == redeemed.id  # type: ignore[union-attr]
+    assert service.reward(reward.id).stock == 4  # type: ignore[union-attr]
