@@ -619,3 +619,31 @@ def test_a_fault_taking_the_stock_leaves_the_voucher_unused(
     assert service.catch_up(datetime.now(UTC) - timedelta(days=1)) == 1
     assert service.catalogue.pool_code(voucher.id).used_event == redeemed.id  # type: ignore[union-attr]
     assert service.reward(reward.id).stock == 4  # type: ignore[union-attr]
+
+
+def test_one_kiosk_that_cannot_be_sent_to_does_not_silence_the_others(
+    tmp_path: Path, repo: Repository
+) -> None:
+    """The last of a reward is redeemed while k1's commands cannot be stored (a fault):
+    k2 still hears that it is no longer on offer."""
+    service = _service(tmp_path, repo)
+    reward = service.add(name="Cookie", points=30, stock=1)
+    voucher = service.pool("k1", unused=True)[0]
+    redeemed = Event(
+        id=new_event_id(),
+        seq=1,
+        type="points.redeemed",
+        ts=rfc3339(time.time()),
+        store=STORE,
+        kiosk="k1",
+        data={"member_id": "m-ada", "reward_id": reward.id, "voucher_id": voucher.id},
+    )
+    repo.add_events([redeemed])
+    with repo.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER fault BEFORE INSERT ON commands WHEN NEW.kiosk = 'k1' "
+            "BEGIN SELECT RAISE(ABORT, 'fault'); END"
+        )
+    service.after_stored([redeemed], {redeemed.id})  # logged, not raised
+    sets = [c for c in repo.commands_after(STORE, "k2", 0) if c.name == "rewards.set"]
+    assert sets[-1].data["rewards"] == []
