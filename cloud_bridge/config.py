@@ -216,8 +216,12 @@ class MembersSection(_Section):
     #: How long the live member code on a member's page stays valid.
     live_code_s: Annotated[int, Field(ge=30, le=86400)] = 120
     #: The bridge's address as a phone reaches it (e.g. `https://shop.example`): member
-    #: pages are `<page_url>/m/<code>`. Empty: `http://<http.host>:<http.port>`.
+    #: pages are `<page_url>/m/<code>`. Empty: `http://<http.host>:<http.port>`, except
+    #: that a loopback or unspecified host (no phone reaches it) gives no page links.
     page_url: str = ""
+    #: The shop's own online sign-up page (e.g. its mini-program link): a member page's
+    #: share link is `<join_url>` with `ref=<member id>`. Empty: the bridge's `/j` page.
+    join_url: str = ""
 
     @field_validator("page_url")
     @classmethod
@@ -225,6 +229,14 @@ class MembersSection(_Section):
         v = v.strip().rstrip("/")
         if v and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", v):
             raise ValueError("page_url must be an http:// or https:// address")
+        return v
+
+    @field_validator("join_url")
+    @classmethod
+    def _join_url(cls, v: str) -> str:
+        v = v.strip()
+        if v and not re.fullmatch(r"https?://[^\s/?#]+[^\s#]*", v):
+            raise ValueError("join_url must be an http:// or https:// address")
         return v
 
 

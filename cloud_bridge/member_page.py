@@ -171,10 +171,25 @@ class MemberPages:
         self.headers = {**_HEADERS, "Content-Security-Policy": page_csp(self.template.template)}
 
     def verified(self, token: str) -> Code | None:
+        """A member code of the store without an expiry: what a join slip carries. A
+        code with `exp` (the page's own live code) is refused, or a screenshot of the
+        live code would open the whole page and a chain of fresh live codes."""
         code = verify_code(token, self.keys, store=self.store, now=time.time())
         if not isinstance(code, Code) or code.type is not CodeType.MEMBER:
             return None
+        if code.payload.exp is not None:
+            return None
         return code
+
+    def share_link(self, member: str) -> str:
+        """The shop's own sign-up page (`members.join_url`) with `ref=<member>`, else the
+        bridge's `/j` page."""
+        ref = urlencode({"ref": member})
+        join = self.config.members.join_url
+        if join:
+            sep = "" if join.endswith(("?", "&")) else "&" if "?" in join else "?"
+            return f"{join}{sep}{ref}"
+        return f"{self.config.member_page_base()}/j?{ref}"
 
     def _html(self, lang: str, title: str, main: str, status: int = 200) -> HTMLResponse:
         page = self.template.substitute(
@@ -234,7 +249,7 @@ class MemberPages:
             if rows
             else f'<p class="empty">{_e(s["ledger.empty"])}</p>'
         )
-        share = f"{self.config.member_page_base()}/j?{urlencode({'ref': code.id})}"
+        share = self.share_link(code.id)
         main = f"""<header><span class="store">{_e(self.store)}</span>
 <a class="lang" href="?lang={other}">{_e(s["other"])}</a></header>
 <h1 id="name">{_e(name)}</h1>

@@ -64,6 +64,16 @@ read_token_file = "dashboard.token"   # read-only: the dashboard, dashboards, re
 
 [signing]
 key_file = "signing.key"      # Ed25519 private key that signs codes; keep it secret (0600)
+
+[members]
+# The bridge's address as a phone reaches it: join slips link to <page_url>/m/<code>.
+# Unset while the http host is 127.0.0.1 or 0.0.0.0: slips carry no member page link.
+# page_url = "https://shop.example"
+# The shop's own online sign-up page; a member page's share link adds ref=<member id>.
+# join_url = "https://shop.example/join"
+# pool_size = 10              # unused pre-signed codes per kiosk, per reward and for joins
+# voucher_days = 365          # how long a reward voucher stays valid
+# referral_points = 50        # points for a member whose shared link brings someone in
 """
 
 

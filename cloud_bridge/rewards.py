@@ -10,12 +10,14 @@ every kiosk hears the whole of what is on offer (`rewards.set`).
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,6 +27,7 @@ from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
 from cloud_bridge.db.catalogue import Catalogue, NewCode, PoolCodeRecord, RewardRecord
 from cloud_bridge.issuing import DAY, issue
+from o2o_protocol.limits import json_bytes
 from o2o_protocol.messages import (
     CommandName,
     Event,
@@ -68,15 +71,25 @@ class RewardService:
         config: BridgeConfig,
         key: Ed25519PrivateKey | None,
         commands: CommandService,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """Without `key` (a runtime built without the store's key) no pools are kept."""
+        """Without `key` (a runtime built without the store's key) no pools are kept.
+        `clock` (Unix seconds) dates the codes signed, so tests can age a pool."""
         self.repo = repo
         self.config = config
         self.store = config.store
         self.key = key
         self.commands = commands
         self.catalogue = Catalogue(repo, config.store)
+        self.clock = clock
         self._lock = threading.Lock()
+        if key is not None and self.page_base() is None:
+            log.warning(
+                "member pages are off: the bridge listens on %s, which no phone reaches; "
+                "set [members] page_url in bridge.toml to the address phones use",
+                config.http.host,
+            )
 
     # -- the catalogue ----------------------------------------------------------------
 
@@ -95,6 +108,9 @@ class RewardService:
         id = new_reward_id()
         # The kiosks' own model: refuse what no kiosk would take.
         Reward(id=id, name=name, name_en=name_en, points=points, stock=stock)
+        now = datetime.now(UTC)
+        new = RewardRecord(id, name, name_en, points, stock, True, now, now)
+        self._check_fits([*self.offered(), new])
         reward = self.catalogue.add_reward(
             id, name=name, name_en=name_en, points=points, stock=stock
         )
@@ -110,6 +126,11 @@ class RewardService:
         reactivated = changes.get("active") and not current.active
         if reactivated and self.catalogue.count_active() >= MAX_ACTIVE:
             raise ValueError(f"{MAX_ACTIVE} rewards are active already: retire one first")
+        after = dataclasses.replace(current, **changes)
+        self._check_fits(
+            [after if r.id == id else r for r in self.rewards()]
+            + ([after] if not current.active else [])
+        )
         changed = self.catalogue.update_reward(id, changes)
         if changed is None:
             return None
@@ -127,21 +148,48 @@ class RewardService:
         """The configured kiosks, then any other the bridge has heard from."""
         return list(dict.fromkeys([*self.config.kiosks, *self.repo.kiosk_names(self.store)]))
 
-    def send_catalogue(self) -> None:
-        """Every kiosk hears the whole catalogue on offer."""
-        data = RewardsSet(
+    @staticmethod
+    def _catalogue_data(rewards: Sequence[RewardRecord]) -> dict[str, Any]:
+        return RewardsSet(
             rewards=[
                 Reward(id=r.id, name=r.name, name_en=r.name_en, points=r.points, stock=r.stock)
-                for r in self.offered()
+                for r in rewards
+                if r.offered
             ]
         ).model_dump(mode="json")
+
+    def _check_fits(self, rewards: Sequence[RewardRecord]) -> None:
+        """ValueError, before anything is stored, when the catalogue these `rewards`
+        would offer is over the size of one command: stored, no kiosk would ever hear
+        it, and every later change would fail the same way."""
+        name = CommandName.REWARDS_SET.value
+        try:
+            checked_command(name, self._catalogue_data(rewards), limits=self.commands.limits)
+        except ValueError as exc:
+            raise ValueError(
+                f"the catalogue would be too large to send to the kiosks ({exc}): "
+                "retire a reward or shorten the names first"
+            ) from None
+
+    def send_catalogue(self) -> None:
+        """Every kiosk hears the whole catalogue on offer; a kiosk that cannot be sent
+        it is logged and the others still hear it."""
+        data = self._catalogue_data(self.offered())
         for kiosk in self.kiosks():
-            self.commands.send(kiosk, CommandName.REWARDS_SET.value, data)
+            try:
+                self.commands.send(kiosk, CommandName.REWARDS_SET.value, data)
+            except Exception:
+                log.exception("could not send the catalogue to %s", kiosk)
 
     def _changed(self) -> None:
+        """After a change is stored: never raises (the change stands; the caller must
+        not answer an error for it)."""
         self.send_catalogue()
         for kiosk in self.kiosks():
-            self.top_up(kiosk, members=False)
+            try:
+                self.top_up(kiosk, members=False)
+            except Exception:
+                log.exception("could not top up the voucher pools of %s", kiosk)
 
     # -- pools ------------------------------------------------------------------------
 
@@ -152,7 +200,9 @@ class RewardService:
             return 0
         # A cheap read first: a kiosk reports often, and its pools are mostly full.
         target = self.config.members.pool_size
-        unused = self.catalogue.unused_counts(kiosk)
+        unused = self.catalogue.unused_counts(
+            kiosk, stale_kind=VOUCHER, fresh_after=self._fresh_after()
+        )
         wanted: list[RewardRecord | None] = [
             r for r in self.offered() if unused.get((VOUCHER, r.id), 0) < target
         ]
@@ -164,36 +214,64 @@ class RewardService:
                 sent += self._fill(kiosk, MEMBER if reward is None else VOUCHER, reward)
         return sent
 
+    def _fresh_after(self) -> datetime:
+        """Vouchers issued before this expire within half of `voucher_days`: no longer
+        counted as unused, so fresh ones are sent (the kiosk skips the old ones)."""
+        half = timedelta(days=self.config.members.voucher_days) / 2
+        return datetime.fromtimestamp(self.clock(), UTC) - half
+
     def _fill(self, kiosk: str, kind: str, reward: RewardRecord | None) -> int:
-        now = time.time()
+        now = self.clock()
 
         def make(n: int) -> list[NewCode]:
             if reward is not None:
                 return [self._voucher(reward, now) for _ in range(n)]
             return [self._member_code(now) for _ in range(n)]
 
-        def command(codes: list[NewCode]) -> tuple[str, dict[str, Any]]:
-            refill = PoolRefill(
-                kind=VOUCHER if reward is not None else MEMBER,
-                reward=None if reward is None else reward.id,
-                codes=[PoolCode(id=c.id, code=c.code, url=c.url) for c in codes],
-            )
-            data = refill.model_dump(mode="json", exclude_none=True)
+        def commands(codes: list[NewCode]) -> list[tuple[str, dict[str, Any]]]:
             name = CommandName.POOL_REFILL.value
-            return name, checked_command(name, data, limits=self.commands.limits)
+            return [
+                (name, checked_command(name, data, limits=self.commands.limits))
+                for data in self._refills(reward, codes)
+            ]
 
-        codes, cmd = self.catalogue.fill_pool(
+        codes, cmds = self.catalogue.fill_pool(
             kiosk,
             kind,
             None if reward is None else reward.id,
             self.config.members.pool_size,
             make,
-            command,
+            commands,
+            fresh_after=self._fresh_after() if reward is not None else None,
+            now=datetime.fromtimestamp(now, UTC),
         )
-        if cmd is not None:
-            self.commands.resend(kiosk, cmd.seq - 1)
+        if cmds:
+            self.commands.resend(kiosk, cmds[0].seq - 1)
             log.info("sent %d %s code(s) to %s", len(codes), kind, kiosk)
         return len(codes)
+
+    def _refills(self, reward: RewardRecord | None, codes: list[NewCode]) -> list[dict[str, Any]]:
+        """`pool.refill` data for `codes`, split so each fits `limits.command_bytes`
+        (a pool of 200 member codes is several times one command's size)."""
+        base = PoolRefill(
+            kind=VOUCHER if reward is not None else MEMBER,
+            reward=None if reward is None else reward.id,
+            codes=[],
+        ).model_dump(mode="json", exclude_none=True)
+        room = self.commands.limits.command_bytes - json_bytes(base)
+        chunks: list[list[dict[str, Any]]] = [[]]
+        used = 0
+        for c in codes:
+            item = PoolCode(id=c.id, code=c.code, url=c.url).model_dump(
+                mode="json", exclude_none=True
+            )
+            size = json_bytes(item) + 1  # and its comma
+            if chunks[-1] and used + size > room:
+                chunks.append([])
+                used = 0
+            chunks[-1].append(item)
+            used += size
+        return [{**base, "codes": chunk} for chunk in chunks if chunk]
 
     def _voucher(self, reward: RewardRecord, now: float) -> NewCode:
         assert self.key is not None
@@ -213,9 +291,27 @@ class RewardService:
         issued = issue(self.key, "member", store=self.store, id=new_member_id(), now=now)
         return NewCode(issued.id, issued.token, self.page_url(issued.token))
 
-    def page_url(self, token: str) -> str:
-        """The member's own page for a member code."""
-        return f"{self.config.member_page_base()}/m/{token}"
+    def page_base(self) -> str | None:
+        """Where phones reach member pages; None when `page_url` is unset and the bridge
+        listens on a loopback or unspecified address, which no phone reaches (a slip
+        then carries the shop's join link rather than a dead page link)."""
+        if self.config.members.page_url:
+            return self.config.members.page_url
+        host = self.config.http.host.strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            if host.lower() == "localhost":
+                return None
+        else:
+            if ip.is_loopback or ip.is_unspecified:
+                return None
+        return self.config.member_page_base()
+
+    def page_url(self, token: str) -> str | None:
+        """The member's own page for a member code (None: see `page_base`)."""
+        base = self.page_base()
+        return None if base is None else f"{base}/m/{token}"
 
     def pool(self, kiosk: str | None = None, *, unused: bool = False) -> list[PoolCodeRecord]:
         return self.catalogue.pool_codes(kiosk=kiosk, unused=unused)
@@ -245,8 +341,13 @@ class RewardService:
             e
             for type_ in (EventType.POINTS_REDEEMED, EventType.MEMBER_JOINED)
             for e in self.repo.iter_events(store=self.store, type=type_.value, since=since)
-            if e.data.get("voucher_id" if type_ is EventType.POINTS_REDEEMED else "member_id")
-            in unused
+            if isinstance(
+                v := e.data.get(
+                    "voucher_id" if type_ is EventType.POINTS_REDEEMED else "member_id"
+                ),
+                str,
+            )
+            and v in unused
         ]
         applied = self._apply([Event.model_validate(e.envelope()) for e in missed], replay=True)
         if applied:
@@ -270,45 +371,57 @@ class RewardService:
             except Exception:
                 log.exception("could not apply event %s (%s) to the code pools", e.id, e.type)
         if catalogue_changed:
-            self.send_catalogue()
+            self.send_catalogue()  # per kiosk, never raises
         for kiosk in sorted(refill):
-            self.top_up(kiosk)
+            try:
+                self.top_up(kiosk)
+            except Exception:
+                log.exception("could not top up the code pools of %s", kiosk)
         return applied
 
     def _redeemed(self, event: Event, refill: set[str], *, replay: bool) -> tuple[bool, bool]:
         """(voucher used now, the reward ran out with this one). The stock is taken with
         the voucher's first use, so a replay never takes it twice; a live redemption
         without a pooled voucher takes it too."""
-        used = self._used(event, "voucher_id", VOUCHER, refill)
+        voucher = event.data.get("voucher_id")
         reward = event.data.get("reward_id")
-        if not isinstance(reward, str) or not reward:
-            return used is not None, False
-        if used is None:
-            voucher = event.data.get("voucher_id")
-            pooled = isinstance(voucher, str) and self.catalogue.pool_code(voucher) is not None
-            if replay or pooled:
-                return False, False  # counted already (or a voucher used twice: logged)
-        after = self.catalogue.take_stock(reward)
+        used, after = self.catalogue.redeem(
+            voucher if isinstance(voucher, str) and voucher else None,
+            VOUCHER,
+            reward if isinstance(reward, str) and reward else None,
+            event.id,
+            replay=replay,
+            at=self._at(event),
+        )
+        self._note_used(event, used, VOUCHER, refill)
         return used is not None, after is not None and after.stock == 0
+
+    @staticmethod
+    def _at(event: Event) -> datetime:
+        try:
+            return parse_rfc3339(event.ts)
+        except ValueError:
+            return datetime.now(UTC)
 
     def _used(self, event: Event, field: str, kind: str, refill: set[str]) -> PoolCodeRecord | None:
         """Mark the event's pooled code used; the code, or None (not pooled, or used)."""
         code = event.data.get(field)
         if not isinstance(code, str) or not code:
             return None
-        try:
-            at = parse_rfc3339(event.ts)
-        except ValueError:
-            at = datetime.now(UTC)
-        used = self.catalogue.use_code(code, kind, event.id, at=at)
+        used = self.catalogue.use_code(code, kind, event.id, at=self._at(event))
+        self._note_used(event, used, kind, refill)
+        return used
+
+    def _note_used(
+        self, event: Event, used: PoolCodeRecord | None, kind: str, refill: set[str]
+    ) -> None:
         if used is not None:
             refill.add(used.kiosk)
             if used.kiosk != event.kiosk:
                 log.warning(
                     "%s code %s of kiosk %s was used at kiosk %s",
                     kind,
-                    code,
+                    used.id,
                     used.kiosk,
                     event.kiosk,
                 )
-        return used

@@ -71,6 +71,11 @@ def test_init_writes_files_that_load(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (kiosk.lockers.type, kiosk.printer.type) == ("simulated", "simulated")
     assert (kiosk.camera.type, kiosk.camera.source) == ("v4l2", "0")
     assert "PRIVATE" not in (target / "kiosk-door1.toml").read_text()
+    # [members] page_url, commented out: member page links need the address phones use.
+    text = (target / "bridge.toml").read_text()
+    assert '\n# page_url = "https://shop.example"\n' in text
+    (target / "bridge.toml").write_text(text.replace("# page_url", "page_url"))
+    assert load_config(target / "bridge.toml").members.page_url == "https://shop.example"
 
 
 def test_init_options_and_refusal_to_overwrite(

@@ -22,6 +22,7 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from PIL import Image
 from pyzbar import pyzbar
 
@@ -240,3 +241,36 @@ def test_the_join_page_in_both_languages(site: Site) -> None:
     assert status == 200 and "加入 s1" in page and "您是受会员邀请而来的" in page
     page = site.get("/j?lang=en")[2].decode()
     assert "Join s1" in page and "Ask at the shop" in page and "invited" not in page
+
+
+def test_a_live_code_does_not_open_the_page(site: Site) -> None:
+    """A screenshot of the page's live code (a member code with an expiry) scans at a
+    kiosk, but opens neither the page nor more live codes."""
+    now = int(time.time())
+    live = issue(
+        site.key, "member", store="s1", id="m-ada", name="Ada 王", expires=now + LIVE_S, now=now
+    ).token
+    status, _, body = site.get(f"/m/{live}")
+    assert status == 404 and b"Ada" not in body
+    assert site.get(f"/m/{live}/code.svg")[0] == 404
+    assert site.get(f"/m/{site.token}")[0] == 200  # the slip's code still opens it
+
+
+def test_the_share_link_is_the_shops_join_page(tmp_path: Path, repo: Repository) -> None:
+    """With `join_url` the share link is the shop's own sign-up page with `ref=`;
+    without it, the bridge's `/j` page."""
+    key = Ed25519PrivateKey.generate()
+    token = issue(key, "member", store="s1", id="m-ada", name="Ada").token
+    cases = {
+        "https://shop.example/join": "https://shop.example/join?ref=m-ada",
+        "https://shop.example/mp?from=slip": "https://shop.example/mp?from=slip&amp;ref=m-ada",
+        "": "https://bridge.example/j?ref=m-ada",
+    }
+    for join_url, share in cases.items():
+        members = {"page_url": "https://bridge.example", "join_url": join_url}
+        config = validate_config(
+            tmp_path / "bridge.toml", {"store": "s1", "members": members}, BridgeConfig
+        )
+        page = TestClient(create_app(config, repo, token=TOKEN, signing_key=key)).get(f"/m/{token}")
+        assert page.status_code == 200
+        assert f'<a id="share" href="{share}">' in page.text, join_url

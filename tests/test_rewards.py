@@ -440,3 +440,210 @@ def test_events_the_pools_missed_are_applied_once_at_start(tmp_path: Path, db: R
     # The live hook seeing it again (another worker) does not take the stock twice either.
     service.after_stored([redeemed], {redeemed.id})
     assert service.reward(reward.id).stock == 4  # type: ignore[union-attr]
+
+
+def _service(
+    tmp_path: Path, db: Repository, clock: Callable[[], float] | None = None, **members: Any
+) -> RewardService:
+    raw: dict[str, Any] = {
+        "store": STORE,
+        "kiosks": ["k1", "k2"],
+        "members": {"pool_size": POOL, "voucher_days": 30, **members},
+    }
+    config = validate_config(tmp_path / "bridge.toml", raw, BridgeConfig)
+    commands = CommandService(db, STORE, limits=config.limits)
+    key = Ed25519PrivateKey.generate()
+    if clock is None:
+        return RewardService(db, config, key, commands)
+    return RewardService(db, config, key, commands, clock=clock)
+
+
+def _refills(db: Repository, kiosk: str, kind: str) -> list[dict[str, Any]]:
+    return [
+        c.data
+        for c in db.commands_after(STORE, kiosk, 0)
+        if c.name == "pool.refill" and c.data["kind"] == kind
+    ]
+
+
+def test_vouchers_close_to_expiry_are_replaced_by_fresh_ones(
+    tmp_path: Path, db: Repository
+) -> None:
+    """A reward rarely taken: once its pooled vouchers have less than half of
+    `voucher_days` left, the kiosk is sent fresh ones, valid the full time."""
+    now = [time.time()]
+    service = _service(tmp_path, db, clock=lambda: now[0])
+    reward = service.add(name="Cookie", points=30)
+    assert sum(len(r["codes"]) for r in _refills(db, "k1", "voucher")) == POOL
+
+    now[0] += 14 * 86400  # 16 of 30 days left: still good
+    assert service.top_up("k1", members=False) == 0
+    now[0] += 2 * 86400  # 14 of 30 days left: replaced
+    assert service.top_up("k1", members=False) == POOL
+    fresh = _refills(db, "k1", "voucher")[-1]
+    assert fresh["reward"] == reward.id and len(fresh["codes"]) == POOL
+    keys = {key_id(service.key.public_key()): service.key.public_key()}  # type: ignore[union-attr]
+    for c in fresh["codes"]:
+        voucher = verify_code(c["code"], keys, store=STORE, now=now[0])
+        assert isinstance(voucher, Code) and voucher.expires is not None
+        assert abs(voucher.expires - (now[0] + 30 * 86400)) < 60
+    # The fresh ones count: nothing more is sent.
+    assert service.top_up("k1", members=False) == 0
+
+
+def test_a_large_member_pool_is_sent_in_commands_that_fit(tmp_path: Path, db: Repository) -> None:
+    """200 member codes are several times one command's size: the kiosk gets them all,
+    in several `pool.refill`s each within `limits.command_bytes`."""
+    service = _service(tmp_path, db, pool_size=200, page_url="https://shop.example")
+    assert service.top_up("k1") == 200
+    refills = _refills(db, "k1", "member")
+    assert len(refills) > 1
+    limit = service.commands.limits.command_bytes
+    assert all(len(json.dumps(r, separators=(",", ":")).encode()) <= limit for r in refills)
+    sent = [c["id"] for r in refills for c in r["codes"]]
+    assert len(set(sent)) == 200
+    assert sorted(sent) == sorted(p.id for p in service.pool("k1", unused=True))
+    assert service.top_up("k1") == 0
+
+
+def test_a_catalogue_too_large_to_send_is_refused_and_not_stored(
+    tmp_path: Path, db: Repository
+) -> None:
+    """Long names fill one `rewards.set`: the reward that would not fit is refused (409)
+    and not stored, every kiosk has heard all that is stored, and later changes work."""
+    app = create_app(_config(tmp_path), db, token=TOKEN, signing_key=Ed25519PrivateKey.generate())
+    api = TestClient(app)
+    added: list[str] = []
+    for i in range(100):
+        body = {"name": f"{i:03d}" + "拿" * 97, "name_en": f"{i:03d}" + "L" * 97, "points": 10}
+        r = api.post("/api/v1/rewards", json=body, headers=FULL)
+        if r.status_code != 201:
+            break
+        added.append(r.json()["id"])
+    assert r.status_code == 409 and "too large" in r.json()["detail"], r.text
+    assert 10 < len(added) < 100
+    stored = [x["id"] for x in api.get("/api/v1/rewards?all=true", headers=FULL).json()["rewards"]]
+    assert stored == added
+    for kiosk in ("k1", "k2"):
+        sets = [c for c in db.commands_after(STORE, kiosk, 0) if c.name == "rewards.set"]
+        assert [x["id"] for x in sets[-1].data["rewards"]] == added
+
+    # Retiring one makes room for one more; offering it again then does not fit, and
+    # it stays retired.
+    assert api.delete(f"/api/v1/rewards/{added[0]}", headers=FULL).status_code == 200
+    body = {"name": "100" + "拿" * 97, "name_en": "100" + "L" * 97, "points": 10}
+    r = api.post("/api/v1/rewards", json=body, headers=FULL)
+    assert r.status_code == 201, r.text
+    sets = [c for c in db.commands_after(STORE, "k1", 0) if c.name == "rewards.set"]
+    assert [x["id"] for x in sets[-1].data["rewards"]] == [*added[1:], r.json()["id"]]
+    again = api.patch(f"/api/v1/rewards/{added[0]}", json={"active": True}, headers=FULL)
+    assert again.status_code == 409 and "too large" in again.json()["detail"]
+    assert api.get("/api/v1/rewards", headers=FULL).json()["rewards"][0]["id"] == added[1]
+
+
+def test_a_malformed_redemption_does_not_stop_the_others(tmp_path: Path, db: Repository) -> None:
+    """A `points.redeemed` whose voucher_id is a list, then a good one: the good one is
+    applied (its voucher used, its stock taken)."""
+    service = _service(tmp_path, db)
+    reward = service.add(name="Cookie", points=30, stock=5)
+    voucher = service.pool("k1", unused=True)[0]
+
+    def redeemed(seq: int, voucher_id: object) -> Event:
+        return Event(
+            id=new_event_id(),
+            seq=seq,
+            type="points.redeemed",
+            ts=rfc3339(time.time()),
+            store=STORE,
+            kiosk="k1",
+            data={"member_id": "m-ada", "reward_id": reward.id, "voucher_id": voucher_id},
+        )
+
+    bad, good = redeemed(1, [voucher.id]), redeemed(2, voucher.id)
+    db.add_events([bad, good])
+    assert service.catch_up(datetime.now(UTC) - timedelta(days=1)) == 1
+    assert service.catalogue.pool_code(voucher.id).used_event == good.id  # type: ignore[union-attr]
+    assert service.reward(reward.id).stock == 4  # type: ignore[union-attr]
+
+
+def test_member_codes_carry_no_page_link_no_phone_reaches(
+    tmp_path: Path, db: Repository, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`page_url` unset and the bridge on 127.0.0.1: a join slip would print a QR code of
+    a loopback address, so member codes carry no link, and the bridge says what to set."""
+    with caplog.at_level("WARNING", logger="cloud_bridge.rewards"):
+        service = _service(tmp_path, db)
+    assert "page_url" in caplog.text
+    service.top_up("k1")
+    codes = [c for r in _refills(db, "k1", "member") for c in r["codes"]]
+    assert len(codes) == POOL and all("url" not in c for c in codes)
+
+    # A host phones reach (or page_url set): the link is there, and no warning.
+    caplog.clear()
+    raw: dict[str, Any] = {"store": STORE, "http": {"host": "10.0.0.5", "port": 8080}}
+    config = validate_config(tmp_path / "bridge.toml", raw, BridgeConfig)
+    with caplog.at_level("WARNING", logger="cloud_bridge.rewards"):
+        lan = RewardService(db, config, Ed25519PrivateKey.generate(), service.commands)
+    assert "page_url" not in caplog.text
+    lan.top_up("k2")
+    codes = [c for r in _refills(db, "k2", "member") for c in r["codes"]]
+    assert codes and all(c["url"] == f"http://10.0.0.5:8080/m/{c['code']}" for c in codes)
+
+
+def test_a_fault_taking_the_stock_leaves_the_voucher_unused(
+    tmp_path: Path, repo: Repository
+) -> None:
+    """The database refuses the stock update (a fault mid-redemption): the voucher stays
+    unused too, so the next start applies the redemption whole, stock taken once."""
+    service = _service(tmp_path, repo)
+    reward = service.add(name="Cookie", points=30, stock=5)
+    voucher = service.pool("k1", unused=True)[0]
+    redeemed = Event(
+        id=new_event_id(),
+        seq=1,
+        type="points.redeemed",
+        ts=rfc3339(time.time()),
+        store=STORE,
+        kiosk="k1",
+        data={"member_id": "m-ada", "reward_id": reward.id, "voucher_id": voucher.id},
+    )
+    repo.add_events([redeemed])
+    with repo.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER fault BEFORE UPDATE ON rewards BEGIN SELECT RAISE(ABORT, 'fault'); END"
+        )
+    service.after_stored([redeemed], {redeemed.id})  # logged, not raised
+    assert service.catalogue.pool_code(voucher.id).used_at is None  # type: ignore[union-attr]
+    with repo.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER fault")
+    assert service.catch_up(datetime.now(UTC) - timedelta(days=1)) == 1
+    assert service.catalogue.pool_code(voucher.id).used_event == redeemed.id  # type: ignore[union-attr]
+    assert service.reward(reward.id).stock == 4  # type: ignore[union-attr]
+
+
+def test_one_kiosk_that_cannot_be_sent_to_does_not_silence_the_others(
+    tmp_path: Path, repo: Repository
+) -> None:
+    """The last of a reward is redeemed while k1's commands cannot be stored (a fault):
+    k2 still hears that it is no longer on offer."""
+    service = _service(tmp_path, repo)
+    reward = service.add(name="Cookie", points=30, stock=1)
+    voucher = service.pool("k1", unused=True)[0]
+    redeemed = Event(
+        id=new_event_id(),
+        seq=1,
+        type="points.redeemed",
+        ts=rfc3339(time.time()),
+        store=STORE,
+        kiosk="k1",
+        data={"member_id": "m-ada", "reward_id": reward.id, "voucher_id": voucher.id},
+    )
+    repo.add_events([redeemed])
+    with repo.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER fault BEFORE INSERT ON commands WHEN NEW.kiosk = 'k1' "
+            "BEGIN SELECT RAISE(ABORT, 'fault'); END"
+        )
+    service.after_stored([redeemed], {redeemed.id})  # logged, not raised
+    sets = [c for c in repo.commands_after(STORE, "k2", 0) if c.name == "rewards.set"]
+    assert sets[-1].data["rewards"] == []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -230,19 +230,23 @@ class Catalogue:
         reward: str | None,
         target: int,
         make: Callable[[int], list[NewCode]],
-        command: Callable[[list[NewCode]], tuple[str, dict[str, Any]]],
+        commands: Callable[[list[NewCode]], list[tuple[str, dict[str, Any]]]],
         *,
+        fresh_after: datetime | None = None,
         now: datetime | None = None,
-    ) -> tuple[list[NewCode], Command | None]:
-        """Top one pool of `kiosk` up to `target` unused codes: `make(n)` signs the n
-        missing, `command(codes)` says which command carries them (name, data). The codes
-        and the command are stored in one transaction; returns them (nothing when the
-        pool was full). The caller publishes the command."""
+    ) -> tuple[list[NewCode], list[Command]]:
+        """Top one pool of `kiosk` up to `target` unused codes issued after `fresh_after`
+        (older ones are close to expiry: the kiosk skips them): `make(n)` signs the n
+        missing, `commands(codes)` says which commands carry them (name, data), several
+        when one would be over the size limit. The codes and the commands are stored in
+        one transaction; returns them (nothing when the pool was full). The caller
+        publishes the commands."""
         at = now or datetime.now(UTC)
         column = PoolCodeRow.reward
         same_reward = column.is_(None) if reward is None else column == reward
+        fresh = () if fresh_after is None else (PoolCodeRow.issued_at > fresh_after,)
 
-        def work(session: Session) -> tuple[list[NewCode], Command | None]:
+        def work(session: Session) -> tuple[list[NewCode], list[Command]]:
             self._lock_pool(session, kiosk)
             unused = session.scalar(
                 select(func.count()).where(
@@ -251,11 +255,12 @@ class Catalogue:
                     PoolCodeRow.kind == kind,
                     same_reward,
                     PoolCodeRow.used_at.is_(None),
+                    *fresh,
                 )
             )
             missing = target - int(unused or 0)
             if missing <= 0:
-                return [], None
+                return [], []
             codes = make(missing)
             session.add_all(
                 PoolCodeRow(
@@ -270,12 +275,12 @@ class Catalogue:
                 )
                 for c in codes
             )
-            name, data = command(codes)
-            return codes, self._queue(session, kiosk, name, data, at)
+            queued = [self._queue(session, kiosk, n, d, at) for n, d in commands(codes)]
+            return codes, queued
 
         for attempt in range(1, _SEQ_ATTEMPTS + 1):
             try:
-                result: tuple[list[NewCode], Command | None] = self.repo._retrying(work)
+                result: tuple[list[NewCode], list[Command]] = self.repo._retrying(work)
                 return result
             except IntegrityError:
                 # Another writer took the kiosk's next command seq: count again.
@@ -315,14 +320,21 @@ class Catalogue:
         session.flush()
         return cmd
 
-    def unused_counts(self, kiosk: str) -> dict[tuple[str, str | None], int]:
-        """Unused codes of the kiosk per pool: {(kind, reward or None): n}."""
+    def unused_counts(
+        self, kiosk: str, *, stale_kind: str | None = None, fresh_after: datetime | None = None
+    ) -> dict[tuple[str, str | None], int]:
+        """Unused codes of the kiosk per pool: {(kind, reward or None): n}; codes of
+        `stale_kind` issued before `fresh_after` are not counted (close to expiry)."""
+        stale: tuple[Any, ...] = ()
+        if stale_kind is not None and fresh_after is not None:
+            stale = (or_(PoolCodeRow.kind != stale_kind, PoolCodeRow.issued_at > fresh_after),)
         stmt = (
             select(PoolCodeRow.kind, PoolCodeRow.reward, func.count())
             .where(
                 PoolCodeRow.store == self.store,
                 PoolCodeRow.kiosk == kiosk,
                 PoolCodeRow.used_at.is_(None),
+                *stale,
             )
             .group_by(PoolCodeRow.kind, PoolCodeRow.reward)
         )
@@ -336,7 +348,63 @@ class Catalogue:
     ) -> PoolCodeRecord | None:
         """Mark a pooled code used by `event`; the code, or None when it is not a pooled
         code of that kind or was already used."""
-        stmt = (
+        stmt = self._use_stmt(id, kind, event, at)
+
+        def work(session: Session) -> PoolCodeRecord | None:
+            row = session.execute(stmt).scalars().first()
+            return None if row is None else _pool_code(row)
+
+        result: PoolCodeRecord | None = self.repo._retrying(work)
+        return result
+
+    def redeem(
+        self,
+        voucher: str | None,
+        kind: str,
+        reward: str | None,
+        event: str,
+        *,
+        replay: bool,
+        at: datetime | None = None,
+    ) -> tuple[PoolCodeRecord | None, RewardRecord | None]:
+        """A redemption in one transaction, so a fault never leaves the voucher unused and
+        the stock taken or the other way round: the voucher is marked used and one of the
+        reward's stock taken with its first use. Without a pooled voucher the stock is
+        taken too unless `replay` (the live event counts; a replay of one already counted
+        must not). (The voucher now used or None, the reward after or None when its stock
+        did not change.)"""
+        use = None if voucher is None else self._use_stmt(voucher, kind, event, at)
+        take = (
+            update(RewardRow)
+            .where(
+                RewardRow.store == self.store,
+                RewardRow.id == reward,
+                RewardRow.stock.is_not(None),
+                RewardRow.stock > 0,
+            )
+            .values(stock=RewardRow.stock - 1, updated_at=datetime.now(UTC))
+            .returning(RewardRow)
+        )
+
+        def work(session: Session) -> tuple[PoolCodeRecord | None, RewardRecord | None]:
+            row = None if use is None else session.execute(use).scalars().first()
+            used = None if row is None else _pool_code(row)
+            if reward is None:
+                return used, None
+            if used is None:
+                pooled = voucher is not None and (
+                    session.get(PoolCodeRow, (self.store, voucher)) is not None
+                )
+                if replay or pooled:
+                    return None, None  # counted already (or a voucher used twice)
+            after = session.execute(take).scalars().first()
+            return used, None if after is None else _reward(after)
+
+        result: tuple[PoolCodeRecord | None, RewardRecord | None] = self.repo._retrying(work)
+        return result
+
+    def _use_stmt(self, id: str, kind: str, event: str, at: datetime | None) -> Any:
+        return (
             update(PoolCodeRow)
             .where(
                 PoolCodeRow.store == self.store,
@@ -347,13 +415,6 @@ class Catalogue:
             .values(used_at=at or datetime.now(UTC), used_event=event)
             .returning(PoolCodeRow)
         )
-
-        def work(session: Session) -> PoolCodeRecord | None:
-            row = session.execute(stmt).scalars().first()
-            return None if row is None else _pool_code(row)
-
-        result: PoolCodeRecord | None = self.repo._retrying(work)
-        return result
 
     def pool_code(self, id: str) -> PoolCodeRecord | None:
         row = self._read(lambda s: s.get(PoolCodeRow, (self.store, id)))
