@@ -191,28 +191,6 @@ class Catalogue:
         result: tuple[RewardRecord, RewardRecord] | None = self.repo._retrying(work)
         return result
 
-    def take_stock(self, id: str, *, now: datetime | None = None) -> RewardRecord | None:
-        """One fewer of a reward with a stock (never below zero); the reward after, or None
-        when it is unknown or has no stock limit (nothing changed)."""
-        stmt = (
-            update(RewardRow)
-            .where(
-                RewardRow.store == self.store,
-                RewardRow.id == id,
-                RewardRow.stock.is_not(None),
-                RewardRow.stock > 0,
-            )
-            .values(stock=RewardRow.stock - 1, updated_at=now or datetime.now(UTC))
-            .returning(RewardRow)
-        )
-
-        def work(session: Session) -> RewardRecord | None:
-            row = session.execute(stmt).scalars().first()
-            return None if row is None else _reward(row)
-
-        result: RewardRecord | None = self.repo._retrying(work)
-        return result
-
     # -- ratings --------------------------------------------------------------------
 
     def ratings(self, start: datetime, end: datetime) -> dict[str, Any]:
