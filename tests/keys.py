@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,9 @@ from o2o_protocol.codes import b64url_encode, issue_code, key_id, public_key_byt
 class Issuer:
     store: str = "s1"
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    #: "Now" for `iat`, `exp` and `at` defaults. Tests that decide at a fixed time pass
+    #: the same time here: a code issued minutes later (a long suite) is not valid yet.
+    clock: Callable[[], float] = time.time
 
     @property
     def kid(self) -> str:
@@ -29,7 +33,7 @@ class Issuer:
         return {self.kid: b64url_encode(public_key_bytes(self.key.public_key()))}
 
     def code(self, t: str, id: str, *, store: str | None = None, **fields: Any) -> str:
-        now = int(time.time())
+        now = int(self.clock())
         fields.setdefault("iat", now - 60)
         if t in ("c", "p", "r"):
             fields.setdefault("exp", now + 86400)

@@ -21,8 +21,8 @@ from o2o_protocol.codes import (
 from o2o_protocol.messages import Reason
 from tests.keys import Issuer
 
-ISSUER = Issuer()
 NOW = time.time()
+ISSUER = Issuer(clock=lambda: NOW)
 
 
 def verify(text: str, *, store: str = "s1", now: float = NOW) -> Code | Rejected:

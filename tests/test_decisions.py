@@ -12,8 +12,8 @@ from o2o_protocol.codes import Code, CodeType, Rejected, verify_code
 from o2o_protocol.messages import EventType, Reason
 from tests.keys import Issuer
 
-ISSUER = Issuer()
 NOW = time.time()
+ISSUER = Issuer(clock=lambda: NOW)
 RULES = Rules(points_per_visit=10)
 
 

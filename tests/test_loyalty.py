@@ -16,8 +16,8 @@ from o2o_protocol.messages import EventType, PoolCode, Reason, Reward
 from o2o_protocol.timeutil import rfc3339
 from tests.keys import Issuer
 
-ISSUER = Issuer()
 NOW = time.time()
+ISSUER = Issuer(clock=lambda: NOW)
 COFFEE = Reward(id="coffee", name="咖啡", name_en="Coffee", points=30)
 VOUCHER = PoolCode(id="v1", code=ISSUER.code("c", "v1", cp="reward:coffee", v="咖啡"))
 
