@@ -17,9 +17,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kiosk.localdb import KioskDB
 from kiosk.sync import Sync
 from tests.support import MosquittoBroker, free_port, wait_for_port
 from tests.test_sync import (
@@ -52,6 +54,29 @@ def _interrupt_points(rng: random.Random, times: int) -> list[int]:
     return sorted(rng.sample(range(N // 20, N - N // 10), times))
 
 
+#: Events the gate lets through beyond a strike point: in flight when the strike lands.
+AHEAD = 500
+
+
+class GatedStore(KioskDB):
+    """The kiosk's store, showing its sync only the events up to `gate` (by seq).
+
+    The drain runs at thousands of events a second; a test thread polling for "point
+    reached" can be descheduled long enough on a loaded machine for the whole backlog to
+    land before it strikes. With the gate `AHEAD` events past the point, the strike lands
+    while those are in flight and the rest still wait, however late the poll comes.
+    """
+
+    gate = N
+
+    def pending_raw(self, limit: int | None = None) -> list[dict[str, Any]]:
+        return [e for e in super().pending_raw(limit) if int(e["seq"]) <= self.gate]
+
+
+def gated_store(directory: Path) -> GatedStore:
+    return GatedStore(directory, store=STORE, kiosk=KIOSK)
+
+
 def test_broker_killed_and_restarted_six_times_mid_drain(
     tmp_path: Path, mosquitto_broker: MosquittoBroker
 ) -> None:
@@ -59,15 +84,19 @@ def test_broker_killed_and_restarted_six_times_mid_drain(
     rng = random.Random(seed)
     bridge = Bridge(tmp_path / "bridge", mosquitto_broker.url)
     bridge.start()
-    store = open_store(tmp_path / "kiosk")
+    store = gated_store(tmp_path / "kiosk")
     recorded = queue_events(store, N)
     # Small batches: more messages in flight through the broker when it dies.
     sync = Sync(kiosk_mqtt(mosquitto_broker.url, batch_size=50), store, version="chaos")
     struck_at: list[tuple[int, int]] = []
     try:
+        store.gate = 0
         sync.start()
         last = 0
         for point in _interrupt_points(rng, 6):
+            store.gate = point + AHEAD
+            sync.notify()
+
             # Strike only a live drain: both ends connected again and moving since the
             # last restart, so every kill cuts real traffic.
             def live(p: int = point, after: int = last) -> bool:
@@ -81,6 +110,8 @@ def test_broker_killed_and_restarted_six_times_mid_drain(
             struck_at.append((last, outbox))
             time.sleep(rng.uniform(0.0, 0.5))  # down for a random moment
             mosquitto_broker.start()
+        store.gate = N
+        sync.notify()
         assert sync.wait_drained(DRAIN_TIMEOUT), (
             f"{store.outbox_size()} events still in the outbox (seed {seed}, kills {struck_at})"
         )
@@ -197,20 +228,25 @@ def test_bridge_restarted_mid_drain_loses_nothing(
     db = shop / "bridge.db"
     bridge = BridgeProcess(shop)
     bridge.start()
-    store = open_store(tmp_path / "kiosk")
+    store = gated_store(tmp_path / "kiosk")
     recorded = queue_events(store, N)
     sync = Sync(kiosk_mqtt(mosquitto_broker.url, batch_size=50), store, version="chaos")
     counts: list[int] = []
     try:
+        store.gate = 0
         sync.start()
         points = _interrupt_points(random.Random(), 2)
         # First a crash (SIGKILL: nothing finished, nothing said), then a clean restart.
         for point, sig in zip(points, (signal.SIGKILL, signal.SIGTERM), strict=True):
+            store.gate = point + AHEAD
+            sync.notify()
             wait_until(lambda p=point: _count(db) >= p, DRAIN_TIMEOUT, f"{point} stored")  # type: ignore[misc]
             counts.append(_count(db))
             status = bridge.signal(sig)
             assert status == (0 if sig is signal.SIGTERM else -signal.SIGKILL), bridge.log_path
             bridge.start()
+        store.gate = N
+        sync.notify()
         assert sync.wait_drained(DRAIN_TIMEOUT), f"{store.outbox_size()} events never acked"
     finally:
         sync.stop()
