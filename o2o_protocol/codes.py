@@ -87,8 +87,12 @@ class CodePayload(BaseModel):
     @field_validator("hrs")
     @classmethod
     def _hours(cls, v: list[Any] | None) -> list[Any] | None:
-        # Checked here, so a code whose hours a kiosk cannot read is `malformed` at once.
+        # Checked here, so a code whose hours a kiosk cannot read is `malformed` at once;
+        # weekdays strictly JSON integers, like every number in a code (`true`, `"2"` not).
         parse_hours(v)
+        for window in v or ():
+            if any(type(day) is not int for day in window["days"]):
+                raise ValueError("hours: days are JSON integers")
         return v
 
 
