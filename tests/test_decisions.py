@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from zoneinfo import ZoneInfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from kiosk.decisions import Decision, Facts, Rules, Unlock
 from kiosk.decisions import decide as decide_any
