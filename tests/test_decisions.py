@@ -268,8 +268,8 @@ def at(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=SHANGHAI).timestamp()
 
 
-def scan_at(when: str, c: Code, facts: Facts = Facts()) -> Decision:
-    return decide(c, facts, Rules(zone=SHANGHAI), now=at(when), today=when[:10])
+def scan_at(when: str, c: Code, facts: Facts | None = None) -> Decision:
+    return decide(c, facts or Facts(), Rules(zone=SHANGHAI), now=at(when), today=when[:10])
 
 
 def test_hours_are_kept_to_the_minute_in_the_shops_zone() -> None:
