@@ -264,7 +264,7 @@ def test_every_text_fits_its_box_on_the_screen_without_overlap(
         x, y, w, h = lab["rect"]
         tw, th = lab["texture"]
         assert tw <= w + 1 and th <= h + 1, lab  # the text is not cut
-        assert 0 <= x and x + w <= width and 0 <= y and y + h <= height, lab
+        assert x >= 0 and y >= 0 and x + w <= width and y + h <= height, lab
     for i, a in enumerate(drawn):
         for b in drawn[i + 1 :]:
             ay, ah, by, bh = a["rect"][1], a["rect"][3], b["rect"][1], b["rect"][3]
