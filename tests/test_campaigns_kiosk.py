@@ -22,7 +22,8 @@ from kiosk.localdb import Recorded
 from kiosk.runtime import KioskRuntime
 from o2o_protocol.codes import Code, issue_code, verify_code
 from o2o_protocol.messages import EventType
-from tests.shop import bridge_cli, running_bridge, stored_events
+from devtools.replay import write_session
+from tests.shop import bridge_cli, run_kiosk, running_bridge, stored_events
 from tests.support import MosquittoBroker
 from tests.test_kiosk_app import wait_for
 
@@ -151,3 +152,20 @@ def test_a_visit_card_slip_names_the_campaign_and_the_uses_left(shop: Shop) -> N
     slip = shop.paper["k1"].printed[1]
     for line in ("活动：咖啡三次卡", "优惠：美式咖啡", "第 2 次，共 3 次", "剩余次数：1"):
         assert line in slip, slip
+
+
+def test_a_card_held_up_is_one_use_and_shown_again_later_is_the_next(shop: Shop) -> None:
+    """Through the camera: frames of a card held for 2.5 s are one scan (the quiet
+    window, as for any code); the same card shown again 3.5 s later is its next use."""
+    card = shop.code("vc-3", cp="c-card", cn="咖啡三次卡", ck="visit_card", v="美式咖啡", uses=3)
+    write_session(shop.root / "held", [card], hold_frames=25)
+    status, lines, stderr = run_kiosk(shop.root, shop.root / "held")
+    assert status == 0, stderr[-3000:]
+    assert [(x["type"], x["data"].get("use")) for x in lines] == [("coupon.redeemed", 1)]
+    write_session(shop.root / "twice", [card, card], hold_frames=10, gap_frames=35)
+    status, lines, stderr = run_kiosk(shop.root, shop.root / "twice")
+    assert status == 0, stderr[-3000:]
+    assert [(x["type"], x["data"].get("use")) for x in lines] == [
+        ("coupon.redeemed", 2),
+        ("coupon.redeemed", 3),
+    ]
