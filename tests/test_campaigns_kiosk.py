@@ -16,13 +16,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from devtools.replay import write_session
 from kiosk.config import load_config
 from kiosk.devices.printer import SimulatedPrinter
 from kiosk.localdb import Recorded
 from kiosk.runtime import KioskRuntime
 from o2o_protocol.codes import Code, issue_code, verify_code
 from o2o_protocol.messages import EventType
-from devtools.replay import write_session
 from tests.shop import bridge_cli, run_kiosk, running_bridge, stored_events
 from tests.support import MosquittoBroker
 from tests.test_kiosk_app import wait_for
