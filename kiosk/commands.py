@@ -74,9 +74,15 @@ def changes_for(cmd: Command, now: float) -> tuple[Effect, ...]:
         case CodeRevoke(id=code_id):
             return (CodeRevoked(code_id, at),)
         case CouponUsed(id=coupon_id):
-            # Used at another kiosk of the store: single use per store, first use wins.
+            # Used at another kiosk of the store: single use per store, first use wins;
+            # A visit card's `count` raises the uses known here (the larger one is kept).
             used = CodeUsed(
-                coupon_id, CodeType.COUPON, at=data.at or at, kiosk=data.kiosk, keep_first=True
+                coupon_id,
+                CodeType.COUPON,
+                at=data.at or at,
+                kiosk=data.kiosk,
+                keep_first=True,
+                count=data.count or 1,
             )
             return (used,)
         case PreorderUpsert():

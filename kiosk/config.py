@@ -25,6 +25,7 @@ from o2o_protocol.config_file import (
     load_toml,
     resolve_path,
 )
+from o2o_protocol.hours import shop_zone
 from o2o_protocol.messages import check_id
 
 _Section = ConfigSection
@@ -175,6 +176,9 @@ class KioskConfig(_Section):
     #: Keys the hash of phone numbers typed at the kiosk; the same on every kiosk of the
     #: store, known to nobody else. `o2o-bridge init` writes a random one.
     join_secret: SecretStr | None = None
+    #: The shop's time zone (IANA, e.g. "Asia/Shanghai"): a campaign's hours are read in
+    #: it. None: this machine's zone.
+    timezone: str | None = None
     mqtt: MqttSection = MqttSection()
     rules: RulesSection = RulesSection()
     camera: CameraSection = CameraSection()
@@ -186,6 +190,12 @@ class KioskConfig(_Section):
     @classmethod
     def _ids(cls, v: str) -> str:
         return check_id(v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str | None) -> str | None:
+        shop_zone(v)  # a name the time zone database does not know stops the kiosk here
+        return v
 
     @field_validator("data_dir")
     @classmethod

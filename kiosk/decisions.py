@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
 from typing import Any, Literal, TypeVar
 
 from kiosk.effects import (
@@ -32,6 +33,7 @@ from kiosk.effects import (
 from kiosk.loyalty import RatingSubject
 from kiosk.sizes import fitting
 from o2o_protocol.codes import Code, CodeType, Rejected, decode_unverified
+from o2o_protocol.hours import describe, is_open
 from o2o_protocol.messages import EventType, PoolCode, Reason, Reward
 from o2o_protocol.timeutil import local_day
 
@@ -49,6 +51,8 @@ class Rules:
     accept: frozenset[CodeType] = frozenset(CodeType)
     #: A member's code shown again within this many minutes earns no new visit or points.
     checkin_cooldown_min: float = 60.0
+    #: The shop's time zone, which a campaign code's hours are in; None = this machine's.
+    zone: tzinfo | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ class Facts:
 
     revoked: bool = False
     coupon_used_at: str | None = None
+    #: Uses of a coupon known here: this kiosk's, or the bridge's count if larger (a
+    #: visit card used at other doors); 0 = never used.
+    coupon_uses: int = 0
     member_visits: int = 0
     member_points: int = 0
     member_last_day: str | None = None
@@ -111,9 +118,16 @@ class Unlock:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def reject(reason: Reason, detail: str = "", code: Code | None = None, text: str = "") -> Decision:
-    """A `scan.rejected` decision; names the code's type and id when they can be read."""
-    data: dict[str, Any] = {"reason": reason.value}
+def reject(
+    reason: Reason,
+    detail: str = "",
+    code: Code | None = None,
+    text: str = "",
+    **extra: Any,
+) -> Decision:
+    """A `scan.rejected` decision; names the code's type and id when they can be read,
+    and carries `extra` fields (the hours of a code shown outside them)."""
+    data: dict[str, Any] = {"reason": reason.value, **extra}
     if detail:
         data["detail"] = detail
     if code is not None:
@@ -149,7 +163,7 @@ def decide(
         case CodeType.MEMBER:
             return _member(code, facts, rules, today, now)
         case CodeType.COUPON:
-            return _coupon(code, facts)
+            return _coupon(code, facts, rules, now)
         case CodeType.RESERVATION:
             return _reservation(code, facts, rules, now)
         case CodeType.STAFF:
@@ -208,12 +222,34 @@ def _last_visit(facts: Facts, now: float) -> tuple[float | None, str | None]:
     return at, day
 
 
-def _coupon(code: Code, facts: Facts) -> Decision:
-    if facts.coupon_used_at is not None:
-        return reject(Reason.ALREADY_USED, f"used at {facts.coupon_used_at}", code)
-    data = {"coupon_id": code.id, "campaign": code.campaign, "value": code.value}
-    used = CodeUsed(code.id, CodeType.COUPON, exp=code.expires)
-    return Decision(EventType.COUPON_REDEEMED, data, effects=(used,))
+def shop_time(now: float, zone: tzinfo | None) -> datetime:
+    """`now` as the wall clock of the shop reads it (its zone, else this machine's)."""
+    return datetime.fromtimestamp(now, zone) if zone else datetime.fromtimestamp(now).astimezone()
+
+
+def _coupon(code: Code, facts: Facts, rules: Rules, now: float) -> Decision:
+    uses = code.uses
+    used = max(facts.coupon_uses, 1 if facts.coupon_used_at is not None else 0)
+    if used >= uses:
+        detail = f"used at {facts.coupon_used_at}"
+        if uses > 1:
+            detail = f"all {uses} uses taken (last at {facts.coupon_used_at})"
+        return reject(Reason.ALREADY_USED, detail, code)
+    hours = code.hours
+    if not is_open(hours, shop_time(now, rules.zone)):
+        # Nothing is used up: the customer comes back within the hours.
+        detail = f"valid {describe(hours, 'en')}"
+        return reject(Reason.OUTSIDE_HOURS, detail, code, hours=code.payload.hrs)
+    data: dict[str, Any] = {"coupon_id": code.id, "campaign": code.campaign, "value": code.value}
+    # A campaign's fields only when the code has them: an old coupon's event is unchanged.
+    if code.campaign_name is not None:
+        data["campaign_name"] = code.campaign_name
+    if code.kind is not None:
+        data["kind"] = code.kind
+    if uses > 1:
+        data.update(use=used + 1, uses=uses)
+    effect = CodeUsed(code.id, CodeType.COUPON, exp=code.expires, count=used + 1)
+    return Decision(EventType.COUPON_REDEEMED, data, effects=(effect,))
 
 
 def _reservation(code: Code, facts: Facts, rules: Rules, now: float) -> Decision:
@@ -235,6 +271,8 @@ def _reservation(code: Code, facts: Facts, rules: Rules, now: float) -> Decision
         "timing": timing,
         "minutes_late": round(minutes),
     }
+    if code.activity is not None:
+        data["activity"] = code.activity
     # Marked arrived in the same table as used coupons, so it is marked once.
     arrived = CodeUsed(code.id, CodeType.RESERVATION, exp=code.expires)
     return Decision(EventType.RESERVATION_ARRIVED, data, effects=(arrived,))

@@ -24,7 +24,8 @@ class CodeUsed:
 
     `at` None means "when the event is written"; `exp` lets the database forget it once
     the code could not be shown any more. `keep_first` (a coupon used at another kiosk)
-    never overwrites a use this kiosk already knows.
+    never overwrites a use this kiosk already knows. `count`: the uses known after this
+    one (a visit card's); the database keeps the largest count it has seen.
     """
 
     code_id: str
@@ -33,6 +34,7 @@ class CodeUsed:
     at: str | None = None
     kiosk: str | None = None
     keep_first: bool = False
+    count: int = 1
 
 
 @dataclass(frozen=True)

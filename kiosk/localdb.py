@@ -183,7 +183,11 @@ class KioskDB:
             revoked = self._revoked.contains(doc_id=_doc_id(code.id, REVOKED))
             if code.type is CodeType.COUPON:
                 used = self._redeemed.get(doc_id=_doc_id(code.id, CodeType.COUPON))
-                return Facts(revoked=revoked, coupon_used_at=used["at"] if used else None)
+                if used is None:
+                    return Facts(revoked=revoked)
+                # Documents written before visit cards have no count: one use.
+                count = int(used.get("count") or 1)
+                return Facts(revoked=revoked, coupon_used_at=used["at"], coupon_uses=count)
             if code.type is CodeType.MEMBER:
                 return self._member_facts(code.id, revoked)
             if code.type is CodeType.RESERVATION:
@@ -364,13 +368,21 @@ class KioskDB:
                 # Coupons and reservations share the table of used codes (pruned after
                 # expiry), each in its own key space.
                 key = _doc_id(effect.code_id, effect.kind)
-                if effect.keep_first and self._redeemed.contains(doc_id=key):
+                held = self._redeemed.get(doc_id=key)
+                # A visit card's count only grows: the larger of this kiosk's uses and
+                # the bridge's (other doors), never lowered by a late or repeated command.
+                count = max(effect.count, int(held.get("count") or 1) if held else 0)
+                if effect.keep_first and held is not None:
+                    if count != int(held.get("count") or 1):
+                        self._redeemed.upsert(Document({**held, "count": count}, doc_id=key))
                     return
                 doc: dict[str, Any] = {"id": effect.code_id, "at": effect.at or rfc3339(now)}
                 if event is not None:
                     doc.update(at=effect.at or event.ts, event=event.id, exp=effect.exp)
                 else:
                     doc["kiosk"] = effect.kiosk
+                if count > 1:
+                    doc["count"] = count
                 self._redeemed.upsert(Document(doc, doc_id=key))
             case CodeRevoked():
                 key = _doc_id(effect.code_id, REVOKED)

@@ -37,6 +37,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "campaign": "活动：{campaign}",
         "value": "优惠：{value}",
         "coupon_id": "券号：{coupon_id}",
+        "card_use": "第 {use} 次，共 {uses} 次",
+        "card_left": "剩余次数：{left}",
         "pickup": "取货凭证",
         "order": "订单号：{order_id}",
         "locker": "柜门：{locker} 号",
@@ -71,6 +73,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "campaign": "Offer: {campaign}",
         "value": "Value: {value}",
         "coupon_id": "Coupon: {coupon_id}",
+        "card_use": "Use {use} of {uses}",
+        "card_left": "Uses left: {left}",
         "pickup": "Pickup receipt",
         "order": "Order: {order_id}",
         "locker": "Locker: {locker}",
@@ -152,8 +156,14 @@ def coupon_receipt(
     next_visit_url: str | None = None,
     join_url: str | None = None,
 ) -> Receipt:
-    lines = _line(language, "campaign", data, "campaign")
+    # A campaign's code is named by its display name; an old coupon by its campaign id.
+    named = "campaign_name" if data.get("campaign_name") else "campaign"
+    lines = _line(language, "campaign", {"campaign": data.get(named)}, "campaign")
     lines += _line(language, "value", data, "value")
+    use, uses = data.get("use"), data.get("uses")
+    if isinstance(use, int) and isinstance(uses, int):
+        lines.append(_t(language, "card_use", use=use, uses=uses))
+        lines.append(_t(language, "card_left", left=max(uses - use, 0)))
     lines += _line(language, "coupon_id", data, "coupon_id")
     return _finish(_t(language, "coupon"), lines, language, ts, next_visit_url)
 

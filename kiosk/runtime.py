@@ -30,6 +30,7 @@ from kiosk.recorder import REPRINT_SEARCH, Listener, Receipts, Recorder
 from kiosk.scanning import ScanService, ScanSettings
 from kiosk.sync import Sync
 from o2o_protocol.codes import CodeType
+from o2o_protocol.hours import shop_zone
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def rules_from_config(cfg: KioskConfig) -> Rules:
         reservation_late_min=r.reservation_late_min,
         accept=frozenset(CodeType(t) for t in r.accept),
         checkin_cooldown_min=r.checkin_cooldown_min,
+        # None: the machine's zone, read at each scan (it follows daylight saving).
+        zone=shop_zone(cfg.timezone) if cfg.timezone else None,
     )
 
 

@@ -15,13 +15,22 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
+from o2o_protocol.hours import Window, parse_hours
 from o2o_protocol.messages import Reason
 
 CODE_PREFIX = "O2O1"
@@ -67,6 +76,24 @@ class CodePayload(BaseModel):
     o: StrictStr | None = None
     at: StrictInt | None = None
     sv: StrictStr | None = None
+    # Campaigns (docs/codes.md): display name, kind, valid hours, uses of a visit card.
+    cn: StrictStr | None = None
+    ck: StrictStr | None = None
+    hrs: list[Any] | None = None
+    uses: Annotated[StrictInt, Field(ge=2)] | None = None
+    #: An activity ticket's activity (a reservation code).
+    ac: StrictStr | None = None
+
+    @field_validator("hrs")
+    @classmethod
+    def _hours(cls, v: list[Any] | None) -> list[Any] | None:
+        # Checked here, so a code whose hours a kiosk cannot read is `malformed` at once;
+        # weekdays strictly JSON integers, like every number in a code (`true`, `"2"` not).
+        parse_hours(v)
+        for window in v or ():
+            if any(type(day) is not int for day in window["days"]):
+                raise ValueError("hours: days are JSON integers")
+        return v
 
 
 @dataclass(frozen=True)
@@ -100,6 +127,31 @@ class Code:
     def value(self) -> str | None:
         """A coupon's value text (`v`)."""
         return self.payload.v
+
+    @property
+    def campaign_name(self) -> str | None:
+        """A campaign code's display name (`cn`)."""
+        return self.payload.cn
+
+    @property
+    def kind(self) -> str | None:
+        """A campaign code's kind (`ck`): coupon, group_buy, flash_sale or visit_card."""
+        return self.payload.ck
+
+    @property
+    def hours(self) -> tuple[Window, ...]:
+        """The hours the code is valid in the shop's time zone (`hrs`); () = any time."""
+        return parse_hours(self.payload.hrs)
+
+    @property
+    def uses(self) -> int:
+        """How many times the code may be used (`uses`, a visit card); 1 without it."""
+        return self.payload.uses or 1
+
+    @property
+    def activity(self) -> str | None:
+        """An activity ticket's activity id (`ac`)."""
+        return self.payload.ac
 
     @property
     def order(self) -> str:

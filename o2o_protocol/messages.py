@@ -203,6 +203,8 @@ class CouponUsed(_CommandData):
     id: str = Field(min_length=1, max_length=256)
     at: str | None = None
     kiosk: str | None = None
+    #: Uses the bridge has stored for the code (a visit card's); absent means one.
+    count: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class Reward(BaseModel):

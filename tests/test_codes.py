@@ -170,3 +170,62 @@ def test_lone_surrogates_are_malformed() -> None:
     payload = b64url_encode(json.dumps(body).encode())
     token = f"O2O1.{payload}.{b64url_encode(b'x' * 64)}"
     assert reason(token) is Reason.MALFORMED
+
+
+# --- campaign codes (docs/codes.md: cn, ck, hrs, uses; ac) -------------------------------
+
+HOURS = [{"days": [2, 3, 4, 5], "from": "14:00", "to": "17:00"}]
+
+
+def signed_body(**fields: object) -> str:
+    """A signed coupon whose payload the issuer would refuse to sign."""
+    body = {"t": "c", "id": "x", "st": "s1", "kid": ISSUER.kid, "iat": int(NOW) - 60}
+    body.update(exp=int(NOW) + 3600, **fields)
+    signed = f"O2O1.{b64url_encode(json.dumps(body).encode())}"
+    return f"{signed}.{b64url_encode(ISSUER.key.sign(signed.encode()))}"
+
+
+def test_campaign_fields_are_named_on_the_code() -> None:
+    token = ISSUER.code(
+        "c", "vc1", cp="spring", cn="春季团购", ck="visit_card", v="双人套餐", hrs=HOURS, uses=3
+    )
+    c = verify(token)
+    assert isinstance(c, Code)
+    assert (c.campaign, c.campaign_name, c.kind, c.value, c.uses) == (
+        "spring",
+        "春季团购",
+        "visit_card",
+        "双人套餐",
+        3,
+    )
+    assert [w.wire() for w in c.hours] == HOURS
+    ticket = verify(ISSUER.code("r", "t1", ac="yoga-1", sv="Yoga"))
+    assert isinstance(ticket, Code) and ticket.activity == "yoga-1"
+
+
+def test_old_coupon_is_single_use_at_any_time() -> None:
+    c = verify(ISSUER.code("c", "old", cp="spring", v="¥10 off"))
+    assert isinstance(c, Code)
+    assert (c.uses, c.hours, c.campaign_name, c.kind) == (1, (), None, None)
+
+
+def test_unreadable_hours_or_uses_are_malformed_never_raise() -> None:
+    bad = [
+        {"hrs": []},
+        {"hrs": "14:00-17:00"},
+        {"hrs": [{"days": [8], "from": "14:00", "to": "17:00"}]},
+        {"hrs": [{"days": [2], "from": "25:00", "to": "17:00"}]},
+        {"hrs": [{"days": [2], "from": "14:00"}]},
+        {"hrs": [{"days": [True], "from": "14:00", "to": "17:00"}]},
+        {"hrs": [{"days": ["2"], "from": "14:00", "to": "17:00"}]},
+        {"hrs": HOURS * 15},
+        {"uses": 1},
+        {"uses": 0},
+        {"uses": "3"},
+        {"uses": 2.5},
+        {"uses": True},
+    ]
+    for fields in bad:
+        result = verify(signed_body(**fields))
+        assert isinstance(result, Rejected) and result.reason is Reason.MALFORMED, fields
+    assert isinstance(verify(signed_body(hrs=HOURS, uses=2)), Code)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from kiosk.decisions import Decision, Facts, Rules, Unlock
 from kiosk.decisions import decide as decide_any
@@ -252,3 +254,97 @@ def test_a_remote_open_past_its_expiry_opens_nothing() -> None:
     assert remote_open_expired(int(NOW) - 1, NOW)
     assert not remote_open_expired(int(NOW) + 60, NOW)
     assert not remote_open_expired(None, NOW)
+
+
+# --- campaign codes: hours in the shop's zone, visit cards, activities (issue 11) --------
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+TUE_FRI_AFTERNOONS = [{"days": [2, 3, 4, 5], "from": "14:00", "to": "17:00"}]
+FRIDAY_NIGHT = [{"days": [5], "from": "22:00", "to": "02:00"}]
+
+
+def at(text: str) -> float:
+    """Unix seconds of a wall-clock time in Shanghai ("2026-12-01 14:00" is a Tuesday)."""
+    return datetime.fromisoformat(text).replace(tzinfo=SHANGHAI).timestamp()
+
+
+def scan_at(when: str, c: Code, facts: Facts | None = None) -> Decision:
+    return decide(c, facts or Facts(), Rules(zone=SHANGHAI), now=at(when), today=when[:10])
+
+
+def test_hours_are_kept_to_the_minute_in_the_shops_zone() -> None:
+    c = code("c", "fs1", cp="flash", cn="下午茶", ck="flash_sale", v="半价", hrs=TUE_FRI_AFTERNOONS)
+    inside = ["2026-12-01 14:00", "2026-12-01 16:59:59", "2026-12-04 15:00"]
+    outside = ["2026-12-01 13:59:59", "2026-12-01 17:00", "2026-11-30 15:00", "2026-12-05 15:00"]
+    for when in inside:
+        d = scan_at(when, c)
+        assert d.event_type is EventType.COUPON_REDEEMED and d.effect(CodeUsed), when
+    for when in outside:
+        d = scan_at(when, c)
+        assert d.reason is Reason.OUTSIDE_HOURS, when
+        assert d.data["hours"] == TUE_FRI_AFTERNOONS and d.data["code_id"] == "fs1"
+        assert d.effects == ()  # nothing used up: the customer comes back in the hours
+    # The same instant is 06:30 in UTC: a kiosk set to another zone reads other hours.
+    utc = decide(c, Facts(), Rules(zone=ZoneInfo("UTC")), now=at("2026-12-01 14:30"), today="")
+    assert utc.reason is Reason.OUTSIDE_HOURS
+
+
+def test_a_window_past_midnight_covers_the_small_hours_after_its_day() -> None:
+    c = code("c", "n1", cp="late", hrs=FRIDAY_NIGHT, v="¥5")
+    for when in ["2026-12-04 22:00", "2026-12-05 00:30", "2026-12-05 01:59:59"]:
+        assert scan_at(when, c).accepted, when
+    for when in ["2026-12-04 21:59:59", "2026-12-05 02:00", "2026-12-04 01:00", "2026-12-05 22:30"]:
+        assert scan_at(when, c).reason is Reason.OUTSIDE_HOURS, when
+
+
+def test_a_campaign_coupon_names_its_campaign_kind_and_value() -> None:
+    c = code("c", "g1", cp="spring", cn="春季团购", ck="group_buy", v="双人套餐")
+    d = scan_at("2026-12-01 12:00", c)
+    assert d.data == {
+        "coupon_id": "g1",
+        "campaign": "spring",
+        "campaign_name": "春季团购",
+        "kind": "group_buy",
+        "value": "双人套餐",
+    }
+
+
+def test_an_old_coupon_is_judged_exactly_as_before() -> None:
+    c = code("c", "old", cp="spring", v="¥10 off")
+    d = scan_at("2026-11-30 03:00", c)
+    assert d.data == {"coupon_id": "old", "campaign": "spring", "value": "¥10 off"}
+    assert d.effects == (CodeUsed("old", CodeType.COUPON, exp=c.expires),)
+    again = scan_at("2026-11-30 03:00", c, Facts(coupon_used_at="t", coupon_uses=1))
+    assert again.reason is Reason.ALREADY_USED and again.data["detail"] == "used at t"
+
+
+def test_a_visit_card_is_used_n_times_then_refused() -> None:
+    c = code("c", "vc1", cp="card", cn="三次卡", ck="visit_card", v="咖啡", uses=3)
+    for used in range(3):
+        facts = Facts(coupon_used_at="t" if used else None, coupon_uses=used)
+        d = scan_at("2026-12-01 10:00", c, facts)
+        assert d.event_type is EventType.COUPON_REDEEMED
+        assert (d.data["use"], d.data["uses"], d.data["kind"]) == (used + 1, 3, "visit_card")
+        assert d.effect(CodeUsed) == CodeUsed("vc1", CodeType.COUPON, exp=c.expires, count=used + 1)
+    d = scan_at("2026-12-01 10:00", c, Facts(coupon_used_at="t", coupon_uses=3))
+    assert d.reason is Reason.ALREADY_USED and d.effects == ()
+    # The bridge's count (uses at other doors) is what the kiosk sees: refused as well.
+    assert scan_at("2026-12-01 10:00", c, Facts(coupon_used_at="t", coupon_uses=5)).reason is (
+        Reason.ALREADY_USED
+    )
+
+
+def test_a_used_up_card_outside_hours_says_it_is_used_up() -> None:
+    c = code("c", "vc2", cp="card", uses=2, hrs=TUE_FRI_AFTERNOONS)
+    used_up = scan_at("2026-11-30 10:00", c, Facts(coupon_used_at="t", coupon_uses=2))
+    assert used_up.reason is Reason.ALREADY_USED
+    assert scan_at("2026-11-30 10:00", c, Facts(coupon_uses=1)).reason is Reason.OUTSIDE_HOURS
+
+
+def test_an_activity_ticket_names_its_activity() -> None:
+    ticket = code("r", "t1", ac="yoga-12", sv="Yoga", at=int(NOW))
+    d = decide(ticket, Facts(), RULES, now=NOW, today="")
+    assert d.event_type is EventType.RESERVATION_ARRIVED
+    assert d.data["activity"] == "yoga-12" and d.data["service"] == "Yoga"
+    plain = decide(code("r", "r1", at=int(NOW)), Facts(), RULES, now=NOW, today="")
+    assert "activity" not in plain.data

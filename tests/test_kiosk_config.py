@@ -74,3 +74,21 @@ def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "error" in lines[0], proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_timezone_is_an_iana_name_and_a_bad_one_is_one_line(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, 'timezone = "Asia/Shanghai"'))
+    assert cfg.timezone == "Asia/Shanghai"
+    assert load_config(write(tmp_path, "")).timezone is None  # the machine's zone
+    bad = write(tmp_path, 'timezone = "Asia/Shanghia"')
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert f"{bad}: timezone: " in str(info.value) and "Asia/Shanghia" in str(info.value)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kiosk.cli", "check", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "unknown time zone" in lines[0]

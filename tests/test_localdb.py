@@ -17,7 +17,7 @@ from kiosk.effects import CodeUsed, MemberVisit, PreorderChange
 from kiosk.localdb import DB_FILE, MAX_PENDING, DBError, KioskDB, _doc_id
 from kiosk.loyalty import RatingSubject
 from o2o_protocol.codes import Code, CodeType, verify_code
-from o2o_protocol.messages import Command, EventType
+from o2o_protocol.messages import Command, EventType, Reason
 from tests.keys import Issuer
 
 ISSUER = Issuer()
@@ -545,3 +545,70 @@ def test_handed_out_codes_are_remembered_while_they_are_valid(tmp_path: Path) ->
     for name, data in again:
         assert apply_command(s, Command(seq=s.last_cmd_seq + 1, name=name, data=data))
     assert s.vouchers_left() == {} and s.pooled("member") is None
+
+
+# --- visit cards: uses counted here and at other doors (issue 11) ------------------------
+
+
+def use_card(s: KioskDB, c: Code) -> Decision:
+    """One showing of a card at this kiosk: decided on the stored facts, then recorded."""
+    d = decisions.decide(c, s.facts_for(c), decisions.Rules(), now=time.time(), today="")
+    assert isinstance(d, Decision)
+    s.record(d, time.time())
+    return d
+
+
+def card_used(s: KioskDB, seq: int, count: int | None) -> None:
+    data: dict[str, object] = {"id": "vc1", "kiosk": "k2"}
+    if count is not None:
+        data["count"] = count
+    assert apply_command(s, Command(seq=seq, name="coupon.used", data=data))
+
+
+def test_the_bridges_count_raises_the_uses_known_here_never_lowers_them(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    card = code("c", "vc1", cp="card", uses=3)
+    assert use_card(s, card).data["use"] == 1
+    card_used(s, 1, 2)  # another door used it once more
+    assert s.facts_for(card).coupon_uses == 2
+    card_used(s, 2, None)  # a late command from before: absent count is one use
+    card_used(s, 3, 1)
+    assert s.facts_for(card).coupon_uses == 2
+    assert use_card(s, card).data["use"] == 3
+    refused = use_card(s, card)
+    assert refused.reason is Reason.ALREADY_USED
+    s.close()
+    assert open_store(tmp_path).facts_for(card).coupon_uses == 3  # durable
+
+
+def test_a_card_first_used_elsewhere_counts_from_the_bridge(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    card = code("c", "vc1", cp="card", uses=3)
+    card_used(s, 1, 3)
+    assert use_card(s, card).reason is Reason.ALREADY_USED
+    s.close()
+
+
+def test_two_doors_offline_can_overuse_a_card_and_every_use_is_recorded(tmp_path: Path) -> None:
+    """Offline each door only knows its own uses: both let the card through, and every
+    use goes to the bridge (which flags the overuse); its count then stops both."""
+    a, b = open_store(tmp_path / "a"), KioskDB(tmp_path / "b", store="s1", kiosk="k2")
+    card = code("c", "vc1", cp="card", uses=2)
+    uses = [use_card(door, card).data.get("use") for door in (a, b, a, b)]
+    assert uses == [1, 1, 2, 2]
+    sent = [e for door in (a, b) for e in door.pending() if e.type == "coupon.redeemed"]
+    assert len(sent) == 4
+    card_used(a, 1, 4)
+    card_used(b, 1, 4)
+    assert all(use_card(door, card).reason is Reason.ALREADY_USED for door in (a, b))
+    a.close()
+    b.close()
+
+
+def test_a_coupon_used_before_counts_existed_is_one_use(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    redeem(s, "vc1")
+    card = code("c", "vc1", cp="card", uses=2)
+    assert s.facts_for(card).coupon_uses == 1
+    assert use_card(s, card).data["use"] == 2
+    s.close()

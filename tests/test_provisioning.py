@@ -96,3 +96,11 @@ def test_init_writes_kiosk_files_the_kiosk_loads(
         .replace("/srv/shop/kiosk-k1.toml", str(shop / "kiosk-k1.toml"))
     )
     assert text == expected
+
+
+def test_timezone_is_written_for_the_kiosk_to_read_its_hours_in(tmp_path: Path) -> None:
+    path = tmp_path / "kiosk-k1.toml"
+    path.write_text(_provisioning(path=path, timezone="Asia/Shanghai").render())
+    assert load_kiosk_config(path).timezone == "Asia/Shanghai"
+    with pytest.raises(ValidationError, match="unknown time zone"):
+        _provisioning(timezone="Mars/Olympus")

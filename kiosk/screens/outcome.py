@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiosk.i18n import Messages
+from o2o_protocol.hours import Window, parse_hours
+from o2o_protocol.hours import describe as hours_text
 from o2o_protocol.messages import EventType
 
 #: Not events, UI states: the scan could not be recorded at all (e.g. the disk is full);
@@ -48,6 +50,14 @@ class ResultText:
     extra: str = ""
 
 
+def _hours(data: Mapping[str, Any]) -> tuple[Window, ...]:
+    """The hours a refused code is valid in, or () when the event has none readable."""
+    try:
+        return parse_hours(data.get("hours"))
+    except ValueError:
+        return ()
+
+
 def _text(data: Mapping[str, Any], key: str) -> str:
     value = data.get(key)
     return "" if value is None else str(value).strip()
@@ -72,7 +82,11 @@ def describe(outcome: Outcome, messages: Messages) -> ResultText:
         base = f"reason.{outcome.reason}"
         if f"{base}.title" not in m:
             base = "reason.other"
-        return ResultText(False, m.get(f"{base}.title"), m.get(f"{base}.detail"))
+        detail = m.get(f"{base}.detail")
+        hours = _hours(data)
+        if outcome.reason == "outside_hours" and hours:
+            detail = m.get("reason.outside_hours.when", hours=hours_text(hours, m.language))
+        return ResultText(False, m.get(f"{base}.title"), detail)
 
     match outcome.event_type:
         case EventType.CHECKIN:
@@ -94,11 +108,16 @@ def describe(outcome: Outcome, messages: Messages) -> ResultText:
             return ResultText(True, title, detail, extra)
         case EventType.COUPON_REDEEMED:
             campaign, value = _text(data, "campaign"), _text(data, "value")
-            if campaign and value:
+            name = _text(data, "campaign_name")
+            if name and value:
+                detail = m.get("result.coupon.named", name=name, value=value)
+            elif campaign and value:
                 detail = m.get("result.coupon.detail", campaign=campaign, value=value)
             else:
-                detail = campaign or value
-            return ResultText(True, m.get("result.coupon.title"), detail)
+                detail = name or campaign or value
+            use, uses = data.get("use"), data.get("uses")
+            extra = m.get("result.coupon.use", use=use, uses=uses) if use and uses else ""
+            return ResultText(True, m.get("result.coupon.title"), detail, extra)
         case EventType.RESERVATION_ARRIVED:
             name = _text(data, "name")
             title = (
