@@ -10,6 +10,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -46,6 +47,11 @@ def _verifies(token: str, config_path: Path) -> Code:
     return code
 
 
+def _qr_codes(image: Image.Image) -> list[Any]:
+    """The QR codes on an image (only those: zbar also reads stripes as linear barcodes)."""
+    return list(decode(image, symbols=[ZBarSymbol.QRCODE]))
+
+
 def _codes(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, str, str]:
     status = main(["codes", "--config", str(config), *args])
     out = capsys.readouterr()
@@ -79,7 +85,7 @@ def test_codes_as_csv_with_a_pdf_sheet(
     # The pages of that sheet: every QR scans back to its code, in order, 12 to a page.
     drawn = pages([(r["id"], r["code"]) for r in rows])
     assert len(drawn) == 2
-    scanned = [sorted(d.data.decode() for d in decode(p, symbols=[ZBarSymbol.QRCODE])) for p in drawn]
+    scanned = [sorted(d.data.decode() for d in _qr_codes(p)) for p in drawn]
     assert scanned == [
         sorted(r["code"] for r in rows[:PER_PAGE]),
         sorted(r["code"] for r in rows[PER_PAGE:]),
@@ -116,7 +122,7 @@ def test_codes_as_json_with_a_png_sheet_that_scans(
     assert len(codes) == 12
     with Image.open(sheet) as image:
         assert image.size == (2480, 3508)  # A4 at 300 dpi
-        scanned = [d.data.decode() for d in decode(image, symbols=[ZBarSymbol.QRCODE])]
+        scanned = [d.data.decode() for d in _qr_codes(image)]
     assert sorted(scanned) == sorted(c["code"] for c in codes)
     for token in scanned:
         assert _verifies(token, shop).campaign == card.id
