@@ -335,10 +335,15 @@ def test_a_cards_use_at_one_door_reaches_the_other_with_the_count(
         # k2 uses it too: k1 hears the store-wide count, 3 of 3.
         k2.send("coupon.redeemed", coupon_id="card-7", use=3, uses=3)
         assert k1.command("coupon.used")["data"]["count"] == 3
+        assert db.today_stats(STORE)["card_overuses"] == 0
+        # k1 was offline and let it in once more: a fourth use of three, flagged.
+        k1.send("coupon.redeemed", coupon_id="card-7", use=3, uses=3)
+        assert k2.command("coupon.used")["data"]["count"] == 4
+        stats = db.today_stats(STORE)
+        assert (stats["card_overuses"], stats["double_redemptions"]) == (1, 0)
         # A single-use coupon's command is as before (no count: 1).
         k1.send("coupon.redeemed", coupon_id="plain-1")
         assert "count" not in k2.command("coupon.used")["data"]
-        assert db.today_stats(STORE)["card_overuses"] == 0
     finally:
         k1.close()
         k2.close()
