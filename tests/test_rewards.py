@@ -353,11 +353,15 @@ def test_redemptions_use_vouchers_and_stock(shop: Shop, k1: Kiosk) -> None:
     catalogue = k1.command("rewards.set")
     assert catalogue["data"]["rewards"] == []
     assert shop.api.get("/api/v1/rewards", headers=FULL).json()["rewards"][0]["stock"] == 0
-    _wait(lambda: bool(shop.runtime.repo.commands_after(STORE, "k2", 0)), "k2's commands")
-    k2_sets = [
-        c for c in shop.runtime.repo.commands_after(STORE, "k2", 0) if c.name == "rewards.set"
-    ]
-    assert k2_sets[-1].data["rewards"] == []
+
+    def k2_catalogue() -> list[Any] | None:
+        sets = [
+            c for c in shop.runtime.repo.commands_after(STORE, "k2", 0) if c.name == "rewards.set"
+        ]
+        return sets[-1].data["rewards"] if sets else None
+
+    # k1 may hear of it a moment before the command for k2 is queued.
+    _wait(lambda: k2_catalogue() == [], "k2 to be told the reward is gone")
     # Out of stock, it is not refilled (the kiosk has vouchers it will not use).
     assert [c for c in k1.quiet() if c["data"].get("kind") == "voucher"] == []
 
