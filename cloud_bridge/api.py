@@ -241,7 +241,7 @@ def create_app(
     @app.get("/api/v1/stats", dependencies=read_auth, tags=["events"], responses=READ_ANSWERS)
     def stats() -> dict[str, Any]:
         """Today's figures (the same document as the retained `o2o/v1/{store}/stats`)."""
-        return repo.today_stats(store)
+        return repo.today_stats(store, zone=config.zone())
 
     @app.get("/api/v1/kiosks", dependencies=read_auth, tags=["kiosks"], responses=READ_ANSWERS)
     def kiosks() -> dict[str, Any]:

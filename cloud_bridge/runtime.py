@@ -79,7 +79,12 @@ class BridgeRuntime:
             shared_group=m.shared_group,
         )
         self.stats = StatsPublisher(
-            self.link, repo, store, interval_s=stats_interval_s, refresh_s=stats_refresh_s
+            self.link,
+            repo,
+            store,
+            interval_s=stats_interval_s,
+            refresh_s=stats_refresh_s,
+            zone=config.zone(),
         )
         self.commands = CommandService(repo, store, self.link, limits=config.limits)
         self.members = MemberService(

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from o2o_protocol.codes import key_id, load_public_key
 from o2o_protocol.config_file import parse_mqtt_url
+from o2o_protocol.hours import shop_zone
 from o2o_protocol.messages import check_id
 
 
@@ -39,7 +40,7 @@ kiosk = {kiosk}
 # Outbox, redeemed coupons, members: keep it on the kiosk (relative to this file).
 data_dir = {data_dir}
 join_secret = {join_secret}
-
+{timezone}
 # Trusted code-signing keys: key id = base64url Ed25519 public key.
 [keys]
 {keys}
@@ -111,6 +112,14 @@ class KioskProvisioning(BaseModel):
     path: Path
     #: The kiosk's data directory, relative to its file; default `kiosk-<ID>-data`.
     data_dir: str | None = None
+    #: The shop's IANA time zone (`timezone = "Asia/Shanghai"`); None: the machine's.
+    timezone: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str | None) -> str | None:
+        shop_zone(v)
+        return v
 
     @field_validator("keys")
     @classmethod
@@ -137,4 +146,10 @@ class KioskProvisioning(BaseModel):
             keys="\n".join(f"{toml_str(kid)} = {toml_str(pub)}" for kid, pub in self.keys.items()),
             mqtt=toml_str(self.mqtt_url),
             join_secret=toml_str(self.join_secret),
+            timezone=(
+                f"# The shop's time zone: opening hours of codes are read in it.\n"
+                f"timezone = {toml_str(self.timezone)}\n"
+                if self.timezone
+                else ""
+            ),
         )
