@@ -27,6 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.routing import Match
 
+from cloud_bridge.activities import ActivityService
+from cloud_bridge.api_activities import activities_router
 from cloud_bridge.api_members import members_router
 from cloud_bridge.api_rewards import rewards_router
 from cloud_bridge.api_schema import (
@@ -88,6 +90,7 @@ def create_app(
     ingest_health: Callable[[], dict[str, Any]] | None = None,
     members: MemberService | None = None,
     rewards: RewardService | None = None,
+    activities: ActivityService | None = None,
 ) -> FastAPI:
     """The bridge's web app. Token and key are read from the config's files unless given.
 
@@ -310,6 +313,9 @@ def create_app(
     app.include_router(rewards_router(rewards, auth=auth, read_auth=read_auth))
     pages = MemberPages(config, key, rewards, members)
     app.include_router(member_page_router(pages))
+    # Activities and their sign-ups (api_activities.py).
+    activities = activities or ActivityService(repo, config, key, commands)
+    app.include_router(activities_router(activities, auth=auth, read_auth=read_auth))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
