@@ -315,6 +315,7 @@ def create_app(
     app.include_router(member_page_router(pages))
     # Activities and their sign-ups (api_activities.py).
     activities = activities or ActivityService(repo, config, key, commands)
+    app.state.activities = activities
     app.include_router(activities_router(activities, auth=auth, read_auth=read_auth))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
