@@ -228,4 +228,3 @@ def _arrival(ticket: str, activity: str, ts: float) -> Event:
         kiosk="k1",
         data={"reservation_id": ticket, "activity": activity, "timing": "on_time"},
     )
-
