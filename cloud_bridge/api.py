@@ -29,6 +29,7 @@ from starlette.routing import Match
 
 from cloud_bridge.activities import ActivityService
 from cloud_bridge.api_activities import activities_router
+from cloud_bridge.api_campaigns import campaigns_router
 from cloud_bridge.api_members import members_router
 from cloud_bridge.api_rewards import rewards_router
 from cloud_bridge.api_schema import (
@@ -43,6 +44,7 @@ from cloud_bridge.api_schema import (
     parse_since,
     unprocessable,
 )
+from cloud_bridge.campaigns import CampaignService
 from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig, load_api_token, load_read_token, load_signing_key
 from cloud_bridge.db import KioskState, Repository, StoredEvent, format_ts
@@ -312,6 +314,9 @@ def create_app(
     app.state.rewards = rewards
     app.include_router(rewards_router(rewards, auth=auth, read_auth=read_auth))
     pages = MemberPages(config, key, rewards, members)
+    # Campaigns and their codes (api_campaigns.py).
+    campaigns = CampaignService(repo, config, key)
+    app.include_router(campaigns_router(campaigns, auth=auth, read_auth=read_auth))
     app.include_router(member_page_router(pages))
     # Activities and their sign-ups (api_activities.py).
     activities = activities or ActivityService(repo, config, key, commands)

@@ -111,8 +111,12 @@ def issue(
     not_before: str | int | None = None,
     expires: str | int | None = None,
     now: float | None = None,
+    rules: dict[str, Any] | None = None,
 ) -> IssuedCode:
     """Sign one code. Times are Unix seconds or WHEN text (`+2h`, `-1d`, ISO 8601).
+
+    `rules`: a campaign's further payload fields for a coupon (`cn`, `ck`, `hrs`, `uses`,
+    docs/codes.md), signed as they are: the campaign service has checked them.
 
     Raises ValueError with a message fit for a command line or an API client.
     """
@@ -131,7 +135,7 @@ def issue(
     if type_ in (CodeType.MEMBER, CodeType.STAFF):
         fields["n"] = name
     elif type_ is CodeType.COUPON:
-        fields.update(cp=campaign, v=value, nbf=nbf)
+        fields.update(cp=campaign, v=value, nbf=nbf, **(rules or {}))
     elif type_ is CodeType.PICKUP:
         if not order:
             raise ValueError("a pickup code needs an order id (--order)")

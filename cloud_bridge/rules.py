@@ -16,9 +16,19 @@ from o2o_protocol.messages import CommandName, Event, EventType
 log = logging.getLogger(__name__)
 
 
+def card_uses(event: Event) -> int | None:
+    """A visit card's uses as its redemption states them (`uses` >= 2); None: a coupon."""
+    uses = event.data.get("uses")
+    if isinstance(uses, int) and not isinstance(uses, bool) and uses >= 2:
+        return uses
+    return None
+
+
 class CouponUsedElsewhere:
     """Tell the other kiosks about each newly stored redemption (docs/codes.md: coupons are
-    single use per store, and each kiosk checks offline against its own store)."""
+    single use per store, and each kiosk checks offline against its own store). For a
+    visit card the command carries `count`, the uses stored for it at every door, so each
+    kiosk refuses the card once all its uses are spent anywhere."""
 
     def __init__(
         self, repo: Repository, store: str, commands: CommandService, kiosks: Sequence[str]
@@ -45,7 +55,21 @@ class CouponUsedElsewhere:
 
     def _redeemed(self, event: Event, coupon: str) -> None:
         redemptions = self.repo.redemptions(self.store, coupon)
-        if redemptions and redemptions[0].id != event.id:
+        uses = card_uses(event)
+        data: dict[str, object] = {"id": coupon, "at": event.ts, "kiosk": event.kiosk}
+        if uses is not None:
+            data["count"] = len(redemptions)
+            if len(redemptions) > uses:
+                log.warning(
+                    "visit card %s used %d times, %d allowed: event %s at kiosk %s (%s)",
+                    coupon,
+                    len(redemptions),
+                    uses,
+                    event.id,
+                    event.kiosk,
+                    event.ts,
+                )
+        elif redemptions and redemptions[0].id != event.id:
             first = redemptions[0]
             log.warning(
                 "coupon %s redeemed twice: event %s at kiosk %s (%s), already event %s at"
@@ -59,7 +83,6 @@ class CouponUsedElsewhere:
                 first.envelope()["ts"],
             )
         kiosks = dict.fromkeys([*self.kiosks, *self.repo.kiosk_names(self.store)])
-        data = {"id": coupon, "at": event.ts, "kiosk": event.kiosk}
         for kiosk in kiosks:
             if kiosk != event.kiosk:
                 self.commands.send(kiosk, CommandName.COUPON_USED.value, data)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, literal_column, not_, or_, select
+from sqlalchemy import ColumnElement, and_, case, exists, func, literal_column, not_, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from cloud_bridge.db.records import SKEW, format_ts
@@ -88,7 +88,8 @@ def today_stats(
     }
     kiosks = session.execute(select(KioskRow.online).where(KioskRow.store == store)).scalars()
     online = [bool(k) for k in kiosks]
-    doubles = int(session.scalar(_double_redemptions(store, in_today)) or 0)
+    doubles = int(session.scalar(_double_redemptions(dialect, store, in_today)) or 0)
+    overuses = int(session.scalar(_card_overuses(dialect, store, in_today)) or 0)
     ratings = rating_summary(session, in_today)
     checkins = session.scalar(
         select(func.count())
@@ -107,6 +108,7 @@ def today_stats(
         "joins": by_type.get(EventType.MEMBER_JOINED.value, 0),
         "rejected": by_type.get(EventType.SCAN_REJECTED.value, 0),
         "double_redemptions": doubles,
+        "card_overuses": overuses,
         "rejections": dict(sorted(rejections.items())),
         "by_type": dict(sorted(by_type.items())),
         "kiosks_online": sum(online),
@@ -160,29 +162,67 @@ def _overdrawn(session: Session, store: str) -> int:
     return int(session.scalar(stmt) or 0)
 
 
-def _double_redemptions(store: str, in_today: tuple[ColumnElement[bool], ...]) -> Any:
-    """Today's redemptions of a coupon the bridge had already stored as redeemed
-    (under another event id): two kiosks that were offline at once both accepted it."""
-    first = aliased(EventRow)
-    coupon = EventRow.data["coupon_id"].as_string()
-    redeemed = EventType.COUPON_REDEEMED.value
-    earlier = exists().where(
+def _earlier_uses(first: Any) -> list[ColumnElement[bool]]:
+    """`first`: a redemption of the same code stored before this one."""
+    return [
         first.store == EventRow.store,
-        first.type == redeemed,
-        first.data["coupon_id"].as_string() == coupon,
+        first.type == EventType.COUPON_REDEEMED.value,
+        first.data["coupon_id"].as_string() == EventRow.data["coupon_id"].as_string(),
         first.id != EventRow.id,
         or_(
             first.received_at < EventRow.received_at,
             and_(first.received_at == EventRow.received_at, first.id < EventRow.id),
         ),
-    )
+    ]
+
+
+def card_uses(dialect: str) -> ColumnElement[Any]:
+    """A visit card's uses as its redemption states them (`data.uses`, an integer >= 2);
+    NULL for a coupon (and for anything else a kiosk wrote there)."""
+    if dialect == "sqlite":
+        whole = func.json_type(EventRow.data, "$.uses") == "integer"
+    else:
+        text = EventRow.data["uses"].as_string()
+        whole = and_(
+            func.json_typeof(EventRow.data["uses"]) == "number", text.regexp_match(r"^[0-9]{1,9}$")
+        )
+    n = EventRow.data["uses"].as_integer()
+    # Nested, so the cast runs only on what is a whole number (PostgreSQL).
+    return case((whole, case((n >= 2, n), else_=None)), else_=None)
+
+
+def _double_redemptions(dialect: str, store: str, in_today: tuple[ColumnElement[bool], ...]) -> Any:
+    """Today's redemptions of a coupon the bridge had already stored as redeemed
+    (under another event id): two kiosks that were offline at once both accepted it.
+    A visit card's uses are not (`_card_overuses` counts those past its number)."""
+    first = aliased(EventRow)
     return (
         select(func.count())
         .select_from(EventRow)
         .where(
             *in_today,
-            EventRow.type == redeemed,
-            coupon.is_not(None),
-            earlier,
+            EventRow.type == EventType.COUPON_REDEEMED.value,
+            EventRow.data["coupon_id"].as_string().is_not(None),
+            card_uses(dialect).is_(None),
+            exists().where(*_earlier_uses(first)),
+        )
+    )
+
+
+def _card_overuses(dialect: str, store: str, in_today: tuple[ColumnElement[bool], ...]) -> Any:
+    """Today's uses of a visit card past its number (`uses` stored before this one):
+    doors that were offline at once each let the card in."""
+    first = aliased(EventRow)
+    uses = card_uses(dialect)
+    before = select(func.count()).select_from(first).where(*_earlier_uses(first))
+    return (
+        select(func.count())
+        .select_from(EventRow)
+        .where(
+            *in_today,
+            EventRow.type == EventType.COUPON_REDEEMED.value,
+            EventRow.data["coupon_id"].as_string().is_not(None),
+            uses.is_not(None),
+            before.scalar_subquery() >= uses,
         )
     )
