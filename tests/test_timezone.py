@@ -65,10 +65,9 @@ def test_an_unknown_time_zone_is_one_line_and_exit_2(
 
 
 def _checkin(at: datetime) -> Event:
-    return Event(
-        id=new_event_id(), seq=1, type="checkin", ts=rfc3339(at.timestamp()), store="s1",
-        kiosk="k1", data={"member_id": "m-1"},
-    )  # fmt: skip
+    ts = rfc3339(at.timestamp())
+    data = {"member_id": "m-1"}
+    return Event(id=new_event_id(), seq=1, type="checkin", ts=ts, store="s1", kiosk="k1", data=data)
 
 
 def test_todays_figures_are_the_shops_day(any_repo: Repository) -> None:
