@@ -87,6 +87,15 @@ type = "simulated"            # serial, with port = "/dev/serial0" (Pi UART) or 
 """
 
 
+def _timezone_lines(zone: str | None) -> str:
+    """The `timezone` key and its comment; nothing without one (the machine's zone), so a
+    file written without `--timezone` is the one `init` always wrote."""
+    if not zone:
+        return ""
+    note = "# The shop's time zone (IANA): campaign hours are read in it."
+    return f"{note}\ntimezone = {toml_str(zone)}\n"
+
+
 def _mqtt_url(url: str) -> str:
     parse_mqtt_url(url)
     return url
@@ -112,7 +121,7 @@ class KioskProvisioning(BaseModel):
     path: Path
     #: The kiosk's data directory, relative to its file; default `kiosk-<ID>-data`.
     data_dir: str | None = None
-    #: The shop's IANA time zone (`timezone = "Asia/Shanghai"`); None: the machine's.
+    #: The shop's IANA time zone (`init --timezone`); None leaves it commented out.
     timezone: str | None = None
 
     @field_validator("timezone")
@@ -146,10 +155,5 @@ class KioskProvisioning(BaseModel):
             keys="\n".join(f"{toml_str(kid)} = {toml_str(pub)}" for kid, pub in self.keys.items()),
             mqtt=toml_str(self.mqtt_url),
             join_secret=toml_str(self.join_secret),
-            timezone=(
-                f"# The shop's time zone: opening hours of codes are read in it.\n"
-                f"timezone = {toml_str(self.timezone)}\n"
-                if self.timezone
-                else ""
-            ),
+            timezone=_timezone_lines(self.timezone),
         )
