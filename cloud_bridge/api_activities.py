@@ -14,6 +14,7 @@ from fastapi.params import Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_bridge.activities import ActivityError, ActivityService, parse_time
+from cloud_bridge.api_members import MEMBER_ID_PATTERN
 from cloud_bridge.api_schema import (
     READ_ANSWERS,
     WRITE_ANSWERS,
@@ -50,7 +51,9 @@ class SignupCreate(_JsonNumbers):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str | None = Field(default=None, max_length=100, description="printed on the ticket")
-    member: str | None = Field(default=None, min_length=1, max_length=128)
+    member: str | None = Field(
+        default=None, pattern=MEMBER_ID_PATTERN, description="the member, if known"
+    )
 
 
 class ActivityOut(BaseModel):

@@ -142,6 +142,11 @@ def test_a_sign_up_gets_a_ticket_the_door_accepts(client: TestClient) -> None:
     assert p["exp"] == signup["exp"] == start + 3600 + 3600
     got = client.get(f"/api/v1/activities/{a['id']}", headers=AUTH).json()
     assert got["signed_up"] == 1
+    # A body that is not a sign-up takes no place.
+    for bad in ({"member": "a/b"}, {"name": "x" * 101}, {"seats": 2}):
+        r = post(client, f"/api/v1/activities/{a['id']}/signups", bad)
+        assert r.status_code == 422, bad
+    assert client.get(f"/api/v1/activities/{a['id']}", headers=AUTH).json()["signed_up"] == 1
 
 
 def test_a_ticket_comes_with_a_link_when_code_url_is_set(
