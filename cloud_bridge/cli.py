@@ -1,4 +1,4 @@
-"""`o2o-bridge`: init, issue, export, run (docs/cli.md).
+"""`o2o-bridge`: init, issue, codes, export, run (docs/cli.md).
 
 A bad command line or config exits with status 2 and one line on stderr naming the
 problem; nothing shows a traceback to a shop owner.
@@ -111,6 +111,57 @@ def _write_qr(token: str, path: Path, kind: str) -> None:
         raise UsageError(f"--{kind}: cannot write {path}: {exc.strerror}") from None
 
 
+# -- codes -----------------------------------------------------------------------------
+
+
+def cmd_codes(args: argparse.Namespace) -> int:
+    """Issue N codes of a campaign (the same service and rules as the API), print them,
+    and optionally write a printable sheet of their QR codes."""
+    from cloud_bridge.campaigns import CampaignError, CampaignService, Refused
+    from cloud_bridge.db import Repository
+    from cloud_bridge.sheet import PER_PAGE, write_sheet
+
+    sheet: Path | None = args.sheet
+    if sheet is not None:
+        if sheet.suffix.lower() not in (".png", ".pdf"):
+            raise UsageError(f"--sheet: {sheet} must end in .png or .pdf")
+        if sheet.suffix.lower() == ".png" and args.count > PER_PAGE:
+            raise UsageError(
+                f"--sheet: a PNG holds one page ({PER_PAGE} codes); write a PDF for {args.count}"
+            )
+    config = load_config(args.config)
+    key = load_signing_key(config)
+    repo = Repository.from_url(config.db.url)
+    try:
+        repo.migrate()
+        service = CampaignService(repo, config, key)
+        try:
+            codes = service.issue(args.campaign, args.count, member=args.member)
+        except LookupError:
+            raise UsageError(f"--campaign: no campaign {args.campaign!r}") from None
+        except (Refused, CampaignError) as exc:
+            raise UsageError(str(exc)) from None
+    finally:
+        repo.close()
+    if args.format == "json":
+        print(json.dumps({"codes": [c.as_dict() for c in codes]}, ensure_ascii=False))
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["id", "code", "url"])
+        for c in codes:
+            writer.writerow([c.id, c.code, c.url or ""])
+    sys.stdout.flush()
+    if sheet is not None:
+        try:
+            n = write_sheet([(c.id, c.code) for c in codes], sheet)
+        except OSError as exc:
+            raise UsageError(
+                f"--sheet: cannot write {sheet}: {exc.strerror} (the codes above are issued)"
+            ) from None
+        print(f"wrote {sheet} ({n} page{'s' if n > 1 else ''})", file=sys.stderr)
+    return 0
+
+
 # -- export ----------------------------------------------------------------------------
 
 CSV_FIELDS = ["id", "seq", "type", "ts", "store", "kiosk", "data"]
@@ -218,6 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--svg", type=Path, metavar="FILE", help="also write the QR code as SVG")
     s.add_argument("--json", action="store_true", help='print {"code": token, ...}')
     s.set_defaults(func=cmd_issue)
+
+    s = sub.add_parser("codes", help="issue codes of a campaign (CSV or JSON; a QR sheet)")
+    s.add_argument("--config", type=Path, default=_default_config())
+    s.add_argument("--campaign", required=True, metavar="ID", help="campaign id (cp-…)")
+    s.add_argument("--count", type=int, required=True, metavar="N", help="how many, 1-1000")
+    s.add_argument("--member", metavar="M", help="the member they are for, if any")
+    s.add_argument("--format", choices=["csv", "json"], default="csv")
+    s.add_argument(
+        "--sheet", type=Path, metavar="FILE", help="also write a printable A4 sheet (.png or .pdf)"
+    )
+    s.set_defaults(func=cmd_codes)
 
     s = sub.add_parser("export", help="export stored data")
     s.add_argument("what", choices=["events"])

@@ -163,14 +163,16 @@ class Campaigns:
                     ),
                 )
                 .values(issued=CampaignRow.issued + n)
-                .returning(CampaignRow.issued, CampaignRow.per_member)
-            ).first()
-            if taken is None:
-                row = session.get(CampaignRow, (self.store, campaign))
-                if row is None:
-                    raise LookupError(campaign)
+                .execution_options(synchronize_session=False)
+            )
+            # Read after the update (no RETURNING: SQLite before 3.35 has none); the row
+            # is locked by then, so this is what the update left.
+            row = session.get(CampaignRow, (self.store, campaign), populate_existing=True)
+            if row is None:
+                raise LookupError(campaign)
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
                 raise NotEnoughLeft(_campaign(row).left or 0)
-            issued, per_member = int(taken[0]), taken[1]
+            issued, per_member = int(row.issued), row.per_member
             if member is not None and per_member is not None:
                 held = int(
                     session.scalar(
