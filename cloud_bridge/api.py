@@ -27,6 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.routing import Match
 
+from cloud_bridge.activities import ActivityService
+from cloud_bridge.api_activities import activities_router
 from cloud_bridge.api_campaigns import campaigns_router
 from cloud_bridge.api_members import members_router
 from cloud_bridge.api_rewards import rewards_router
@@ -90,6 +92,7 @@ def create_app(
     ingest_health: Callable[[], dict[str, Any]] | None = None,
     members: MemberService | None = None,
     rewards: RewardService | None = None,
+    activities: ActivityService | None = None,
 ) -> FastAPI:
     """The bridge's web app. Token and key are read from the config's files unless given.
 
@@ -243,7 +246,7 @@ def create_app(
     @app.get("/api/v1/stats", dependencies=read_auth, tags=["events"], responses=READ_ANSWERS)
     def stats() -> dict[str, Any]:
         """Today's figures (the same document as the retained `o2o/v1/{store}/stats`)."""
-        return repo.today_stats(store)
+        return repo.today_stats(store, zone=config.zone())
 
     @app.get("/api/v1/kiosks", dependencies=read_auth, tags=["kiosks"], responses=READ_ANSWERS)
     def kiosks() -> dict[str, Any]:
@@ -315,6 +318,10 @@ def create_app(
     campaigns = CampaignService(repo, config, key)
     app.include_router(campaigns_router(campaigns, auth=auth, read_auth=read_auth))
     app.include_router(member_page_router(pages))
+    # Activities and their sign-ups (api_activities.py).
+    activities = activities or ActivityService(repo, config, key, commands)
+    app.state.activities = activities
+    app.include_router(activities_router(activities, auth=auth, read_auth=read_auth))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:

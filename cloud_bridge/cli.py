@@ -58,6 +58,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         mqtt_url=args.mqtt,
         db_url=args.db,
         force=args.force,
+        timezone=args.timezone,
     )
     print(f"wrote {done.config}")
     print(f"wrote {done.signing_key}  (private signing key, key id {done.key_id}; keep it secret)")
@@ -239,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--db", help="database URL (default: SQLite bridge.db beside bridge.toml)")
     s.add_argument("--force", action="store_true", help="overwrite existing files")
+    s.add_argument(
+        "--timezone",
+        metavar="TZ",
+        help="the shop's IANA time zone, e.g. Asia/Shanghai (default: this machine's)",
+    )
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("issue", help="sign a code (prints the token)")

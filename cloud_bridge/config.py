@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import stat
+from datetime import tzinfo
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +37,7 @@ from o2o_protocol.config_file import (
     parse_mqtt_url,
     resolve_path,
 )
+from o2o_protocol.hours import shop_zone
 from o2o_protocol.limits import Limits
 from o2o_protocol.messages import check_id
 
@@ -257,6 +259,9 @@ class BridgeConfig(_Section):
     limits: Limits = Field(default_factory=Limits)
     #: The kiosks this store expects, so the dashboard can show one that never came up.
     kiosks: list[str] = Field(default_factory=list)
+    #: The shop's IANA time zone (its day for the figures, local times in the API);
+    #: absent: this machine's zone.
+    timezone: str | None = None
 
     @field_validator("store")
     @classmethod
@@ -271,6 +276,16 @@ class BridgeConfig(_Section):
         if len(set(v)) != len(v):
             raise ValueError("kiosk ids must be unique")
         return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str | None) -> str | None:
+        shop_zone(v)
+        return v
+
+    def zone(self) -> tzinfo:
+        """The shop's time zone (`timezone`, or this machine's)."""
+        return shop_zone(self.timezone)
 
     def member_page_base(self) -> str:
         """Where member pages live, without the trailing slash (docs/members.md)."""

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from cloud_bridge.config import CONFIG_NAME, BridgeConfig, load_config, normalise_db_url
 from o2o_protocol.codes import b64url_encode, key_id, public_key_bytes
 from o2o_protocol.config_file import parse_mqtt_url, validate_config
+from o2o_protocol.hours import shop_zone
 from o2o_protocol.messages import check_id
 from o2o_protocol.provisioning import KioskProvisioning, toml_str
 
@@ -38,6 +39,9 @@ store = {store}
 
 # The kiosks this store expects; the dashboard shows one that never came up as offline.
 kiosks = [{kiosks}]
+
+# The shop's IANA time zone: its day for today's figures, local times in the API.
+{timezone_line}
 
 [mqtt]
 # mqtt://host:port, or mqtts://host:port for TLS
@@ -114,6 +118,7 @@ def provision(
     mqtt_url: str,
     db_url: str | None,
     force: bool = False,
+    timezone: str | None = None,
 ) -> Provisioned:
     """Write a store's set-up into `directory`; UsageError names the option at fault."""
     checked(check_id, store, "--store")
@@ -122,6 +127,8 @@ def provision(
     if len(set(kiosks)) != len(kiosks):
         raise UsageError("--kiosk: the same kiosk id is given twice")
     checked(parse_mqtt_url, mqtt_url, "--mqtt")
+    if timezone is not None:
+        checked(shop_zone, timezone, "--timezone")
     if db_url:
         checked(lambda v: normalise_db_url(v, None), db_url, "--db")
 
@@ -149,6 +156,11 @@ def provision(
         store_raw=store,
         kiosks=", ".join(toml_str(k) for k in kiosks),
         mqtt=toml_str(mqtt_url),
+        timezone_line=(
+            f"timezone = {toml_str(timezone)}"
+            if timezone
+            else '# timezone = "Asia/Shanghai"    # absent: this machine\'s zone'
+        ),
         db_line=(
             f"url = {toml_str(db_url)}"
             if db_url
@@ -164,6 +176,7 @@ def provision(
             keys={kid: pub_text},
             join_secret=join_secret,
             path=kiosk_paths[k],
+            timezone=timezone,
         ).render()
         for k in kiosks
     }

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud_bridge.activities import ActivityService
 from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
@@ -79,7 +80,12 @@ class BridgeRuntime:
             shared_group=m.shared_group,
         )
         self.stats = StatsPublisher(
-            self.link, repo, store, interval_s=stats_interval_s, refresh_s=stats_refresh_s
+            self.link,
+            repo,
+            store,
+            interval_s=stats_interval_s,
+            refresh_s=stats_refresh_s,
+            zone=config.zone(),
         )
         self.commands = CommandService(repo, store, self.link, limits=config.limits)
         self.members = MemberService(
@@ -87,6 +93,8 @@ class BridgeRuntime:
         )
         # Rewards and code pools (rewards.py): topped up on status, kept right by events.
         self.rewards = RewardService(repo, config, signing_key, self.commands)
+        # Activities (activities.py): a ticket scanned at the door marks its sign-up.
+        self.activities = ActivityService(repo, config, signing_key, self.commands)
         self.sink = EventSink(
             self.link,
             repo,
@@ -95,6 +103,7 @@ class BridgeRuntime:
                 CouponUsedElsewhere(repo, store, self.commands, config.kiosks),
                 self.members.after_stored,
                 self.rewards.after_stored,
+                self.activities.after_stored,
             ],
             on_status=[self.commands.kiosk_reported, self.rewards.kiosk_reported],
             on_batch=self.stats.changed,

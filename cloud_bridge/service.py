@@ -72,6 +72,7 @@ def run_service(
             commands=runtime.commands,
             members=runtime.members,
             rewards=runtime.rewards,
+            activities=runtime.activities,
             mqtt_connected=lambda: runtime.ready,
             ingest_health=runtime.health,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import tzinfo
 
 from cloud_bridge.db import Repository
 from o2o_protocol.messages import dumps
@@ -30,7 +31,10 @@ class StatsPublisher:
         *,
         interval_s: float = 1.0,
         refresh_s: float = 60.0,
+        zone: tzinfo | None = None,
     ) -> None:
+        """`zone`: the shop's time zone, whose day the figures count (None: the machine's)."""
+        self.zone = zone
         self.link = link
         self.repo = repo
         self.store = store
@@ -88,7 +92,7 @@ class StatsPublisher:
         self._last = time.monotonic()
         self._dirty = False
         try:
-            stats = self.repo.today_stats(self.store)
+            stats = self.repo.today_stats(self.store, zone=self.zone)
         except Exception:
             log.exception("could not compute today's figures")
             return

@@ -56,6 +56,11 @@ CONFIG = "\n".join(f"checks.{c}.enabled = true" for c in CHECKS) + (
     "\n[[operations]]\n"
     'include-path-regex = "^/api/v1/rewards/"\n'
     "checks.use_after_free.enabled = false\n"
+    # An activity must start in the future: the same moving window as a code's times.
+    "\n[[operations]]\n"
+    'include-path = "/api/v1/activities"\n'
+    'include-method = "POST"\n'
+    "checks.positive_data_acceptance.enabled = false\n"
 )
 
 

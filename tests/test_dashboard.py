@@ -27,7 +27,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from cloud_bridge.activities import ActivityService
 from cloud_bridge.api import create_app
+from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
 from o2o_protocol.config_file import validate_config
@@ -341,5 +343,131 @@ def test_dashboard_alerts_in_headless_chromium(alert_server: str, tmp_path: Path
     assert "需要处理" in dom and "<b>k1</b>：打印机缺纸" in dom
 
     shot = Path(os.environ.get("O2O_DASHBOARD_SCREENSHOT") or tmp_path / "dashboard.png")
+    _screenshot(url.replace("#token=", "#lang=en&token="), tmp_path, shot)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- campaigns and activities ---------------------------------------------------------
+
+
+@pytest.fixture
+def views_server(tmp_path: Path, repo: Repository) -> Iterator[str]:
+    """A Shanghai shop with two campaigns (one a visit card) and two activities, one over,
+    all made through the API as the shop's online side makes them."""
+    config = validate_config(
+        tmp_path / "bridge.toml",
+        {"store": "s1", "kiosks": ["k1"], "timezone": "Asia/Shanghai"},
+        BridgeConfig,
+    )
+    clock = [time.time()]
+    key = Ed25519PrivateKey.generate()
+    commands = CommandService(repo, "s1")
+    activities = ActivityService(repo, config, key, commands, clock=lambda: clock[0])
+    app = create_app(
+        config, repo, token=TOKEN, signing_key=key, commands=commands, activities=activities
+    )
+    api = TestClient(app)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def post(path: str, body: object) -> dict[str, object]:
+        r = api.post("/api/v1/" + path, json=body, headers=auth)
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    spring = post("campaigns", {"name": "春季团购", "kind": "group_buy", "value": "双人套餐"})
+    card = post(
+        "campaigns", {"name": "Coffee card", "kind": "visit_card", "value": "1 latte", "uses": 3}
+    )
+    spring_codes = post(f"campaigns/{spring['id']}/codes", {"count": 4})["codes"]
+    card_codes = post(f"campaigns/{card['id']}/codes", {"count": 2})["codes"]
+    now = time.time()
+    used = "coupon.redeemed"
+    first_card = {
+        "coupon_id": card_codes[0]["id"],
+        "campaign": card["id"],
+        "campaign_name": "Coffee card",
+        "uses": 3,
+    }
+    group = {"campaign": spring["id"], "campaign_name": "春季团购", "value": "双人套餐"}
+    redeemed = [
+        _ev(used, 1, now - 60, coupon_id=spring_codes[0]["id"], **group),
+        # One card used twice, the other not yet: one card of two redeemed, two uses.
+        _ev(used, 2, now - 50, use=1, **first_card),
+        _ev(used, 3, now - 40, use=2, **first_card),
+    ]
+    repo.add_events(redeemed)
+    # A class starting in an hour (three of four places taken), and a tasting that was
+    # on a few hours ago: two signed up, one came.
+    soon = datetime.fromtimestamp(now + 3600, ZoneInfo("Asia/Shanghai"))
+    latte = post(
+        "activities", {"title": "Latte art", "at": soon.strftime("%Y-%m-%dT%H:%M"), "capacity": 4}
+    )
+    for _ in range(3):
+        post(f"activities/{latte['id']}/signups", {})
+    clock[0] = now - 5 * 3600
+    earlier = datetime.fromtimestamp(now - 4 * 3600, ZoneInfo("UTC")).isoformat()
+    tasting = post("activities", {"title": "Tea tasting", "at": earlier, "capacity": 10})
+    came = post(f"activities/{tasting['id']}/signups", {"name": "Ada"})
+    post(f"activities/{tasting['id']}/signups", {"name": "Bo"})
+    arrival = _ev(
+        "reservation.arrived",
+        4,
+        now - 4 * 3600 + 60,
+        reservation_id=came["id"],
+        activity=tasting["id"],
+        at=int(now - 4 * 3600),
+        service="Tea tasting",
+        name="Ada",
+        timing="late",
+        minutes_late=1,
+    )
+    [stored] = repo.add_events([arrival])
+    activities.after_stored([arrival], {stored})
+    clock[0] = time.time()
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    wait_for_port("127.0.0.1", port, 10)
+    yield f"http://127.0.0.1:{port}/"
+    srv.should_exit = True
+    thread.join(10)
+
+
+def _cells(page: str, name: str) -> list[str]:
+    """The texts of the cells of the table row whose first cell starts with `name`."""
+    row = "<td>" + name + page.split(">" + name, 1)[1].split("</tr>", 1)[0]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)
+    return [" ".join(re.sub(r"<[^>]+>", " ", c).split()) for c in cells]
+
+
+def test_campaigns_and_activities_in_headless_chromium(views_server: str, tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        missing_component("chromium", "apt-get install chromium, or run scripts/setup.sh")
+    url = views_server + "#token=" + TOKEN
+    dom = _dump_dom(url + "&lang=en", tmp_path, "en-US")
+    page = dom.split("<script>")[0]
+    hidden = _parse(dom).hidden
+    assert "campaigns-view" not in hidden and "activities-view" not in hidden, page[-3000:]
+    assert "Campaigns" in page and "Activities" in page
+    # Name (value), kind, issued, redeemed, rate.
+    assert _cells(page, "春季团购") == ["春季团购 双人套餐", "group buy", "4", "1", "25%"]
+    card = ["Coffee card 1 latte", "visit card", "2", "1 2 uses in all", "50%"]
+    assert _cells(page, "Coffee card") == card
+    # Title, when (the shop's clock), signed up / places, came, no-shows (once over).
+    latte = _cells(page, "Latte art")
+    soon = datetime.fromtimestamp(time.time() + 3600, ZoneInfo("Asia/Shanghai"))
+    assert latte[0] == "Latte art" and latte[1].startswith(soon.strftime("%Y-%m-%d"))
+    assert latte[2:] == ["3 / 4", "0", "–"]
+    assert _cells(page, "Tea tasting")[2:] == ["2 / 10", "1", "1"]
+    assert page.index("Tea tasting") < page.index("Latte art")  # soonest first
+    # A redemption names its campaign, not the campaign's id.
+    assert "Coupon redeemed: <b>春季团购</b> · <b>双人套餐</b>" in page
+
+    dom = _dump_dom(url, tmp_path, "zh-CN")
+    assert "营销活动" in dom and "店内活动" in dom and "团购" in dom and "次卡" in dom
+    assert "共用 <" not in dom and "共用 2 次" in dom
+
+    shot = Path(os.environ.get("O2O_DASHBOARD_VIEWS_SCREENSHOT") or tmp_path / "views.png")
     _screenshot(url.replace("#token=", "#lang=en&token="), tmp_path, shot)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

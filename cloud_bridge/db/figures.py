@@ -10,7 +10,7 @@ or absent as older kiosks write it), not those within the cool-down.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, exists, func, literal_column, not_, or_, select
@@ -54,17 +54,21 @@ def counted(dialect: str) -> ColumnElement[bool]:
     return or_(EventRow.data["counted"].is_(None), EventRow.data["counted"].as_string() == "true")
 
 
-def local_midnight(now: datetime | None = None) -> datetime:
-    """Start of today in the machine's zone (the shop's day), as an aware datetime."""
-    local = (now or datetime.now(UTC)).astimezone()
+def local_midnight(now: datetime | None = None, zone: tzinfo | None = None) -> datetime:
+    """Start of today in the shop's zone (`zone`; None: the machine's), as an aware
+    datetime."""
+    local = (now or datetime.now(UTC)).astimezone(zone)
     return local.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def today_stats(session: Session, store: str, *, now: datetime | None = None) -> dict[str, Any]:
-    """Today's figures (the shop's local day) for the dashboard and the stats topic."""
+def today_stats(
+    session: Session, store: str, *, now: datetime | None = None, zone: tzinfo | None = None
+) -> dict[str, Any]:
+    """Today's figures for the dashboard and the stats topic: the shop's day, midnight to
+    midnight in `zone` (bridge.toml `timezone`; None: the machine's zone)."""
     now = now or datetime.now(UTC)
-    start = local_midnight(now)
-    end = start + timedelta(days=1)
+    start = local_midnight(now, zone)
+    end = start + timedelta(days=1)  # wall-clock: the next midnight, even across DST
     dialect = session.get_bind().dialect.name
     in_today = (EventRow.store == store, in_period(dialect, start, end))
     reason = EventRow.data["reason"].as_string()

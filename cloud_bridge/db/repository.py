@@ -26,7 +26,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -389,10 +389,12 @@ class Repository:
         with self._sessions() as session:
             return int(session.scalar(select(func.count()).select_from(EventRow)) or 0)
 
-    def today_stats(self, store: str, *, now: datetime | None = None) -> dict[str, Any]:
-        """Today's figures (the shop's local day) for the dashboard and the stats topic."""
+    def today_stats(
+        self, store: str, *, now: datetime | None = None, zone: tzinfo | None = None
+    ) -> dict[str, Any]:
+        """Today's figures (the shop's day in `zone`) for the dashboard and the stats topic."""
         with self._sessions() as session:
-            return figures_of_today(session, store, now=now)
+            return figures_of_today(session, store, now=now, zone=zone)
 
     # -- kiosks ---------------------------------------------------------------------
 
