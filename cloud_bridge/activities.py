@@ -231,15 +231,29 @@ class ActivityService:
     def after_stored(self, events: Sequence[Event], new: set[str]) -> None:
         """AfterStored: a newly stored `reservation.arrived` naming an activity marks
         that sign-up as arrived (the first time only), at the event's own time."""
+        self._mark([e for e in events if e.id in new])
+
+    def catch_up(self, since: datetime) -> int:
+        """Mark the arrivals stored since `since` that the hook missed (it runs after the
+        events are stored and acked, so a fault in between would lose one). Safe any
+        time: a sign-up is marked once. Returns how many it marked."""
+        stored = self.repo.iter_events(
+            store=self.store, type=EventType.RESERVATION_ARRIVED.value, since=since
+        )
+        marked = self._mark([Event.model_validate(e.envelope()) for e in stored])
+        if marked:
+            log.warning("marked %d arrival(s) the attendance had missed", marked)
+        return marked
+
+    def _mark(self, events: Sequence[Event]) -> int:
         by_time: dict[datetime, list[tuple[str, str]]] = {}
         for e in events:
-            if e.id not in new or e.type != EventType.RESERVATION_ARRIVED.value:
+            if e.type != EventType.RESERVATION_ARRIVED.value:
                 continue
             activity, ticket = e.data.get("activity"), e.data.get("reservation_id")
             if isinstance(activity, str) and isinstance(ticket, str):
                 by_time.setdefault(parse_rfc3339(e.ts), []).append((activity, ticket))
-        for at, tickets in by_time.items():
-            self.book.arrived(tickets, at)
+        return sum(self.book.arrived(tickets, at) for at, tickets in by_time.items())
 
 
 _REFUSED: dict[Refusal, Callable[[str], tuple[int, str]]] = {

@@ -128,8 +128,8 @@ class BridgeRuntime:
         self._catching_up.start()
 
     def catch_up(self) -> None:
-        """Count what the ledger and the code pools missed in the last `CATCH_UP_DAYS`
-        (each event once, safe alongside the live hooks)."""
+        """Count what the ledger, the code pools and the activities' attendance missed in
+        the last `CATCH_UP_DAYS` (each event once, safe alongside the live hooks)."""
         since = datetime.now(UTC) - timedelta(days=CATCH_UP_DAYS)
         try:
             self.members.catch_up(since)
@@ -139,6 +139,10 @@ class BridgeRuntime:
             self.rewards.catch_up(since)
         except Exception:
             log.exception("could not check the code pools for missed events")
+        try:
+            self.activities.catch_up(since)
+        except Exception:
+            log.exception("could not check the activities for missed arrivals")
 
     def _catch_up_loop(self) -> None:
         while not self._stopping.wait(self.catch_up_interval_s):

@@ -174,3 +174,21 @@ def _settled(runtime: BridgeRuntime) -> None:
     while runtime.sink.health()["pending"]:
         assert time.monotonic() < deadline, "the bridge never caught up"
         time.sleep(0.05)
+
+
+def test_an_arrival_the_hook_missed_is_counted_by_the_catch_up(
+    tmp_path: Path, any_repo: Repository
+) -> None:
+    """The hook runs after the events are stored and acked; a fault in between must not
+    lose an arrival: the periodic catch-up marks it, once."""
+    service = _service(tmp_path, any_repo)
+    start = datetime.now(UTC) + timedelta(hours=1)
+    activity = service.add(title="Latte art", at=start, capacity=2)
+    ticket = service.sign_up(activity.id)[0].id
+    arrived = _arrival(ticket, activity.id, start.timestamp() + 60, 1)
+    any_repo.add_events([arrived])  # stored and acked, but the hook never ran
+    since = datetime.now(UTC) - timedelta(days=1)
+    assert service.catch_up(since) == 1
+    assert service.catch_up(since) == 0
+    [signup] = service.book.signups(activity.id)
+    assert signup.arrived_at == parse_rfc3339(arrived.ts)
