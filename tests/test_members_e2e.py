@@ -64,11 +64,11 @@ class Shop:
         return self.api("POST", f"/members/{member_id}/points", body, **{"Idempotency-Key": key})
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def shop(
-    request: pytest.FixtureRequest, tmp_path: Path, mosquitto_broker: MosquittoBroker
+def two_door_shop(
+    request: pytest.FixtureRequest, root: Path, mqtt_url: str, *init_args: str
 ) -> Iterator[Shop]:
-    """Two doors and the bridge, on the embedded SQLite or on PostgreSQL."""
+    """`o2o-bridge init` with doors k1 and k2, and the bridge running, on the database
+    `request.param` names (the embedded SQLite, or PostgreSQL emptied first)."""
     db: list[str] = []
     if request.param == "postgresql":
         url = request.getfixturevalue("pg_url")
@@ -78,12 +78,19 @@ def shop(
         repo.close()
         db = ["--db", url]
     bridge_cli(
-        tmp_path,
-        "init", "--dir", str(tmp_path), "--store", "s1",
-        "--kiosk", "k1", "--kiosk", "k2", "--mqtt", mosquitto_broker.url, *db,
+        root,
+        "init", "--dir", str(root), "--store", "s1",
+        "--kiosk", "k1", "--kiosk", "k2", "--mqtt", mqtt_url, *db, *init_args,
     )  # fmt: skip
-    with running_bridge(tmp_path) as port:
-        yield Shop(tmp_path, port)
+    with running_bridge(root) as port:
+        yield Shop(root, port)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shop(
+    request: pytest.FixtureRequest, tmp_path: Path, mosquitto_broker: MosquittoBroker
+) -> Iterator[Shop]:
+    yield from two_door_shop(request, tmp_path, mosquitto_broker.url)
 
 
 @contextmanager
