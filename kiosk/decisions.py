@@ -35,7 +35,6 @@ from kiosk.sizes import fitting
 from o2o_protocol.codes import Code, CodeType, Rejected, decode_unverified
 from o2o_protocol.hours import describe, is_open
 from o2o_protocol.messages import EventType, PoolCode, Reason, Reward
-from o2o_protocol.timeutil import local_day
 
 #: What an unverified (maybe hostile) id may keep when it is quoted in an event.
 _UNSAFE = re.compile(r"[^\w\-.:@+]")
@@ -176,7 +175,7 @@ def decide(
 
 
 def _member(code: Code, facts: Facts, rules: Rules, today: str, now: float) -> Decision:
-    last_at, last_day = _last_visit(facts, now)
+    last_at, last_day = _last_visit(facts, now, rules.zone)
     same_day = rules.once_per_day and last_day == today
     too_soon = last_at is not None and now - last_at < rules.checkin_cooldown_min * 60
     counted = not (same_day or too_soon)
@@ -208,7 +207,9 @@ def plausible_visit(at: object, now: float) -> bool:
     return EARLIEST_VISIT <= at <= now + 86400
 
 
-def _last_visit(facts: Facts, now: float) -> tuple[float | None, str | None]:
+def _last_visit(
+    facts: Facts, now: float, zone: tzinfo | None = None
+) -> tuple[float | None, str | None]:
     """The later of this kiosk's last counted visit and the bridge's (any door), as a
     time and a local day: the cooldown and once-a-day hold across doors. A stored bridge
     time that is not `plausible_visit` (written before kiosks checked it) is ignored, so
@@ -217,9 +218,14 @@ def _last_visit(facts: Facts, now: float) -> tuple[float | None, str | None]:
     bridge = facts.member_last_visit_at
     if bridge is not None and plausible_visit(bridge, now):
         at = bridge if at is None else max(at, bridge)
-        bridge_day = local_day(bridge)
+        bridge_day = shop_day(bridge, zone)
         day = bridge_day if day is None else max(day, bridge_day)
     return at, day
+
+
+def shop_day(ts: float, zone: tzinfo | None) -> str:
+    """The shop's calendar day of a time (`YYYY-MM-DD`): once-a-day rules count in it."""
+    return shop_time(ts, zone).strftime("%Y-%m-%d")
 
 
 def shop_time(now: float, zone: tzinfo | None) -> datetime:

@@ -27,6 +27,7 @@ from kiosk.decisions import (
     phone_hash,
     redeem,
     review,
+    shop_day,
 )
 from kiosk.localdb import KioskDB, Recorded
 from kiosk.lockerflows import LockerCoordinator, Opening
@@ -34,7 +35,6 @@ from kiosk.loyalty import MemberOffer, RatingSubject, RewardChoice
 from kiosk.recorder import Recorder
 from o2o_protocol.codes import CodeType, Rejected, verify_code
 from o2o_protocol.messages import EventType, new_event_id
-from o2o_protocol.timeutil import local_day
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,13 @@ class ScanService:
                     facts, free_lockers=self.doors.usable(facts.free_lockers)
                 )
         decision = decide(
-            result, facts, s.rules, now=now, today=local_day(now), text=text, staff=staff
+            result,
+            facts,
+            s.rules,
+            now=now,
+            today=shop_day(now, s.rules.zone),
+            text=text,
+            staff=staff,
         )
         if isinstance(decision, Unlock):
             return self.doors.open_for(decision)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 _RELATIVE = re.compile(r"([+-])(\d+(?:\.\d+)?)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -40,10 +40,3 @@ def parse_when(text: str, now: float) -> int:
         raise ValueError(
             f"{text!r} is not a time: use ISO 8601 (2026-12-01T10:00Z) or an offset (+2h, -1d)"
         ) from None
-
-
-def local_day(ts: float, utc_offset: timedelta | None = None) -> str:
-    """The calendar day of a timestamp in the shop's zone (the machine's local zone by default)."""
-    if utc_offset is None:
-        return datetime.fromtimestamp(ts).strftime("%Y-%m-%d")
-    return (datetime.fromtimestamp(ts, tz=UTC) + utc_offset).strftime("%Y-%m-%d")

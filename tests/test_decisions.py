@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from kiosk.decisions import Decision, Facts, Rules, Unlock
+from kiosk.decisions import Decision, Facts, Rules, Unlock, shop_day
 from kiosk.decisions import decide as decide_any
 from kiosk.effects import CodeUsed, MemberVisit, NewMember, PreorderChange
 from o2o_protocol.codes import Code, CodeType, Rejected, verify_code
@@ -58,6 +58,24 @@ def test_once_per_day_counts_the_second_visit_without_points() -> None:
     )
     d2 = decide(code("m", "u1"), facts, rules, now=NOW, today="2026-11-27")
     assert d2.data["points_earned"] == 10 and d2.data["visits"] == 2
+
+
+def test_once_a_day_counts_days_in_the_shops_time_zone() -> None:
+    """A visit at another door at 00:30 in Shanghai and one here at 01:30 are the same
+    day for the shop, though two days in UTC (and on a kiosk whose clock is set to it)."""
+    shanghai = ZoneInfo("Asia/Shanghai")
+    rules = Rules(points_per_visit=10, once_per_day=True, checkin_cooldown_min=0, zone=shanghai)
+    visit = datetime(2026, 12, 2, 0, 30, tzinfo=shanghai).timestamp()
+    token = Issuer(key=ISSUER.key, clock=lambda: visit).code("m", "u1")
+    member = verify_code(token, ISSUER.public_keys, store="s1", now=visit)
+    facts = Facts(member_last_visit_at=visit)
+
+    def counted(at: float) -> bool:
+        d = decide(member, facts, rules, now=at, today=shop_day(at, shanghai))
+        return bool(d.data["counted"])
+
+    assert not counted(visit + 3600)  # 01:30 the same shop day
+    assert counted(visit + 86400 - 1200)  # 00:10 the next day
 
 
 def test_coupon_redeems_once() -> None:
