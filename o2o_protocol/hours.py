@@ -15,7 +15,15 @@ from datetime import datetime, time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 _HHMM = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
 #: Weekday names for `describe`, Monday first.
@@ -34,9 +42,10 @@ class Window(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    days: list[int] = Field(min_length=1, max_length=7)
-    start: str = Field(alias="from")
-    end: str = Field(alias="to")
+    #: Strict: `true` or `"2"` is not a weekday (a code's rules must mean one thing).
+    days: list[StrictInt] = Field(min_length=1, max_length=7)
+    start: StrictStr = Field(alias="from")
+    end: StrictStr = Field(alias="to")
 
     @field_validator("days")
     @classmethod

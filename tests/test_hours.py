@@ -58,6 +58,8 @@ def test_the_hours_as_the_screen_says_them() -> None:
         ([{"days": [1], "from": "9:00", "to": "10:00"}], "from"),
         ([{"days": [1], "from": "09:00", "to": "24:00"}], "to"),
         ([{"days": [1], "from": "09:00"}], "to"),
+        ([{"days": [True], "from": "09:00", "to": "10:00"}], "days"),
+        ([{"days": ["2"], "from": "09:00", "to": "10:00"}], "days"),
         ([], "non-empty"),
         ("9-5", "non-empty"),
     ],
