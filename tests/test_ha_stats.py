@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import queue
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -231,3 +232,22 @@ def test_alerts_from_lockers_and_the_ledger(any_repo: Repository) -> None:
         create=NewMember("ada", "Ada", "kiosk:k1", now),
     )
     assert any_repo.today_stats(STORE)["alerts"]["overdraft"]
+
+
+def test_a_bridge_that_vanishes_shows_unavailable_until_it_is_back(
+    bridge: BridgeRuntime, mosquitto_broker: MosquittoBroker
+) -> None:
+    ha = Peer(mosquitto_broker, bridge_topic(STORE), DISCOVERY)
+    try:
+        wait_for(ha, lambda t, d, _r: t == bridge_topic(STORE) and d == {"online": True})
+        wait_for(ha, lambda t, _d, _r: t == DISCOVERY)
+        # The connection dies without a goodbye (a crash, a cut cable): the broker sends
+        # the bridge's Last Will; once reconnected, the bridge is online and announced again.
+        sock = bridge.link.client.socket()
+        assert sock is not None
+        sock.shutdown(socket.SHUT_RDWR)
+        wait_for(ha, lambda t, d, _r: t == bridge_topic(STORE) and d == {"online": False})
+        wait_for(ha, lambda t, d, _r: t == bridge_topic(STORE) and d == {"online": True}, 30)
+        wait_for(ha, lambda t, _d, _r: t == DISCOVERY)
+    finally:
+        ha.close()
