@@ -23,6 +23,7 @@ from cloud_bridge.db import Repository
 from cloud_bridge.runtime import BridgeRuntime
 from cloud_bridge.simulate import HOURS, plan
 from o2o_protocol.timeutil import parse_rfc3339
+from tests.prod_broker import ProdBroker
 from tests.support import MosquittoBroker
 
 STORE = "s1"
@@ -109,3 +110,33 @@ def test_same_seed_same_traffic_and_a_second_run_continues_the_seq(
     assert main([*argv, "--seed", "2"]) == 0
     seqs = sorted(e.seq for e in repo.events(store=STORE, kiosk="door1", limit=None))
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > first
+
+
+def test_each_door_logs_in_with_its_own_kiosk_file_on_the_production_broker(
+    tmp_path: Path, prod: ProdBroker, repo: Repository, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the production ACL a kiosk may write only its own `events`: the simulated
+    doors get through because each uses its kiosk file's login, as the real kiosk does."""
+    url = f"mqtt://127.0.0.1:{prod.port}"
+    config_path = tmp_path / "bridge.toml"
+    config_path.write_text(
+        f'store = "{STORE}"\nkiosks = ["k1", "k2"]\ntimezone = "{ZONE}"\n[mqtt]\nurl = "{url}"\n'
+        f'username = "bridge"\npassword = "{prod.passwords["bridge"]}"\n'
+        f'client_id = "bridge-{uuid.uuid4().hex[:8]}"\n'
+    )
+    for kiosk in ("k1", "k2"):
+        (tmp_path / f"kiosk-{kiosk}.toml").write_text(
+            f'store = "{STORE}"\nkiosk = "{kiosk}"\n[mqtt]\nurl = "{url}"\n'
+            f'username = "{STORE}/{kiosk}"\npassword = "{prod.passwords[f"{STORE}/{kiosk}"]}"\n'
+        )
+    ingest = BridgeRuntime(load_config(config_path), repo, stats_interval_s=0.2)
+    ingest.start()
+    try:
+        assert ingest.wait_ready(10), "bridge did not subscribe"
+        assert main(["simulate", "--config", str(config_path), "--weeks", "1"]) == 0
+    finally:
+        ingest.stop()
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    stored = repo.events(store=STORE, limit=None)
+    assert f"{len(stored)} events acked" in summary
+    assert {e.kiosk for e in stored} == {"k1", "k2"}
