@@ -281,9 +281,13 @@ class _Door:
             self.acked.update(ids)
             self._cond.notify_all()
 
-    def send(self, events: Sequence[Event], rate: float | None, timeout: float) -> None:
-        """Publish in batches, each once acked before the next; re-send what waits too long."""
-        deadline = time.monotonic() + timeout
+    def send(
+        self, events: Sequence[Event], rate: float | None, timeout: float, first_ack_s: float
+    ) -> None:
+        """Publish in batches, each once acked before the next; re-send what waits too long.
+        No ack at all within `first_ack_s`: no bridge is listening, say so soon."""
+        started = time.monotonic()
+        deadline = started + timeout
         for i in range(0, len(events), BATCH):
             batch = events[i : i + BATCH]
             ids = {e.id for e in batch}
@@ -295,6 +299,11 @@ class _Door:
                 with self._cond:
                     while not ids <= self.acked and time.monotonic() < until:
                         self._cond.wait(0.5)
+                        if not self.acked and time.monotonic() - started > first_ack_s:
+                            raise TimeoutError(
+                                f"no ack on {self.topic} within {first_ack_s:.0f}s:"
+                                " is `o2o-bridge run` up, on the same broker?"
+                            )
                     if ids <= self.acked:
                         break
             if rate:
@@ -311,8 +320,11 @@ def simulate(
     rate: float | None = None,
     now: datetime | None = None,
     timeout: float = 600.0,
+    first_ack_s: float = 30.0,
 ) -> Summary:
-    """Plan and deliver the traffic; returns once the bridge acked every event."""
+    """Plan and deliver the traffic; returns once the bridge acked every event. Raises
+    TimeoutError when the bridge acks nothing within `first_ack_s`, or not everything
+    within `timeout`; ConnectionError when the broker cannot be reached."""
     started = time.monotonic()
     doors_ids = list(kiosks or config.kiosks or ["door1"])
     repo = Repository.from_url(config.db.url)
@@ -345,7 +357,7 @@ def simulate(
 
             def run(d: _Door = d, mine: list[Event] = mine) -> None:
                 try:
-                    d.send(mine, rate / len(doors) if rate else None, timeout)
+                    d.send(mine, rate / len(doors) if rate else None, timeout, first_ack_s)
                 except BaseException as exc:  # reported by the caller's thread
                     failures.append(exc)
 

@@ -21,7 +21,7 @@ from cloud_bridge.cli import main
 from cloud_bridge.config import BridgeConfig, load_config
 from cloud_bridge.db import Repository
 from cloud_bridge.runtime import BridgeRuntime
-from cloud_bridge.simulate import HOURS, plan
+from cloud_bridge.simulate import HOURS, plan, simulate
 from o2o_protocol.timeutil import parse_rfc3339
 from tests.prod_broker import ProdBroker
 from tests.support import MosquittoBroker
@@ -140,3 +140,8 @@ def test_each_door_logs_in_with_its_own_kiosk_file_on_the_production_broker(
     stored = repo.events(store=STORE, limit=None)
     assert f"{len(stored)} events acked" in summary
     assert {e.kiosk for e in stored} == {"k1", "k2"}
+
+
+def test_without_a_bridge_it_says_so_instead_of_waiting(config_path: Path) -> None:
+    with pytest.raises(TimeoutError, match="is `o2o-bridge run` up"):
+        simulate(load_config(config_path), config_path, weeks=1, first_ack_s=1.0)
