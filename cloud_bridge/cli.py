@@ -219,6 +219,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_service(config, host, port, config_path=args.config)
 
 
+# -- simulate --------------------------------------------------------------------------
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = 0.0
+    if not rate > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: 'max' or events per second, e.g. 50")
+    return rate
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from cloud_bridge.simulate import simulate
+
+    if not 1 <= args.weeks <= 52:
+        raise UsageError("--weeks: 1 to 52")
+    config = load_config(args.config)
+    kiosks = [k for group in args.kiosks or [] for k in group.split(",") if k]
+    try:
+        summary = simulate(
+            config,
+            args.config,
+            weeks=args.weeks,
+            kiosks=kiosks or None,
+            seed=args.seed,
+            rate=args.speed,
+        )
+    except (TimeoutError, ConnectionError) as exc:  # no bridge acking, no broker
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    print(summary.line())
+    return 0
+
+
 # -- main ------------------------------------------------------------------------------
 
 
@@ -292,6 +330,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", type=Path, default=_default_config())
     s.add_argument("--http", metavar="HOST:PORT", help="listen address (default: the config's)")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser(
+        "simulate", help="feed weeks of realistic door traffic to the running bridge (demo)"
+    )
+    s.add_argument("--config", type=Path, default=_default_config())
+    s.add_argument("--weeks", type=int, default=4, help="weeks of history up to now (default 4)")
+    s.add_argument(
+        "--kiosks", nargs="+", metavar="ID", help="the doors (default: the config's kiosks)"
+    )
+    s.add_argument("--seed", type=int, default=1, help="same seed, same traffic (default 1)")
+    s.add_argument(
+        "--speed",
+        type=_speed,
+        default=None,
+        metavar="max|N",
+        help="max (default): as fast as the bridge acks; N: events per second",
+    )
+    s.set_defaults(func=cmd_simulate)
     return p
 
 

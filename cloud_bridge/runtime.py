@@ -25,6 +25,7 @@ from cloud_bridge.activities import ActivityService
 from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
+from cloud_bridge.ha import HaAnnouncer, bridge_will
 from cloud_bridge.members import MemberService
 from cloud_bridge.rewards import RewardService
 from cloud_bridge.rules import CouponUsedElsewhere
@@ -72,13 +73,18 @@ class BridgeRuntime:
         self.max_wait_s = max_wait_s
         store = config.store
         m = config.mqtt
+        # Home Assistant: the store's device, the bridge's online state (ha.py).
+        self.ha = HaAnnouncer(store)
         self.link = MqttLink(
             m,
             client_id=config.client_id(),
             session_expiry_s=m.session_expiry_s,
             manual_ack=True,
             shared_group=m.shared_group,
+            will=bridge_will(store),
+            on_connect=self.ha.connected,
         )
+        self.ha.attach(self.link)
         self.stats = StatsPublisher(
             self.link,
             repo,
@@ -110,7 +116,7 @@ class BridgeRuntime:
             max_batch=max_batch,
             limits=config.limits,
         )
-        self._parts: list[_Part] = [self.link, self.stats, self.sink]
+        self._parts: list[_Part] = [self.link, self.ha, self.stats, self.sink]
         self._started: list[_Part] = []
         self.catch_up_interval_s = catch_up_interval_s
         self._stopping = threading.Event()

@@ -30,8 +30,18 @@ def stats_topic(store: str) -> str:
     return f"{ROOT}/{store}/stats"
 
 
+def bridge_topic(store: str) -> str:
+    """The bridge's own retained `{"online": bool}` (its Last Will says false)."""
+    return f"{ROOT}/{store}/bridge"
+
+
 def ha_discovery_topic(store: str, kiosk: str) -> str:
     return f"{HA_PREFIX}/device/o2o_{store}_{kiosk}/config"
+
+
+def ha_store_discovery_topic(store: str) -> str:
+    """The store's own figures as one Home Assistant device (the bridge announces it)."""
+    return f"{HA_PREFIX}/device/o2o_{store}/config"
 
 
 def shared(topic: str, group: str) -> str:

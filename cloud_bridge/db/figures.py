@@ -86,8 +86,10 @@ def today_stats(
             .group_by(reason)
         )
     }
-    kiosks = session.execute(select(KioskRow.online).where(KioskRow.store == store)).scalars()
-    online = [bool(k) for k in kiosks]
+    kiosks = session.execute(
+        select(KioskRow.online, KioskRow.last_status).where(KioskRow.store == store)
+    ).all()
+    online = [bool(k.online) for k in kiosks]
     doubles = int(session.scalar(_double_redemptions(dialect, store, in_today)) or 0)
     overuses = int(session.scalar(_card_overuses(dialect, store, in_today)) or 0)
     ratings = rating_summary(session, in_today)
@@ -96,6 +98,7 @@ def today_stats(
         .select_from(EventRow)
         .where(*in_today, EventRow.type == EventType.CHECKIN.value, counted(dialect))
     )
+    overdrawn = _overdrawn(session, store)
     return {
         "store": store,
         "day": start.strftime("%Y-%m-%d"),
@@ -113,10 +116,38 @@ def today_stats(
         "by_type": dict(sorted(by_type.items())),
         "kiosks_online": sum(online),
         "kiosks_seen": len(online),
-        "overdrawn_members": _overdrawn(session, store),
+        "overdrawn_members": overdrawn,
         "ratings_today": ratings["count"],
         "rating_average_today": ratings["average"],
+        "alerts": {
+            "kiosk_offline": not all(online),
+            "printer_fault": any(k.online and _printer_fault(k.last_status) for k in kiosks),
+            "locker_fault": any(k.online and _locker_faults(k.last_status) for k in kiosks),
+            "double_redemption": bool(doubles or overuses),
+            "overdraft": overdrawn > 0,
+        },
     }
+
+
+#: A kiosk's `printer` states that need someone (docs/mqtt.md): `disabled` (no printer)
+#: and `unknown` (not asked yet) do not.
+_PRINTER_FAULTS = frozenset({"paper_out", "offline", "error"})
+
+
+def _printer_fault(status: Any) -> bool:
+    """The kiosk's last status says its printer needs attention (a state string, or an
+    object with `state`, as the kiosk's Home Assistant template reads it)."""
+    printer = status.get("printer") if isinstance(status, dict) else None
+    if isinstance(printer, dict):
+        printer = printer.get("state")
+    return printer in _PRINTER_FAULTS
+
+
+def _locker_faults(status: Any) -> bool:
+    """The kiosk's last status counts a locker fault (`lockers.faults` above zero)."""
+    lockers = status.get("lockers") if isinstance(status, dict) else None
+    faults = lockers.get("faults") if isinstance(lockers, dict) else None
+    return isinstance(faults, int) and not isinstance(faults, bool) and faults > 0
 
 
 def rating_summary(session: Session, where: Sequence[ColumnElement[bool]]) -> dict[str, Any]:
