@@ -19,11 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
 from cloud_bridge.db.ledger import Ledger, NewMember, Posting
 from cloud_bridge.runtime import BridgeRuntime
+from o2o_protocol.config_file import validate_config
 from o2o_protocol.messages import Status, dumps
 from o2o_protocol.topics import (
     HA_STATUS,
@@ -32,6 +36,7 @@ from o2o_protocol.topics import (
     kiosk_topic,
     stats_topic,
 )
+from tests.prod_broker import ProdBroker
 from tests.support import MosquittoBroker
 from tests.test_bridge_ingest import STORE, Peer, events, make_config
 
@@ -251,3 +256,40 @@ def test_a_bridge_that_vanishes_shows_unavailable_until_it_is_back(
         wait_for(ha, lambda t, _d, _r: t == DISCOVERY)
     finally:
         ha.close()
+
+
+def test_on_the_production_broker_home_assistant_sees_the_store(
+    tmp_path: Path, prod: ProdBroker, repo: Repository
+) -> None:
+    """With the production ACL: the bridge may announce the store device, and Home
+    Assistant's own login may read it, the stats and the bridge's availability."""
+    url = f"mqtt://127.0.0.1:{prod.port}"
+    raw = {
+        "store": STORE,
+        "kiosks": ["k1"],
+        "mqtt": {"url": url, "username": "bridge", "password": prod.passwords["bridge"]},
+    }
+    config = validate_config(tmp_path / "bridge.toml", raw, BridgeConfig)
+    ha = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    ha.username_pw_set("homeassistant", prod.passwords["homeassistant"])
+    seen: dict[str, bytes] = {}
+    ha.on_message = lambda _c, _u, m: seen.__setitem__(m.topic, m.payload)
+    ha.connect("127.0.0.1", prod.port)
+    ha.loop_start()
+    ingest = BridgeRuntime(config, repo, stats_interval_s=0.2)
+    ingest.start()
+    try:
+        assert ingest.wait_ready(10), "bridge did not subscribe"
+        for topic in (DISCOVERY, stats_topic(STORE), bridge_topic(STORE)):
+            ha.subscribe(topic, qos=1)
+        deadline = time.monotonic() + 10
+        wanted = {DISCOVERY, stats_topic(STORE), bridge_topic(STORE)}
+        while set(seen) < wanted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(seen) >= wanted, f"Home Assistant saw only {sorted(seen)}"
+        assert json.loads(seen[bridge_topic(STORE)]) == {"online": True}
+        assert f"o2o_{STORE}_checkins" in json.loads(seen[DISCOVERY])["cmps"]
+    finally:
+        ingest.stop()
+        ha.loop_stop()
+        ha.disconnect()
