@@ -269,7 +269,9 @@ def test_a_range_across_the_clock_change_and_part_weeks(
     got = insights(client_for(config_for(tmp_path, opening_hours=OPEN), any_repo),
                    date(2026, 10, 5), date(2026, 10, 14))  # fmt: skip
     assert got["slow_hours"][0] == {"weekday": 1, "hour": 14, "checkins": 2, "per_week": 1.0}
-    assert got["checkins_by_weekday_hour"] == expected_grid(t, date(2026, 10, 5), date(2026, 10, 14))
+    assert got["checkins_by_weekday_hour"] == expected_grid(
+        t, date(2026, 10, 5), date(2026, 10, 14)
+    )
 
 
 def test_lapsed_weeks_is_the_owners_to_choose(tmp_path: Path, any_repo: Repository) -> None:
