@@ -14,6 +14,8 @@ Beside it, in the same run on the same database: the baseline, a plain `SELECT c
 of the same store's events over the same days (what reading the year costs at the least),
 and the forecast alone (cloud_bridge/forecast.py) on the year's hourly check-ins.
 
+`python -m bench.bench_insights --profile` also shows where an answer's time goes.
+
 PostgreSQL: `O2O_TEST_PG_URL` or the server on 127.0.0.1:5432, in a throwaway database
 dropped at the end; skipped (and said so) when there is neither.
 """
@@ -21,8 +23,10 @@ dropped at the end; skipped (and said so) when there is neither.
 from __future__ import annotations
 
 import contextlib
+import cProfile
 import math
 import os
+import pstats
 import random
 import socket
 import statistics
@@ -40,12 +44,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from cloud_bridge.activities import ActivityService
 from cloud_bridge.api import create_app
 from cloud_bridge.campaigns import CampaignService
+from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
 from cloud_bridge.db.tables import EventRow
 from cloud_bridge.forecast import forecast
+from cloud_bridge.insights import InsightsService
 from o2o_protocol.config_file import validate_config
 from o2o_protocol.messages import Event, new_event_id
 from o2o_protocol.timeutil import rfc3339
@@ -216,8 +223,11 @@ def _median_s(fn: Any, runs: int) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
-def measure(url: str, label: str, shop: Shop, config: BridgeConfig) -> dict[str, Any]:
-    """Fill one database with the year, then time the answer, the baseline and the forecast."""
+def measure(
+    url: str, label: str, shop: Shop, config: BridgeConfig, *, profile: bool = False
+) -> dict[str, Any]:
+    """Fill one database with the year, then time the answer, the baseline and the forecast;
+    with `profile`, one more answer under cProfile (its bridge functions, costliest first)."""
     repo = Repository.from_url(url)
     try:
         repo.migrate()
@@ -239,6 +249,15 @@ def measure(url: str, label: str, shop: Shop, config: BridgeConfig) -> dict[str,
         answer = ask()
         cold_s = time.perf_counter() - t0
         warm_s, answer = _median_s(ask, WARM_RUNS)
+        if profile:
+            # The route runs in a worker thread, out of cProfile's sight: the service itself.
+            service = InsightsService(
+                repo,
+                config,
+                CampaignService(repo, config, key),
+                ActivityService(repo, config, key, CommandService(repo, STORE)),
+            )
+            _profile(label, lambda: service.insights(query["from"], query["to"]))
         zone = ZoneInfo(ZONE)
         start = datetime.combine(shop.first, datetime.min.time(), zone).astimezone(UTC)
         end = datetime.combine(shop.last + timedelta(days=1), datetime.min.time(), zone)
@@ -270,6 +289,21 @@ def measure(url: str, label: str, shop: Shop, config: BridgeConfig) -> dict[str,
         }
     finally:
         repo.close()
+
+
+def _profile(label: str, ask: Any, top: int = 12) -> None:
+    """Where one answer's time goes: the bridge's own functions by cumulative time."""
+    profiler = cProfile.Profile()
+    profiler.runcall(ask)
+    stats = pstats.Stats(profiler)
+    mine = [
+        (cum, n, f"{Path(file).name}:{line}({name})")
+        for (file, line, name), (_, n, _, cum, _) in stats.stats.items()  # type: ignore[attr-defined]
+        if "cloud_bridge" in file
+    ]
+    print(f"  {label}, one answer under cProfile (cumulative s, calls, function):")
+    for cum, n, where in sorted(mine, reverse=True)[:top]:
+        print(f"    {cum:7.3f} {n:>6} {where}")
 
 
 @contextlib.contextmanager
@@ -307,7 +341,7 @@ def _postgres() -> Iterator[str | None]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, profile: bool = False) -> dict[str, Any]:
     scale = 0.1 if quick else 1.0
     last = datetime.now(ZoneInfo(ZONE)).date() - timedelta(days=1)
     first = last - timedelta(days=364)
@@ -317,12 +351,14 @@ def run(quick: bool = False) -> dict[str, Any]:
             Path(tmp) / "bridge.toml", {"store": STORE, "timezone": ZONE}, BridgeConfig
         )
         sqlite_url = f"sqlite:///{tmp}/bridge.db"
-        rows.append(measure(sqlite_url, "SQLite", Shop(first, last, scale), config))
+        shop = Shop(first, last, scale)
+        rows.append(measure(sqlite_url, "SQLite", shop, config, profile=profile))
         with _postgres() as pg:
             if pg is None:
                 rows.append({"database": "PostgreSQL", "skipped": "no server reachable"})
             else:
-                rows.append(measure(pg, "PostgreSQL", Shop(first, last, scale), config))
+                shop = Shop(first, last, scale)
+                rows.append(measure(pg, "PostgreSQL", shop, config, profile=profile))
     return {"from": first.isoformat(), "to": last.isoformat(), "target_s": TARGET_S, "rows": rows}
 
 
@@ -360,5 +396,6 @@ def print_table(r: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    result = run(quick="--quick" in sys.argv)
+    # --profile: also where an answer's time goes (an extra run, not in the figures).
+    result = run(quick="--quick" in sys.argv, profile="--profile" in sys.argv)
     print_table(result)

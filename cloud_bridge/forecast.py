@@ -204,6 +204,7 @@ def _weekly_totals(history: Sequence[Day]) -> list[float]:
 def _model(history: Sequence[Day], last: date, days: int) -> list[Day]:
     """Pattern × (level + damped trend) for the `days` days after `history`, whose last
     day is `last` (>= 1 whole week)."""
+    history = history[-_WEEK * max(PATTERN_WEEKS, LEVEL_WEEKS, TREND_WEEKS) :]  # all it uses
     totals = _weekly_totals(history)
     # Weekly pattern: each weekday-hour's share of the pooled recent weeks.
     span = history[len(history) - _WEEK * min(len(totals), PATTERN_WEEKS) :]
