@@ -50,9 +50,9 @@ class MemberVisits:
     """One member's counted check-ins (and join) up to the end of the range."""
 
     id: str
-    first_seen: datetime  # first counted check-in or join, whichever came first
-    first_visit: datetime | None
-    last_visit: datetime | None
+    new: bool  # first counted check-in or join (whichever came first) in the range
+    visited_before: bool  # a counted check-in before the range
+    lapsed_since: datetime | None  # the last visit, when before the lapse cut-off
     visits: int  # counted check-ins up to the end of the range
     visits_in_range: int
 
@@ -128,20 +128,23 @@ class InsightQueries:
                 out.append((str(type_), at + timedelta(minutes=15 * int(q)), int(n)))
             return out
 
-    def member_visits(self, start: datetime, end: datetime) -> list[MemberVisits]:
-        """Every member with a counted check-in or a join before `end`, with their
-        visits then and within [start, end)."""
+    def member_visits(self, start: datetime, end: datetime, cutoff: datetime) -> list[MemberVisits]:
+        """Every member with a counted check-in or a join before `end`: new in [start,
+        end) or not, visited before `start` or not, their last visit when it is before
+        `cutoff` (lapsed), their visits up to `end` and within [start, end). Decided in
+        SQL, so a year's thousands of members come back as small numbers."""
         with self._session() as session:
             dialect = session.get_bind().dialect.name
             member = _member_id()
             is_checkin = EventRow.type == EventType.CHECKIN.value
             visit_ts = type_coerce(case((is_checkin, EventRow.ts), else_=None), UTCDateTime)
+            last = func.max(visit_ts)
             stmt = (
                 select(
                     member,
-                    func.min(EventRow.ts),
-                    func.min(visit_ts),
-                    func.max(visit_ts),
+                    case((func.min(EventRow.ts) >= start, 1), else_=0),
+                    case((func.min(visit_ts) < start, 1), else_=0),
+                    type_coerce(case((last < cutoff, last), else_=None), UTCDateTime),
                     func.sum(case((is_checkin, 1), else_=0)),
                     func.sum(case((and_(is_checkin, EventRow.ts >= start), 1), else_=0)),
                 )
@@ -157,8 +160,8 @@ class InsightQueries:
                 .group_by(member)
             )
             return [
-                MemberVisits(str(m), first, fv, lv, int(n or 0), int(r or 0))
-                for m, first, fv, lv, n, r in session.execute(stmt)
+                MemberVisits(str(m), bool(new), bool(before), lapsed, int(n or 0), int(r or 0))
+                for m, new, before, lapsed, n, r in session.execute(stmt)
             ]
 
     def members(self, ids: Iterable[str]) -> dict[str, MemberInfo]:
@@ -231,6 +234,28 @@ class InsightQueries:
                 seen.add(key)
                 out.append((at, data))
         return out
+
+    def campaign_redemptions(self) -> dict[str, tuple[int, int]]:
+        """Per campaign: its codes' redemptions and how many codes were redeemed (a visit
+        card's several uses count once there), all campaigns in one query: a redemption
+        is a campaign's when its code was issued for it, or its data names it."""
+        coupon = EventRow.data["coupon_id"].as_string()
+        campaign = func.coalesce(IssuedCodeRow.campaign, EventRow.data["campaign"].as_string())
+        stmt = (
+            select(campaign, func.count(), func.count(func.distinct(coupon)))
+            .select_from(EventRow)
+            .outerjoin(
+                IssuedCodeRow,
+                and_(IssuedCodeRow.store == EventRow.store, IssuedCodeRow.id == coupon),
+            )
+            .where(
+                EventRow.store == self.store,
+                EventRow.type == EventType.COUPON_REDEEMED.value,
+            )
+            .group_by(campaign)
+        )
+        with self._session() as session:
+            return {str(c): (int(n), int(d)) for c, n, d in session.execute(stmt) if c is not None}
 
     def codes_issued(self, start: datetime, end: datetime) -> int:
         """Campaign codes handed out in [start, end)."""
