@@ -332,32 +332,26 @@ class InsightsService:
         first); the repeat-visit rate."""
         weeks = timedelta(weeks=self.config.lapsed_weeks)
         cutoff = self.midnight(r.last + timedelta(days=1) - weeks)
-        rows = self.db.member_visits(start, end, cutoff)
-        visited = [m for m in rows if m.visits_in_range]
-        lapsed = sorted(
-            (m for m in rows if m.lapsed_since is not None and m.visits),
-            key=lambda m: (m.lapsed_since, m.id),
-            reverse=True,
-        )
-        info = self.db.members(m.id for m in lapsed[:MAX_LAPSED])
+        got = self.db.member_counts(start, end, cutoff, limit=MAX_LAPSED)
+        info = self.db.members(m for m, _, _ in got.lapsed_first)
         counts = {
-            "visited": len(visited),
-            "new": sum(1 for m in rows if m.new),
-            "returning": sum(1 for m in visited if m.visited_before),
-            "lapsed": len(lapsed),
+            "visited": got.visited,
+            "new": got.new,
+            "returning": got.returning,
+            "lapsed": got.lapsed,
         }
         lapsed_list = [
             {
-                "id": m.id,
-                "name": info[m.id].name if m.id in info else None,
-                "last_visit": format_ts(m.lapsed_since) if m.lapsed_since else None,
-                "visits": m.visits,
-                "points": info[m.id].points if m.id in info else 0,
+                "id": m,
+                "name": info[m].name if m in info else None,
+                "last_visit": format_ts(last),
+                "visits": visits,
+                "points": info[m].points if m in info else 0,
             }
-            for m in lapsed[:MAX_LAPSED]
+            for m, last, visits in got.lapsed_first
         ]
-        repeat = sum(1 for m in visited if m.visits_in_range >= 2)
-        return counts, lapsed_list, round(repeat / len(visited), 4) if visited else 0.0
+        repeat = round(got.repeat / got.visited, 4) if got.visited else 0.0
+        return counts, lapsed_list, repeat
 
     @staticmethod
     def _forecast(

@@ -46,15 +46,16 @@ COUNTED_TYPES = (
 
 
 @dataclass(frozen=True)
-class MemberVisits:
-    """One member's counted check-ins (and join) up to the end of the range."""
+class MemberCounts:
+    """The members of a range (see `InsightQueries.member_counts`)."""
 
-    id: str
-    new: bool  # first counted check-in or join (whichever came first) in the range
-    visited_before: bool  # a counted check-in before the range
-    lapsed_since: datetime | None  # the last visit, when before the lapse cut-off
-    visits: int  # counted check-ins up to the end of the range
-    visits_in_range: int
+    visited: int
+    new: int
+    returning: int
+    repeat: int  # visited at least twice in the range
+    lapsed: int
+    #: The lapsed members seen most recently: (id, last visit, visits), newest first.
+    lapsed_first: list[tuple[str, datetime, int]]
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,13 @@ def _scan(dialect: str, column: Any) -> Any:
     reads most of the table, and a plain scan of it is several times cheaper there than
     a row looked up per index entry. PostgreSQL's planner knows this by itself."""
     return column + "" if dialect == "sqlite" else column
+
+
+def _utc(value: Any) -> datetime:
+    """A time as the database gave it raw: SQLite's text, PostgreSQL's datetime."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
 
 def _member_id() -> ColumnElement[Any]:
@@ -128,11 +136,14 @@ class InsightQueries:
                 out.append((str(type_), at + timedelta(minutes=15 * int(q)), int(n)))
             return out
 
-    def member_visits(self, start: datetime, end: datetime, cutoff: datetime) -> list[MemberVisits]:
-        """Every member with a counted check-in or a join before `end`: new in [start,
-        end) or not, visited before `start` or not, their last visit when it is before
-        `cutoff` (lapsed), their visits up to `end` and within [start, end). Decided in
-        SQL, so a year's thousands of members come back as small numbers."""
+    def member_counts(
+        self, start: datetime, end: datetime, cutoff: datetime, *, limit: int
+    ) -> MemberCounts:
+        """Members with a counted check-in or a join before `end`, counted: visited in
+        [start, end), new (first check-in or join in it), returning (visited in it and
+        before it), visited twice in it, and lapsed (visited, but last before `cutoff`),
+        with the `limit` lapsed ones seen most recently. Decided in SQL per member, so a
+        year's thousands of members come back as small numbers."""
         with self._session() as session:
             dialect = session.get_bind().dialect.name
             member = _member_id()
@@ -144,7 +155,8 @@ class InsightQueries:
                     member,
                     case((func.min(EventRow.ts) >= start, 1), else_=0),
                     case((func.min(visit_ts) < start, 1), else_=0),
-                    type_coerce(case((last < cutoff, last), else_=None), UTCDateTime),
+                    # Raw (no conversion): only the few listed are turned into times.
+                    case((last < cutoff, last), else_=None),
                     func.sum(case((is_checkin, 1), else_=0)),
                     func.sum(case((and_(is_checkin, EventRow.ts >= start), 1), else_=0)),
                 )
@@ -159,10 +171,25 @@ class InsightQueries:
                 )
                 .group_by(member)
             )
-            return [
-                MemberVisits(str(m), bool(new), bool(before), lapsed, int(n or 0), int(r or 0))
-                for m, new, before, lapsed, n, r in session.execute(stmt)
-            ]
+            visited = new_ = returning = repeat = 0
+            lapsed: list[tuple[Any, str, int]] = []
+            for m, new, before, gone, n, r in session.execute(stmt):
+                new_ += new
+                if r:
+                    visited += 1
+                    returning += before
+                    repeat += r >= 2
+                if gone is not None and n:
+                    lapsed.append((gone, str(m), int(n)))
+        lapsed.sort(reverse=True)
+        return MemberCounts(
+            visited,
+            new_,
+            returning,
+            repeat,
+            len(lapsed),
+            [(m, _utc(gone), n) for gone, m, n in lapsed[:limit]],
+        )
 
     def members(self, ids: Iterable[str]) -> dict[str, MemberInfo]:
         ids = list(ids)
