@@ -25,12 +25,17 @@ From = Annotated[
     Query(
         alias="from",
         pattern=_DAY,
+        json_schema_extra={"format": "date"},
         description="first day YYYY-MM-DD (shop time); default: 27 days before `to`",
     ),
 ]
 To = Annotated[
     str | None,
-    Query(pattern=_DAY, description="last day YYYY-MM-DD (shop time), included; default: today"),
+    Query(
+        pattern=_DAY,
+        json_schema_extra={"format": "date"},
+        description="last day YYYY-MM-DD (shop time), included; default: today",
+    ),
 ]
 Figure = Literal[
     "checkins_by_weekday_hour",

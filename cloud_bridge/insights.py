@@ -332,34 +332,26 @@ class InsightsService:
         first); the repeat-visit rate."""
         weeks = timedelta(weeks=self.config.lapsed_weeks)
         cutoff = self.midnight(r.last + timedelta(days=1) - weeks)
-        rows = self.db.member_visits(start, end)
-        visited = [m for m in rows if m.visits_in_range]
-        lapsed = sorted(
-            (m for m in rows if m.last_visit is not None and m.last_visit < cutoff),
-            key=lambda m: (m.last_visit, m.id),
-            reverse=True,
-        )
-        info = self.db.members(m.id for m in lapsed[:MAX_LAPSED])
+        got = self.db.member_counts(start, end, cutoff, limit=MAX_LAPSED)
+        info = self.db.members(m for m, _, _ in got.lapsed_first)
         counts = {
-            "visited": len(visited),
-            "new": sum(1 for m in rows if m.first_seen >= start),
-            "returning": sum(
-                1 for m in visited if m.first_visit is not None and m.first_visit < start
-            ),
-            "lapsed": len(lapsed),
+            "visited": got.visited,
+            "new": got.new,
+            "returning": got.returning,
+            "lapsed": got.lapsed,
         }
         lapsed_list = [
             {
-                "id": m.id,
-                "name": info[m.id].name if m.id in info else None,
-                "last_visit": format_ts(m.last_visit) if m.last_visit else None,
-                "visits": m.visits,
-                "points": info[m.id].points if m.id in info else 0,
+                "id": m,
+                "name": info[m].name if m in info else None,
+                "last_visit": format_ts(last),
+                "visits": visits,
+                "points": info[m].points if m in info else 0,
             }
-            for m in lapsed[:MAX_LAPSED]
+            for m, last, visits in got.lapsed_first
         ]
-        repeat = sum(1 for m in visited if m.visits_in_range >= 2)
-        return counts, lapsed_list, round(repeat / len(visited), 4) if visited else 0.0
+        repeat = round(got.repeat / got.visited, 4) if got.visited else 0.0
+        return counts, lapsed_list, repeat
 
     @staticmethod
     def _forecast(
@@ -417,18 +409,22 @@ class InsightsService:
         }
 
     def _campaigns(self) -> list[dict[str, Any]]:
-        """Each campaign's codes issued and redeemed (all of its life) and their ratio."""
+        """Each campaign's codes issued and redeemed (all of its life, as `GET
+        /api/v1/campaigns` counts them: a visit card once however often it was used) and
+        their ratio."""
+        redeemed = self.db.campaign_redemptions()
         out = []
         for c in self.campaigns.campaigns():
-            figures = self.campaigns.as_dict(c)
+            uses, codes = redeemed.get(c.id, (0, 0))
+            n = codes if c.kind == "visit_card" else uses
             out.append(
                 {
                     "id": c.id,
                     "name": c.name,
                     "kind": c.kind,
-                    "issued": figures["issued"],
-                    "redeemed": figures["redeemed"],
-                    "conversion": _ratio(figures["redeemed"], figures["issued"]),
+                    "issued": c.issued,
+                    "redeemed": n,
+                    "conversion": _ratio(n, c.issued),
                 }
             )
         return out

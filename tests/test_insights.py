@@ -23,7 +23,7 @@ from cloud_bridge.api import create_app
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.db import Repository
 from cloud_bridge.runtime import BridgeRuntime
-from o2o_protocol.config_file import validate_config
+from o2o_protocol.config_file import ConfigError, validate_config
 from o2o_protocol.messages import Event, dumps, new_event_id
 from o2o_protocol.timeutil import rfc3339
 from o2o_protocol.topics import kiosk_topic
@@ -357,3 +357,18 @@ def test_a_zone_with_a_quarter_hour_offset(tmp_path: Path, any_repo: Repository)
     assert (grid[0][23], grid[1][0], grid[0][9]) == (1, 1, 1)
     assert sum(map(sum, grid)) == 3
     assert [d["checkins"] for d in got["daily"]] == [2, 1]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"opening_hours": [{"days": [8], "from": "08:00", "to": "18:00"}]},
+        {"opening_hours": [{"days": [1], "from": "8am", "to": "18:00"}]},
+        {"opening_hours": []},
+        {"lapsed_weeks": 0},
+    ],
+)
+def test_a_wrong_setting_stops_the_bridge_with_its_name(tmp_path: Path, extra: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_for(tmp_path, **extra)
+    assert next(iter(extra)) in str(caught.value)

@@ -195,8 +195,24 @@ def test_campaigns_activities_and_preorders_of_the_range(
         "/api/v1/kiosks/k1/commands", json={"name": "preorder.upsert", "data": later}, headers=AUTH
     )
 
+    # A visit card used twice is one card redeemed, as the campaigns' own figures say.
+    card = {"name": "5 coffees", "kind": "visit_card", "value": "coffee", "uses": 5}
+    vc = client.post("/api/v1/campaigns", json=card, headers=AUTH).json()
+    vc_code = client.post(f"/api/v1/campaigns/{vc['id']}/codes", json={}, headers=AUTH)
+    uses = [
+        Event(id=new_event_id(), seq=3 + i, type="coupon.redeemed", ts=now, store=STORE,
+              kiosk="k1", data={"coupon_id": vc_code.json()["codes"][0]["id"], "uses": 5})
+        for i in range(2)
+    ]  # fmt: skip
+    any_repo.add_events(uses)
+
     got = insights(client, today - timedelta(days=1), today + timedelta(days=3))
-    assert got["campaigns"] == [
+    own = client.get("/api/v1/campaigns", headers=AUTH).json()["campaigns"]
+    assert [(c["id"], c["issued"], c["redeemed"]) for c in got["campaigns"]] == [
+        (c["id"], c["issued"], c["redeemed"]) for c in own
+    ]
+    assert got["campaigns"][1]["redeemed"] == 1 and got["campaigns"][1]["conversion"] == 1.0
+    assert got["campaigns"][:1] == [
         {"id": cp["id"], "name": "Latte 9折", "kind": "coupon", "issued": 4, "redeemed": 1,
          "conversion": 0.25}
     ]  # fmt: skip
@@ -210,9 +226,10 @@ def test_campaigns_activities_and_preorders_of_the_range(
         {"item": "latte", "weekday": wd, "count": 4},
     ]
     funnel = {f["stage"]: f["count"] for f in got["funnel"]}
-    # 4 campaign codes and 2 activity tickets were issued: the funnel's discover counts
-    # the campaign's (tickets are reservations, counted when they arrive).
-    assert funnel == {"discover": 4, "attract": 2, "experience": 0, "retain": 0}
+    # 5 campaign codes and 2 activity tickets were issued: the funnel's discover counts
+    # the campaigns' (tickets are reservations, counted when they arrive); attract: 3
+    # redemptions and 1 arrival.
+    assert funnel == {"discover": 5, "attract": 4, "experience": 0, "retain": 0}
     # A range that ended before any of it: none of the activity, the orders or the codes.
     earlier = insights(client, date(2026, 1, 1), date(2026, 1, 31))
     assert earlier["activities"] == [] and earlier["preorder_demand"] == []

@@ -46,15 +46,16 @@ COUNTED_TYPES = (
 
 
 @dataclass(frozen=True)
-class MemberVisits:
-    """One member's counted check-ins (and join) up to the end of the range."""
+class MemberCounts:
+    """The members of a range (see `InsightQueries.member_counts`)."""
 
-    id: str
-    first_seen: datetime  # first counted check-in or join, whichever came first
-    first_visit: datetime | None
-    last_visit: datetime | None
-    visits: int  # counted check-ins up to the end of the range
-    visits_in_range: int
+    visited: int
+    new: int
+    returning: int
+    repeat: int  # visited at least twice in the range
+    lapsed: int
+    #: The lapsed members seen most recently: (id, last visit, visits), newest first.
+    lapsed_first: list[tuple[str, datetime, int]]
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,13 @@ def _scan(dialect: str, column: Any) -> Any:
     reads most of the table, and a plain scan of it is several times cheaper there than
     a row looked up per index entry. PostgreSQL's planner knows this by itself."""
     return column + "" if dialect == "sqlite" else column
+
+
+def _utc(value: Any) -> datetime:
+    """A time as the database gave it raw: SQLite's text, PostgreSQL's datetime."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
 
 def _member_id() -> ColumnElement[Any]:
@@ -128,20 +136,27 @@ class InsightQueries:
                 out.append((str(type_), at + timedelta(minutes=15 * int(q)), int(n)))
             return out
 
-    def member_visits(self, start: datetime, end: datetime) -> list[MemberVisits]:
-        """Every member with a counted check-in or a join before `end`, with their
-        visits then and within [start, end)."""
+    def member_counts(
+        self, start: datetime, end: datetime, cutoff: datetime, *, limit: int
+    ) -> MemberCounts:
+        """Members with a counted check-in or a join before `end`, counted: visited in
+        [start, end), new (first check-in or join in it), returning (visited in it and
+        before it), visited twice in it, and lapsed (visited, but last before `cutoff`),
+        with the `limit` lapsed ones seen most recently. Decided in SQL per member, so a
+        year's thousands of members come back as small numbers."""
         with self._session() as session:
             dialect = session.get_bind().dialect.name
             member = _member_id()
             is_checkin = EventRow.type == EventType.CHECKIN.value
             visit_ts = type_coerce(case((is_checkin, EventRow.ts), else_=None), UTCDateTime)
+            last = func.max(visit_ts)
             stmt = (
                 select(
                     member,
-                    func.min(EventRow.ts),
-                    func.min(visit_ts),
-                    func.max(visit_ts),
+                    case((func.min(EventRow.ts) >= start, 1), else_=0),
+                    case((func.min(visit_ts) < start, 1), else_=0),
+                    # Raw (no conversion): only the few listed are turned into times.
+                    case((last < cutoff, last), else_=None),
                     func.sum(case((is_checkin, 1), else_=0)),
                     func.sum(case((and_(is_checkin, EventRow.ts >= start), 1), else_=0)),
                 )
@@ -156,10 +171,25 @@ class InsightQueries:
                 )
                 .group_by(member)
             )
-            return [
-                MemberVisits(str(m), first, fv, lv, int(n or 0), int(r or 0))
-                for m, first, fv, lv, n, r in session.execute(stmt)
-            ]
+            visited = new_ = returning = repeat = 0
+            lapsed: list[tuple[Any, str, int]] = []
+            for m, new, before, gone, n, r in session.execute(stmt):
+                new_ += new
+                if r:
+                    visited += 1
+                    returning += before
+                    repeat += r >= 2
+                if gone is not None and n:
+                    lapsed.append((gone, str(m), int(n)))
+        lapsed.sort(reverse=True)
+        return MemberCounts(
+            visited,
+            new_,
+            returning,
+            repeat,
+            len(lapsed),
+            [(m, _utc(gone), n) for gone, m, n in lapsed[:limit]],
+        )
 
     def members(self, ids: Iterable[str]) -> dict[str, MemberInfo]:
         ids = list(ids)
@@ -181,11 +211,23 @@ class InsightQueries:
 
     def pickup_lead_minutes(self, start: datetime, end: datetime) -> list[float]:
         """Per order picked up in [start, end): minutes from its first `locker.loaded`
-        (up to LOAD_DAYS before the range) to its first `pickup.completed`."""
+        (up to LOAD_DAYS before the range) to its first `pickup.completed`, worked out
+        by the database (one number per order comes back)."""
         dialect = self.repo._dialect
         order = EventRow.data["order"].as_string()
+        loaded_type = EventRow.type == EventType.LOCKER_LOADED.value
+
+        def first(loaded: bool) -> Any:
+            when = case((loaded_type if loaded else ~loaded_type, EventRow.ts), else_=None)
+            return type_coerce(func.min(type_coerce(when, UTCDateTime)), UTCDateTime)
+
+        loaded_at, done_at = first(True), first(False)
+        if dialect == "sqlite":
+            minutes: Any = (func.julianday(done_at) - func.julianday(loaded_at)) * 1440.0
+        else:
+            minutes = func.extract("epoch", done_at - loaded_at) / 60.0
         stmt = (
-            select(order, EventRow.type, func.min(EventRow.ts))
+            select(minutes)
             .where(
                 _scan(dialect, EventRow.store) == self.store,
                 EventRow.ts >= start - timedelta(days=LOAD_DAYS),
@@ -195,18 +237,11 @@ class InsightQueries:
                 ),
                 order.is_not(None),
             )
-            .group_by(order, EventRow.type)
+            .group_by(order)
+            .having(done_at >= start, loaded_at.is_not(None), done_at >= loaded_at)
         )
-        loaded: dict[str, datetime] = {}
-        done: dict[str, datetime] = {}
         with self._session() as session:
-            for o, type_, at in session.execute(stmt):
-                (loaded if type_ == EventType.LOCKER_LOADED.value else done)[str(o)] = at
-        return [
-            (at - loaded[o]).total_seconds() / 60
-            for o, at in done.items()
-            if start <= at and o in loaded and at >= loaded[o]
-        ]
+            return [float(m) for m in session.execute(stmt).scalars()]
 
     def preorders(self, start: datetime, end: datetime) -> list[tuple[datetime, dict[str, Any]]]:
         """Each order's first `preorder.upsert` queued in [start, end): (when, its data).
@@ -231,6 +266,28 @@ class InsightQueries:
                 seen.add(key)
                 out.append((at, data))
         return out
+
+    def campaign_redemptions(self) -> dict[str, tuple[int, int]]:
+        """Per campaign: its codes' redemptions and how many codes were redeemed (a visit
+        card's several uses count once there), all campaigns in one query: a redemption
+        is a campaign's when its code was issued for it, or its data names it."""
+        coupon = EventRow.data["coupon_id"].as_string()
+        campaign = func.coalesce(IssuedCodeRow.campaign, EventRow.data["campaign"].as_string())
+        stmt = (
+            select(campaign, func.count(), func.count(func.distinct(coupon)))
+            .select_from(EventRow)
+            .outerjoin(
+                IssuedCodeRow,
+                and_(IssuedCodeRow.store == EventRow.store, IssuedCodeRow.id == coupon),
+            )
+            .where(
+                EventRow.store == self.store,
+                EventRow.type == EventType.COUPON_REDEEMED.value,
+            )
+            .group_by(campaign)
+        )
+        with self._session() as session:
+            return {str(c): (int(n), int(d)) for c, n, d in session.execute(stmt) if c is not None}
 
     def codes_issued(self, start: datetime, end: datetime) -> int:
         """Campaign codes handed out in [start, end)."""
