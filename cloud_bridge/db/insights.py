@@ -10,6 +10,7 @@ small by nature (campaign codes, preorder commands, pickups of the range) is rea
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -269,25 +270,33 @@ class InsightQueries:
 
     def campaign_redemptions(self) -> dict[str, tuple[int, int]]:
         """Per campaign: its codes' redemptions and how many codes were redeemed (a visit
-        card's several uses count once there), all campaigns in one query: a redemption
-        is a campaign's when its code was issued for it, or its data names it."""
+        card's several uses count once there), for all campaigns at once: a redemption is
+        a campaign's when its code was issued for it, or else when its data names it.
+        Two grouped reads matched here (a join on a JSON field misleads PostgreSQL's
+        planner into a nested loop)."""
         coupon = EventRow.data["coupon_id"].as_string()
-        campaign = func.coalesce(IssuedCodeRow.campaign, EventRow.data["campaign"].as_string())
-        stmt = (
-            select(campaign, func.count(), func.count(func.distinct(coupon)))
-            .select_from(EventRow)
-            .outerjoin(
-                IssuedCodeRow,
-                and_(IssuedCodeRow.store == EventRow.store, IssuedCodeRow.id == coupon),
-            )
+        named = EventRow.data["campaign"].as_string()
+        uses = (
+            select(coupon, named, func.count())
             .where(
                 EventRow.store == self.store,
                 EventRow.type == EventType.COUPON_REDEEMED.value,
             )
-            .group_by(campaign)
+            .group_by(coupon, named)
         )
+        codes = select(IssuedCodeRow.id, IssuedCodeRow.campaign).where(
+            IssuedCodeRow.store == self.store
+        )
+        totals: dict[str, int] = defaultdict(int)
+        redeemed: dict[str, set[str | None]] = defaultdict(set)
         with self._session() as session:
-            return {str(c): (int(n), int(d)) for c, n, d in session.execute(stmt) if c is not None}
+            issued = {str(i): str(c) for i, c in session.execute(codes)}
+            for code, name, n in session.execute(uses):
+                campaign = issued.get(code) or name
+                if campaign is not None:
+                    totals[campaign] += int(n)
+                    redeemed[campaign].add(code)
+        return {c: (n, len(redeemed[c])) for c, n in totals.items()}
 
     def codes_issued(self, start: datetime, end: datetime) -> int:
         """Campaign codes handed out in [start, end)."""
