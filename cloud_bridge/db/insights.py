@@ -68,14 +68,16 @@ class MemberInfo:
 def _quarter(
     dialect: str, when: Any, whole_hours: bool
 ) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
-    """`when` as (its UTC hour 'YYYY-MM-DD HH', its quarter 0-3; 0 when `whole_hours`:
+    """`when` as (its UTC hour: 'YYYY-MM-DD HH' on SQLite, a timestamp without zone on
+    PostgreSQL; its quarter 0-3, or 0 when `whole_hours`:
     a zone a whole number of hours from UTC needs no finer)."""
     if dialect == "sqlite":
         # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC.
         hour, minute = func.substr(when, 1, 13), cast(func.substr(when, 15, 2), Integer)
     else:
+        # A UTC wall-clock timestamp (no zone) truncated to its hour: cheaper than text.
         utc = func.timezone("UTC", when)
-        hour, minute = func.to_char(utc, "YYYY-MM-DD HH24"), cast(func.to_char(utc, "MI"), Integer)
+        hour, minute = func.date_trunc("hour", utc), cast(func.extract("minute", utc), Integer)
     return hour, (literal(0) if whole_hours else minute // 15)
 
 
@@ -133,7 +135,11 @@ class InsightQueries:
             for type_, h, q, n in session.execute(stmt):
                 at = hours.get(h)
                 if at is None:
-                    at = hours[h] = datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=UTC)
+                    at = hours[h] = (
+                        h.replace(tzinfo=UTC)
+                        if isinstance(h, datetime)
+                        else datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=UTC)
+                    )
                 out.append((str(type_), at + timedelta(minutes=15 * int(q)), int(n)))
             return out
 
