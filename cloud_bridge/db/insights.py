@@ -68,9 +68,9 @@ class MemberInfo:
 def _quarter(
     dialect: str, when: Any, whole_hours: bool
 ) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
-    """`when` as (its UTC hour: 'YYYY-MM-DD HH' on SQLite, a timestamp without zone on
-    PostgreSQL; its quarter 0-3, or 0 when `whole_hours`:
-    a zone a whole number of hours from UTC needs no finer)."""
+    """`when` as (its UTC hour, its quarter 0-3). The hour is text 'YYYY-MM-DD HH' on
+    SQLite, a timestamp without zone on PostgreSQL; the quarter is 0 with `whole_hours`
+    (a zone a whole number of hours from UTC needs no finer)."""
     if dialect == "sqlite":
         # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC.
         hour, minute = func.substr(when, 1, 13), cast(func.substr(when, 15, 2), Integer)
