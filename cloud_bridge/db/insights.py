@@ -174,13 +174,14 @@ class InsightQueries:
                         (EventType.CHECKIN.value, EventType.MEMBER_JOINED.value)
                     ),
                     or_(~is_checkin, counted(dialect)),
-                    member.is_not(None),
                 )
                 .group_by(member)
             )
             visited = new_ = returning = repeat = 0
             lapsed: list[tuple[Any, str, int]] = []
             for m, new, before, gone, n, r in session.execute(stmt):
+                if m is None:  # no member id (filtered here: one JSON read less a row)
+                    continue
                 new_ += new
                 if r:
                     visited += 1
