@@ -10,6 +10,7 @@ small by nature (campaign codes, preorder commands, pickups of the range) is rea
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,14 +68,16 @@ class MemberInfo:
 def _quarter(
     dialect: str, when: Any, whole_hours: bool
 ) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
-    """`when` as (its UTC hour 'YYYY-MM-DD HH', its quarter 0-3; 0 when `whole_hours`:
-    a zone a whole number of hours from UTC needs no finer)."""
+    """`when` as (its UTC hour, its quarter 0-3). The hour is text 'YYYY-MM-DD HH' on
+    SQLite, a timestamp without zone on PostgreSQL; the quarter is 0 with `whole_hours`
+    (a zone a whole number of hours from UTC needs no finer)."""
     if dialect == "sqlite":
         # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC.
         hour, minute = func.substr(when, 1, 13), cast(func.substr(when, 15, 2), Integer)
     else:
+        # A UTC wall-clock timestamp (no zone) truncated to its hour: cheaper than text.
         utc = func.timezone("UTC", when)
-        hour, minute = func.to_char(utc, "YYYY-MM-DD HH24"), cast(func.to_char(utc, "MI"), Integer)
+        hour, minute = func.date_trunc("hour", utc), cast(func.extract("minute", utc), Integer)
     return hour, (literal(0) if whole_hours else minute // 15)
 
 
@@ -132,7 +135,11 @@ class InsightQueries:
             for type_, h, q, n in session.execute(stmt):
                 at = hours.get(h)
                 if at is None:
-                    at = hours[h] = datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=UTC)
+                    at = hours[h] = (
+                        h.replace(tzinfo=UTC)
+                        if isinstance(h, datetime)
+                        else datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=UTC)
+                    )
                 out.append((str(type_), at + timedelta(minutes=15 * int(q)), int(n)))
             return out
 
@@ -167,13 +174,14 @@ class InsightQueries:
                         (EventType.CHECKIN.value, EventType.MEMBER_JOINED.value)
                     ),
                     or_(~is_checkin, counted(dialect)),
-                    member.is_not(None),
                 )
                 .group_by(member)
             )
             visited = new_ = returning = repeat = 0
             lapsed: list[tuple[Any, str, int]] = []
             for m, new, before, gone, n, r in session.execute(stmt):
+                if m is None:  # no member id (filtered here: one JSON read less a row)
+                    continue
                 new_ += new
                 if r:
                     visited += 1
@@ -269,25 +277,33 @@ class InsightQueries:
 
     def campaign_redemptions(self) -> dict[str, tuple[int, int]]:
         """Per campaign: its codes' redemptions and how many codes were redeemed (a visit
-        card's several uses count once there), all campaigns in one query: a redemption
-        is a campaign's when its code was issued for it, or its data names it."""
+        card's several uses count once there), for all campaigns at once: a redemption is
+        a campaign's when its code was issued for it, or else when its data names it.
+        Two grouped reads matched here (a join on a JSON field misleads PostgreSQL's
+        planner into a nested loop)."""
         coupon = EventRow.data["coupon_id"].as_string()
-        campaign = func.coalesce(IssuedCodeRow.campaign, EventRow.data["campaign"].as_string())
-        stmt = (
-            select(campaign, func.count(), func.count(func.distinct(coupon)))
-            .select_from(EventRow)
-            .outerjoin(
-                IssuedCodeRow,
-                and_(IssuedCodeRow.store == EventRow.store, IssuedCodeRow.id == coupon),
-            )
+        named = EventRow.data["campaign"].as_string()
+        uses = (
+            select(coupon, named, func.count())
             .where(
                 EventRow.store == self.store,
                 EventRow.type == EventType.COUPON_REDEEMED.value,
             )
-            .group_by(campaign)
+            .group_by(coupon, named)
         )
+        codes = select(IssuedCodeRow.id, IssuedCodeRow.campaign).where(
+            IssuedCodeRow.store == self.store
+        )
+        totals: dict[str, int] = defaultdict(int)
+        redeemed: dict[str, set[str | None]] = defaultdict(set)
         with self._session() as session:
-            return {str(c): (int(n), int(d)) for c, n, d in session.execute(stmt) if c is not None}
+            issued = {str(i): str(c) for i, c in session.execute(codes)}
+            for code, name, n in session.execute(uses):
+                campaign = issued.get(code) or name
+                if campaign is not None:
+                    totals[campaign] += int(n)
+                    redeemed[campaign].add(code)
+        return {c: (n, len(redeemed[c])) for c, n in totals.items()}
 
     def codes_issued(self, start: datetime, end: datetime) -> int:
         """Campaign codes handed out in [start, end)."""
