@@ -61,6 +61,11 @@ CONFIG = "\n".join(f"checks.{c}.enabled = true" for c in CHECKS) + (
     'include-path = "/api/v1/activities"\n'
     'include-method = "POST"\n'
     "checks.positive_data_acceptance.enabled = false\n"
+    # The insights' range: `from` not after `to` (today by default) and at most 366 days,
+    # two dates compared with each other and with today, which a schema cannot state.
+    "\n[[operations]]\n"
+    'include-path-regex = "^/api/v1/insights"\n'
+    "checks.positive_data_acceptance.enabled = false\n"
 )
 
 
