@@ -30,6 +30,7 @@ from starlette.routing import Match
 from cloud_bridge.activities import ActivityService
 from cloud_bridge.api_activities import activities_router
 from cloud_bridge.api_campaigns import campaigns_router
+from cloud_bridge.api_insights import insights_router
 from cloud_bridge.api_members import members_router
 from cloud_bridge.api_rewards import rewards_router
 from cloud_bridge.api_schema import (
@@ -49,6 +50,7 @@ from cloud_bridge.commands import CommandService
 from cloud_bridge.config import BridgeConfig, load_api_token, load_read_token, load_signing_key
 from cloud_bridge.db import KioskState, Repository, StoredEvent, format_ts
 from cloud_bridge.http_guard import RequestGuard, StrictJsonRoute
+from cloud_bridge.insights import InsightsService
 from cloud_bridge.issuing import issue
 from cloud_bridge.member_page import MemberPages, member_page_router
 from cloud_bridge.members import MemberService
@@ -322,6 +324,9 @@ def create_app(
     activities = activities or ActivityService(repo, config, key, commands)
     app.state.activities = activities
     app.include_router(activities_router(activities, auth=auth, read_auth=read_auth))
+    # The owner's insights over a range of days (api_insights.py).
+    insights = InsightsService(repo, config, campaigns, activities)
+    app.include_router(insights_router(insights, auth=auth, read_auth=read_auth))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:

@@ -37,7 +37,7 @@ from o2o_protocol.config_file import (
     parse_mqtt_url,
     resolve_path,
 )
-from o2o_protocol.hours import shop_zone
+from o2o_protocol.hours import parse_hours, shop_zone
 from o2o_protocol.limits import Limits
 from o2o_protocol.messages import check_id
 
@@ -262,6 +262,17 @@ class BridgeConfig(_Section):
     #: The shop's IANA time zone (its day for the figures, local times in the API);
     #: absent: this machine's zone.
     timezone: str | None = None
+    #: When the shop is open, `[{days = [1..7], from = "HH:MM", to = "HH:MM"}]` in shop
+    #: time: the insights look for slow hours among these. Absent: inferred from the
+    #: check-ins (docs/insights.md).
+    opening_hours: list[dict[str, Any]] | None = None
+    #: A member with no visit in this many weeks is lapsed (docs/insights.md).
+    lapsed_weeks: Annotated[int, Field(ge=1, le=104)] = 4
+
+    @field_validator("opening_hours")
+    @classmethod
+    def _opening_hours(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        return None if v is None else [w.wire() for w in parse_hours(v)]
 
     @field_validator("store")
     @classmethod
