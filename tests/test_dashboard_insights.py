@@ -10,6 +10,7 @@ Under CI=true a missing Chromium fails the run.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -23,13 +24,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.testclient import TestClient
 from websockets.sync.client import ClientConnection, connect
 
@@ -94,87 +94,6 @@ def _events(today: date) -> list[Event]:
     return events
 
 
-# --- a stand-in for GET /api/v1/insights until the route is on this branch ---------------
-
-
-def _has_route(app: FastAPI, path: str) -> bool:
-    return any(getattr(r, "path", None) == path for r in app.routes)
-
-
-def _stand_in(app: FastAPI, today: date) -> None:
-    """The shared interface's answer (/tmp/i12.md) from a fixed fixture: the page is built
-    against the interface before the real route exists. Never part of the product."""
-    first, last = today - timedelta(days=27), today
-    grid = [[_visits(d, h, 1) for h in range(24)] for d in range(7)]
-    days = [first + timedelta(days=i) for i in range(28)]
-    daily = [
-        {"date": d.isoformat(), "checkins": sum(grid[d.weekday()]), "redemptions": 0,
-         "pickups": 0, "joins": 0}
-        for d in days
-    ]
-    forecast = [
-        {"date": (last + timedelta(days=i + 1)).isoformat(),
-         "checkins": float(sum(grid[(last + timedelta(days=i + 1)).weekday()])),
-         "low": max(0.0, sum(grid[(last + timedelta(days=i + 1)).weekday()]) - 6.5),
-         "high": sum(grid[(last + timedelta(days=i + 1)).weekday()]) + 6.5,
-         "by_hour": [float(v) for v in grid[(last + timedelta(days=i + 1)).weekday()]]}
-        for i in range(7)
-    ]
-    campaign = {"name": "限时特惠 周三 15:00–16:00", "kind": "flash_sale", "value": "9折"}
-    answer = {
-        "from": first.isoformat(), "to": last.isoformat(), "timezone": "Asia/Shanghai",
-        "checkins_by_weekday_hour": grid, "open_hours": HOURS,
-        "slow_hours": [{"weekday": 2, "hour": 15, "checkins": 2, "per_week": 0.5}],
-        "busy_hours": [], "daily": daily, "repeat_visit_rate": 0.86,
-        "members": {"visited": 6, "new": 0, "returning": 6, "lapsed": 1},
-        "lapsed_members": [{"id": "m9", "name": "Lapsed Lily",
-                            "last_visit": rfc3339(time.time() - 53 * 86400),
-                            "visits": 2, "points": 20}],
-        "points_outstanding": 1234, "campaigns": [], "activities": [],
-        "pickup_lead_time_min": {"count": 0, "median": None, "p90": None},
-        "preorder_demand": [], "ratings": {"count": 0, "average": None, "by_subject": {}},
-        "funnel": [{"stage": "discover", "name": "campaign codes issued", "count": 4},
-                   {"stage": "attract", "name": "coupons redeemed and reservations arrived",
-                    "count": 1},
-                   {"stage": "experience", "name": "counted check-ins and pickups completed",
-                    "count": sum(d["checkins"] for d in daily)},
-                   {"stage": "retain", "name": "returning members", "count": 6}],
-        "forecast": forecast,
-        "backtest": {"mae": 3.1, "seasonal_naive_mae": 4.2, "weeks": 4, "method": "fixture"},
-        "suggestion": {"weekday": 2, "hour": 15, "from": "15:00", "to": "16:00",
-                       "text": {"zh_CN": "周三 15:00–16:00 最冷清：来一场限时抢购？",
-                                "en": "Wednesday 15:00-16:00 is the quietest: a flash sale?"},
-                       "campaign": campaign},
-    }
-    inner = TestClient(app)
-
-    @app.get("/api/v1/insights", include_in_schema=False)
-    def insights(
-        first: Annotated[str | None, Query(alias="from")] = None, to: str | None = None
-    ) -> dict[str, Any]:
-        start, end = first or answer["from"], to or answer["to"]
-        days = [d for d in answer["daily"] if start <= d["date"] <= end]
-        return {**answer, "from": start, "to": end, "daily": days}
-
-    @app.get("/api/v1/insights.csv", include_in_schema=False)
-    def insights_csv(figure: str) -> Any:
-        from fastapi.responses import Response
-
-        rows = answer[figure]
-        out = io.StringIO()
-        w = csv.DictWriter(out, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-        return Response(out.getvalue(), media_type="text/csv")
-
-    @app.post("/api/v1/insights/suggestion", include_in_schema=False, status_code=201)
-    def suggestion(request: Request) -> Any:
-        if request.headers.get("authorization") != f"Bearer {TOKEN}":
-            raise HTTPException(403, "this token may only read")
-        r = inner.post("/api/v1/campaigns", json=campaign, headers=_auth(TOKEN))
-        return r.json()
-
-
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -190,21 +109,24 @@ class Shop:
 
 @pytest.fixture
 def shop(tmp_path: Path, repo: Repository) -> Iterator[Shop]:
-    settings: dict[str, Any] = {"store": "s1", "kiosks": ["k1"], "timezone": "Asia/Shanghai"}
-    if "opening_hours" in BridgeConfig.model_fields:
-        settings["opening_hours"] = HOURS
+    settings = {
+        "store": "s1",
+        "kiosks": ["k1"],
+        "timezone": "Asia/Shanghai",
+        "opening_hours": HOURS,
+    }
     config = validate_config(tmp_path / "bridge.toml", settings, BridgeConfig)
     app = create_app(
         config, repo, token=TOKEN, read_token=READ_TOKEN, signing_key=Ed25519PrivateKey.generate()
     )
-    today = datetime.now(SHOP).date()
-    if not _has_route(app, "/api/v1/insights"):
-        _stand_in(app, today)
-    repo.add_events(_events(today))
+    repo.add_events(_events(datetime.now(SHOP).date()))
     api = TestClient(app)
     # A campaign with codes, one of them redeemed: the funnel's first stages.
-    made = api.post("/api/v1/campaigns", json={"name": "Spring", "kind": "coupon",
-                                               "value": "¥5"}, headers=_auth(TOKEN))
+    made = api.post(
+        "/api/v1/campaigns",
+        json={"name": "Spring", "kind": "coupon", "value": "¥5"},
+        headers=_auth(TOKEN),
+    )
     assert made.status_code == 201, made.text
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -238,26 +160,54 @@ class Browser:
         self.profile = tmp_path / f"cdp-{time.monotonic_ns()}"
         self.downloads = tmp_path / f"downloads-{time.monotonic_ns()}"
         self.downloads.mkdir()
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TZ": "Asia/Shanghai",
-               "LANG": "C.UTF-8"}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "TZ": "Asia/Shanghai",
+            "LANG": "C.UTF-8",
+        }
         self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--hide-scrollbars", f"--user-data-dir={self.profile}", f"--lang={lang}",
-             f"--accept-lang={lang}", "--remote-debugging-port=0", "about:blank"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                f"--user-data-dir={self.profile}",
+                f"--lang={lang}",
+                f"--accept-lang={lang}",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         port_file = self.profile / "DevToolsActivePort"
-        lines = _wait("DevTools port", lambda: port_file.exists() and
-                      len(port_file.read_text().split()) >= 2 and port_file.read_text().split())
+        lines = _wait(
+            "DevTools port",
+            lambda: (
+                port_file.exists()
+                and len(port_file.read_text().split()) >= 2
+                and port_file.read_text().split()
+            ),
+        )
         base = f"127.0.0.1:{lines[0]}"
         self.browser_ws = connect(f"ws://{base}{lines[1]}", max_size=None)
         targets = json.loads(urllib.request.urlopen(f"http://{base}/json/list", timeout=10).read())
         page = next(t for t in targets if t["type"] == "page")
         self.ws = connect(page["webSocketDebuggerUrl"], max_size=None)
         self.ids = 0
-        self._call(self.browser_ws, "Browser.setDownloadBehavior", behavior="allow",
-                   downloadPath=str(self.downloads))
+        self._call(
+            self.browser_ws,
+            "Browser.setDownloadBehavior",
+            behavior="allow",
+            downloadPath=str(self.downloads),
+        )
 
     def _call(self, ws: ClientConnection, method: str, **params: Any) -> dict[str, Any]:
         self.ids += 1
@@ -272,14 +222,20 @@ class Browser:
         return self._call(self.ws, method, **params)
 
     def js(self, expression: str) -> Any:
-        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                      awaitPromise=True)
+        r = self.call(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
         assert "exceptionDetails" not in r, r
         return r["result"].get("value")
 
     def size(self, width: int, height: int) -> None:
-        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
-                  deviceScaleFactor=1, mobile=width < 600)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=width < 600,
+        )
 
     def open(self, url: str) -> None:
         """Navigate, and wait until the new page has loaded (not the one before it)."""
@@ -287,17 +243,21 @@ class Browser:
         self.call("Page.navigate", url="about:blank")
         _wait("a blank page", lambda: self.js("location.href === 'about:blank'"))
         self.call("Page.navigate", url=url)
-        _wait(url, lambda: self.js("location.protocol === 'http:' && "
-                                   "document.readyState === 'complete'"))
+        _wait(
+            url,
+            lambda: self.js("location.protocol === 'http:' && document.readyState === 'complete'"),
+        )
 
     def shot(self, path: Path) -> None:
         """The whole page, as tall as it is."""
-        import base64
-
         width = self.js("document.documentElement.clientWidth")
         height = self.js("document.documentElement.scrollHeight")
-        r = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                      clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1})
+        r = self.call(
+            "Page.captureScreenshot",
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+        )
         path.write_bytes(base64.b64decode(r["data"]))
 
     def close(self) -> None:
@@ -342,18 +302,24 @@ def test_the_page_draws_what_the_api_answers(
     _wait("the heat map", lambda: b.js(DRAWN))
 
     # The heat map: 7 x 24 cells, Monday first, each the API's count.
-    cells = b.js("[...document.querySelectorAll('#heat rect.cell')].map(r => "
-                 "[+r.dataset.weekday, +r.dataset.hour, +r.dataset.v])")
+    cells = b.js(
+        "[...document.querySelectorAll('#heat rect.cell')].map(r => "
+        "[+r.dataset.weekday, +r.dataset.hour, +r.dataset.v])"
+    )
     grid = answer["checkins_by_weekday_hour"]
     assert [[d, h, grid[d][h]] for d in range(7) for h in range(24)] == cells
     assert sum(map(sum, grid)) > 0
     # The slow hours are marked where the API says, and the open hours are outlined.
-    slow = b.js("[...document.querySelectorAll('#heat circle.slow')].map(c => "
-                "[+c.dataset.weekday, +c.dataset.hour])")
+    slow = b.js(
+        "[...document.querySelectorAll('#heat circle.slow')].map(c => "
+        "[+c.dataset.weekday, +c.dataset.hour])"
+    )
     assert slow == sorted([s["weekday"], s["hour"]] for s in answer["slow_hours"])
     assert answer["slow_hours"] and b.js("document.querySelectorAll('#heat line').length") > 0
-    wed = b.js("document.querySelector('#heat rect[data-weekday=\"2\"][data-hour=\"15\"]')"
-               ".querySelector('title').textContent")
+    wed = b.js(
+        'document.querySelector(\'#heat rect[data-weekday="2"][data-hour="15"]\')'
+        ".querySelector('title').textContent"
+    )
     assert wed == f"Wed 15:00: {grid[2][15]} check-ins"
 
     # The daily line, then the forecast and its band after the range.
@@ -367,13 +333,17 @@ def test_the_page_draws_what_the_api_answers(
     bt = answer["backtest"]
     if bt["mae"] is not None and bt["seasonal_naive_mae"] is not None:
         said = b.js("document.getElementById('backtest').textContent")
-        assert said.startswith(f"Forecast error {round(bt['mae'], 1):g}/day vs "
-                               f"{round(bt['seasonal_naive_mae'], 1):g} for same-day-last-week")
+        assert said.startswith(
+            f"Forecast error {round(bt['mae'], 1):g}/day vs "
+            f"{round(bt['seasonal_naive_mae'], 1):g} for same-day-last-week"
+        )
 
     # The funnel: the four stages, named, with the API's counts.
-    funnel = b.js("[...document.querySelectorAll('#funnel .frow')].map(r => "
-                  "[r.dataset.stage, r.querySelector('small').textContent, "
-                  "+r.querySelector('.n').textContent])")
+    funnel = b.js(
+        "[...document.querySelectorAll('#funnel .frow')].map(r => "
+        "[r.dataset.stage, r.querySelector('small').textContent, "
+        "+r.querySelector('.n').textContent])"
+    )
     assert funnel == [[s["stage"], s["name"], s["count"]] for s in answer["funnel"]]
     assert [s[0] for s in funnel] == ["discover", "attract", "experience", "retain"]
     # The lapsed member, with her last visit and points.
@@ -382,12 +352,19 @@ def test_the_page_draws_what_the_api_answers(
 
     # A narrower range: the page asks for it and draws its days.
     first = (date.fromisoformat(answer["to"]) - timedelta(days=6)).isoformat()
-    b.js(f"document.getElementById('from').value = '{first}'; "
-         "document.getElementById('range').requestSubmit()")
-    _wait("a week's line", lambda: b.js(
-        "document.getElementById('line-actual').dataset.values.split(',').length") == 7)
+    b.js(
+        f"document.getElementById('from').value = '{first}'; "
+        "document.getElementById('range').requestSubmit()"
+    )
+    _wait(
+        "a week's line",
+        lambda: (
+            b.js("document.getElementById('line-actual').dataset.values.split(',').length") == 7
+        ),
+    )
     assert b.js("document.getElementById('insights-tz').textContent").endswith(
-        f"{first} to {answer['to']}")
+        f"{first} to {answer['to']}"
+    )
 
 
 def test_csv_download_has_the_same_numbers(shop: Shop, browser: Callable[[str], Browser]) -> None:
@@ -397,9 +374,9 @@ def test_csv_download_has_the_same_numbers(shop: Shop, browser: Callable[[str], 
     b.open(shop.url + "#lang=en&token=" + READ_TOKEN)
     _wait("the heat map", lambda: b.js(DRAWN))
     b.js("document.querySelector('[data-csv=\"daily\"]').click()")
-    done = _wait("the daily CSV", lambda: [
-        p for p in b.downloads.glob("*.csv") if p.stat().st_size > 0
-    ])
+    done = _wait(
+        "the daily CSV", lambda: [p for p in b.downloads.glob("*.csv") if p.stat().st_size > 0]
+    )
     assert done[0].name == f"daily_{answer['from']}_{answer['to']}.csv"
     rows = list(csv.DictReader(io.StringIO(done[0].read_text("utf-8"))))
     assert [(r["date"], int(r["checkins"])) for r in rows] == [
@@ -427,8 +404,13 @@ def test_the_suggestion_becomes_a_campaign_with_the_owners_token(
     assert b.js("document.getElementById('suggest-text').textContent") == suggestion["text"]["en"]
     assert b.js("document.getElementById('suggest-btn').textContent") == "Create this flash sale"
     b.js("document.getElementById('suggest-btn').click()")
-    _wait("the refusal", lambda: b.js("document.getElementById('suggest-btn').textContent")
-          == "Needs the owner's token (api.token) to create")
+    _wait(
+        "the refusal",
+        lambda: (
+            b.js("document.getElementById('suggest-btn').textContent")
+            == "Needs the owner's token (api.token) to create"
+        ),
+    )
     assert b.js("document.getElementById('suggest-btn').disabled")
     assert name not in names()
 
@@ -438,11 +420,13 @@ def test_the_suggestion_becomes_a_campaign_with_the_owners_token(
     b.open(shop.url + "#token=" + TOKEN)
     _wait("the suggestion", lambda: b.js("!document.getElementById('suggest-btn').hidden"))
     assert b.js("document.getElementById('suggest-btn').textContent") == "创建这个限时抢购"
-    assert b.js("document.getElementById('suggest-text').textContent") == suggestion["text"][
-        "zh_CN"]
+    assert (
+        b.js("document.getElementById('suggest-text').textContent") == suggestion["text"]["zh_CN"]
+    )
     b.js("document.getElementById('suggest-btn').click()")
-    _wait("the campaign", lambda: name in b.js("document.getElementById('suggest-msg')"
-                                               ".textContent"))
+    _wait(
+        "the campaign", lambda: name in b.js("document.getElementById('suggest-msg').textContent")
+    )
     assert b.js("document.getElementById('suggest-msg').textContent") == f"已创建营销活动 {name}。"
     assert name in names()
     # …and the page's campaign table lists it on the next refresh.
@@ -465,5 +449,8 @@ def test_screenshots_desktop_and_phone(
         b.shot(out)
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     heading = b.js("document.querySelector('[data-i18n=\"h.heat\"]').textContent")
-    assert heading == ("每周各时段签到（周一至周日 × 0–23 点）" if lang == "zh_CN"
-                       else "Check-ins by weekday and hour (Mon–Sun × 0–23)")
+    assert heading == (
+        "每周各时段签到（周一至周日 × 0–23 点）"
+        if lang == "zh_CN"
+        else "Check-ins by weekday and hour (Mon–Sun × 0–23)"
+    )
