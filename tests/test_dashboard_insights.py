@@ -445,6 +445,9 @@ def test_screenshots_desktop_and_phone(
         _wait("the charts", lambda: b.js(DRAWN + " && !!document.getElementById('line-actual')"))
         # Nothing wider than the screen but what scrolls inside its own box.
         assert b.js("document.documentElement.scrollWidth") <= width
+        # The heat map fits without scrolling (on a phone: hours down, weekdays across).
+        fits = "(e => e.scrollWidth <= e.clientWidth)(document.getElementById('heat-box'))"
+        assert b.js(fits), name
         out = shots / f"insights-{name}-{lang}.png"
         b.shot(out)
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
