@@ -350,6 +350,17 @@ def test_the_page_draws_what_the_api_answers(
     lapsed = b.js("document.getElementById('lapsed').textContent")
     assert "Lapsed Lily" in lapsed or "m9" in lapsed
 
+    # Another language: the charts again, in its words.
+    b.js("document.getElementById('lang').click()")
+    _wait(
+        "Chinese",
+        lambda: b.js(
+            "[...document.querySelectorAll('#heat text')].some(e => e.textContent === '周三')"
+        ),
+    )
+    assert b.js("document.querySelector('#funnel .frow b').textContent") == "发现"
+    b.js("document.getElementById('lang').click()")
+
     # A narrower range: the page asks for it and draws its days.
     first = (date.fromisoformat(answer["to"]) - timedelta(days=6)).isoformat()
     b.js(
@@ -457,3 +468,17 @@ def test_screenshots_desktop_and_phone(
         if lang == "zh_CN"
         else "Check-ins by weekday and hour (Mon–Sun × 0–23)"
     )
+
+
+def test_a_phone_turned_redraws_the_heat_map(shop: Shop, browser: Callable[[str], Browser]) -> None:
+    """Drawn for the width it has: a desktop window narrowed to a phone's gets hours down."""
+    b = browser("en-US")
+    b.size(1280, 900)
+    b.open(shop.url + "#lang=en&token=" + READ_TOKEN)
+    _wait("the heat map", lambda: b.js(DRAWN))
+    wide = "document.getElementById('heat').getAttribute('width')"
+    assert int(b.js(wide)) > 700
+    b.size(390, 844)
+    _wait("the phone's heat map", lambda: int(b.js(wide)) <= 390)
+    fits = "(e => e.scrollWidth <= e.clientWidth)(document.getElementById('heat-box'))"
+    assert b.js(fits) and b.js(DRAWN)
