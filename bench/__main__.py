@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_decode, bench_latency, bench_store, bench_sync
+from bench import bench_decode, bench_insights, bench_latency, bench_store, bench_sync
 
 
 def main() -> int:
@@ -29,6 +29,9 @@ def main() -> int:
     print()
     sync = bench_sync.run(quick=quick)
     bench_sync.print_table(sync)
+    print()
+    insights = bench_insights.run(quick=quick)
+    bench_insights.print_table(insights)
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": {"python": platform.python_version(), "cpu": platform.machine()},
@@ -36,6 +39,7 @@ def main() -> int:
         "latency": latency,
         "store": store,
         "sync": sync,
+        "insights": insights,
     }
     out = Path(__file__).parent / "results.json"
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")

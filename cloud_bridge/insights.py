@@ -244,7 +244,13 @@ class InsightsService:
         end = self.midnight(r.last + timedelta(days=1))
         checkins: Counter[tuple[date, int]] = Counter()
         by_day: dict[date, Counter[str]] = defaultdict(Counter)
-        for type_, at, n in self.db.quarters(start, end):
+        # Whole UTC hours do when every offset of the zone in the range is whole hours.
+        offsets = {
+            self.midnight(history_first + timedelta(days=i)).astimezone(self.zone).utcoffset()
+            for i in range((r.last - history_first).days + 2)
+        }
+        whole = all(o is not None and o.total_seconds() % 3600 == 0 for o in offsets)
+        for type_, at, n in self.db.quarters(start, end, whole_hours=whole):
             local = self.local(at)
             day = local.date()
             if type_ == EventType.CHECKIN.value:

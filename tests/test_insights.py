@@ -342,3 +342,18 @@ def test_traffic_sent_by_a_kiosk_over_mqtt_is_what_the_insights_count(
     assert [m["id"] for m in got["lapsed_members"]] == ["l1"]
     assert got["lapsed_members"][0]["visits"] == 2
     assert got["pickup_lead_time_min"] == {"count": 3, "median": 60.0, "p90": 84.0}
+
+
+def test_a_zone_with_a_quarter_hour_offset(tmp_path: Path, any_repo: Repository) -> None:
+    """Kathmandu is UTC+05:45: 18:14 UTC is 23:59 there, 18:15 UTC the next day's 00:00."""
+    t = Traffic()
+    t.checkin(datetime(2026, 10, 5, 18, 14, tzinfo=UTC), "c00")  # Monday 23:59
+    t.checkin(datetime(2026, 10, 5, 18, 15, tzinfo=UTC), "c01")  # Tuesday 00:00
+    t.checkin(datetime(2026, 10, 5, 4, 14, tzinfo=UTC), "c02")  # Monday 09:59
+    any_repo.add_events(t.events)
+    config = config_for(tmp_path, timezone="Asia/Kathmandu")
+    got = insights(client_for(config, any_repo), date(2026, 10, 5), date(2026, 10, 6))
+    grid = got["checkins_by_weekday_hour"]
+    assert (grid[0][23], grid[1][0], grid[0][9]) == (1, 1, 1)
+    assert sum(map(sum, grid)) == 3
+    assert [d["checkins"] for d in got["daily"]] == [2, 1]

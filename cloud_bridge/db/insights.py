@@ -10,7 +10,7 @@ small by nature (campaign codes, preorder commands, pickups of the range) is rea
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,17 +22,20 @@ from sqlalchemy import (
     case,
     cast,
     func,
+    literal,
     or_,
     select,
     type_coerce,
 )
 
-from cloud_bridge.db.figures import ahead, counted, in_period, rating_summary
+from cloud_bridge.db.figures import counted, rating_summary
 from cloud_bridge.db.repository import Repository
 from cloud_bridge.db.tables import CommandRow, EventRow, IssuedCodeRow, MemberRow, UTCDateTime
 from o2o_protocol.messages import CommandName, EventType
 
 #: The event types the hourly counts are made of.
+#: How long before the range an order's load is looked for (a pickup's lead time).
+LOAD_DAYS = 30
 COUNTED_TYPES = (
     EventType.CHECKIN.value,
     EventType.COUPON_REDEEMED.value,
@@ -60,16 +63,25 @@ class MemberInfo:
     points: int
 
 
-def _quarter(dialect: str, when: Any) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
-    """`when` as (its UTC hour 'YYYY-MM-DD HH', its quarter 0-3)."""
+def _quarter(
+    dialect: str, when: Any, whole_hours: bool
+) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+    """`when` as (its UTC hour 'YYYY-MM-DD HH', its quarter 0-3; 0 when `whole_hours`:
+    a zone a whole number of hours from UTC needs no finer)."""
     if dialect == "sqlite":
         # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC.
-        return func.substr(when, 1, 13), cast(func.substr(when, 15, 2), Integer) // 15
-    utc = func.timezone("UTC", when)
-    return (
-        func.to_char(utc, "YYYY-MM-DD HH24"),
-        cast(func.to_char(utc, "MI"), Integer) // 15,
-    )
+        hour, minute = func.substr(when, 1, 13), cast(func.substr(when, 15, 2), Integer)
+    else:
+        utc = func.timezone("UTC", when)
+        hour, minute = func.to_char(utc, "YYYY-MM-DD HH24"), cast(func.to_char(utc, "MI"), Integer)
+    return hour, (literal(0) if whole_hours else minute // 15)
+
+
+def _scan(dialect: str, column: Any) -> Any:
+    """`column` as SQLite may not use an index for (`column || ''`): a range of months
+    reads most of the table, and a plain scan of it is several times cheaper there than
+    a row looked up per index entry. PostgreSQL's planner knows this by itself."""
+    return column + "" if dialect == "sqlite" else column
 
 
 def _member_id() -> ColumnElement[Any]:
@@ -86,28 +98,33 @@ class InsightQueries:
     def _session(self) -> Any:
         return self.repo._sessions()
 
-    def quarters(self, start: datetime, end: datetime) -> list[tuple[str, datetime, int]]:
+    def quarters(
+        self, start: datetime, end: datetime, *, whole_hours: bool = False
+    ) -> list[tuple[str, datetime, int]]:
         """(event type, UTC quarter-hour, how many) of the counted check-ins, redemptions,
-        arrivals, pickups and joins of [start, end), by when they happened (`ts`; when
-        received, for a kiosk clock a day ahead, like today's figures)."""
+        arrivals, pickups and joins of [start, end), by when they happened (`ts`); by
+        whole UTC hours with `whole_hours`."""
         with self._session() as session:
             dialect = session.get_bind().dialect.name
-            when = case((ahead(dialect), EventRow.received_at), else_=EventRow.ts)
-            hour, quarter = _quarter(dialect, when)
+            hour, quarter = _quarter(dialect, EventRow.ts, whole_hours)
             is_checkin = EventRow.type == EventType.CHECKIN.value
             stmt = (
                 select(EventRow.type, hour, quarter, func.count())
                 .where(
-                    EventRow.store == self.store,
-                    in_period(dialect, start, end),
-                    EventRow.type.in_(COUNTED_TYPES),
+                    _scan(dialect, EventRow.store) == self.store,
+                    EventRow.ts >= start,
+                    EventRow.ts < end,
+                    _scan(dialect, EventRow.type).in_(COUNTED_TYPES),
                     or_(~is_checkin, counted(dialect)),
                 )
-                .group_by(EventRow.type, hour, quarter)
+                .group_by(EventRow.type, hour, *(() if whole_hours else (quarter,)))
             )
+            hours: dict[str, datetime] = {}
             out = []
             for type_, h, q, n in session.execute(stmt):
-                at = datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=UTC)
+                at = hours.get(h)
+                if at is None:
+                    at = hours[h] = datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=UTC)
                 out.append((str(type_), at + timedelta(minutes=15 * int(q)), int(n)))
             return out
 
@@ -129,9 +146,11 @@ class InsightQueries:
                     func.sum(case((and_(is_checkin, EventRow.ts >= start), 1), else_=0)),
                 )
                 .where(
-                    EventRow.store == self.store,
+                    _scan(dialect, EventRow.store) == self.store,
                     EventRow.ts < end,
-                    EventRow.type.in_((EventType.CHECKIN.value, EventType.MEMBER_JOINED.value)),
+                    _scan(dialect, EventRow.type).in_(
+                        (EventType.CHECKIN.value, EventType.MEMBER_JOINED.value)
+                    ),
                     or_(~is_checkin, counted(dialect)),
                     member.is_not(None),
                 )
@@ -161,40 +180,33 @@ class InsightQueries:
             return int(session.scalar(stmt) or 0)
 
     def pickup_lead_minutes(self, start: datetime, end: datetime) -> list[float]:
-        """Per order picked up in [start, end): minutes from its first `locker.loaded` to
-        its first `pickup.completed`."""
+        """Per order picked up in [start, end): minutes from its first `locker.loaded`
+        (up to LOAD_DAYS before the range) to its first `pickup.completed`."""
+        dialect = self.repo._dialect
+        order = EventRow.data["order"].as_string()
+        stmt = (
+            select(order, EventRow.type, func.min(EventRow.ts))
+            .where(
+                _scan(dialect, EventRow.store) == self.store,
+                EventRow.ts >= start - timedelta(days=LOAD_DAYS),
+                EventRow.ts < end,
+                _scan(dialect, EventRow.type).in_(
+                    (EventType.LOCKER_LOADED.value, EventType.PICKUP_COMPLETED.value)
+                ),
+                order.is_not(None),
+            )
+            .group_by(order, EventRow.type)
+        )
+        loaded: dict[str, datetime] = {}
+        done: dict[str, datetime] = {}
         with self._session() as session:
-            order = EventRow.data["order"].as_string()
-            done = (
-                select(order.label("order"), func.min(EventRow.ts).label("at"))
-                .where(
-                    EventRow.store == self.store,
-                    EventRow.type == EventType.PICKUP_COMPLETED.value,
-                    EventRow.ts >= start,
-                    EventRow.ts < end,
-                    order.is_not(None),
-                )
-                .group_by(order)
-            )
-            done_rows = {str(o): at for o, at in session.execute(done)}
-            if not done_rows:
-                return []
-            loaded = (
-                select(order, func.min(EventRow.ts))
-                .where(
-                    EventRow.store == self.store,
-                    EventRow.type == EventType.LOCKER_LOADED.value,
-                    EventRow.ts < end,
-                    order.in_(list(done_rows)),
-                )
-                .group_by(order)
-            )
-            leads = []
-            for o, at in session.execute(loaded):
-                picked = done_rows.get(str(o))
-                if picked is not None and picked >= at:
-                    leads.append((picked - at).total_seconds() / 60)
-            return leads
+            for o, type_, at in session.execute(stmt):
+                (loaded if type_ == EventType.LOCKER_LOADED.value else done)[str(o)] = at
+        return [
+            (at - loaded[o]).total_seconds() / 60
+            for o, at in done.items()
+            if start <= at and o in loaded and at >= loaded[o]
+        ]
 
     def preorders(self, start: datetime, end: datetime) -> list[tuple[datetime, dict[str, Any]]]:
         """Each order's first `preorder.upsert` queued in [start, end): (when, its data).
@@ -231,10 +243,6 @@ class InsightQueries:
             return int(session.scalar(stmt) or 0)
 
     def ratings(self, start: datetime, end: datetime) -> dict[str, Any]:
+        where = (EventRow.store == self.store, EventRow.ts >= start, EventRow.ts < end)
         with self._session() as session:
-            dialect = session.get_bind().dialect.name
-            where: Sequence[ColumnElement[bool]] = (
-                EventRow.store == self.store,
-                in_period(dialect, start, end),
-            )
             return rating_summary(session, where)
