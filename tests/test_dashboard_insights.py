@@ -330,6 +330,10 @@ def test_the_page_draws_what_the_api_answers(
     assert len(answer["forecast"]) == 7
     assert b.js("document.getElementById('fc-band').getAttribute('points').split(' ').length") == 14
     assert b.js("document.getElementById('fc-days').children.length") == 7
+    # The range ends today (shop time): its point is "so far", not a day that was quiet.
+    assert answer["to"] == datetime.now(SHOP).date().isoformat()
+    today = b.js("document.querySelector('#daily circle.today title').textContent")
+    assert today == f"{answer['to']} (today, so far): {answer['daily'][-1]['checkins']} check-ins"
     bt = answer["backtest"]
     if bt["mae"] is not None and bt["seasonal_naive_mae"] is not None:
         said = b.js("document.getElementById('backtest').textContent")
