@@ -471,3 +471,35 @@ def test_campaigns_and_activities_in_headless_chromium(views_server: str, tmp_pa
     shot = Path(os.environ.get("O2O_DASHBOARD_VIEWS_SCREENSHOT") or tmp_path / "views.png")
     _screenshot(url.replace("#token=", "#lang=en&token="), tmp_path, shot)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- over time (GET /api/v1/insights) -------------------------------------------------
+
+
+def test_the_insights_views_ask_for_what_the_bridge_serves(app: FastAPI) -> None:
+    """Every CSV link names a figure the bridge exports; the four stages and the backtest
+    have words in both languages. (The drawing itself: tests/test_dashboard_insights.py.)"""
+    client = TestClient(app)
+    page = client.get("/").text
+    assert "/api/v1/insights" in page and "/api/v1/insights/suggestion" in page
+    figures = set(re.findall(r'data-csv="(\w+)"', page))
+    assert figures == {
+        "checkins_by_weekday_hour",
+        "slow_hours",
+        "daily",
+        "forecast",
+        "campaigns",
+        "lapsed_members",
+    }
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for figure in sorted(figures):
+        r = client.get(f"/api/v1/insights.csv?figure={figure}", headers=auth)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), figure
+    zh, en = _strings(page, "zh_CN"), _strings(page, "en")
+    for stage in ("discover", "attract", "experience", "retain"):
+        assert zh[f"stage.{stage}"] and en[f"stage.{stage}"] and zh[f"what.{stage}"]
+    assert zh["stage.discover"] == "发现" and zh["stage.retain"] == "留存"
+    for words in (zh["backtest"], en["backtest"]):
+        assert "{mae}" in words and "{naive}" in words
+    assert en["backtest"].startswith("Forecast error {mae}/day vs {naive} for same-day-last-week")
+    assert len(zh["weekdays"].split(",")) == len(en["weekdays"].split(",")) == 7
