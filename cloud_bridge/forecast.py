@@ -116,6 +116,10 @@ def forecast(
     if first is None:
         return [], Backtest(None, None, 0, "no history: nothing to forecast")
     last = first + timedelta(days=len(history) - 1)
+    # Days before the shop's first check-in are not quiet days but no data: a shop five
+    # weeks old asked about eight would otherwise be backtested on weeks it was closed.
+    opened = next((i for i, d in enumerate(history) if any(d)), 0)
+    history = history[opened:]
     ahead = [last + timedelta(days=k) for k in range(1, days + 1)]
     weeks = len(history) // _WEEK
 

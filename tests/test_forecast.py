@@ -202,8 +202,9 @@ def test_no_history_forecasts_nothing() -> None:
 
 
 def test_missing_hours_count_as_zero_and_bad_rows_are_refused() -> None:
-    ends = [(START, 0, 0), (START + timedelta(days=12), 0, 0)]  # 13 days
-    history = [*ends, (START + timedelta(days=9), 9, 4)]  # nobody but 4 one Wednesday 09:00
+    # 13 days: the first guest at midnight on day one, then nobody but 4 one Wednesday 09:00.
+    ends = [(START, 0, 1), (START + timedelta(days=12), 0, 0)]
+    history = [*ends, (START + timedelta(days=9), 9, 4)]
     days, test = forecast(history)
     assert test.method.startswith("seasonal naive: one whole week")
     assert [d.checkins for d in days] == [0, 0, 0, 4, 0, 0, 0]
@@ -271,3 +272,16 @@ def test_no_suggestion_without_a_week_or_anyone_to_reach() -> None:
     grid = grid_of(shop(4))
     assert suggest(grid, OPEN, 0.5) is None
     assert suggest([[0] * 24 for _ in range(7)], OPEN, 4) is None
+
+
+def test_weeks_before_the_shop_opened_are_no_data_not_quiet_weeks() -> None:
+    """A shop five weeks old, asked about eight: the three weeks before its first guest
+    must not be backtested as days nobody came (they would blow the band up)."""
+    young = [
+        (day + timedelta(days=3 * 7), h, n) for day, h, n in shop(5, seed=4)
+    ]  # the same five weeks, three weeks later
+    empty = [(START + timedelta(days=d), h, 0) for d in range(3 * 7) for h in range(24)]
+    padded_days, padded_test = forecast(empty + young)
+    alone_days, alone_test = forecast(young)
+    assert padded_days == alone_days and padded_test == alone_test
+    assert all(d.high <= 2 * d.checkins + 10 for d in padded_days if d.checkins)
