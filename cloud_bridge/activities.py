@@ -107,7 +107,7 @@ class ActivityService:
 
     def kiosks(self) -> list[str]:
         """The configured kiosks, then any other the bridge has heard from."""
-        return list(dict.fromkeys([*self.config.kiosks, *self.repo.kiosk_names(self.store)]))
+        return self.commands.kiosks(self.config.kiosks)
 
     # -- activities -------------------------------------------------------------------
 

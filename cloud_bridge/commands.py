@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from cloud_bridge.db import Repository
@@ -65,6 +66,11 @@ class CommandService:
         self.store = store
         self.link = link
         self.limits = limits
+
+    def kiosks(self, configured: Iterable[str]) -> list[str]:
+        """Every kiosk of the store: the configured ones first, then any other the bridge
+        has heard from (a door added without telling the bridge still hears news)."""
+        return list(dict.fromkeys([*configured, *self.repo.kiosk_names(self.store)]))
 
     def send(self, kiosk: str, name: str, data: dict[str, Any]) -> Command:
         """Queue a command for a kiosk and publish it now.

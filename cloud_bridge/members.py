@@ -246,7 +246,7 @@ class MemberService:
         `applied` agree), with `version` (the newest entry id): another worker may queue
         its upsert between this read and our send, so a kiosk keeps the one with the
         higher version, not the later seq."""
-        kiosks = list(dict.fromkeys([*self.kiosks, *self.repo.kiosk_names(self.store)]))
+        kiosks = self.commands.kiosks(self.kiosks)
         snap = self.book.snapshot(member_id, kiosks)
         if snap is None:
             return []

@@ -146,7 +146,7 @@ class RewardService:
 
     def kiosks(self) -> list[str]:
         """The configured kiosks, then any other the bridge has heard from."""
-        return list(dict.fromkeys([*self.config.kiosks, *self.repo.kiosk_names(self.store)]))
+        return self.commands.kiosks(self.config.kiosks)
 
     @staticmethod
     def _catalogue_data(rewards: Sequence[RewardRecord]) -> dict[str, Any]:

@@ -82,7 +82,7 @@ class CouponUsedElsewhere:
                 first.kiosk,
                 first.envelope()["ts"],
             )
-        kiosks = dict.fromkeys([*self.kiosks, *self.repo.kiosk_names(self.store)])
+        kiosks = self.commands.kiosks(self.kiosks)
         for kiosk in kiosks:
             if kiosk != event.kiosk:
                 self.commands.send(kiosk, CommandName.COUPON_USED.value, data)

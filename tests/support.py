@@ -8,6 +8,9 @@ by silently testing less.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -32,6 +35,7 @@ __all__ = [
     "DEV_CONF",
     "REPO_ROOT",
     "MosquittoBroker",
+    "all_at_once",
     "find_program",
     "free_port",
     "in_ci",
@@ -53,3 +57,24 @@ def missing_component(what: str, hint: str) -> None:
     if in_ci():
         pytest.fail(f"CI=true: {message}", pytrace=False)
     pytest.skip(message)
+
+
+def all_at_once(n: int, work: Callable[[], Any]) -> list[Any]:
+    """Run `work()` on n threads released together (a barrier); each one's result or the
+    exception it raised, in thread order. For "exact under concurrent requests" tests."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results

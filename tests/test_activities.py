@@ -4,9 +4,8 @@ over a real Mosquitto."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from o2o_protocol.config_file import validate_config
 from o2o_protocol.messages import Event, dumps, new_event_id
 from o2o_protocol.timeutil import parse_rfc3339, rfc3339
 from o2o_protocol.topics import kiosk_topic
-from tests.support import MosquittoBroker
+from tests.support import MosquittoBroker, all_at_once
 from tests.test_bridge_ingest import STORE, Peer, make_config
 
 KEY = Ed25519PrivateKey.generate()
@@ -39,26 +38,6 @@ def _service(tmp_path: Path, repo: Repository, **kw: Any) -> ActivityService:
     return ActivityService(repo, config, KEY, CommandService(repo, STORE), **kw)
 
 
-def _all_at_once(n: int, work: Callable[[], Any]) -> list[Any]:
-    """Run `work` in n threads released together; each one's result or exception."""
-    start = threading.Barrier(n)
-    results: list[Any] = [None] * n
-
-    def run(i: int) -> None:
-        start.wait()
-        try:
-            results[i] = work()
-        except Exception as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return results
-
-
 def test_twenty_at_once_for_the_last_five_places_get_exactly_five(
     tmp_path: Path, any_repo: Repository
 ) -> None:
@@ -66,7 +45,7 @@ def test_twenty_at_once_for_the_last_five_places_get_exactly_five(
     a = service.add(title="Tea tasting", at=datetime.now(UTC) + timedelta(days=1), capacity=10)
     for _ in range(5):
         service.sign_up(a.id)
-    results = _all_at_once(20, lambda: service.sign_up(a.id, name="racer"))
+    results = all_at_once(20, lambda: service.sign_up(a.id, name="racer"))
     won = [r for r in results if isinstance(r, tuple)]
     refused = [r for r in results if isinstance(r, ActivityError)]
     assert (len(won), len(refused)) == (5, 15), [r for r in results if r not in won + refused]
@@ -84,7 +63,7 @@ def test_a_sign_up_cancelled_twice_at_once_frees_one_place(
     a = service.add(title="Tea tasting", at=datetime.now(UTC) + timedelta(days=1), capacity=3)
     signup, _ = service.sign_up(a.id)
     service.sign_up(a.id)
-    results = _all_at_once(8, lambda: service.cancel(a.id, signup.id))
+    results = all_at_once(8, lambda: service.cancel(a.id, signup.id))
     assert sum(not isinstance(r, Exception) for r in results) == 1
     assert all(r.status == 409 for r in results if isinstance(r, ActivityError))
     after = service.activity(a.id)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from o2o_protocol.codes import Code, CodeType, key_id, verify_code
 from o2o_protocol.config_file import validate_config
 from o2o_protocol.messages import Event, new_event_id
 from o2o_protocol.timeutil import rfc3339
-from tests.support import MosquittoBroker
+from tests.support import MosquittoBroker, all_at_once
 from tests.test_rewards import Kiosk
 
 STORE = "s1"
@@ -162,32 +161,12 @@ def test_a_campaign_that_cannot_be_is_refused_naming_the_field(
 # --- exact quantities ----------------------------------------------------------------
 
 
-def _at_once(n: int, work: Any) -> list[Any]:
-    """Run `work()` on n threads released together; each result or exception."""
-    barrier = threading.Barrier(n)
-    results: list[Any] = [None] * n
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = work()
-        except Exception as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return results
-
-
 def test_twenty_at_once_for_the_last_ten_flash_sale_codes_get_exactly_ten(
     service: CampaignService, db: Repository
 ) -> None:
     sale = service.create(name="秒杀", kind="flash_sale", value="1元咖啡", quantity=30)
     assert len(service.issue(sale.id, 20)) == 20
-    results = _at_once(20, lambda: service.issue(sale.id, 1))
+    results = all_at_once(20, lambda: service.issue(sale.id, 1))
     won = [r for r in results if isinstance(r, list)]
     lost = [r for r in results if isinstance(r, Refused)]
     assert (len(won), len(lost)) == (10, 10), results
@@ -211,11 +190,11 @@ def test_a_request_for_more_than_are_left_gets_none(
     assert len(service.issue(sale.id, 2)) == 2
 
 
-def test_a_member_gets_no_more_than_the_limit_even_asking_at_once(
+def test_a_member_gets_no_more_than_the_limit_even_askingall_at_once(
     service: CampaignService, db: Repository
 ) -> None:
     buy = service.create(name="团购", kind="group_buy", value="双人套餐", per_member=2)
-    results = _at_once(6, lambda: service.issue(buy.id, 1, member="m-ada"))
+    results = all_at_once(6, lambda: service.issue(buy.id, 1, member="m-ada"))
     assert sum(isinstance(r, list) for r in results) == 2, results
     assert all(isinstance(r, list | Refused) for r in results)
     with pytest.raises(Refused, match="at most 2 each"):
