@@ -213,7 +213,7 @@ class Watcher:
 #: "connected" once, and with --exit-when-drained it stops cleanly once the outbox is empty.
 DRIVER = textwrap.dedent(
     """
-    import logging, sys, time
+    import logging, os, sys, time
     from pathlib import Path
     from kiosk.config import MqttSection
     from kiosk.localdb import KioskDB
@@ -222,6 +222,12 @@ DRIVER = textwrap.dedent(
     data_dir, store_id, kiosk_id, settings, mode = sys.argv[1:6]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     store = KioskDB(Path(data_dir), store=store_id, kiosk=kiosk_id)
+    gate = int(os.environ.get("O2O_TEST_GATE") or 0)
+    if gate:  # the sync sees only events up to this seq (tests/test_sync_chaos.py)
+        everything = store.pending_raw
+        store.pending_raw = lambda limit=None: [
+            e for e in everything(limit) if int(e["seq"]) <= gate
+        ]
     cfg = MqttSection.model_validate_json(settings)
     sync = Sync(cfg, store, version="driver-1", telemetry=lambda: {"camera": "ok"})
     sync.start()
@@ -243,13 +249,21 @@ class KioskProcess:
     """`DRIVER` in a subprocess on a kiosk data directory."""
 
     def __init__(
-        self, directory: Path, data_dir: Path, cfg: MqttSection, *, mode: str = "forever"
+        self,
+        directory: Path,
+        data_dir: Path,
+        cfg: MqttSection,
+        *,
+        mode: str = "forever",
+        gate: int | None = None,
     ) -> None:
+        """`gate`: the sync sees only the events up to that seq (a strike point plus a
+        margin), so a test can strike mid-drain however late a loaded machine polls."""
         script = directory / "kiosk_driver.py"
         script.write_text(DRIVER)
         self.log_path = directory / f"kiosk-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "O2O_TEST_GATE": str(gate or "")}
         self.proc = subprocess.Popen(
             [
                 sys.executable,

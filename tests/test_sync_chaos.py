@@ -139,7 +139,7 @@ def test_kiosk_sigkilled_mid_drain_loses_nothing(
     counts: list[int] = []
     try:
         for point in _interrupt_points(random.Random(), 2):
-            kiosk = KioskProcess(tmp_path, data, cfg)
+            kiosk = KioskProcess(tmp_path, data, cfg, gate=point + AHEAD)
             kiosk.wait_line("connected")
             wait_until(lambda p=point: bridge.count() >= p, DRAIN_TIMEOUT, f"{point} stored")  # type: ignore[misc]
             counts.append(bridge.count())
