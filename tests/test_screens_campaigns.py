@@ -28,6 +28,7 @@ from kiosk.decisions import Decision, Facts, Rules, decide
 from kiosk.screens.outcome import ERROR, Outcome
 from o2o_protocol.codes import Code, verify_code
 from tests.keys import Issuer
+from tests.kivy_driver import on_ui, wait_for
 from tests.test_ui import REPO, _kivy_env, _need_kivy
 
 SHOTS = Path("/tmp/shots")
@@ -109,31 +110,6 @@ def _drive(out: Path) -> dict[str, Any]:
     app = KioskApp(UiSection(language="zh_CN", result_s=60))
     app.backend = Backend()
     report: dict[str, Any] = {"shots": {}}
-
-    def on_ui(fn: Callable[[], Any]) -> Any:
-        done, box = threading.Event(), {}
-
-        def call(_dt: float) -> None:
-            try:
-                box["value"] = fn()
-            except BaseException as exc:
-                box["error"] = exc
-            finally:
-                done.set()
-
-        Clock.schedule_once(call)
-        if not done.wait(10):
-            raise TimeoutError("the UI thread did not answer within 10 s")
-        if "error" in box:
-            raise box["error"]
-        return box.get("value")
-
-    def wait_for(what: str, pred: Callable[[], bool], timeout: float = 10.0) -> None:
-        start = time.monotonic()
-        while not on_ui(pred):
-            if time.monotonic() - start > timeout:
-                raise TimeoutError(f"waited {timeout} s for {what}")
-            time.sleep(0.03)
 
     def labels() -> list[dict[str, Any]]:
         """The result screen's drawn texts: their boxes and what their text needs."""

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict
@@ -37,6 +36,8 @@ from kiosk.screens.rewards import (
     reward_label,
 )
 from o2o_protocol.messages import EventType, Reason
+from tests import kivy_driver
+from tests.kivy_driver import on_ui, wait_for
 from tests.test_ui import REPO, _decode, _kivy_env, _need_kivy
 
 RESULT_S = 3.0
@@ -161,8 +162,6 @@ def _drive(out: Path) -> dict[str, Any]:
         raise SystemExit("driver: no display")
     from kivy.clock import Clock
     from kivy.core.text import Label as CoreLabel
-    from kivy.core.window import Window
-    from kivy.tests.common import UnitTestTouch
     from kivy.uix.label import Label
 
     from kiosk.screens.app import KioskApp
@@ -172,57 +171,14 @@ def _drive(out: Path) -> dict[str, Any]:
     app.backend = backend
     report: dict[str, Any] = {}
 
-    def on_ui(fn: Callable[[], Any]) -> Any:
-        done, box = threading.Event(), {}
-
-        def call(_dt: float) -> None:
-            try:
-                box["value"] = fn()
-            except BaseException as exc:
-                box["error"] = exc
-            finally:
-                done.set()
-
-        Clock.schedule_once(call)
-        if not done.wait(10):
-            raise TimeoutError("the UI thread did not answer within 10 s")
-        if "error" in box:
-            raise box["error"]
-        return box.get("value")
-
-    def wait_for(what: str, pred: Callable[[], bool], timeout: float = 10.0) -> float:
-        start = time.monotonic()
-        while not on_ui(pred):
-            if time.monotonic() - start > timeout:
-                raise TimeoutError(f"waited {timeout} s for {what}")
-            time.sleep(0.03)
-        return time.monotonic()
-
     def result_screen() -> Any:
         return app.root.get_screen("result")
 
     def tap(find: Callable[[], Any]) -> float:
-        wait_for("the end of a transition", lambda: not app.root.transition.is_active)
-
-        def do() -> float:
-            widget = find()
-            x, y = widget.to_window(*widget.center)
-            touch = UnitTestTouch(x, y)
-            touch.touch_down()
-            touch.touch_up()
-            return time.monotonic()
-
-        return float(on_ui(do))
+        return kivy_driver.tap(app, find)
 
     def shot(name: str) -> str:
-        wait_for("the end of a transition", lambda: not app.root.transition.is_active)
-        time.sleep(0.3)  # let labels and textures settle
-
-        def take() -> str:
-            Window.dispatch("on_draw")  # see tests/test_ui.py: draw before reading back
-            return str(Window.screenshot(name=str(out / f"{name}.png")))
-
-        path = str(on_ui(take))
+        path = kivy_driver.screenshot(app, out / f"{name}.png")
         report.setdefault("shots", {})[name] = path
         return path
 

@@ -28,7 +28,9 @@ from kiosk.i18n import LANGUAGES, Messages, load_catalog
 from kiosk.loyalty import RatingSubject
 from kiosk.screens.outcome import ERROR, LOADING, Outcome, describe
 from o2o_protocol.messages import Reason
+from tests import kivy_driver
 from tests.keys import Issuer
+from tests.kivy_driver import on_ui, wait_for
 from tests.support import free_port, missing_component
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,7 +62,6 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
     from kivy.core.text import Label as CoreLabel
     from kivy.core.window import Window
     from kivy.resources import resource_find
-    from kivy.tests.common import UnitTestTouch
 
     from o2o_protocol.messages import Command
 
@@ -80,58 +81,14 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
     app, session = create_app(kiosk)
     report: dict[str, Any] = {}
 
-    def on_ui(fn: Callable[[], Any]) -> Any:
-        done, box = threading.Event(), {}
-
-        def call(_dt: float) -> None:
-            try:
-                box["value"] = fn()
-            except BaseException as exc:
-                box["error"] = exc
-            finally:
-                done.set()
-
-        Clock.schedule_once(call)
-        if not done.wait(10):
-            raise TimeoutError("the UI thread did not answer within 10 s")
-        if "error" in box:
-            raise box["error"]
-        return box.get("value")
-
-    def wait_for(what: str, pred: Callable[[], bool], timeout: float = 10.0) -> float:
-        start = time.monotonic()
-        while not on_ui(pred):
-            if time.monotonic() - start > timeout:
-                raise TimeoutError(f"waited {timeout} s for {what}")
-            time.sleep(0.03)
-        return time.monotonic()
-
     def screen() -> str:
         return str(on_ui(lambda: app.root.current))
 
     def tap(find: Callable[[], Any]) -> None:
-        # The screen manager ignores touches while it fades between screens.
-        wait_for("the end of a transition", lambda: not app.root.transition.is_active)
-
-        def do() -> None:
-            x, y = find().to_window(*find().center)
-            touch = UnitTestTouch(x, y)
-            touch.touch_down()
-            touch.touch_up()
-
-        on_ui(do)
+        kivy_driver.tap(app, find)
 
     def shot(name: str) -> str:
-        wait_for("the end of a transition", lambda: not app.root.transition.is_active)
-        time.sleep(0.3)  # let labels and textures settle
-
-        def take() -> str:
-            # glReadPixels reads the back buffer, which after a swap holds an older frame
-            # (with nothing changing, a mid-fade one): draw the current screen into it first.
-            Window.dispatch("on_draw")
-            return str(Window.screenshot(name=str(out / f"{name}.png")))
-
-        return str(on_ui(take))
+        return kivy_driver.screenshot(app, out / f"{name}.png")
 
     def press_keys(digits: str, *, ok: bool = True) -> None:
         join = app.root.get_screen("join")

@@ -1,0 +1,83 @@
+"""Driving the real Kivy app from a scenario thread, as the Xvfb drivers of test_ui.py,
+test_screens_loyalty.py and test_screens_campaigns.py do (each in its own subprocess:
+Kivy's window is one per process). Kivy is imported only when a driver calls in, so test
+collection never opens a window.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def on_ui(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on the UI thread and hand back its result (or raise what it raised)."""
+    from kivy.clock import Clock
+
+    done, box = threading.Event(), {}
+
+    def call(_dt: float) -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            done.set()
+
+    Clock.schedule_once(call)
+    if not done.wait(10):
+        raise TimeoutError("the UI thread did not answer within 10 s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def wait_for(what: str, pred: Callable[[], bool], timeout: float = 10.0) -> float:
+    """Poll `pred` on the UI thread until it holds; when it did (monotonic seconds)."""
+    start = time.monotonic()
+    while not on_ui(pred):
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(0.03)
+    return time.monotonic()
+
+
+def settled(app: Any) -> None:
+    """The screen manager ignores touches (and shows a half-faded frame) mid-transition."""
+    wait_for("the end of a transition", lambda: not app.root.transition.is_active)
+
+
+def tap(app: Any, find: Callable[[], Any]) -> float:
+    """A finger down and up on the centre of the widget `find` returns; when it was."""
+    from kivy.tests.common import UnitTestTouch
+
+    settled(app)
+
+    def do() -> float:
+        widget = find()
+        x, y = widget.to_window(*widget.center)
+        touch = UnitTestTouch(x, y)
+        touch.touch_down()
+        touch.touch_up()
+        return time.monotonic()
+
+    return float(on_ui(do))
+
+
+def screenshot(app: Any, path: Path) -> str:
+    """The window as a PNG (Kivy may add a counter to the name); the path written."""
+    from kivy.core.window import Window
+
+    settled(app)
+    time.sleep(0.3)  # let labels and textures settle
+
+    def take() -> str:
+        # glReadPixels reads the back buffer, which after a swap holds an older frame
+        # (with nothing changing, a mid-fade one): draw the current screen into it first.
+        Window.dispatch("on_draw")
+        return str(Window.screenshot(name=str(path)))
+
+    return str(on_ui(take))
