@@ -8,7 +8,7 @@ the last codes (threads, or bridge workers on PostgreSQL) can never both get the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -101,10 +101,6 @@ class Campaigns:
         self.repo = repo
         self.store = store
 
-    def _read(self, work: Callable[[Session], Any]) -> Any:
-        with self.repo._sessions() as session:
-            return work(session)
-
     def add(self, record: CampaignRecord) -> CampaignRecord:
         def work(session: Session) -> CampaignRecord:
             row = CampaignRow(
@@ -129,7 +125,7 @@ class Campaigns:
         return self.repo._retrying(work)
 
     def campaign(self, id: str) -> CampaignRecord | None:
-        row = self._read(lambda s: s.get(CampaignRow, (self.store, id)))
+        row = self.repo.read(lambda s: s.get(CampaignRow, (self.store, id)))
         return None if row is None else _campaign(row)
 
     def campaigns(self) -> list[CampaignRecord]:
@@ -138,7 +134,7 @@ class Campaigns:
             .where(CampaignRow.store == self.store)
             .order_by(CampaignRow.created_at, CampaignRow.id)
         )
-        return [_campaign(r) for r in self._read(lambda s: list(s.execute(stmt).scalars()))]
+        return [_campaign(r) for r in self.repo.read(lambda s: list(s.execute(stmt).scalars()))]
 
     def record_issue(self, campaign: str, codes: Sequence[NewIssuedCode]) -> int:
         """Count `codes` as issued and record them, all or none; returns the new `issued`.
@@ -209,7 +205,7 @@ class Campaigns:
             .where(IssuedCodeRow.store == self.store, IssuedCodeRow.campaign == campaign)
             .order_by(IssuedCodeRow.issued_at, IssuedCodeRow.id)
         )
-        rows = self._read(lambda s: list(s.execute(stmt).scalars()))
+        rows = self.repo.read(lambda s: list(s.execute(stmt).scalars()))
         return [NewIssuedCode(r.id, r.member, r.issued_at, r.expires) for r in rows]
 
     def redemptions(self, campaign: str) -> list[Redemption]:
@@ -224,5 +220,5 @@ class Campaigns:
             EventRow.type == EventType.COUPON_REDEEMED.value,
             or_(EventRow.data["campaign"].as_string() == campaign, coupon.in_(ours)),
         )
-        rows = self._read(lambda s: list(s.execute(stmt)))
+        rows = self.repo.read(lambda s: list(s.execute(stmt)))
         return [Redemption(c, ts) for c, ts in rows]

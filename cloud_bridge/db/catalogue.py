@@ -115,10 +115,6 @@ class Catalogue:
         self.repo = repo
         self.store = store
 
-    def _read(self, work: Callable[[Session], Any]) -> Any:
-        with self.repo._sessions() as session:
-            return work(session)
-
     # -- rewards ----------------------------------------------------------------------
 
     def add_reward(
@@ -158,18 +154,18 @@ class Catalogue:
         if not include_retired:
             stmt = stmt.where(RewardRow.active.is_(True))
         stmt = stmt.order_by(RewardRow.created_at, RewardRow.id)
-        result: list[RewardRecord] = self._read(
+        result: list[RewardRecord] = self.repo.read(
             lambda s: [_reward(r) for r in s.execute(stmt).scalars()]
         )
         return result
 
     def reward(self, id: str) -> RewardRecord | None:
-        row = self._read(lambda s: s.get(RewardRow, (self.store, id)))
+        row = self.repo.read(lambda s: s.get(RewardRow, (self.store, id)))
         return None if row is None else _reward(row)
 
     def count_active(self) -> int:
         stmt = select(func.count()).where(RewardRow.store == self.store, RewardRow.active.is_(True))
-        return int(self._read(lambda s: s.scalar(stmt)) or 0)
+        return int(self.repo.read(lambda s: s.scalar(stmt)) or 0)
 
     def update_reward(
         self, id: str, changes: dict[str, Any], *, now: datetime | None = None
@@ -196,7 +192,7 @@ class Catalogue:
     def ratings(self, start: datetime, end: datetime) -> dict[str, Any]:
         """The ratings of [start, end), by when they were given (`figures.rating_summary`)."""
         where = (EventRow.store == self.store, in_period(self.repo._dialect, start, end))
-        result: dict[str, Any] = self._read(lambda s: rating_summary(s, where))
+        result: dict[str, Any] = self.repo.read(lambda s: rating_summary(s, where))
         return result
 
     # -- pools ------------------------------------------------------------------------
@@ -316,7 +312,7 @@ class Catalogue:
             )
             .group_by(PoolCodeRow.kind, PoolCodeRow.reward)
         )
-        result: dict[tuple[str, str | None], int] = self._read(
+        result: dict[tuple[str, str | None], int] = self.repo.read(
             lambda s: {(k, r): int(n) for k, r, n in s.execute(stmt)}
         )
         return result
@@ -395,7 +391,7 @@ class Catalogue:
         )
 
     def pool_code(self, id: str) -> PoolCodeRecord | None:
-        row = self._read(lambda s: s.get(PoolCodeRow, (self.store, id)))
+        row = self.repo.read(lambda s: s.get(PoolCodeRow, (self.store, id)))
         return None if row is None else _pool_code(row)
 
     def pool_codes(
@@ -410,7 +406,7 @@ class Catalogue:
         if unused:
             stmt = stmt.where(PoolCodeRow.used_at.is_(None))
         stmt = stmt.order_by(PoolCodeRow.issued_at, PoolCodeRow.id)
-        result: list[PoolCodeRecord] = self._read(
+        result: list[PoolCodeRecord] = self.repo.read(
             lambda s: [_pool_code(r) for r in s.execute(stmt).scalars()]
         )
         return result

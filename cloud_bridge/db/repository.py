@@ -140,6 +140,11 @@ class Repository:
 
     # -- events ---------------------------------------------------------------------
 
+    def read(self, work: Callable[[Session], T]) -> T:
+        """Run `work` in a session of its own, for reads (nothing committed)."""
+        with self._sessions() as session:
+            return work(session)
+
     def _retrying(self, work: Callable[[Session], T]) -> T:
         """Run `work` in a transaction; again (a few times, jittered) if a concurrent
         writer made the database abort it."""
