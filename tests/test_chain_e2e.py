@@ -101,7 +101,8 @@ def chain(tmp_path: Path, prod_tls: ProdBroker, certs: Path, pg_url: str) -> Ite
     root.mkdir()
     kiosk_args = [a for k in KIOSKS for a in ("--kiosk", k)]
     central_url = f"mqtts://localhost:{prod_tls.port}"
-    bridge_cli(root, "init", "--dir", str(root), "--store", STORE, *kiosk_args, "--mqtt", central_url, "--db", pg_url)  # fmt: skip
+    init = ["init", "--dir", str(root), "--store", STORE, *kiosk_args]
+    bridge_cli(root, *init, "--mqtt", central_url, "--db", pg_url)
     _use_central(root / "bridge.toml", prod_tls, ca)
     key = load_pem_private_key((root / "signing.key").read_bytes(), password=None)
     issuer = Issuer(store=STORE, key=key)  # type: ignore[arg-type]
