@@ -80,13 +80,18 @@ class CommandService:
         """
         return self.send_many([(kiosk, name, data)])[0]
 
-    def send_many(self, items: list[tuple[str, str, dict[str, Any]]]) -> list[Command]:
+    def send_many(
+        self, items: list[tuple[str, str, dict[str, Any]]], *, checked: bool = False
+    ) -> list[Command]:
         """`send` for many `(kiosk, name, data)` at once: queued in one transaction (a
         member's news for every door of the store, a batch of events' worth), then
-        published. ValueError if any is refused (then none is queued)."""
-        checked = [(k, n, checked_command(n, d, limits=self.limits)) for k, n, d in items]
-        cmds = self.repo.add_commands(self.store, checked)
-        for (kiosk, _, _), cmd in zip(checked, cmds, strict=True):
+        published. ValueError if any is refused (then none is queued). `checked`: the
+        caller has already passed each data through `checked_command` (or one that stands
+        for it: see `MemberService`)."""
+        if not checked:
+            items = [(k, n, checked_command(n, d, limits=self.limits)) for k, n, d in items]
+        cmds = self.repo.add_commands(self.store, items)
+        for (kiosk, _, _), cmd in zip(items, cmds, strict=True):
             self._publish(kiosk, cmd)
         return cmds
 

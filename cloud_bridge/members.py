@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from cloud_bridge.commands import CommandService
+from cloud_bridge.commands import CommandService, checked_command
 from cloud_bridge.config import MembersSection
 from cloud_bridge.db import Repository, format_ts
 from cloud_bridge.db.ledger import (
@@ -267,6 +267,20 @@ class MemberService:
                 "last_visit": format_ts(member.last_visit) if member.last_visit else None,
                 "version": snap.version,
             }
+            if not kiosks:
+                continue
+            # The doors' copies differ only in `applied`: the longest one checked against
+            # the command's rules and limits stands for them all.
+            longest = max(kiosks, key=lambda kiosk: len(snap.applied[kiosk]))
+            try:
+                checked_command(
+                    CommandName.MEMBER_UPSERT.value,
+                    {**base, "applied": snap.applied[longest]},
+                    limits=self.commands.limits,
+                )
+            except ValueError as exc:
+                log.error("cannot tell the kiosks about member %s: %s", member_id, exc)
+                continue
             upserts += [
                 (kiosk, CommandName.MEMBER_UPSERT.value, {**base, "applied": snap.applied[kiosk]})
                 for kiosk in kiosks
@@ -274,16 +288,7 @@ class MemberService:
         return upserts
 
     def _send(self, upserts: list[tuple[str, str, dict[str, Any]]]) -> None:
-        try:
-            self.commands.send_many(upserts)
-        except ValueError as exc:
-            # One bad upsert (a name over the limits?) must not silence the others.
-            log.error("cannot queue members' news as one batch (%s): one by one", exc)
-            for kiosk, name, data in upserts:
-                try:
-                    self.commands.send(kiosk, name, data)
-                except ValueError as one:
-                    log.error("cannot tell kiosk %s about member %s: %s", kiosk, data["id"], one)
+        self.commands.send_many(upserts, checked=True)
 
     def after_stored(self, events: list[Event], new: set[str]) -> None:
         """The event sink's hook: count each newly stored event once, then tell the
