@@ -19,6 +19,7 @@ import base64
 import functools
 import json
 import logging
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def sample_token(rng: Rng) -> str:
 
 _NAMES = ("王小明", "Li Na", "陈思远", "Alexandra Montgomery-Whitfield", "欧阳娜娜", "Zhang Wei")
 _CAMPAIGNS = ("春季十次卡·咖啡与甜点", "周末团购 双人下午茶套餐", "Flash sale: pastries", "会员日")
+_SEASONS = ("spring", "member-day", "weekend")
 _VALUES = ("满100减20，周二至周五下午可用", "¥10 off", "买一送一（限饮品）", "20% off any cake")
 
 
@@ -102,7 +104,8 @@ def sample_dense_token(rng: Rng) -> str:
 
     key = Ed25519PrivateKey.from_private_bytes(rng.bytes(32))
     iat = int(rng.integers(1_700_000_000, 1_800_000_000))
-    store = f"store-{rng.choice(['shanghai-jingan', 'beijing-chaoyang', 'shenzhen-nanshan'])}-0{int(rng.integers(1, 9))}"
+    city = rng.choice(["shanghai-jingan", "beijing-chaoyang", "shenzhen-nanshan"])
+    store = f"store-{city}-0{int(rng.integers(1, 9))}"
     code_id = base64.urlsafe_b64encode(rng.bytes(int(rng.integers(9, 24)))).decode().rstrip("=")
     n_windows = int(rng.integers(1, 4))
     hours = [
@@ -117,7 +120,7 @@ def sample_dense_token(rng: Rng) -> str:
         fields: dict[str, object] = {
             "type": "c",
             "exp": iat + 30 * 86400,
-            "cp": f"campaign-{int(rng.integers(1000, 99999))}-{rng.choice(['spring', 'member-day', 'weekend'])}",
+            "cp": f"campaign-{int(rng.integers(1000, 99999))}-{rng.choice(_SEASONS)}",
             "v": str(rng.choice(_VALUES)),
             "cn": str(rng.choice(_CAMPAIGNS)),
             "ck": str(rng.choice(["coupon", "group_buy", "flash_sale", "visit_card"])),
@@ -132,34 +135,38 @@ def sample_dense_token(rng: Rng) -> str:
             "exp": iat + 2 * 86400,
             "at": iat + 86400,
             "n": str(rng.choice(_NAMES)),
-            "sv": str(rng.choice(["洗剪吹 + 护理（资深发型师）", "Latte art workshop for two", "儿童烘焙体验课"])),
+            "sv": str(
+                rng.choice(
+                    ["洗剪吹 + 护理（资深发型师）", "Latte art workshop for two", "儿童烘焙体验课"]
+                )
+            ),
             "ac": f"act-{int(rng.integers(10**6, 10**9))}",
         }
     return issue_code(key, id=f"cp-{code_id}", store=store, iat=iat, **fields)  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=256)
-def _matrix(text: str) -> np.ndarray:
-    """Module matrix, 1 = dark; cached because segno's masking is slow (0.2 s for a dense
-    code)."""
-    matrix = np.array(segno.make(text, error="m").matrix, dtype=np.uint8)
+def _matrix(text: str, mask: int | None = None) -> np.ndarray:
+    """Module matrix, 1 = dark; cached because segno's choice of mask is slow (0.2 s for
+    a dense code). ``mask`` fixes the mask pattern instead (any one reads the same)."""
+    matrix = np.array(segno.make(text, error="m", mask=mask).matrix, dtype=np.uint8)
     matrix.flags.writeable = False
     return matrix
 
 
 @functools.lru_cache(maxsize=256)
-def _symbol(text: str, quiet: int = 4) -> np.ndarray:
+def _symbol(text: str, quiet: int = 4, mask: int | None = None) -> np.ndarray:
     """The symbol with ``quiet`` modules of quiet zone as an image, 0 = dark."""
-    matrix = np.pad(_matrix(text), quiet, constant_values=0)
+    matrix = np.pad(_matrix(text, mask), quiet, constant_values=0)
     img = np.where(matrix > 0, 0, 255).astype(np.uint8)
     img.flags.writeable = False
     return img
 
 
-def qr_card(text: str, size: int, quiet: int = 4) -> np.ndarray:
+def qr_card(text: str, size: int, quiet: int = 4, mask: int | None = None) -> np.ndarray:
     """The code with ``quiet`` modules of quiet zone as a ``size`` x ``size`` grayscale
     image (dark on light)."""
-    img = _symbol(text, quiet)
+    img = _symbol(text, quiet, mask)
     # Upscale with nearest first, then area-downscale: gives the soft module edges a lens does.
     big = cv2.resize(img, None, fx=8, fy=8, interpolation=cv2.INTER_NEAREST)
     return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)
@@ -216,7 +223,7 @@ def _paste(dst: np.ndarray, card: np.ndarray, corners: np.ndarray, invert: bool)
     np.copyto(dst, warped[..., None], where=(mask > 127)[..., None])
 
 
-def _placement(rng: Rng, size: int, angle: float = 0.0, tilt: float = 0.0) -> np.ndarray:
+def _placement(rng: Rng, size: float, angle: float = 0.0, tilt: float = 0.0) -> np.ndarray:
     """Corners of a ``size`` square somewhere in frame, rotated by ``angle`` degrees and
     foreshortened by ``tilt`` (fraction by which one edge shrinks, as when a phone is held
     at an angle)."""
@@ -330,8 +337,14 @@ def _distort(img: np.ndarray, distortion: str, rng: Rng, center: np.ndarray) -> 
 # -- the hard set ---------------------------------------------------------------------------
 
 
+def _mask(text: str) -> int:
+    """The hard set's mask pattern: fixed per text (no rng draw), so segno need not score
+    all eight, which took most of the time the hard set took to render."""
+    return zlib.crc32(text.encode()) % 8
+
+
 def _modules(text: str) -> int:
-    return int(_matrix(text).shape[0])
+    return int(_matrix(text, _mask(text)).shape[0])
 
 
 def _symbol_corners(
@@ -391,7 +404,7 @@ def _paste_surface(
 def _card_surface(text: str, module_px: float, quiet: int, tint: np.ndarray) -> np.ndarray:
     """A printed card (white paper): the code and its quiet zone only."""
     n = _modules(text) + 2 * quiet
-    card = qr_card(text, round(n * module_px), quiet)
+    card = qr_card(text, round(n * module_px), quiet, _mask(text))
     return np.clip(card[..., None].astype(np.float32) * tint, 0, 255).astype(np.uint8)
 
 
@@ -400,12 +413,15 @@ def _no_quiet_surface(
 ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """The code with 0-1 modules of quiet zone on a poster whose dark border or print
     (text, lines, blocks) runs right up to it."""
-    quiet = int(rng.integers(0, 2))
+    dark = rng.random() < 0.5
+    # A dark surround right at the symbol would extend its finder patterns' outer rings:
+    # no decoder could find them, nor a phone camera. One light module is what is left.
+    quiet = 1 if dark else int(rng.integers(0, 2))
     n = _modules(text)
     side = round((n + 2 * quiet) * module_px)
     pad = round(8 * module_px)
     full = side + 2 * pad
-    if rng.random() < 0.5:
+    if dark:
         surface = np.full((full, full, 3), int(rng.integers(15, 70)), np.uint8)
     else:
         surface = np.full((full, full, 3), int(rng.integers(170, 240)), np.uint8)
@@ -413,12 +429,19 @@ def _no_quiet_surface(
             color = tuple(int(v) for v in rng.integers(0, 90, size=3))
             p1 = (int(rng.integers(0, full)), int(rng.integers(0, full)))
             if rng.random() < 0.5:
-                cv2.putText(surface, "SALE 50% 新品", p1, cv2.FONT_HERSHEY_SIMPLEX,
-                            float(rng.uniform(0.5, 1.5)), color, int(rng.integers(1, 4)))
+                cv2.putText(
+                    surface,
+                    "SALE 50% 新品",
+                    p1,
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    float(rng.uniform(0.5, 1.5)),
+                    color,
+                    int(rng.integers(1, 4)),
+                )
             else:
                 p2 = (int(rng.integers(0, full)), int(rng.integers(0, full)))
                 cv2.rectangle(surface, p1, p2, color, int(rng.integers(-1, 5)))
-    card = qr_card(text, side, quiet)
+    card = qr_card(text, side, quiet, _mask(text))
     surface[pad : pad + side, pad : pad + side] = card[..., None]
     q = quiet * side / (n + 2 * quiet)
     return surface, (pad + q, pad + q, pad + side - q, pad + side - q)
@@ -441,15 +464,16 @@ def _screen_surface(
     white, black = float(rng.uniform(200, 250)), float(rng.uniform(12, 45))
     lum = np.full((sh, sw), white, np.float32)
     ox, oy = (sw - code) // 2, round(sh * 0.3)
-    card = qr_card(text, code).astype(np.float32) / 255.0
+    card = qr_card(text, code, 4, _mask(text)).astype(np.float32) / 255.0
     lum[oy : oy + code, ox : ox + code] = black + card * (white - black)
     lum[: round(sh * 0.08)] = float(rng.uniform(60, 160))  # app header bar
     period = float(rng.uniform(1.1, 1.9)) * s
     fill = float(rng.uniform(0.6, 0.8))
-    yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
-    grid = ((xx % period) < fill * period) & ((yy % period) < fill * period)
+    lit_x = (np.arange(sw, dtype=np.float32) % period) < fill * period
+    lit_y = (np.arange(sh, dtype=np.float32) % period) < fill * period
     gap = float(rng.uniform(0.35, 0.7))
-    lum *= np.where(grid, 1.0, 1.0 - gap).astype(np.float32) / (1.0 - gap * (1 - fill * fill))
+    norm = 1.0 / (1.0 - gap * (1 - fill * fill))  # keeps the screen's mean brightness
+    lum *= np.where(lit_y[:, None] & lit_x[None, :], np.float32(norm), np.float32(norm * (1 - gap)))
     tint = np.array([1.0, rng.uniform(0.92, 0.98), rng.uniform(0.82, 0.92)], np.float32)
     screen = np.clip(lum[..., None] * tint, 0, 255).astype(np.uint8)
     body = np.full((sh + 2 * bezel, sw + 2 * bezel, 3), int(rng.integers(10, 40)), np.uint8)
@@ -471,24 +495,36 @@ def _thermal_surface(
     paper = float(rng.uniform(200, 240))
     ox, oy = (sw - code) // 2, round(sh * 0.35)
     ink = np.zeros((sh, sw), np.float32)
-    ink[oy : oy + code, ox : ox + code] = 1.0 - qr_card(text, code).astype(np.float32) / 255.0
+    ink[oy : oy + code, ox : ox + code] = (
+        1.0 - qr_card(text, code, 4, _mask(text)).astype(np.float32) / 255.0
+    )
     lines = np.zeros((sh, sw), np.uint8)
     for i, words in enumerate(("O2O COFFEE", "2026-05-04 14:32", "TOTAL 38.00", "SCAN AT DOOR")):
         y = round(sh * 0.06) + i * round(sh * 0.06)
-        cv2.putText(lines, words, (round(sw * 0.08), y), cv2.FONT_HERSHEY_SIMPLEX,
-                    code / 420, 255, 1)
-    cv2.putText(lines, "THANK YOU", (round(sw * 0.2), round(sh * 0.94)),
-                cv2.FONT_HERSHEY_SIMPLEX, code / 380, 255, 1)
+        cv2.putText(
+            lines, words, (round(sw * 0.08), y), cv2.FONT_HERSHEY_SIMPLEX, code / 420, 255, 1
+        )
+    cv2.putText(
+        lines,
+        "THANK YOU",
+        (round(sw * 0.2), round(sh * 0.94)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        code / 380,
+        255,
+        1,
+    )
     ink = np.maximum(ink, lines.astype(np.float32) / 255.0)
     strength = float(rng.uniform(0.4, 0.75))  # how dark the darkest print still is
     fade = cv2.resize(
-        np.array([[1.0, rng.uniform(0.55, 0.95)], [rng.uniform(0.6, 1.0), rng.uniform(0.55, 0.9)]],
-                 np.float32),
+        np.array(
+            [[1.0, rng.uniform(0.55, 0.95)], [rng.uniform(0.6, 1.0), rng.uniform(0.55, 0.9)]],
+            np.float32,
+        ),
         (sw, sh),
         interpolation=cv2.INTER_LINEAR,
     )
-    dots = (rng.random((sh, sw)) > rng.uniform(0.05, 0.2)).astype(np.float32)
-    dots = cv2.GaussianBlur(dots, (0, 0), 0.7)
+    dropped = rng.random((sh, sw)) > rng.uniform(0.05, 0.2)
+    dots: np.ndarray = cv2.GaussianBlur(dropped.astype(np.float32), (0, 0), 0.7)
     for _ in range(int(rng.integers(0, 3))):
         x = int(rng.integers(ox, ox + code))
         dots[:, x : x + int(rng.integers(1, 3))] *= float(rng.uniform(0.1, 0.5))
@@ -512,12 +548,22 @@ def _varied_camera(img: np.ndarray, rng: Rng) -> np.ndarray:
     return img
 
 
-def make_hard_frame(text: str, distortion: str, rng: Rng) -> np.ndarray:
+def make_hard_frame(
+    text: str,
+    distortion: str,
+    rng: Rng,
+    *,
+    angle: float | None = None,
+    edges: Sequence[str] | None = None,
+) -> np.ndarray:
     """One 640x480 BGR frame of ``text`` under a ``HARD_DISTORTIONS`` entry.
 
     The code's size follows its density, as a customer holds a dense code closer: about
     2.8-3.6 camera pixels per module for a dense code (which then fills most of the
-    frame's height), 3.4-5 for a typical one (a 250-330 px card like ``DISTORTIONS``')."""
+    frame's height), 3.4-5 for a typical one (a 250-330 px card like ``DISTORTIONS``').
+    ``angle`` (degrees) and ``edges`` (frame edges that cut the quiet zone: ``"left"``,
+    ``"right"``, ``"top"``, ``"bottom"``) pin what is otherwise drawn from ``rng``, to
+    rebuild one frame seen at a door."""
     if distortion not in HARD_DISTORTIONS:
         raise ValueError(f"unknown distortion {distortion!r}; expected one of {HARD_DISTORTIONS}")
     img = background(rng, busy=rng.random() < 0.5)
@@ -528,10 +574,12 @@ def make_hard_frame(text: str, distortion: str, rng: Rng) -> np.ndarray:
         module = min(module, 0.92 * HEIGHT / (n + 8))
     else:
         module = float(rng.uniform(250, 330)) / (n + 8)
-    rotated = "rotated" in distortion
-    angle = float(rng.uniform(5, 15) * rng.choice([-1, 1])) if rotated else float(rng.uniform(-4, 4))
+    if angle is None:
+        rotated = "rotated" in distortion
+        angle = float(rng.uniform(5, 15) * rng.choice([-1, 1]) if rotated else rng.uniform(-4, 4))
     tilt = float(rng.uniform(0.05, 0.15)) if "thermal" in distortion else 0.0
-    edges = _edges(rng) if ("edge" in distortion) else []
+    if edges is None:
+        edges = _edges(rng) if "edge" in distortion else []
     side, quiet_px = n * module, 4 * module
     if "screen" in distortion:
         surface, box = _screen_surface(text, module, rng)

@@ -237,6 +237,61 @@ def wiener_deblur(roi: np.ndarray, length: int, angle: float, k: float = _WIENER
     return np.clip(res[pad : pad + h, pad : pad + w], 0, 255).astype(np.uint8)
 
 
+#: Adaptive-threshold block (px) and offset for the finder-pattern count: a block of ~3
+#: modules of a typical code keeps finder rings under screen banding and thermal fade;
+#: the offset keeps flat, noisy areas from making runs.
+_FINDER_BLOCK, _FINDER_C = 21, 7
+_FINDER_STEP = 2  # every 2nd row and column: a finder's 3-module core spans 4+ px
+_FINDER_HITS = 2  # scans of each direction that must cross one finder
+_FINDER_CELL = 8  # px: hits of row and column scans meet within a cell (and its neighbours)
+#: Finder-like places that open the gate to the pyzbar and screen stages: a code shows
+#: three (two when one is cut or smeared); busy code-free scenes mostly fewer.
+_FINDER_MIN = 2
+
+
+def _finder_centres(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the centres of dark-light-dark-light-dark runs in 1:1:3:1:1
+    proportion (a QR finder pattern crossed through its middle) along the rows of ``b``
+    (uint8, 1 = dark). Vectorised over all runs of the image at once."""
+    bp = cv2.copyMakeBorder(b, 0, 0, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    pts = cv2.findNonZero(cv2.absdiff(bp[:, 1:], bp[:, :-1]))
+    empty = np.zeros(0, np.int32)
+    if pts is None or len(pts) < 6:
+        return empty, empty
+    pts = pts.reshape(-1, 2)
+    cols, rows = pts[:, 0], pts[:, 1]
+    n = rows.size - 5
+    # Six transitions on one row bound five runs; the first must start a dark run.
+    ok = (rows[5:] == rows[:-5]) & (bp[rows[:-5], cols[:-5] + 1] == 1)
+    runs = np.diff(cols).astype(np.float32)
+    unit = (cols[5:] - cols[:-5]).astype(np.float32) / np.float32(7.0)
+    ok &= unit >= 1.3
+    for k, modules, tol in ((0, 1, 0.5), (1, 1, 0.5), (2, 3, 0.9), (3, 1, 0.5), (4, 1, 0.5)):
+        ok &= np.abs(runs[k : k + n] - modules * unit) <= np.maximum(tol * unit, 1.0)
+    i = np.nonzero(ok)[0]
+    return rows[i], (cols[i + 2] + cols[i + 3]) // 2
+
+
+def count_finder_patterns(gray: np.ndarray) -> int:
+    """How many places look like a QR finder pattern: crossed in 1:1:3:1:1 proportion by
+    both a row and a column scan (what zbar looks for). Text, shapes and random texture
+    cross that way along one direction, rarely along both at the same place."""
+    b = cv2.adaptiveThreshold(
+        gray, 1, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY_INV, _FINDER_BLOCK, _FINDER_C
+    )
+    h, w = b.shape
+    step, cell = _FINDER_STEP, _FINDER_CELL
+    across = np.zeros((h // cell + 1, w // cell + 1), np.uint8)
+    down = np.zeros_like(across)
+    r, c = _finder_centres(b[::step])
+    np.add.at(across, (r * step // cell, c // cell), 1)
+    r, c = _finder_centres(cv2.transpose(b[:, ::step]))
+    np.add.at(down, (c // cell, r * step // cell), 1)
+    k = np.ones((2, 2), np.uint8)
+    both = (cv2.dilate(across, k) >= _FINDER_HITS) & (cv2.dilate(down, k) >= _FINDER_HITS)
+    return int(cv2.connectedComponents(both.astype(np.uint8))[0]) - 1
+
+
 class QrDecoder:
     """Reads every QR code in a frame; never raises, whatever the array."""
 
@@ -266,11 +321,27 @@ class QrDecoder:
 
     def _decode_zxing(self, gray: np.ndarray) -> list[Decoded]:
         found = _zxing(gray, "zxing")
-        if not found:
+        if found:
+            return found
+        # A 2x2 closing lifts the thin dark gaps of a phone screen's pixel grid (a code's
+        # modules are wider): the finder count sees through the moire, and so does
+        # zxing-cpp once the closed frame is upscaled.
+        closed = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, np.ones((2, 2), np.uint8))
+        finders = count_finder_patterns(closed) >= _FINDER_MIN
+        if finders:
             # No try_downscale: downscaling would undo the sharpening.
             found = _zxing(_sharpen(gray, 2.0, 1.0), "zxing-sharpen", downscale=False)
         if not found:
-            found = self._motion(gray, _zxing_reader)
+            found = self._motion(gray, _zxing_reader)  # its own gate: smeared finders
+        if found or not finders:
+            return found
+        if zbar_decode is not None:
+            found = _zbar(gray, "zbar")
+        if not found:
+            # 2x cubic: more pixels per module of a dense code (~3 px at the door) for
+            # zxing-cpp's sampler.
+            up = cv2.resize(closed, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC)
+            found = _zxing(up, "zxing-screen", downscale=False, scale=0.5)
         return found
 
     def _motion(self, gray: np.ndarray, read: Reader) -> list[Decoded]:
@@ -307,7 +378,12 @@ class QrDecoder:
 
 
 def _zxing(
-    img: np.ndarray, stage: str, *, downscale: bool = True, offset: Point = (0, 0)
+    img: np.ndarray,
+    stage: str,
+    *,
+    downscale: bool = True,
+    offset: Point = (0, 0),
+    scale: float = 1.0,
 ) -> list[Decoded]:
     results = zxingcpp.read_barcodes(
         np.ascontiguousarray(img),
@@ -323,7 +399,7 @@ def _zxing(
             seen.add(r.text)
             pos = r.position
             poly = tuple(
-                (int(p.x) + offset[0], int(p.y) + offset[1])
+                (int(p.x * scale) + offset[0], int(p.y * scale) + offset[1])
                 for p in (pos.top_left, pos.top_right, pos.bottom_right, pos.bottom_left)
             )
             found.append(Decoded(r.text, poly, stage))
