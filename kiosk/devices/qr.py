@@ -1,27 +1,49 @@
 """QR decoding for camera frames.
 
-Stages, each kept because it reads frames the earlier ones miss on the synthetic corpus
-(``bench/bench_decode.py`` prints frames read per stage; two seeds checked):
+Goal (``bench/bench_decode.py``, per distortion, against both libraries in one run):
+never miss a frame that plain zxing-cpp or plain pyzbar reads on its own, at a median
+time under half of plain pyzbar's. Stages, each kept because it reads frames the earlier
+ones miss, on the classic corpus and on the hard one that is rendered differently (dense
+long tokens, cut or missing quiet zones, 5-15 degree rotations, phone screens, thermal
+slips; ``devtools/corpus.py``):
 
 1. zxing-cpp on the grayscale frame. It reads clean, dark, low-contrast, glared, noisy,
-   JPEG-damaged, rotated, tilted, small and inverted (light-on-dark) codes, and at ~1 ms
-   per 640x480 frame it is ~10x cheaper than plain pyzbar, so empty frames (the common
-   case at a shop door) stay cheap.
-2. zxing-cpp on an unsharp-masked frame: recovers defocus blur (blur 55% -> 95-100%).
-3. Motion deblur, only when the frame's most textured region is smeared along one
+   JPEG-damaged, rotated, tilted, small, dense and inverted (light-on-dark) codes, and at
+   ~1 ms per 640x480 frame it is over 10x cheaper than plain pyzbar. It reads 378 of the
+   bench's 440 code frames; the rest of a frame's stages run only when it reads nothing.
+2. The finder gate (``count_finder_patterns``, ~2 ms): places crossed in 1:1:3:1:1
+   proportion by both a row and a column scan, on the frame after a 2x2 closing (which
+   lifts a phone screen's dark pixel-grid gaps, narrower than a module, so the moire no
+   longer breaks the finders). Two or more open stages 3, 5 and 6. Measured: two or
+   more on each of 51 frames that pyzbar read and the zxing-cpp stages missed (hard
+   corpus, seeds 101 and 202, and dense screen codes turned 8 degrees with the quiet zone
+   cut) and on every defocused frame the sharpen stage read; on busy code-free frames,
+   two or more on 28% (of 120), so most of them skip the costly stages. Before it,
+   pyzbar ran only when zxing-cpp was missing, and plain pyzbar read screen codes this
+   decoder missed, one of them clean and upright (kept in ``tests/test_qr.py``).
+3. zxing-cpp on an unsharp-masked frame: recovers defocus blur (blur 55% -> 95%).
+4. Motion deblur, only when the frame's most textured region is smeared along one
    direction (gradient structure tensor at half resolution, ~0.5 ms; no other corpus
    frame passes that gate): blur angle from the tensor at full resolution, blur length
    from the cepstrum, then one or two Wiener deconvolutions of that region only.
-   Motion blur 30-40% -> 100%, at ~10-20 ms for those frames.
+   Motion blur 30% -> 100%, at ~10-20 ms for those frames. It has its own gate because
+   a smear also wipes out finder patterns.
+5. Plain pyzbar on the grayscale frame. zxing-cpp cannot see through a phone screen's
+   moire where zbar can (screens 45% vs 95%, dense screen codes 20% vs 90%); it reads 28
+   frames on the bench that the stages before it missed.
+6. zxing-cpp on the closed frame upscaled 2x (cubic): more pixels per module for a dense
+   screen code (~3 px). It read 5 of the 7 hard frames that the stages before it
+   missed (seeds 101 and 202).
 
 Removed by measurement: a stronger unsharp mask and 8-direction deconvolution around
-symbols zxing-cpp detected but could not decode (it read 0 frames once stage 3 existed;
-zxing-cpp rarely even detects a symbol under motion blur).
+symbols zxing-cpp detected but could not decode (it read 0 frames once stage 4 existed;
+zxing-cpp rarely even detects a symbol under motion blur); a gate on symbols zxing-cpp
+detected but could not decode (``return_errors``): it stayed shut on most screen frames
+pyzbar read; zbar at a lower scan density (half the cost, but it lost a tenth of the hard
+frames plain pyzbar read).
 
-pyzbar is used only when zxing-cpp is unavailable or ``use_zxing=False`` (same stages,
-plus an inverted pass since zbar cannot read light-on-dark codes): on the corpus it
-rescued no frame that the zxing-cpp stages missed, and it cannot read strongly tilted
-codes.
+With ``use_zxing=False`` (or zxing-cpp missing) pyzbar does the stages 1, 3 and 4 alone,
+plus an inverted pass since zbar cannot read light-on-dark codes.
 """
 
 from __future__ import annotations
