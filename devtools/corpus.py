@@ -560,7 +560,7 @@ def make_hard_frame(
 
     The code's size follows its density, as a customer holds a dense code closer: about
     2.8-3.6 camera pixels per module for a dense code (which then fills most of the
-    frame's height), 3.4-5 for a typical one (a 250-330 px card like ``DISTORTIONS``').
+    frame's height), 3.6-4.8 for a typical one (a 250-330 px card like ``DISTORTIONS``').
     ``angle`` (degrees) and ``edges`` (frame edges that cut the quiet zone: ``"left"``,
     ``"right"``, ``"top"``, ``"bottom"``) pin what is otherwise drawn from ``rng``, to
     rebuild one frame seen at a door."""

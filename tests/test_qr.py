@@ -16,8 +16,9 @@ from kiosk.devices.qr import (
     Decoded,
     QrDecoder,
     blur_length,
-    count_finder_patterns,
+    find_finder_patterns,
     find_motion_blur,
+    looks_like_qr,
 )
 
 PER_DISTORTION = 6
@@ -247,18 +248,21 @@ def test_upright_code_on_a_phone_screen_that_only_pyzbar_reads(decoder: QrDecode
     assert found[0].stage == "zbar"
 
 
+def _gate(frame: np.ndarray) -> bool:
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    return looks_like_qr(
+        find_finder_patterns(cv2.morphologyEx(gray, cv2.MORPH_CLOSE, np.ones((2, 2), np.uint8)))
+    )
+
+
 def test_finder_gate_keeps_most_code_free_frames_cheap(frames: list) -> None:
     """The pyzbar stage costs ~10x zxing-cpp's: busy code-free frames mostly skip it."""
-    empty = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for text, _, f in frames if text is None]
-    closed = [cv2.morphologyEx(g, cv2.MORPH_CLOSE, np.ones((2, 2), np.uint8)) for g in empty]
-    opened = [count_finder_patterns(g) >= 2 for g in closed]
-    assert sum(opened) <= len(opened) // 2, opened
+    opened = [_gate(f) for text, _, f in frames if text is None]
+    assert sum(opened) <= len(opened) // 3, opened
 
 
 def test_finder_gate_sees_every_code_in_the_hard_slice(
     hard: list[tuple[str, str, np.ndarray]],
 ) -> None:
     for _, dist, frame in hard:
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        closed = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, np.ones((2, 2), np.uint8))
-        assert count_finder_patterns(closed) >= 2, dist
+        assert _gate(frame), dist

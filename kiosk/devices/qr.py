@@ -11,16 +11,18 @@ slips; ``devtools/corpus.py``):
    JPEG-damaged, rotated, tilted, small, dense and inverted (light-on-dark) codes, and at
    ~1 ms per 640x480 frame it is over 10x cheaper than plain pyzbar. It reads 378 of the
    bench's 440 code frames; the rest of a frame's stages run only when it reads nothing.
-2. The finder gate (``count_finder_patterns``, ~2 ms): places crossed in 1:1:3:1:1
-   proportion by both a row and a column scan, on the frame after a 2x2 closing (which
-   lifts a phone screen's dark pixel-grid gaps, narrower than a module, so the moire no
-   longer breaks the finders). Two or more open stages 3, 5 and 6. Measured: two or
-   more on each of 51 frames that pyzbar read and the zxing-cpp stages missed (hard
-   corpus, seeds 101 and 202, and dense screen codes turned 8 degrees with the quiet zone
-   cut) and on every defocused frame the sharpen stage read; on busy code-free frames,
-   two or more on 28% (of 120), so most of them skip the costly stages. Before it,
-   pyzbar ran only when zxing-cpp was missing, and plain pyzbar read screen codes this
-   decoder missed, one of them clean and upright (kept in ``tests/test_qr.py``).
+2. The finder gate (``find_finder_patterns``, ``looks_like_qr``; ~2 ms): places crossed
+   in 1:1:3:1:1 proportion by both a row and a column scan, on the frame after a 2x2
+   closing (which lifts a phone screen's dark pixel-grid gaps, narrower than a module,
+   so the moire no longer breaks the finders); two of them with about the same module
+   size, 11 or more modules apart, open stages 3, 5 and 6. Measured: open on each of 51
+   frames that pyzbar read and the zxing-cpp stages missed (hard corpus, seeds 101 and
+   202, and dense screen codes turned 8 degrees with the quiet zone cut) and on every
+   defocused frame the sharpen stage read (three seeds); on busy code-free frames, open
+   on 19% (of 120; counting places alone, two or more: 28%), so most of them skip the
+   costly stages. Before it, pyzbar ran only when zxing-cpp was missing, and plain
+   pyzbar read screen codes this decoder missed, one of them clean and upright (kept in
+   ``tests/test_qr.py``).
 3. zxing-cpp on an unsharp-masked frame: recovers defocus blur (blur 55% -> 95%).
 4. Motion deblur, only when the frame's most textured region is smeared along one
    direction (gradient structure tensor at half resolution, ~0.5 ms; no other corpus
@@ -266,20 +268,17 @@ _FINDER_BLOCK, _FINDER_C = 21, 7
 _FINDER_STEP = 2  # every 2nd row and column: a finder's 3-module core spans 4+ px
 _FINDER_HITS = 2  # scans of each direction that must cross one finder
 _FINDER_CELL = 8  # px: hits of row and column scans meet within a cell (and its neighbours)
-#: Finder-like places that open the gate to the pyzbar and screen stages: a code shows
-#: three (two when one is cut or smeared); busy code-free scenes mostly fewer.
-_FINDER_MIN = 2
 
 
-def _finder_centres(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns of the centres of dark-light-dark-light-dark runs in 1:1:3:1:1
-    proportion (a QR finder pattern crossed through its middle) along the rows of ``b``
-    (uint8, 1 = dark). Vectorised over all runs of the image at once."""
+def _finder_centres(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, columns and module sizes (px) at the centres of dark-light-dark-light-dark
+    runs in 1:1:3:1:1 proportion (a QR finder pattern crossed through its middle) along
+    the rows of ``b`` (uint8, 1 = dark). Vectorised over all runs of the image at once."""
     bp = cv2.copyMakeBorder(b, 0, 0, 1, 1, cv2.BORDER_CONSTANT, value=0)
     pts = cv2.findNonZero(cv2.absdiff(bp[:, 1:], bp[:, :-1]))
-    empty = np.zeros(0, np.int32)
     if pts is None or len(pts) < 6:
-        return empty, empty
+        none = np.zeros(0, np.int32)
+        return none, none, none.astype(np.float32)
     pts = pts.reshape(-1, 2)
     cols, rows = pts[:, 0], pts[:, 1]
     n = rows.size - 5
@@ -291,13 +290,14 @@ def _finder_centres(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for k, modules, tol in ((0, 1, 0.5), (1, 1, 0.5), (2, 3, 0.9), (3, 1, 0.5), (4, 1, 0.5)):
         ok &= np.abs(runs[k : k + n] - modules * unit) <= np.maximum(tol * unit, 1.0)
     i = np.nonzero(ok)[0]
-    return rows[i], (cols[i + 2] + cols[i + 3]) // 2
+    return rows[i], (cols[i + 2] + cols[i + 3]) // 2, unit[i]
 
 
-def count_finder_patterns(gray: np.ndarray) -> int:
-    """How many places look like a QR finder pattern: crossed in 1:1:3:1:1 proportion by
-    both a row and a column scan (what zbar looks for). Text, shapes and random texture
-    cross that way along one direction, rarely along both at the same place."""
+def find_finder_patterns(gray: np.ndarray) -> list[tuple[float, float, float]]:
+    """Places that look like a QR finder pattern, as (x, y, module size) in pixels:
+    crossed in 1:1:3:1:1 proportion by both a row and a column scan (what zbar looks
+    for). Text, shapes and random texture cross that way along one direction, rarely
+    along both at the same place."""
     b = cv2.adaptiveThreshold(
         gray, 1, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY_INV, _FINDER_BLOCK, _FINDER_C
     )
@@ -305,13 +305,37 @@ def count_finder_patterns(gray: np.ndarray) -> int:
     step, cell = _FINDER_STEP, _FINDER_CELL
     across = np.zeros((h // cell + 1, w // cell + 1), np.uint8)
     down = np.zeros_like(across)
-    r, c = _finder_centres(b[::step])
+    units = np.zeros(across.shape, np.float32)
+    r, c, u = _finder_centres(b[::step])
     np.add.at(across, (r * step // cell, c // cell), 1)
-    r, c = _finder_centres(cv2.transpose(b[:, ::step]))
+    np.add.at(units, (r * step // cell, c // cell), u)
+    r, c, u = _finder_centres(cv2.transpose(b[:, ::step]))
     np.add.at(down, (c // cell, r * step // cell), 1)
+    np.add.at(units, (c // cell, r * step // cell), u)
     k = np.ones((2, 2), np.uint8)
     both = (cv2.dilate(across, k) >= _FINDER_HITS) & (cv2.dilate(down, k) >= _FINDER_HITS)
-    return int(cv2.connectedComponents(both.astype(np.uint8))[0]) - 1
+    n, labels, _, centroids = cv2.connectedComponentsWithStats(both.astype(np.uint8))
+    hits = across.astype(np.float32) + down
+    near = np.ones((3, 3), np.uint8)
+    places = []
+    for j in range(1, n):
+        around = cv2.dilate((labels == j).astype(np.uint8), near) > 0
+        count = float(hits[around].sum())
+        if count:
+            x, y = centroids[j]
+            places.append((float(x) * cell, float(y) * cell, float(units[around].sum()) / count))
+    return places
+
+
+def looks_like_qr(places: list[tuple[float, float, float]]) -> bool:
+    """Two finder-like places of about the same module size at least 11 modules apart,
+    as two finders of one symbol are (14 or more; a version-1 code is 21 modules wide).
+    Noise makes finder-like places too, but mostly alone or in clumps."""
+    for i, (x1, y1, u1) in enumerate(places):
+        for x2, y2, u2 in places[i + 1 :]:
+            if 0.6 * u2 <= u1 <= u2 / 0.6 and np.hypot(x1 - x2, y1 - y2) >= 5.5 * (u1 + u2):
+                return True
+    return False
 
 
 class QrDecoder:
@@ -349,7 +373,7 @@ class QrDecoder:
         # modules are wider): the finder count sees through the moire, and so does
         # zxing-cpp once the closed frame is upscaled.
         closed = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, np.ones((2, 2), np.uint8))
-        finders = count_finder_patterns(closed) >= _FINDER_MIN
+        finders = looks_like_qr(find_finder_patterns(closed))
         if finders:
             # No try_downscale: downscaling would undo the sharpening.
             found = _zxing(_sharpen(gray, 2.0, 1.0), "zxing-sharpen", downscale=False)
