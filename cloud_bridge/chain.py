@@ -173,5 +173,7 @@ def service_health(checks: Mapping[str, Callable[[], dict[str, Any]]]) -> dict[s
     return {
         "status": "degraded" if degraded else "ok",
         "problems": problems,
+        # Every store's link connected and subscribed (what a one-shop /health says).
+        "mqtt_connected": all(h.get("mqtt_connected") for h in stores.values()),
         "stores": stores,
     }
