@@ -304,6 +304,19 @@ def test_two_stores_in_one_service(
             for s in ("s1", "s2", "s3"):
                 assert f"homeassistant/device/o2o_{s}/config" in retained
 
+            # The broker goes away: /health is degraded and names every store's problem.
+            mosquitto_broker.stop()
+            deadline = time.monotonic() + 20
+            while (status := _http(port, "/health"))[0] != 503 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            status, health = _http(port, "/health")
+            assert status == 503 and health["mqtt_connected"] is False, health
+            for store in ("s1", "s2", "s3"):
+                assert any(
+                    p.startswith(f"{store}: broker session down") for p in health["problems"]
+                )
+            mosquitto_broker.start()
+
             if db_url is None:
                 if CHROMIUM is None:
                     missing_component("chromium", "apt-get install chromium, or scripts/setup.sh")
