@@ -304,6 +304,18 @@ def test_two_stores_in_one_service(
             for s in ("s1", "s2", "s3"):
                 assert f"homeassistant/device/o2o_{s}/config" in retained
 
+            # `simulate --store s2` plays store 2's doors through the protocol: its events
+            # land in store 2, acked; store 1 has exactly what its kiosks sent.
+            if db_url is None:
+                out = bridge_cli(shop, "simulate", "--store", "s2", "--weeks", "1")
+                assert " at a1: " in out, out
+                status, body = _http(port, "/api/v1/events?limit=1000", s1)
+                assert sorted(e["id"] for e in body["events"]) == sorted(mine["s1"])
+                status, body = _http(port, "/api/v1/events?limit=1000&order=oldest", s2)
+                simulated = [e["id"] for e in body["events"] if e["data"].get("simulated")]
+                assert simulated and {e["store"] for e in body["events"]} == {"s2"}
+                mine["s2"] += simulated
+
             # The broker goes away: /health is degraded and names every store's problem.
             mosquitto_broker.stop()
             deadline = time.monotonic() + 20
