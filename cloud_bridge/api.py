@@ -66,6 +66,16 @@ _bearer = HTTPBearer(
 )
 
 
+#: What `/openapi.json` says of a service of several stores (docs/chain.md).
+CHAIN_DESCRIPTION = (
+    "This service runs several stores. A store's token (full or read-only) picks its "
+    "store: every route acts on that store only, and `?store=` naming another store is "
+    "a 403. The chain token reads `GET /api/v1/chain` (every store's figures and the "
+    "total) and any read route of one store named by `?store=<id>` (without it: 422); "
+    "it changes nothing (403)."
+)
+
+
 def _event_json(e: StoredEvent) -> dict[str, Any]:
     """The envelope, when it arrived, and `ts_flag` ("ahead"/"behind") for a kiosk clock
     more than a day off (docs/mqtt.md)."""
@@ -165,6 +175,7 @@ def create_app(
     app = FastAPI(
         title="o2o-bridge",
         summary="Events, figures, kiosks and signed codes of one shop",
+        description=CHAIN_DESCRIPTION if chain is not None else "",
         version="1",
         # Swagger UI and ReDoc load their scripts from a CDN, which shop networks may
         # not reach; /openapi.json is what integrators' tools read anyway.

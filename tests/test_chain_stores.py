@@ -290,6 +290,7 @@ def test_two_stores_in_one_service(
             assert _http(port, "/")[0] == 200
             status, spec = _http(port, "/openapi.json")
             assert status == 200 and "/api/v1/chain" in spec["paths"]
+            assert "?store=<id>" in spec["info"]["description"]
 
             # Each store's own figures on its own stats topic, and its own HA device.
             deadline = time.monotonic() + 20
