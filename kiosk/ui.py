@@ -324,7 +324,8 @@ def _configure_window() -> None:
         if size:
             log.warning("%s=%r is not WIDTHxHEIGHT; using the full screen", WINDOW_ENV, size)
         Config.set("graphics", "show_cursor", "0")
-        display = display_size()
+        # Only where X may be used: on KMS/DRM (the kiosk's unit) SDL's full screen is right.
+        display = display_size() if os.environ.get("DISPLAY") else None
         if display is not None and display[2] == "x11":
             width, height, _ = display
             log.info("display %dx%d under X: a borderless window that covers it", width, height)

@@ -109,8 +109,8 @@ _faces: dict[tuple[str, int], Any] = {}
 _face_index: dict[str, int] = {}
 #: Glyph cache: (font file, size, character) -> (advance 26.6, left, top, coverage or None).
 _glyphs: OrderedDict[tuple[str, int, str], tuple[int, int, int, Any]] = OrderedDict()
-#: Enough for every glyph of a few screens in both languages; a glyph at 40 px is ~1.6 kB.
-GLYPH_CACHE = 4096
+#: Enough for the glyphs of every screen in both languages; one at 40 px is ~1.6 kB.
+GLYPH_CACHE = 2048
 
 
 def _face(path: str, size: int) -> Any:
