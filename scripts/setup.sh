@@ -36,8 +36,8 @@ role=${O2O_ROLE:-dev}
 # a Kivy app under xvfb-run and taking a screenshot with CJK text. pyzbar loads
 # libzbar0; the screens draw Chinese with fonts-noto-cjk. The dev role adds what the
 # tests run: Xvfb (the touch UI), x11-utils (xwininfo: where the kiosk's window sits on
-# the X screen), PostgreSQL (the bridge's production database) and Chromium (the owner's
-# dashboard, rendered headless), and systemd-analyze checks the units in deploy/.
+# the X screen), PostgreSQL (the bridge's production database), Chromium (the owner's
+# dashboard, rendered headless) and systemd (systemd-analyze checks the units in deploy/).
 apt_packages=(mosquitto mosquitto-clients openssl)
 kiosk_apt_packages=(
     libzbar0
