@@ -1,11 +1,13 @@
 """The queries behind `GET /api/v1/insights` (docs/insights.md).
 
-A year of a busy shop is some 200k events, so everything that scales with events is
-counted by the database: events are grouped by type and quarter of a UTC hour (a few
-thousand rows for a year, on the (store, ts) index), and the service moves each quarter
-into the shop's own hour in Python, which works for every time zone (even +05:45) on
-SQLite, which knows none. Members are grouped by member id in one pass. Only what is
-small by nature (campaign codes, preorder commands, pickups of the range) is read as rows.
+A year of a busy shop is some 200k events, so nothing that scales with events is read
+for the hours and the members: they come from the roll-ups the event insert keeps
+(`rollup.py`). The counts per type and UTC quarter-hour (grouped by whole hours when the
+zone needs no finer: a few thousand rows for a year) are moved into the shop's own hours
+by the service in Python, which works for every time zone (even +05:45) on SQLite, which
+knows none; the members come back as five numbers and the lapsed list. What is small by
+nature (campaign codes, preorder commands, pickups and ratings of the range) is counted
+from the events and commands themselves.
 """
 
 from __future__ import annotations

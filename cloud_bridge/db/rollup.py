@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -39,6 +39,8 @@ from cloud_bridge.db.records import SKEW
 from cloud_bridge.db.tables import MEMBER_ID, EventCountRow, MemberActivityRow, MemberVisitRow
 from o2o_protocol.messages import EventType
 
+_QUARTER_S = 900
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CHECKIN = EventType.CHECKIN.value
 JOINED = EventType.MEMBER_JOINED.value
 #: The event types `event_counts` keeps (a check-in only when it counted).
@@ -49,17 +51,12 @@ COUNTED_TYPES = (
     EventType.PICKUP_COMPLETED.value,
     JOINED,
 )
+_COUNTED = frozenset(COUNTED_TYPES)
 
 
 def happened(ts: datetime, received_at: datetime) -> datetime:
     """When an event counts: `ts`, or `received_at` for one dated ahead of its arrival."""
     return received_at if ts > received_at + SKEW else ts
-
-
-def quarter(at: datetime) -> datetime:
-    """The start of `at`'s UTC quarter-hour."""
-    at = at.astimezone(UTC)
-    return at.replace(minute=at.minute - at.minute % 15, second=0, microsecond=0)
 
 
 def counts(type_: str, data: Any) -> bool:
@@ -105,15 +102,15 @@ class _Member:
 def add(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Add newly stored events (the insert's rows: store, type, ts, data, received_at)
     to the roll-ups, one upsert per table, in the caller's transaction."""
-    by_quarter: Counter[tuple[str, datetime, str]] = Counter()
-    visits: dict[tuple[str, str, datetime], list[Any]] = {}
+    by_quarter: Counter[tuple[str, int, str]] = Counter()  # quarters since 1970
+    visits: dict[tuple[str, str, int], list[Any]] = {}
     members: dict[tuple[str, str], _Member] = {}
     for row in rows:
         type_, data = row["type"], row["data"]
-        if not counts(type_, data):
+        if type_ not in _COUNTED or not counts(type_, data):
             continue
-        at = happened(row["ts"], row["received_at"]).astimezone(UTC)
-        bucket = quarter(at)
+        at = happened(row["ts"], row["received_at"])
+        bucket = int(at.timestamp() // _QUARTER_S)
         by_quarter[(row["store"], bucket, type_)] += 1
         member = member_of(data) if type_ in (CHECKIN, JOINED) else None
         if member is None:
@@ -128,38 +125,63 @@ def add(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         members.setdefault((row["store"], member), _Member()).add(at, visit)
     if not by_quarter:
         return
-    statements = _upserts(conn.dialect.name)
-    conn.execute(
-        statements[0],
+    dialect = conn.dialect.name
+    sql = _upserts(dialect)
+    at_ = _stamp if dialect == "sqlite" else _aware
+    starts = {q: at_(_EPOCH + timedelta(seconds=q * _QUARTER_S)) for _, q, _ in by_quarter}
+    conn.exec_driver_sql(
+        sql[0],
         [
-            {"store": s, "bucket": b, "type": t, "events": n}
+            {"store": s, "bucket": starts[b], "type": t, "events": n}
             for (s, b, t), n in sorted(by_quarter.items())
         ],
     )
     if not members:
         return
-    conn.execute(
-        statements[1],
-        [
-            {"store": s, "member": m, "bucket": b, "visits": v, "joins": j, "last_visit": last}
-            for (s, m, b), (v, j, last) in sorted(visits.items())
-        ],
-    )
-    conn.execute(
-        statements[2],
+    conn.exec_driver_sql(
+        sql[1],
         [
             {
                 "store": s,
                 "member": m,
-                "first_seen": a.first_seen,
-                "first_visit": a.first_visit,
-                "last_visit": a.last,
-                "prev_visit": a.prev,
+                "bucket": starts[b],
+                "visits": v,
+                "joins": j,
+                "last_visit": at_(last),
+            }
+            for (s, m, b), (v, j, last) in sorted(visits.items())
+        ],
+    )
+    conn.exec_driver_sql(
+        sql[2],
+        [
+            {
+                "store": s,
+                "member": m,
+                "first_seen": at_(a.first_seen),
+                "first_visit": at_(a.first_visit),
+                "last_visit": at_(a.last),
+                "prev_visit": at_(a.prev),
                 "visits": a.visits,
             }
             for (s, m), a in sorted(members.items())
         ],
     )
+
+
+def _stamp(at: datetime | None) -> str | None:
+    """A UTC time as SQLite holds it ('YYYY-MM-DD HH:MM:SS.ffffff', as `UTCDateTime`
+    writes it), passed to the driver as is: a batch's thousands of rows skip
+    SQLAlchemy's per-value conversion."""
+    if at is None:
+        return None
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    return at.isoformat(" ", "microseconds")[:26]  # without its '+00:00'
+
+
+def _aware(at: datetime | None) -> datetime | None:
+    return None if at is None else at.astimezone(UTC)
 
 
 def _latest(dialect: str, *values: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -177,8 +199,8 @@ def _earliest(dialect: str, *values: ColumnElement[Any]) -> ColumnElement[Any]:
 
 
 @cache
-def _upserts(dialect: str) -> tuple[Any, Any, Any]:
-    """The three upserts (built once per dialect, cached by SQLAlchemy as statements)."""
+def _upserts(dialect: str) -> tuple[str, str, str]:
+    """The three upserts as the driver's SQL with named parameters (built once)."""
     insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
     counts_t: Any = EventCountRow.__table__
     up_counts = insert(counts_t)
@@ -216,4 +238,8 @@ def _upserts(dialect: str) -> tuple[Any, Any, Any]:
             "visits": act.c.visits + new.visits,
         },
     )
-    return up_counts, up_visits, up_act
+    target = sqlite.dialect(paramstyle="named") if dialect == "sqlite" else postgresql.dialect()
+    counts_sql, visits_sql, act_sql = (
+        str(stmt.compile(dialect=target)) for stmt in (up_counts, up_visits, up_act)
+    )
+    return counts_sql, visits_sql, act_sql

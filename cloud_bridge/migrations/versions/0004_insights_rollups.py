@@ -96,7 +96,10 @@ def upgrade() -> None:
         f"SELECT store, {sql['quarter']} AS q, type, count(*) FROM ({counted}) AS e "
         "GROUP BY store, q, type"
     )
-    people = f"SELECT * FROM ({counted}) AS e WHERE member IS NOT NULL AND type IN ('checkin', 'member.joined')"
+    people = (
+        f"SELECT * FROM ({counted}) AS e "
+        "WHERE member IS NOT NULL AND type IN ('checkin', 'member.joined')"
+    )
     op.execute(
         "INSERT INTO member_visits (store, member, bucket, visits, joins, last_visit) "
         f"SELECT store, member, {sql['quarter']} AS q, "
