@@ -273,6 +273,7 @@ class EventCountRow(Base):
     joins), kept in the transaction that stores them."""
 
     __tablename__ = "event_counts"
+    __table_args__ = ({"sqlite_with_rowid": False},)  # SQLite: rows in key order
 
     store: Mapped[str] = mapped_column(String(64), primary_key=True)
     #: The start of the UTC quarter-hour.
@@ -286,6 +287,7 @@ class MemberVisitRow(Base):
     a UTC quarter-hour, and the last of those check-ins."""
 
     __tablename__ = "member_visits"
+    __table_args__ = ({"sqlite_with_rowid": False},)  # SQLite: rows in key order
 
     store: Mapped[str] = mapped_column(String(64), primary_key=True)
     member: Mapped[str] = mapped_column(String(MEMBER_ID), primary_key=True)
@@ -301,6 +303,7 @@ class MemberActivityRow(Base):
     counted check-ins: one row per member answers a range that ends after them."""
 
     __tablename__ = "member_activity"
+    __table_args__ = ({"sqlite_with_rowid": False},)  # SQLite: rows in key order
 
     store: Mapped[str] = mapped_column(String(64), primary_key=True)
     member: Mapped[str] = mapped_column(String(MEMBER_ID), primary_key=True)
