@@ -136,7 +136,6 @@ def _forecast(first: date, history: list[Day], days: int) -> tuple[list[DayForec
     # weeks old asked about eight would otherwise be backtested on weeks it was closed.
     opened = next((i for i, d in enumerate(history) if any(d)), 0)
     history = history[opened:]
-    first += timedelta(days=opened)
     ahead = [last + timedelta(days=k) for k in range(1, days + 1)]
     weeks = len(history) // _WEEK
 

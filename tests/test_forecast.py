@@ -287,14 +287,6 @@ def test_weeks_before_the_shop_opened_are_no_data_not_quiet_weeks() -> None:
     assert all(d.high <= 2 * d.checkins + 10 for d in padded_days if d.checkins)
 
 
-def test_a_shop_that_opened_midweek_keeps_its_weekdays() -> None:
-    """Weeks of nothing before a first guest on a Wednesday: the weekdays the backtest
-    learns are the days' own, as for the same shop without those weeks."""
-    young = [(day + timedelta(days=3 * 7 + 2), h, n) for day, h, n in shop(6, seed=5)]
-    empty = [(START + timedelta(days=d), h, 0) for d in range(3 * 7 + 2) for h in range(24)]
-    assert forecast(empty + young) == forecast(young)
-
-
 def test_today_so_far_is_not_learnt_from() -> None:
     """Asked on a Tuesday at 11:00, the history ends with today's first hours: the
     forecast learns from the whole days up to yesterday, and forecasts the 7 days after
