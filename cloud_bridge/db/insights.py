@@ -109,13 +109,13 @@ class InsightQueries:
                 # added up here: cheaper than SQLite's sort for a GROUP BY, and each
                 # distinct hour is turned into a time once.
                 text = type_coerce(bucket, String)
-                cut, fmt = (13, "%Y-%m-%d %H") if whole_hours else (16, "%Y-%m-%d %H:%M")
+                cut, tail = (13, ":00+00:00") if whole_hours else (16, "+00:00")
                 sums: dict[tuple[str, str], int] = defaultdict(int)
-                for t, b, n in session.execute(
+                for t, b, n in session.connection().execute(
                     select(EventCountRow.type, text, EventCountRow.events).where(*where)
                 ):
                     sums[(t, b[:cut])] += n
-                times = {b: datetime.strptime(b, fmt).replace(tzinfo=UTC) for _, b in set(sums)}
+                times = {b: datetime.fromisoformat(b + tail) for b in {b for _, b in sums}}
                 return [(t, times[b], n) for (t, b), n in sums.items()]
             if not whole_hours:
                 rows = session.execute(
