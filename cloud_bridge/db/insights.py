@@ -67,11 +67,18 @@ class MemberInfo:
     points: int
 
 
-def _scan(dialect: str, column: Any) -> Any:
-    """`column` as SQLite may not use an index for (`column || ''`): a range of months
-    reads most of the table, and a plain scan of it is several times cheaper there than
-    a row looked up per index entry. PostgreSQL's planner knows this by itself."""
-    return column + "" if dialect == "sqlite" else column
+#: A range longer than this reads its few event types by the type index on SQLite.
+LONG_RANGE = timedelta(days=62)
+
+
+def _store_of(dialect: str, start: datetime, end: datetime) -> Any:
+    """`events.store` as the filter of a range's few event types (ratings, loads and
+    pickups). Over months, SQLite must not take the (store, ts) index, which reads every
+    event of the range to keep a tenth of them: written as `store || ''` it takes the
+    type index instead (a year: 5x faster). A shorter range reads its days by (store, ts).
+    PostgreSQL's planner weighs this by itself."""
+    long = dialect == "sqlite" and end - start > LONG_RANGE
+    return EventRow.store + "" if long else EventRow.store
 
 
 def _utc(value: Any) -> datetime:
@@ -261,10 +268,10 @@ class InsightQueries:
         stmt = (
             select(minutes)
             .where(
-                _scan(dialect, EventRow.store) == self.store,
+                _store_of(dialect, start, end) == self.store,
                 EventRow.ts >= start - timedelta(days=LOAD_DAYS),
                 EventRow.ts < end,
-                _scan(dialect, EventRow.type).in_(
+                EventRow.type.in_(
                     (EventType.LOCKER_LOADED.value, EventType.PICKUP_COMPLETED.value)
                 ),
                 order.is_not(None),
@@ -340,6 +347,7 @@ class InsightQueries:
             return int(session.scalar(stmt) or 0)
 
     def ratings(self, start: datetime, end: datetime) -> dict[str, Any]:
-        where = (EventRow.store == self.store, EventRow.ts >= start, EventRow.ts < end)
+        store = _store_of(self.repo._dialect, start, end)
+        where = (store == self.store, EventRow.ts >= start, EventRow.ts < end)
         with self._session() as session:
             return rating_summary(session, where)
