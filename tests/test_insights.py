@@ -605,3 +605,17 @@ def test_writers_at_once_lose_no_count(tmp_path: Path, any_repo: Repository) -> 
     assert got["daily"][0]["checkins"] == 400
     assert got["members"] == {"visited": 7, "new": 7, "returning": 0, "lapsed": 0}
     assert got["repeat_visit_rate"] == 1.0
+
+
+def test_a_long_range_reads_the_same_ratings_and_pickups(
+    tmp_path: Path, any_repo: Repository
+) -> None:
+    """Over months the ratings and pickups are read another way on SQLite (by type):
+    the same figures as over the four weeks that hold them."""
+    any_repo.add_events(shop_traffic().events)
+    client = client_for(config_for(tmp_path), any_repo)
+    short = insights(client)
+    long = insights(client, FIRST - timedelta(days=70), LAST)
+    assert long["ratings"] == short["ratings"] and short["ratings"]["count"] == 2
+    assert long["pickup_lead_time_min"] == short["pickup_lead_time_min"]
+    assert short["pickup_lead_time_min"] == {"count": 3, "median": 60.0, "p90": 84.0}
