@@ -252,11 +252,15 @@ class InsightsService:
             for i in range((r.last - history_first).days + 2)
         }
         whole = all(o is not None and o.total_seconds() % 3600 == 0 for o in offsets)
+        shop_hour: dict[datetime, tuple[date, int]] = {}  # each UTC hour converted once
         for type_, at, n in self.db.quarters(start, end, whole_hours=whole):
-            local = self.local(at)
-            day = local.date()
+            where = shop_hour.get(at)
+            if where is None:
+                local = self.local(at)
+                where = shop_hour[at] = (local.date(), local.hour)
+            day = where[0]
             if type_ == EventType.CHECKIN.value:
-                checkins[(day, local.hour)] += n
+                checkins[where] += n
             if r.first <= day <= r.last:
                 by_day[day][type_] += n
         hourly: list[tuple[date, int, int]] = []
