@@ -26,9 +26,12 @@ from kiosk.screens.backend import (
     status_text,
 )
 from kiosk.screens.base import BigButton, CustomerScreen, load_kv
+from kiosk.screens.outcome import short_name
 
 #: How often the lists, the doors and the status line are read again.
 REFRESH_S = 1.0
+#: A text line's height in font sizes for the CJK font (ascent + descent).
+LINE_EM = 1.4
 
 #: Button colours per locker state: free green, holding an order amber, open blue, fault red.
 LOCKER_FILLS = {
@@ -68,7 +71,7 @@ class StaffScreen(CustomerScreen):
         self._snapshot: StaffSnapshot | None = None
 
     def login(self, name: str) -> None:
-        self.staff_name = name
+        self.staff_name = short_name(name)
         self.message = ""
         self.restart_timer()
         self.refresh()
@@ -103,7 +106,7 @@ class StaffScreen(CustomerScreen):
         if snap is None:
             return
         m = App.get_running_app().messages
-        self.preorders = preorders_text(snap, m)
+        self.preorders = preorders_text(snap, m, rows=self._preorder_rows())
         self.status = status_text(snap, m)
         grid = self.ids.lockers
         if [b.number for b in grid.children[::-1]] != [v.number for v in snap.lockers]:
@@ -115,6 +118,12 @@ class StaffScreen(CustomerScreen):
             button.text = locker_text(view, m)
             button.fill = LOCKER_FILLS.get(view.state, LOCKER_FILLS[FAULT])
             button.ink = LOCKER_INKS.get(view.state, WHITE)
+
+    def _preorder_rows(self) -> int:
+        """Orders that fit the list's panel, one a line, keeping a line for "N more"."""
+        label = self.ids.preorders
+        line = label.font_size * label.line_height * LINE_EM
+        return max(1, int(label.height // line) - 1)
 
     # --- staff actions ---------------------------------------------------------------
 
