@@ -417,17 +417,26 @@ def _timing(app: Any) -> dict[str, float]:
     (with short settings), and the join, joined and staff screens."""
     result = app.root.get_screen("result")
     on_ui(lambda: (setattr(result, "ok_s", 1.0), setattr(result, "refusal_s", 2.5)))
+    arrivals: list[float] = []
+    on_ui(
+        lambda: app.root.bind(
+            current=lambda _sm, now: arrivals.append(time.monotonic()) if now == "start" else None
+        )
+    )
+
+    def back_after(show: Callable[[], None]) -> float:
+        """`show` something on the UI thread; seconds until the start screen is back."""
+        shown = on_ui(lambda: (show(), time.monotonic())[1])
+        wait_for("the start screen again", lambda: bool(arrivals) and arrivals[-1] > shown, 15)
+        return arrivals[-1] - float(shown)
+
     times = {}
     for name, outcome in (("success", checkin("李", 3)), ("refusal", refusal("expired", "c"))):
-        on_ui(lambda outcome=outcome: app.show_outcome(outcome))
-        shown = wait_for("the result", lambda: app.root.current == "result")
-        times[name] = wait_for("start again", lambda: app.root.current == "start", 10) - shown
+        times[name] = back_after(lambda outcome=outcome: app.show_outcome(outcome))
     for name in ("join", "joined", "staff"):
         screen = app.root.get_screen(name)
         on_ui(lambda screen=screen: setattr(screen, "timeout_s", 1.0))
-        on_ui(lambda name=name: setattr(app.root, "current", name))
-        shown = wait_for(name, lambda name=name: app.root.current == name)
-        times[name] = wait_for("start again", lambda: app.root.current == "start", 10) - shown
+        times[name] = back_after(lambda name=name: setattr(app.root, "current", name))
     return times
 
 

@@ -31,7 +31,7 @@ from kiosk.screens.outcome import short_name
 #: How often the lists, the doors and the status line are read again.
 REFRESH_S = 1.0
 #: A text line's height in font sizes for the CJK font (ascent + descent).
-LINE_EM = 1.4
+LINE_EM = 1.5
 
 #: Button colours per locker state: free green, holding an order amber, open blue, fault red.
 LOCKER_FILLS = {
