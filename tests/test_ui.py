@@ -604,18 +604,23 @@ def test_screenshots_are_whole_screens_not_mid_fade(ui_run: dict[str, Any]) -> N
     """A fade caught half-way blends two screens; every background pixel must be pure."""
     import cv2
 
-    backgrounds = {  # BGR of NAVY, OK_GREEN and the staff screen's slate, from the .kv
-        "shot_join": (59, 33, 15),
-        "shot_join_bad": (59, 33, 15),
-        "shot_joined": (56, 120, 23),
+    from kiosk.screens.palette import NAVY, OK_GREEN
+
+    def bgr(rgba: tuple[float, ...]) -> tuple[int, ...]:
+        return tuple(round(c * 255) for c in reversed(rgba[:3]))
+
+    backgrounds = {  # NAVY, OK_GREEN, and the staff screen's slate from staff.kv
+        "shot_join": bgr(NAVY),
+        "shot_join_bad": bgr(NAVY),
+        "shot_joined": bgr(OK_GREEN),
         "shot_staff": (56, 41, 31),
         "shot_staff_reprint": (56, 41, 31),
     }
-    for key, bgr in backgrounds.items():
+    for key, colour in backgrounds.items():
         image = cv2.imread(ui_run[key])
         assert image.shape[:2] == (600, 1024), key
         for x, y in ((6, 300), (6, 580), (1018, 580)):
-            assert tuple(int(v) for v in image[y, x]) == pytest.approx(bgr, abs=2), (key, x, y)
+            assert tuple(int(v) for v in image[y, x]) == pytest.approx(colour, abs=2), (key, x, y)
 
 
 def test_language_toggle_switches_the_start_screen(ui_run: dict[str, Any]) -> None:

@@ -31,8 +31,8 @@ import pytest
 from devtools.devbroker import find_program
 from kiosk.loyalty import MemberOffer, RewardChoice
 from kiosk.screens.backend import LockerView, PreorderView, StaffSnapshot
-from kiosk.screens.base import AMBER, INK, MUTED_ON_INK, NAVY, NO_RED, OK_GREEN
 from kiosk.screens.outcome import ERROR, LOADING, Outcome
+from kiosk.screens.palette import AMBER, INK, MUTED_ON_INK, NAVY, NO_RED, OK_GREEN
 from o2o_protocol.messages import EventType, Reason
 from tests import kivy_driver
 from tests.kivy_driver import on_ui, wait_for
@@ -386,7 +386,7 @@ def _drive(out: Path, size: str) -> dict[str, Any]:
 def _colours(app: Any) -> dict[str, Any]:
     """The colours the contrast goals are about, as the widgets have them now: each
     [foreground, background] (a translucent foreground is blended by the test)."""
-    from kiosk.screens.base import result_colours
+    from kiosk.screens.palette import result_colours
 
     result = app.root.get_screen("result")
     join = app.root.get_screen("join")

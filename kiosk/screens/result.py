@@ -22,8 +22,9 @@ from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.widget import Widget
 
 from kiosk.loyalty import MemberOffer, RatingSubject, RewardChoice, rating_subject
-from kiosk.screens.base import INK, OK_GREEN, BigButton, CustomerScreen, load_kv, result_colours
+from kiosk.screens.base import BigButton, CustomerScreen, load_kv
 from kiosk.screens.outcome import Outcome, ResultText
+from kiosk.screens.palette import INK, OK_GREEN, result_colours
 from kiosk.screens.rewards import (
     MAX_REWARDS,
     RATINGS,
