@@ -314,6 +314,8 @@ def _drive(out: Path, size: str) -> dict[str, Any]:
         for name, outcome in outcomes():
             show(outcome)
             look(name)
+            if name == "pickup":
+                report.setdefault("pickup_fonts", {})[language] = on_ui(lambda: _fonts(result))
 
         # The reward panel, its confirm step and the answer, and the rating row.
         show(checkin(LONG_ZH, 9, "ev-c"))
@@ -381,6 +383,18 @@ def _drive(out: Path, size: str) -> dict[str, Any]:
     app.bind(on_start=lambda *_: threading.Thread(target=scenario, daemon=True).start())
     app.run()
     return report
+
+
+def _fonts(screen: Any) -> dict[str, Any]:
+    """The font size of the locker number and of every other visible text on a screen."""
+    from kivy.uix.label import Label
+
+    others = [
+        w.font_size
+        for w in screen.walk(restrict=True)
+        if isinstance(w, Label) and w.text.strip() and w.opacity > 0 and w.text != screen.big
+    ]
+    return {"big": screen.ids.big.font_size, "big_text": screen.ids.big.text, "others": others}
 
 
 def _colours(app: Any) -> dict[str, Any]:
@@ -541,6 +555,14 @@ def test_screenshots_of_every_screen(layout: dict[str, Any]) -> None:
         image = cv2.imread(path)
         assert image is not None and image.shape[:2] == (480, 800), key
         assert float(image.std()) > 10, f"{key} is (nearly) uniform"
+
+
+def test_the_locker_number_is_the_largest_text_on_the_pickup_screen(
+    layout: dict[str, Any],
+) -> None:
+    for language, fonts in layout["pickup_fonts"].items():
+        assert fonts["big_text"] == "12", language
+        assert fonts["others"] and fonts["big"] > 1.5 * max(fonts["others"]), language
 
 
 def test_offline_banner_comes_and_goes(layout: dict[str, Any]) -> None:

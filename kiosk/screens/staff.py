@@ -30,8 +30,6 @@ from kiosk.screens.outcome import short_name
 
 #: How often the lists, the doors and the status line are read again.
 REFRESH_S = 1.0
-#: A text line's height in font sizes for the CJK font (ascent + descent).
-LINE_EM = 1.5
 
 #: Button colours per locker state: free green, holding an order amber, open blue, fault red.
 LOCKER_FILLS = {
@@ -69,6 +67,9 @@ class StaffScreen(CustomerScreen):
         self._poll: Any = None
         self._asking = False
         self._snapshot: StaffSnapshot | None = None
+        self._lines: dict[tuple[float, float], tuple[float, float]] = {}
+        # How many orders fit depends on the list's height: list again when it changes.
+        self.ids.preorders.bind(height=lambda *_: self._render())
 
     def login(self, name: str) -> None:
         self.staff_name = short_name(name)
@@ -122,8 +123,23 @@ class StaffScreen(CustomerScreen):
     def _preorder_rows(self) -> int:
         """Orders that fit the list's panel, one a line, keeping a line for "N more"."""
         label = self.ids.preorders
-        line = label.font_size * label.line_height * LINE_EM
-        return max(1, int(label.height // line) - 1)
+        first, line = self._line_heights(label.font_size, label.line_height)
+        fit = 1 + int(max(0.0, label.height - first) // line) if line > 0 else 1
+        return max(1, fit - 1)
+
+    def _line_heights(self, font_size: float, line_height: float) -> tuple[float, float]:
+        """The height of one line of the list, and of each further line, as drawn."""
+        key = (font_size, line_height)
+        if key not in self._lines:
+            from kivy.core.text import Label as CoreLabel
+
+            heights = []
+            for text in ("D-1", "D-1\nD-2"):
+                core = CoreLabel(text=text, font_size=font_size, line_height=line_height)
+                core.refresh()
+                heights.append(float(core.texture.height) if core.texture else 0.0)
+            self._lines[key] = (heights[0], heights[1] - heights[0])
+        return self._lines[key]
 
     # --- staff actions ---------------------------------------------------------------
 
