@@ -31,26 +31,13 @@ format: setup
 bench: setup
 	@$(BIN)/python -m bench
 
-# The door story (scripts/demo.py), then the same shop with history: its broker and
-# cloud service again, six weeks of simulated traffic through the kiosks' protocol
-# (`o2o-bridge simulate`), and the dashboard served until Ctrl-C.
+# The door story, then the same shop with weeks of simulated history, left running until
+# Ctrl-C: the dashboard (address printed) and, on a machine with a display, the kiosk's
+# window playing the demo codes through a simulated camera (scripts/demo.py).
 DEMO_WEEKS ?= 6
 
 demo: setup
-	@$(BIN)/python scripts/demo.py
-	@cd demo-run || exit 1; \
-	py=../$(BIN)/python; \
-	port=$$($$py -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
-	mosq=$$(command -v mosquitto || echo /usr/sbin/mosquitto); \
-	$$mosq -c broker/mosquitto.conf >>broker/mosquitto.log 2>&1 & broker=$$!; \
-	../$(BIN)/o2o-bridge run --config bridge.toml --http 127.0.0.1:$$port >>bridge.log 2>&1 & bridge=$$!; \
-	trap 'kill $$bridge $$broker 2>/dev/null; wait' EXIT; \
-	trap 'exit 0' INT TERM; \
-	$$py -c 'import itertools, socket, sys, time; [time.sleep(0.2) for _ in itertools.islice(iter(lambda: socket.socket().connect_ex(("127.0.0.1", int(sys.argv[1]))), 0), 150)]' $$port; \
-	echo; echo "$(DEMO_WEEKS) weeks of the same shop's door traffic, sent as its kiosk would:"; \
-	../$(BIN)/o2o-bridge simulate --config bridge.toml --weeks $(DEMO_WEEKS) --seed 1 && \
-	echo "Dashboard with history: http://127.0.0.1:$$port/  (token in demo-run/dashboard.token; Ctrl-C stops)" && \
-	wait $$bridge
+	@$(BIN)/python scripts/demo.py --weeks $(DEMO_WEEKS)
 
 # Caches and build leftovers; keeps .venv (use distclean to drop it too).
 clean:

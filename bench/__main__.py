@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_decode, bench_insights, bench_latency, bench_store, bench_sync
+from bench import bench_decode, bench_insights, bench_latency, bench_store, bench_sync, bench_ui
 
 
 def main() -> int:
@@ -32,6 +32,9 @@ def main() -> int:
     print()
     insights = bench_insights.run(quick=quick)
     bench_insights.print_table(insights)
+    print()
+    ui = bench_ui.run(quick=quick)
+    bench_ui.print_table(ui)
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": {"python": platform.python_version(), "cpu": platform.machine()},
@@ -40,6 +43,7 @@ def main() -> int:
         "store": store,
         "sync": sync,
         "insights": insights,
+        "ui": ui,
     }
     out = Path(__file__).parent / "results.json"
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -66,6 +66,16 @@ _bearer = HTTPBearer(
 )
 
 
+#: What `/openapi.json` says of a service of several stores (docs/chain.md).
+CHAIN_DESCRIPTION = (
+    "This service runs several stores. A store's token (full or read-only) picks its "
+    "store: every route acts on that store only, and `?store=` naming another store is "
+    "a 403. The chain token reads `GET /api/v1/chain` (every store's figures and the "
+    "total) and any read route of one store named by `?store=<id>` (without it: 422); "
+    "it changes nothing (403)."
+)
+
+
 def _event_json(e: StoredEvent) -> dict[str, Any]:
     """The envelope, when it arrived, and `ts_flag` ("ahead"/"behind") for a kiosk clock
     more than a day off (docs/mqtt.md)."""
@@ -95,12 +105,16 @@ def create_app(
     members: MemberService | None = None,
     rewards: RewardService | None = None,
     activities: ActivityService | None = None,
+    chain_token: str | None = None,
+    chain: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """The bridge's web app. Token and key are read from the config's files unless given.
 
     `commands` sends what `POST /api/v1/kiosks/{kiosk}/commands` queues (without it they
     are only queued, and sent when a kiosk's status asks for them); with `mqtt_connected`,
-    `/health` also tells whether the broker connection is up."""
+    `/health` also tells whether the broker connection is up. In a service of several
+    stores (chain.py), `chain_token` reads this store too (never changes it) and
+    `chain` answers `GET /api/v1/chain` for it."""
     api_token = token if token is not None else load_api_token(config)
     if read_token is None and token is None:
         read_token = load_read_token(config)
@@ -112,8 +126,9 @@ def create_app(
         members = MemberService(repo, store, commands, config.kiosks, settings=config.members)
     expected = api_token.encode()
     expected_read = read_token.encode() if read_token else None
+    expected_chain = chain_token.encode() if chain_token else None
 
-    def _role(authorization: str | None) -> Literal["full", "read"] | None:
+    def _role(authorization: str | None) -> Literal["full", "read", "chain"] | None:
         """Who a request's `Authorization` value is. The scheme is case-insensitive (RFC
         7235: `bearer x` is `Bearer x`); only the secret is compared, in constant time."""
         scheme, _, secret = (authorization or "").partition(" ")
@@ -124,6 +139,8 @@ def create_app(
             return "full"
         if expected_read is not None and hmac.compare_digest(given, expected_read):
             return "read"
+        if expected_chain is not None and hmac.compare_digest(given, expected_chain):
+            return "chain"
         return None
 
     def _creds(creds: HTTPAuthorizationCredentials | None) -> str | None:
@@ -143,7 +160,7 @@ def create_app(
     ) -> None:
         """Issuing codes and commanding kiosks: the full API token only."""
         role = _role(_creds(creds))
-        if role == "read":
+        if role in ("read", "chain"):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "this token may only read")
         if role != "full":
             raise _refuse()
@@ -158,6 +175,7 @@ def create_app(
     app = FastAPI(
         title="o2o-bridge",
         summary="Events, figures, kiosks and signed codes of one shop",
+        description=CHAIN_DESCRIPTION if chain is not None else "",
         version="1",
         # Swagger UI and ReDoc load their scripts from a CDN, which shop networks may
         # not reach; /openapi.json is what integrators' tools read anyway.
@@ -302,6 +320,33 @@ def create_app(
         return {"kiosk": kiosk, **cmd.model_dump()}
 
     app.include_router(members_router(members, auth=auth, read_auth=read_auth))
+
+    if chain is not None:
+        figures = chain
+
+        def require_chain(
+            creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        ) -> None:
+            """The chain's figures: the chain token only (a store's token sees its store)."""
+            role = _role(_creds(creds))
+            if role is None:
+                raise _refuse()
+            if role != "chain":
+                raise HTTPException(status.HTTP_403_FORBIDDEN, "the chain token only")
+
+        @app.get(
+            "/api/v1/chain",
+            dependencies=[Depends(require_chain)],
+            tags=["chain"],
+            responses={
+                **READ_ANSWERS,
+                403: {**WRITE_ANSWERS[403], "description": "A store's token, not the chain's"},
+            },
+        )
+        def chain_today() -> dict[str, Any]:
+            """Today's figures of every store of the service (each on its own shop day)
+            and the chain's total (docs/chain.md). The chain token only."""
+            return figures()
 
     dashboard = resources.files("cloud_bridge").joinpath("static/dashboard.html").read_text("utf-8")
     page_headers = {

@@ -21,6 +21,7 @@ from typing import IO, Any, NoReturn
 
 from cloud_bridge.config import (
     CONFIG_NAME,
+    BridgeConfig,
     load_config,
     load_signing_key,
 )
@@ -60,25 +61,47 @@ def cmd_init(args: argparse.Namespace) -> int:
         force=args.force,
         timezone=args.timezone,
     )
-    print(f"wrote {done.config}")
+    if done.added:
+        print(f"added store {done.added} to {done.config}")
+    else:
+        print(f"wrote {done.config}")
     print(f"wrote {done.signing_key}  (private signing key, key id {done.key_id}; keep it secret)")
     print(f"wrote {done.api_token}  (REST API token: issues codes, commands kiosks)")
     print(f"wrote {done.read_token}  (read-only token for the dashboard)")
+    if done.chain_token:
+        print(f"wrote {done.chain_token}  (chain token: reads every store, changes nothing)")
     for p in done.kiosks:
         print(f"wrote {p}")
     print("next:")
     print(f"  o2o-bridge run --config {done.config}")
     for p in done.kiosks:
         print(f"  o2o-kiosk run --config {p}")
-    print(f"  o2o-bridge issue member --config {done.config} --name Ada --png member.png")
+    store = f" --store {done.added}" if done.added else ""
+    print(f"  o2o-bridge issue member --config {done.config}{store} --name Ada --png member.png")
     return 0
+
+
+def _store_config(config: BridgeConfig, store: str | None) -> BridgeConfig:
+    """The config as `--store` sees it (default: the top-level store); status 2 for a
+    store the service does not have."""
+    if store is None:
+        return config
+    try:
+        return config.for_store(store)
+    except KeyError:
+        raise UsageError(
+            f"--store: no store {store!r} in this service ({', '.join(config.store_ids())})"
+        ) from None
 
 
 # -- issue -----------------------------------------------------------------------------
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    service = load_config(args.config)
+    # A store of the service signs with its own key; another store id (a code for a
+    # shop this service does not run) is signed with the top-level store's key.
+    config = service.for_store(args.store) if args.store in service.store_ids() else service
     key = load_signing_key(config)
     try:
         issued = issue(
@@ -129,7 +152,7 @@ def cmd_codes(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--sheet: a PNG holds one page ({PER_PAGE} codes); write a PDF for {args.count}"
             )
-    config = load_config(args.config)
+    config = _store_config(load_config(args.config), args.store)
     key = load_signing_key(config)
     repo = Repository.from_url(config.db.url)
     try:
@@ -180,20 +203,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     repo = Repository.from_url(config.db.url)
     try:
         repo.migrate()
-        write_events(repo.iter_events(store=config.store, since=since), args.format, sys.stdout)
+        # Every store of the service, one after the other; each envelope names its store.
+        for store in config.store_ids():
+            write_events(
+                repo.iter_events(store=store, since=since),
+                args.format,
+                sys.stdout,
+                header=store == config.store,
+            )
     finally:
         repo.close()
     return 0
 
 
-def write_events(events: Iterator[Any], fmt: str, out: IO[str]) -> None:
+def write_events(events: Iterator[Any], fmt: str, out: IO[str], *, header: bool = True) -> None:
     """Write stored events as JSON lines (contract envelopes) or CSV with a header."""
     if fmt == "jsonl":
         for e in events:
             out.write(json.dumps(e.envelope(), ensure_ascii=False, separators=(",", ":")) + "\n")
         return
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     for e in events:
         row = e.envelope()
         row["data"] = json.dumps(row["data"], ensure_ascii=False, separators=(",", ":"))
@@ -239,7 +270,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if not 1 <= args.weeks <= 52:
         raise UsageError("--weeks: 1 to 52")
-    config = load_config(args.config)
+    config = _store_config(load_config(args.config), args.store)
     kiosks = [k for group in args.kiosks or [] for k in group.split(",") if k]
     try:
         summary = simulate(
@@ -274,10 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", default="demo", help="store id (default demo)")
     s.add_argument("--kiosk", action="append", help="kiosk id; repeat for several (default door1)")
     s.add_argument(
-        "--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL for bridge and kiosks"
+        "--mqtt",
+        help="broker URL for bridge and kiosks (default mqtt://127.0.0.1:1883; adding a "
+        "store: the service's, for its kiosk files)",
     )
     s.add_argument("--db", help="database URL (default: SQLite bridge.db beside bridge.toml)")
-    s.add_argument("--force", action="store_true", help="overwrite existing files")
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite existing files (without it, a directory with a bridge.toml gets the "
+        "store added to its service)",
+    )
     s.add_argument(
         "--timezone",
         metavar="TZ",
@@ -313,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--campaign", required=True, metavar="ID", help="campaign id (cp-…)")
     s.add_argument("--count", type=int, required=True, metavar="N", help="how many, 1-1000")
     s.add_argument("--member", metavar="M", help="the member they are for, if any")
+    s.add_argument("--store", metavar="ID", help="the store of the campaign (default: the first)")
     s.add_argument("--format", choices=["csv", "json"], default="csv")
     s.add_argument(
         "--sheet", type=Path, metavar="FILE", help="also write a printable A4 sheet (.png or .pdf)"
@@ -340,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--kiosks", nargs="+", metavar="ID", help="the doors (default: the config's kiosks)"
     )
     s.add_argument("--seed", type=int, default=1, help="same seed, same traffic (default 1)")
+    s.add_argument(
+        "--store", metavar="ID", help="the store whose doors to play (default: the first)"
+    )
     s.add_argument(
         "--speed",
         type=_speed,

@@ -78,10 +78,22 @@ class CommandService:
         Raises ValueError for an unknown command, or data over the limits or not fitting
         the command (nothing is queued).
         """
-        data = checked_command(name, data, limits=self.limits)
-        cmd = self.repo.add_command(self.store, kiosk, name, data)
-        self._publish(kiosk, cmd)
-        return cmd
+        return self.send_many([(kiosk, name, data)])[0]
+
+    def send_many(
+        self, items: list[tuple[str, str, dict[str, Any]]], *, checked: bool = False
+    ) -> list[Command]:
+        """`send` for many `(kiosk, name, data)` at once: queued in one transaction (a
+        member's news for every door of the store, a batch of events' worth), then
+        published. ValueError if any is refused (then none is queued). `checked`: the
+        caller has already passed each data through `checked_command` (or one that stands
+        for it: see `MemberService`)."""
+        if not checked:
+            items = [(k, n, checked_command(n, d, limits=self.limits)) for k, n, d in items]
+        cmds = self.repo.add_commands(self.store, items)
+        for (kiosk, _, _), cmd in zip(items, cmds, strict=True):
+            self._publish(kiosk, cmd)
+        return cmds
 
     def kiosk_reported(self, kiosk: str, status: Status) -> None:
         """The status says how far the kiosk got: send again whatever it has not applied."""

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import (
     BaseModel,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -195,6 +196,18 @@ class ApiSection(_Section):
         return None if v is None else _resolve(v, info)
 
 
+class ChainSection(_Section):
+    """The owner of every store (docs/chain.md); `init` appends it, with the second store."""
+
+    #: The chain's read-only token: reads every store of the service, changes nothing.
+    token_file: Path | None = None
+
+    @field_validator("token_file")
+    @classmethod
+    def _chain_token(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else _resolve(v, info)
+
+
 class SigningSection(_Section):
     #: The Ed25519 private key (PEM, mode 0600) that signs codes. Kiosks hold only the
     #: public half.
@@ -247,7 +260,42 @@ def _section() -> Any:
     return Field(default_factory=dict, validate_default=True)
 
 
+def _check_kiosks(v: list[str]) -> list[str]:
+    for k in v:
+        check_id(k, "kiosk id")
+    if len(set(v)) != len(v):
+        raise ValueError("kiosk ids must be unique")
+    return v
+
+
+def _check_hours(v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    return None if v is None else [w.wire() for w in parse_hours(v)]
+
+
+def _check_zone(v: str | None) -> str | None:
+    shop_zone(v)
+    return v
+
+
+class StoreSection(_Section):
+    """One more store of the service (`[stores.<id>]`, docs/chain.md): what is the shop's
+    own. Broker, database, HTTP address and limits are the service's (top level)."""
+
+    kiosks: list[str] = Field(default_factory=list)
+    timezone: str | None = None
+    opening_hours: list[dict[str, Any]] | None = None
+    lapsed_weeks: Annotated[int, Field(ge=1, le=104)] = 4
+    api: ApiSection = _section()
+    signing: SigningSection = _section()
+    members: MembersSection = _section()
+
+    _kiosks = field_validator("kiosks")(_check_kiosks)
+    _opening_hours = field_validator("opening_hours")(_check_hours)
+    _timezone = field_validator("timezone")(_check_zone)
+
+
 class BridgeConfig(_Section):
+    #: The first store of the service (the only one of a single shop).
     store: str
     mqtt: MqttSection = _section()
     db: DbSection = _section()
@@ -268,30 +316,51 @@ class BridgeConfig(_Section):
     opening_hours: list[dict[str, Any]] | None = None
     #: A member with no visit in this many weeks is lapsed (docs/insights.md).
     lapsed_weeks: Annotated[int, Field(ge=1, le=104)] = 4
+    #: The chain token (`[chain] token_file`), for a service of several stores.
+    chain: ChainSection = _section()
+    #: More stores of the same service, `[stores.<id>]` (docs/chain.md).
+    extra_stores: dict[str, StoreSection] = Field(default_factory=dict, alias="stores")
 
-    @field_validator("opening_hours")
-    @classmethod
-    def _opening_hours(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        return None if v is None else [w.wire() for w in parse_hours(v)]
+    _opening_hours = field_validator("opening_hours")(_check_hours)
+    _kiosks = field_validator("kiosks")(_check_kiosks)
+    _timezone = field_validator("timezone")(_check_zone)
 
     @field_validator("store")
     @classmethod
     def _store(cls, v: str) -> str:
         return check_id(v, "store id")
 
-    @field_validator("kiosks")
+    @model_validator(mode="before")
     @classmethod
-    def _kiosks(cls, v: list[str]) -> list[str]:
-        for k in v:
-            check_id(k, "kiosk id")
-        if len(set(v)) != len(v):
-            raise ValueError("kiosk ids must be unique")
-        return v
+    def _store_defaults(cls, data: Any) -> Any:
+        """A store table's own files default to names with its id (`signing-<id>.key`,
+        `api-<id>.token`), so two stores never share a key by omission; its `[members]`
+        keys default to the top-level ones."""
+        if not isinstance(data, dict) or not isinstance(data.get("stores"), dict):
+            return data
+        members_raw = data.get("members")
+        top_members: dict[str, Any] = members_raw if isinstance(members_raw, dict) else {}
+        stores: dict[str, Any] = {}
+        for sid, table in data["stores"].items():
+            if isinstance(table, dict):
+                table = dict(table)
+                signing = table.get("signing", {})
+                api = table.get("api", {})
+                members = table.get("members", {})
+                if isinstance(signing, dict):
+                    table["signing"] = {"key_file": f"signing-{sid}.key", **signing}
+                if isinstance(api, dict):
+                    table["api"] = {"token_file": f"api-{sid}.token", **api}
+                if isinstance(members, dict):
+                    table["members"] = {**top_members, **members}
+            stores[sid] = table
+        return {**data, "stores": stores}
 
-    @field_validator("timezone")
+    @field_validator("extra_stores")
     @classmethod
-    def _timezone(cls, v: str | None) -> str | None:
-        shop_zone(v)
+    def _store_ids(cls, v: dict[str, StoreSection]) -> dict[str, StoreSection]:
+        for sid in v:
+            check_id(sid, "store id")
         return v
 
     def zone(self) -> tzinfo:
@@ -310,10 +379,81 @@ class BridgeConfig(_Section):
             return f"o2o-bridge-{self.store}-{socket.gethostname()}"
         return f"o2o-bridge-{self.store}"
 
+    # -- several stores (docs/chain.md) -----------------------------------------------
+
+    def store_ids(self) -> list[str]:
+        """Every store of the service, the top-level one first."""
+        return [self.store, *self.extra_stores]
+
+    def is_chain(self) -> bool:
+        """More than one store, or a chain token: the API picks the store by token."""
+        return bool(self.extra_stores) or self.chain.token_file is not None
+
+    def stores(self) -> list[BridgeConfig]:
+        """One single-store view per store (`for_store`), the top-level one first."""
+        return [self.for_store(s) for s in self.store_ids()]
+
+    def for_store(self, store: str) -> BridgeConfig:
+        """The config as one store sees it: its own kiosks, zone, hours, key, tokens and
+        members settings, and the service's broker, database, HTTP and limits. Every
+        per-store part takes this as it took a single shop's config. A configured
+        `mqtt.client_id` gets `-<store>` for every store but the first, so each store's
+        link keeps a session of its own. KeyError for a store the service does not have."""
+        if store == self.store:
+            return self.model_copy(update={"extra_stores": {}})
+        s = self.extra_stores[store]
+        mqtt = self.mqtt
+        if mqtt.client_id:
+            mqtt = mqtt.model_copy(update={"client_id": f"{mqtt.client_id}-{store}"})
+        copy = self.model_copy(
+            update={
+                "store": store,
+                "mqtt": mqtt,
+                "api": s.api,
+                "signing": s.signing,
+                "members": s.members,
+                "kiosks": s.kiosks,
+                "timezone": s.timezone,
+                "opening_hours": s.opening_hours,
+                "lapsed_weeks": s.lapsed_weeks,
+                "extra_stores": {},
+            }
+        )
+        copy._path = self._path
+        return copy
+
+    def key_of(self, store: str) -> str:
+        """The dotted config key where `store` is configured (for messages)."""
+        return "store" if store == self.store else f"stores.{store}"
+
+    def check_stores(self, path: str | Path) -> None:
+        """What no single table can check: a store configured twice, a kiosk in two
+        stores (they share the directory's kiosk files). ConfigError names file and key."""
+        if self.store in self.extra_stores:
+            raise ConfigError(
+                path, f"stores.{self.store}", "this store is already the top-level `store`"
+            )
+        owner: dict[str, str] = {k: self.store for k in self.kiosks}
+        for sid, s in self.extra_stores.items():
+            for k in s.kiosks:
+                if k in owner:
+                    raise ConfigError(
+                        path,
+                        f"stores.{sid}.kiosks",
+                        f"kiosk {k!r} is already a kiosk of store {owner[k]!r}"
+                        " (kiosk ids are unique across the service)",
+                    )
+                owner[k] = sid
+
+    _path: Path | None = PrivateAttr(default=None)
+
 
 def load_config(path: str | Path) -> BridgeConfig:
     """Read `bridge.toml`; raises ConfigError only."""
-    return load_toml(path, BridgeConfig)
+    config = load_toml(path, BridgeConfig)
+    config.check_stores(path)
+    config._path = Path(path)
+    return config
 
 
 def load_signing_key(config: BridgeConfig) -> Ed25519PrivateKey:
@@ -360,3 +500,34 @@ def _warn_if_open(path: Path) -> None:
         return
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("%s is readable by other users: chmod 600 %s", path, path)
+
+
+def load_chain_token(config: BridgeConfig) -> str | None:
+    path = config.chain.token_file
+    return None if path is None else _load_token(path)
+
+
+def load_store_tokens(config: BridgeConfig) -> dict[str, tuple[str, str | None]]:
+    """Each store's (full, read-only) API tokens, checked across the service: a token
+    that opens two stores, or a store token that is also the chain token, would let one
+    shop read another's data, so it stops the bridge (ConfigError names file and key)."""
+    where = config._path or Path(CONFIG_NAME)
+    seen: dict[str, tuple[str | None, str]] = {}  # token -> (store, key); None: the chain
+    chain = load_chain_token(config)
+    if chain is not None:
+        seen[chain] = (None, "chain.token_file")
+    tokens: dict[str, tuple[str, str | None]] = {}
+    for view in config.stores():
+        prefix = "" if view.store == config.store else f"stores.{view.store}."
+        full = load_api_token(view)
+        read = load_read_token(view)
+        for token, key in ((full, "api.token_file"), (read, "api.read_token_file")):
+            if token is None:
+                continue
+            owner, other = seen.setdefault(token, (view.store, prefix + key))
+            if owner != view.store:
+                raise ConfigError(
+                    where, prefix + key, f"the same token as {other}: every store needs its own"
+                )
+        tokens[view.store] = (full, read)
+    return tokens

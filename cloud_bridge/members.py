@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from cloud_bridge.commands import CommandService
+from cloud_bridge.commands import CommandService, checked_command
 from cloud_bridge.config import MembersSection
 from cloud_bridge.db import Repository, format_ts
 from cloud_bridge.db.ledger import (
@@ -235,56 +235,116 @@ class MemberService:
     def notify(self, member_id: str) -> None:
         """Queue `member.upsert` for every kiosk of the store, each with its own
         `applied` (its latest events the balance counts)."""
+        self.notify_many([member_id])
+
+    def notify_many(self, member_ids: Sequence[str]) -> None:
+        """`notify` for many members: one read of them all, one transaction for every
+        kiosk's commands (a batch of check-ins costs a few statements, not a few per
+        member and door)."""
+        if not member_ids:
+            return
         with self._notifying:
-            self._notify(member_id)
+            self._send(self._upserts(member_ids))
 
-    def _notify(self, member_id: str) -> None:
-        self._send(self._upserts(member_id))
-
-    def _upserts(self, member_id: str) -> list[tuple[str, dict[str, Any]]]:
-        """Each kiosk's `member.upsert` data, from one transaction (the balance and every
+    def _upserts(self, member_ids: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
+        """Each kiosk's `member.upsert` data, from one transaction (each balance and every
         `applied` agree), with `version` (the newest entry id): another worker may queue
         its upsert between this read and our send, so a kiosk keeps the one with the
         higher version, not the later seq."""
         kiosks = self.commands.kiosks(self.kiosks)
-        snap = self.book.snapshot(member_id, kiosks)
-        if snap is None:
-            return []
-        member = snap.member
-        base = {
-            "id": member.id,
-            "name": member.name,
-            "points": member.points,
-            "visits": member.visits,
-            "last_visit": format_ts(member.last_visit) if member.last_visit else None,
-            "version": snap.version,
-        }
-        return [(kiosk, {**base, "applied": snap.applied[kiosk]}) for kiosk in kiosks]
-
-    def _send(self, upserts: list[tuple[str, dict[str, Any]]]) -> None:
-        for kiosk, data in upserts:
+        snaps = self.book.snapshots(member_ids, kiosks)
+        upserts: list[tuple[str, str, dict[str, Any]]] = []
+        for member_id in dict.fromkeys(member_ids):
+            snap = snaps.get(member_id)
+            if snap is None:
+                continue
+            member = snap.member
+            base = {
+                "id": member.id,
+                "name": member.name,
+                "points": member.points,
+                "visits": member.visits,
+                "last_visit": format_ts(member.last_visit) if member.last_visit else None,
+                "version": snap.version,
+            }
+            if not kiosks:
+                continue
+            # The doors' copies differ only in `applied`: the longest one checked against
+            # the command's rules and limits stands for them all.
+            longest = max(kiosks, key=lambda kiosk: len(snap.applied[kiosk]))
             try:
-                self.commands.send(kiosk, CommandName.MEMBER_UPSERT.value, data)
+                checked_command(
+                    CommandName.MEMBER_UPSERT.value,
+                    {**base, "applied": snap.applied[longest]},
+                    limits=self.commands.limits,
+                )
             except ValueError as exc:
-                log.error("cannot tell kiosk %s about member %s: %s", kiosk, data["id"], exc)
+                log.error("cannot tell the kiosks about member %s: %s", member_id, exc)
+                continue
+            upserts += [
+                (kiosk, CommandName.MEMBER_UPSERT.value, {**base, "applied": snap.applied[kiosk]})
+                for kiosk in kiosks
+            ]
+        return upserts
+
+    def _send(self, upserts: list[tuple[str, str, dict[str, Any]]]) -> None:
+        self.commands.send_many(upserts, checked=True)
 
     def after_stored(self, events: list[Event], new: set[str]) -> None:
         """The event sink's hook: count each newly stored event once, then tell the
-        kiosks about every member that changed. One bad event is logged and skipped."""
+        kiosks about every member that changed. Check-ins and spends of the batch are
+        counted together (`Ledger.post_many`); joins one by one (a referral credits
+        another member). If the batch fails, each event is tried alone, so one bad event
+        is logged and skipped without holding back the others."""
+        fresh: list[Event] = []
         seen: set[str] = set()
-        changed: dict[str, None] = {}
         for e in events:
-            if e.id in seen or e.id not in new:
-                continue
-            seen.add(e.id)
+            if e.id in new and e.id not in seen:
+                seen.add(e.id)
+                fresh.append(e)
+        self._tell(self._count(fresh))
+
+    def _count(self, events: Sequence[Event]) -> dict[str, None]:
+        """Count events in the ledger; the members that changed, in order."""
+        changed: dict[str, None] = {}
+        postings: list[tuple[Event, Posting, NewMember]] = []
+        for e in events:
             try:
-                changed.update(dict.fromkeys(self._apply(e)))
+                if e.type == EventType.MEMBER_JOINED:
+                    changed.update(dict.fromkeys(self._apply(e)))
+                elif (prepared := self._posting(e)) is not None:
+                    postings.append((e, *prepared))
             except Exception:
                 log.exception("could not count event %s (%s) in the ledger", e.id, e.type)
-        self._tell(changed)
+        if not postings:
+            return changed
+        creates: dict[str, NewMember] = {}
+        for _, _, c in postings:  # as the first event makes it, with the first name given
+            first = creates.setdefault(c.id, c)
+            if first.name is None and c.name is not None:
+                creates[c.id] = replace(first, name=c.name)
+        try:
+            done = self.book.post_many([p for _, p, _ in postings], creates)
+        except Exception:
+            log.exception("could not count %d events as a batch: one by one", len(postings))
+            for e, _, _ in postings:
+                try:
+                    changed.update(dict.fromkeys(self._apply(e)))
+                except Exception:
+                    log.exception("could not count event %s (%s) in the ledger", e.id, e.type)
+            return changed
+        for member_id, points, ref in done.overdrafts:
+            log.warning("member %s overdrawn (%d points) by %s", member_id, points, ref)
+        changed.update(dict.fromkeys(done.changed))
+        return changed
 
     def _tell(self, members: dict[str, None]) -> None:
-        for member_id in members:
+        try:
+            self.notify_many(list(members))
+            return
+        except Exception:
+            log.exception("could not tell the kiosks about %d member(s) at once", len(members))
+        for member_id in members:  # one by one: one that fails holds back no other
             try:
                 self.notify(member_id)
             except Exception:
@@ -312,64 +372,83 @@ class MemberService:
             log.warning("counted %d member event(s) the ledger had missed", counted)
         return counted
 
-    def _apply(self, e: Event) -> list[str]:
-        """Count one event; the members it changed."""
+    def _who(self, e: Event) -> tuple[str, str, datetime] | None:
+        """A counted event's member id, source and time; None (logged) when it names no
+        usable member or is not one the ledger counts."""
         if e.type not in _COUNTED:
-            return []
-        data = e.data
-        member_id = data.get("member_id")
+            return None
+        member_id = e.data.get("member_id")
         problem = member_id_problem(member_id)
         if problem is not None:
             log.warning("event %s (%s) not counted: %s", e.id, e.type, problem)
-            return []
+            return None
         assert isinstance(member_id, str)
-        source = f"kiosk:{e.kiosk}"
         at = parse_rfc3339(e.ts)
         now = datetime.now(UTC)
         if at > now + SKEW:
             # A kiosk clock far ahead (the year 2999): it happened when it arrived, or its
             # `last_visit` would hold the cool-down at every door for good.
             at = now
-        if e.type == EventType.MEMBER_JOINED:
-            if data.get("known") is True:
-                return []
-            referrer = data.get("referrer")
-            new = NewMember(
-                member_id,
-                _name(data.get("name")),
-                source,
-                at,
-                referrer if member_id_problem(referrer) is None else None,
-            )
-            _, created, credited = self.book.create(
-                new, referral_points=self.settings.referral_points
-            )
-            return [member_id, *([credited.id] if credited else [])] if created else []
+        return member_id, f"kiosk:{e.kiosk}", at
+
+    def _posting(self, e: Event) -> tuple[Posting, NewMember] | None:
+        """The entry a check-in or a spend at a kiosk makes, and the member to create if
+        the store does not know it yet; None when it counts nothing."""
+        who = None if e.type == EventType.MEMBER_JOINED else self._who(e)
+        if who is None:
+            return None
+        member_id, source, at = who
+        data = e.data
         create = NewMember(member_id, _name(data.get("name")), source, at)
         if e.type == EventType.CHECKIN:
             earned = _count(data.get("points_earned"), 0, MAX_DELTA)
             counted = data.get("counted")
             if counted is not True and not (counted is None and earned):
-                return []
+                return None
             posting = Posting(
                 member_id, earned or 0, "checkin", source, f"event:{e.id}", at, visit=True
             )
-        else:
-            spent = _count(data.get("points"), 1, MAX_DELTA)
-            if spent is None:
-                log.warning("event %s (points.redeemed) not counted: no points spent", e.id)
-                return []
-            reward = data.get("reward_id")
-            reason = f"reward:{reward}" if isinstance(reward, str) and reward else "reward"
-            posting = Posting(member_id, -spent, reason[:200], source, f"event:{e.id}", at)
+            return posting, create
+        spent = _count(data.get("points"), 1, MAX_DELTA)
+        if spent is None:
+            log.warning("event %s (points.redeemed) not counted: no points spent", e.id)
+            return None
+        reward = data.get("reward_id")
+        reason = f"reward:{reward}" if isinstance(reward, str) and reward else "reward"
+        return Posting(member_id, -spent, reason[:200], source, f"event:{e.id}", at), create
+
+    def _apply(self, e: Event) -> list[str]:
+        """Count one event on its own; the members it changed."""
+        if e.type == EventType.MEMBER_JOINED:
+            return self._join(e)
+        prepared = self._posting(e)
+        if prepared is None:
+            return []
+        posting, create = prepared
         posted = self.book.post(posting, create=create, overdraft_ok=True)
         if posted.entry.overdraft and posted.new:
             log.warning(
                 "member %s overdrawn (%d points) by event %s at kiosk %s",
-                member_id,
+                posting.member,
                 posted.member.points,
                 e.id,
                 e.kiosk,
             )
         # A repeat that filled in a missing name changed what kiosks show too.
-        return [member_id] if posted.new or posted.named else []
+        return [posting.member] if posted.new or posted.named else []
+
+    def _join(self, e: Event) -> list[str]:
+        who = self._who(e)
+        if who is None or e.data.get("known") is True:
+            return []
+        member_id, source, at = who
+        referrer = e.data.get("referrer")
+        new = NewMember(
+            member_id,
+            _name(e.data.get("name")),
+            source,
+            at,
+            referrer if member_id_problem(referrer) is None else None,
+        )
+        _, created, credited = self.book.create(new, referral_points=self.settings.referral_points)
+        return [member_id, *([credited.id] if credited else [])] if created else []

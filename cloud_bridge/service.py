@@ -1,5 +1,9 @@
 """`o2o-bridge run`: the MQTT runtime, REST API and dashboard in one process, stopped in order.
 
+A service of several stores (docs/chain.md) runs one runtime per store (its own MQTT
+link, client id, figures and Home Assistant device) on one shared repository, and one
+HTTP server whose `ChainApp` picks the store by token.
+
 Start-up binds the HTTP socket first (a port in use is a one-line error, before anything
 else has started), then starts the runtime (`runtime.py`: ingest, commands, figures),
 then serves. SIGTERM or SIGINT stops uvicorn, then the runtime (which stores and acks
@@ -18,9 +22,16 @@ from types import FrameType
 
 import uvicorn
 from sqlalchemy.engine import make_url
+from starlette.types import ASGIApp
 
 from cloud_bridge.api import create_app
-from cloud_bridge.config import BridgeConfig, load_signing_key
+from cloud_bridge.chain import ChainApp, chain_figures, service_health
+from cloud_bridge.config import (
+    BridgeConfig,
+    load_chain_token,
+    load_signing_key,
+    load_store_tokens,
+)
 from cloud_bridge.db import Repository
 from cloud_bridge.runtime import BridgeRuntime
 from o2o_protocol.config_file import ConfigError
@@ -62,7 +73,52 @@ def run_service(
         if password:  # a driver may quote the URL it was given
             first = first.replace(str(password), "***")
         raise ConfigError(config_path, "db.url", f"cannot open the database: {first}") from None
+    runtimes: list[BridgeRuntime] = []
     try:
+        app, runtimes = _build(config, repo)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            sock = socket.create_server((host, port), family=family)
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    except BaseException:
+        repo.close()
+        raise
+
+    started: list[BridgeRuntime] = []
+    for runtime in runtimes:
+        runtime.start()
+        started.append(runtime)
+    server = Server(
+        uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
+        )
+    )
+    log.info(
+        "o2o-bridge for store%s %s listening on http://%s:%d (broker %s, database %s)",
+        "s" if len(runtimes) > 1 else "",
+        ", ".join(config.store_ids()),
+        host,
+        port,
+        config.mqtt.url,
+        make_url(config.db.url).render_as_string(hide_password=True),
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        while started:
+            started.pop().stop()
+        repo.close()
+        sock.close()
+        log.info("stopped")
+    return 0
+
+
+def _build(config: BridgeConfig, repo: Repository) -> tuple[ASGIApp, list[BridgeRuntime]]:
+    """The web app and one runtime per store. A single shop: its app as it always was.
+    Several stores (or a chain token): each store's app and runtime on its own config
+    view, behind `ChainApp`, which picks the store by token (docs/chain.md)."""
+    if not config.is_chain():
         key = load_signing_key(config)
         runtime = BridgeRuntime(config, repo, signing_key=key)
         app = create_app(
@@ -76,34 +132,31 @@ def run_service(
             mqtt_connected=lambda: runtime.ready,
             ingest_health=runtime.health,
         )
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            sock = socket.create_server((host, port), family=family)
-        except OSError as exc:
-            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    except BaseException:
-        repo.close()
-        raise
-
-    runtime.start()
-    server = Server(
-        uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
+        return app, [runtime]
+    tokens = load_store_tokens(config)
+    chain_token = load_chain_token(config)
+    views = config.stores()
+    runtimes: dict[str, BridgeRuntime] = {}
+    apps: dict[str, ASGIApp] = {}
+    for view in views:
+        key = load_signing_key(view)
+        runtime = BridgeRuntime(view, repo, signing_key=key)
+        full, read = tokens[view.store]
+        apps[view.store] = create_app(
+            view,
+            repo,
+            token=full,
+            read_token=read,
+            chain_token=chain_token,
+            chain=lambda: chain_figures(repo, views),
+            signing_key=key,
+            commands=runtime.commands,
+            members=runtime.members,
+            rewards=runtime.rewards,
+            activities=runtime.activities,
+            ingest_health=runtime.health,
         )
-    )
-    log.info(
-        "o2o-bridge for store %s listening on http://%s:%d (broker %s, database %s)",
-        config.store,
-        host,
-        port,
-        config.mqtt.url,
-        make_url(config.db.url).render_as_string(hide_password=True),
-    )
-    try:
-        server.run(sockets=[sock])
-    finally:
-        runtime.stop()
-        repo.close()
-        sock.close()
-        log.info("stopped")
-    return 0
+        runtimes[view.store] = runtime
+    health = {store: rt.health for store, rt in runtimes.items()}
+    chain = ChainApp(apps, tokens, chain_token, lambda: service_health(health))
+    return chain, list(runtimes.values())

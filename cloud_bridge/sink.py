@@ -18,8 +18,10 @@ database step raises (a recursion, an overflow, a driver's encoding error) is to
 by trying the database with a harmless stand-in: if that goes in, the event is at fault
 and quarantined; if not, the database is, and the batch waits for it.
 
-What follows a commit (rules such as passing on a redeemed coupon, command re-sends on a
-kiosk's status, fresh figures) is handed to the hooks the runtime wires in.
+What follows a commit is handed on: the after-stored hooks (the ledger, code pools,
+attendance, rules such as passing on a redeemed coupon) to their own thread
+(`hooks.py`), so they never hold back the next batch's ack; command re-sends on a
+kiosk's status and fresh figures to the hooks the runtime wires in.
 
 Longer than most modules, on purpose: the path from a message taken off the wire to its
 ack (check, batch, store or quarantine, ack the kiosk, PUBACK the broker) is one
@@ -45,6 +47,7 @@ from pydantic import ValidationError
 from cloud_bridge.db import Repository, is_connection_error, one_line
 from cloud_bridge.db.errors import json_preview, text_problem
 from cloud_bridge.db.repository import RAW_CHARS
+from cloud_bridge.hooks import AfterStored, HookRunner
 from cloud_bridge.payloads import MAY_HOLD_BAD_TEXT, loads_bounded
 from o2o_protocol.limits import DEFAULT_LIMITS, Limits, check_json
 from o2o_protocol.messages import (
@@ -60,8 +63,6 @@ from o2o_protocol.topics import ACKS, EVENTS, STATUS, kiosk_topic, parse_kiosk_t
 
 log = logging.getLogger(__name__)
 
-#: Runs after a batch is committed and acked: (every event of the batch, the new ids).
-AfterStored = Callable[[list[Event], set[str]], None]
 #: Runs after a kiosk's status is recorded: (kiosk, status).
 StatusHook = Callable[[str, Status], None]
 
@@ -137,7 +138,7 @@ class EventSink:
         self.repo = repo
         self.store = store
         self.max_batch = max_batch
-        self._after_stored = list(after_stored)
+        self._after_commit = HookRunner(after_stored)
         self._on_status = list(on_status)
         self._on_batch = on_batch
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -155,6 +156,7 @@ class EventSink:
         )
 
     def start(self) -> None:
+        self._after_commit.start()
         self._worker = threading.Thread(target=self._work, name="bridge-ingest", daemon=True)
         self._worker.start()
 
@@ -168,6 +170,7 @@ class EventSink:
             self._worker.join(timeout)
             if self._worker.is_alive():
                 log.warning("ingest worker did not finish within %.0fs", timeout)
+        self._after_commit.stop()
 
     # -- network thread -----------------------------------------------------------------
 
@@ -330,9 +333,7 @@ class EventSink:
                 return  # gave up while stopping: nothing acked, everything will come again
             log.debug("stored %d new of %d events", len(new), len(events))
             self._ack(events, [r for _, r in refused if r.ack])
-            if events:
-                for hook in self._after_stored:
-                    _run_hook(hook, events, set(new))
+            self._after_commit.hand_over(events, set(new))
         for item in batch:
             self.link.ack(item.mid, item.qos, generation=item.generation)
             self._done(item)
@@ -425,6 +426,8 @@ class EventSink:
             pending = len(self._pending)
         down = self._db_down_since
         worker = self._worker
+        after = self._after_commit.health()
+        late = after["after_commit_oldest_s"]
         return {
             "running": worker is not None and worker.is_alive(),
             "stopping": self._stopping.is_set(),
@@ -432,6 +435,8 @@ class EventSink:
             "oldest_pending_s": None if oldest is None else round(now - oldest, 1),
             "database_down_s": None if down is None else round(now - down, 1),
             "database_error": self._db_error if down is not None else None,
+            "after_commit_waiting": after["after_commit_waiting"],
+            "after_commit_oldest_s": None if late is None else round(late, 1),
         }
 
     def _store_status(self, item: _Message, status: Status) -> None:

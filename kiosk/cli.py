@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-at-end", action="store_true", help="stop when a file source ends and synced"
     )
     run.add_argument(
+        "--camera-fps",
+        type=float,
+        metavar="FPS",
+        help="play a video file or image dir as a live camera, FPS frames a second, looped",
+    )
+    run.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,
@@ -68,12 +74,17 @@ def _camera_spec(cfg: KioskConfig, override: str | None) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.camera_fps is not None and args.exit_at_end:
+        raise ConfigError("--camera-fps", "", "a played source never ends: drop --exit-at-end")
     cfg = _config(args.config)
-    from kiosk.devices.camera import CameraError, open_source
+    from kiosk.devices.camera import CameraError, open_source, play_source
 
     spec = _camera_spec(cfg, args.camera)
     try:
-        source = open_source(spec)  # once: both runners capture from this source
+        # Opened once: both runners capture from this source.
+        source = (
+            open_source(spec) if args.camera_fps is None else play_source(spec, args.camera_fps)
+        )
     except CameraError as exc:
         raise ConfigError("--camera" if args.camera else "camera.source", "", str(exc)) from None
     mode = "headless" if args.headless else "with the touch UI"

@@ -144,15 +144,18 @@ class PrinterSection(_Section):
         """Only what the printer code can send: a Chinese-mode codec or an ESC/POS page."""
         import codecs
 
-        from escpos.codepages import CodePages
-
         from kiosk.devices.printer import CJK_CODECS
 
         try:
             name = codecs.lookup(v).name
         except LookupError:
             name = v.lower()
-        if name in CJK_CODECS or v.upper() in CodePages.data or name.upper() in CodePages.data:
+        if name in CJK_CODECS:
+            return name
+        # escpos's code-page table costs 8 MB and a moment: read only for single-byte pages.
+        from escpos.codepages import CodePages
+
+        if v.upper() in CodePages.data or name.upper() in CodePages.data:
             return name
         raise ValueError(
             f"codepage {v!r} is not one a receipt printer takes (gb18030, big5, cp437, …)"

@@ -7,10 +7,16 @@ relay or decoder therefore never freezes the screen a customer is looking at.
 
 Environment: `O2O_UI_WINDOW=1024x600` runs in a window of that size instead of full
 screen (development, tests); `O2O_UI_FONT` names a font file (see `kiosk.screens.fonts`).
+
+Full screen under X: SDL asks the window manager for it, and with none (a kiosk's bare X
+server) the window stays at Kivy's default 800x600, partly off screen. So under X the
+window is a borderless one of the display's size at its top-left corner instead.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.util
 import logging
 import os
@@ -19,6 +25,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -259,6 +266,50 @@ def _quiet_window_failure(record: logging.LogRecord) -> bool:
     return True
 
 
+class _DisplayMode(ctypes.Structure):
+    _fields_ = (
+        ("format", ctypes.c_uint32),
+        ("w", ctypes.c_int),
+        ("h", ctypes.c_int),
+        ("refresh_rate", ctypes.c_int),
+        ("driverdata", ctypes.c_void_p),
+    )
+
+
+def _sdl_library() -> ctypes.CDLL | None:
+    """The SDL2 library Kivy's window uses: the copy in Kivy's wheel, else the system's."""
+    spec = importlib.util.find_spec("kivy")
+    if spec is not None and spec.origin:
+        site = Path(spec.origin).parent.parent
+        for candidate in sorted(site.glob("Kivy.libs/libSDL2-2*.so*")):
+            return ctypes.CDLL(str(candidate))
+    name = ctypes.util.find_library("SDL2-2.0") or "libSDL2-2.0.so.0"
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def display_size() -> tuple[int, int, str] | None:
+    """The first display's size in pixels and SDL's video driver ("x11", "kmsdrm", ...),
+    asked before Kivy opens its window; None when SDL cannot tell."""
+    sdl = _sdl_library()
+    if sdl is None:
+        return None
+    video = 0x20  # SDL_INIT_VIDEO
+    if sdl.SDL_InitSubSystem(video) != 0:
+        return None
+    try:
+        mode = _DisplayMode()
+        if sdl.SDL_GetDesktopDisplayMode(0, ctypes.byref(mode)) != 0:
+            return None
+        sdl.SDL_GetCurrentVideoDriver.restype = ctypes.c_char_p
+        driver = (sdl.SDL_GetCurrentVideoDriver() or b"").decode()
+        return int(mode.w), int(mode.h), driver
+    finally:
+        sdl.SDL_QuitSubSystem(video)  # Kivy sets its hints, then starts video afresh
+
+
 def _configure_window() -> None:
     from kivy.config import Config
 
@@ -272,8 +323,21 @@ def _configure_window() -> None:
     else:
         if size:
             log.warning("%s=%r is not WIDTHxHEIGHT; using the full screen", WINDOW_ENV, size)
-        Config.set("graphics", "fullscreen", "auto")
         Config.set("graphics", "show_cursor", "0")
+        # Only where X may be used: on KMS/DRM (the kiosk's unit) SDL's full screen is right.
+        display = display_size() if os.environ.get("DISPLAY") else None
+        if display is not None and display[2] == "x11":
+            width, height, _ = display
+            log.info("display %dx%d under X: a borderless window that covers it", width, height)
+            Config.set("graphics", "fullscreen", "0")
+            Config.set("graphics", "borderless", "1")
+            Config.set("graphics", "width", str(width))
+            Config.set("graphics", "height", str(height))
+            Config.set("graphics", "position", "custom")
+            Config.set("graphics", "left", "0")
+            Config.set("graphics", "top", "0")
+        else:
+            Config.set("graphics", "fullscreen", "auto")
 
 
 def open_window() -> bool:
@@ -312,15 +376,24 @@ def run_ui(cfg: KioskConfig, source: FrameSource) -> int:
         source.close()
         print(NO_KIVY, file=sys.stderr)
         return 2
-    if not open_window():
-        source.close()
-        print(NO_DISPLAY, file=sys.stderr)
-        return 2
     try:
+        # First the data (its lock): a second kiosk on the same data fails here, before
+        # any window or GL thread exists.
         kiosk = KioskRuntime(cfg)
     except BaseException:
         source.close()
         raise
+    try:
+        opened = open_window()
+    except BaseException:
+        kiosk.stop()
+        source.close()
+        raise
+    if not opened:
+        kiosk.stop()
+        source.close()
+        print(NO_DISPLAY, file=sys.stderr)
+        return 2
     app, session = create_app(kiosk, camera=camera_thread(source))
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:

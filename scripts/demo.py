@@ -2,13 +2,18 @@
 
 Sets up a demo shop, starts the message broker and the cloud service, issues the codes
 customers would get online, plays a recorded camera session at the door through a
-headless kiosk, and shows what reached the owner's dashboard. Everything is kept in
-`demo-run/` so it can be looked at afterwards.
+headless kiosk, and shows what reached the owner's dashboard. Then the same shop gets
+weeks of history (`o2o-bridge simulate`, through the kiosks' protocol) and stays up
+until Ctrl-C: the dashboard with its address printed, and, on a machine with a display,
+the kiosk's own window playing the demo codes through a simulated camera. Everything is
+kept in `demo-run/` so it can be looked at afterwards.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -32,6 +37,14 @@ BIN = Path(sys.executable).parent
 STEP = 0
 
 
+def here() -> str:
+    """Where the demo's files are, as the person who ran it would type it."""
+    try:
+        return str(RUN.relative_to(Path.cwd()))
+    except ValueError:
+        return str(RUN)
+
+
 def say(text: str) -> None:
     print(text, flush=True)
 
@@ -42,9 +55,9 @@ def step(text: str) -> None:
     say(f"\n{STEP}. {text}")
 
 
-def tool(name: str, *args: str) -> str:
+def tool(name: str, *args: str, timeout: float = 120) -> str:
     proc = subprocess.run(
-        [str(BIN / name), *args], cwd=RUN, capture_output=True, text=True, timeout=120
+        [str(BIN / name), *args], cwd=RUN, capture_output=True, text=True, timeout=timeout
     )
     if proc.returncode != 0:
         raise SystemExit(f"demo: `{name} {' '.join(args)}` failed:\n{proc.stderr.strip()}")
@@ -130,7 +143,13 @@ def tell(line: dict[str, Any]) -> str:
     return f"  OK  {kind}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global RUN
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args.add_argument("--weeks", type=int, default=6, help="weeks of history (default 6)")
+    args.add_argument("--dir", type=Path, default=RUN, help="where it all goes (demo-run/)")
+    opts = args.parse_args(argv)
+    RUN, weeks = opts.dir.resolve(), opts.weeks
     if RUN.exists():
         shutil.rmtree(RUN)
     RUN.mkdir()
@@ -161,18 +180,73 @@ def main() -> int:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    window: subprocess.Popen[bytes] | None = None
     try:
         wait_for_port("127.0.0.1", port, timeout=30, alive=lambda: bridge.poll() is None)
-        say(f"    Dashboard: http://127.0.0.1:{port}/  (token in demo-run/dashboard.token)")
+        say(f"    Dashboard: http://127.0.0.1:{port}/  (token in {here()}/dashboard.token)")
         run_door(port)
+        history(weeks)
+        window = kiosk_window()
+        serve(port, bridge, window)
+    except KeyboardInterrupt:
+        pass
     finally:
-        bridge.send_signal(signal.SIGTERM)
-        bridge.wait(20)
+        for proc in (window, bridge):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(20)
         log.close()
         broker.stop()
-    say("\nDemo finished. The settings, codes, camera frames and logs are in demo-run/;")
-    say("the broker and the dashboard stopped with it. `make demo` starts afresh any time.")
+    say(f"\nDemo stopped. The settings, codes, camera frames and logs are in {here()}/;")
+    say("`make demo` starts afresh any time.")
     return 0
+
+
+def history(weeks: int) -> None:
+    step(f"{weeks} weeks of the same shop's door traffic, sent as its kiosk would.")
+    cmd = ["simulate", "--config", "bridge.toml", "--weeks", str(weeks), "--seed", "1"]
+    out = tool("o2o-bridge", *cmd, timeout=600)
+    for line in out.splitlines():
+        say(f"    {line}")
+
+
+def kiosk_window() -> subprocess.Popen[bytes] | None:
+    """On a machine with a display, the kiosk's touch screen, its camera playing new codes
+    (a member, a coupon, a booking, then a forged coupon) over and over."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        say("    (No display here: on a desktop the kiosk's own window would open too.)")
+        return None
+    coupon = issue("coupon", "--id", "autumn-001", "--campaign", "autumn", "--value", "¥5 off")
+    texts = [
+        issue("member", "--id", "hua", "--name", "小华"),
+        coupon,
+        issue("reservation", "--id", "cut-1500", "--name", "Wang", "--at", "+10m"),
+        forge(coupon),
+    ]
+    write_session(RUN / "window", texts, gap_frames=80)
+    step("The kiosk's window: its camera plays new codes over and over (the first round")
+    say("    succeeds; later rounds show what a code shown twice gets).")
+    log = (RUN / "kiosk-window.log").open("w")
+    args = [str(BIN / "o2o-kiosk"), "run", "--config", "kiosk-door1.toml"]
+    return subprocess.Popen(
+        [*args, "--camera", "window", "--camera-fps", "10"],
+        cwd=RUN,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def serve(
+    port: int, bridge: subprocess.Popen[bytes], window: subprocess.Popen[bytes] | None
+) -> None:
+    say(f"\nDashboard with history: http://127.0.0.1:{port}/")
+    say(f"    (token in {here()}/dashboard.token; Ctrl-C stops everything)")
+    while bridge.poll() is None:
+        if window is not None and window.poll() is not None:
+            say(f"    The kiosk window closed (exit {window.returncode}; see kiosk-window.log).")
+            window = None
+        time.sleep(0.5)
+    say(f"    The cloud service stopped (exit {bridge.returncode}; see {here()}/bridge.log).")
 
 
 def api(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -202,7 +276,7 @@ def kiosk_args(camera: str) -> list[str]:
 def door_session(name: str, texts: list[str]) -> None:
     """Play a camera session through the headless kiosk, telling each outcome."""
     frames = write_session(RUN / name, texts)
-    say(f"    ({len(frames)} camera frames, 640x480, in demo-run/{name}/)")
+    say(f"    ({len(frames)} camera frames, 640x480, in {here()}/{name}/)")
     with (RUN / "kiosk.log").open("a") as log:
         proc = subprocess.Popen(
             [*kiosk_args(name), "--exit-at-end"],

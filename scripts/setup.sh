@@ -35,8 +35,9 @@ role=${O2O_ROLE:-dev}
 # libgl1-mesa-dri (EGL alike). libmtdev1 is Kivy's touch input. Checked by starting
 # a Kivy app under xvfb-run and taking a screenshot with CJK text. pyzbar loads
 # libzbar0; the screens draw Chinese with fonts-noto-cjk. The dev role adds what the
-# tests run: Xvfb (the touch UI), PostgreSQL (the bridge's production database) and
-# Chromium (the owner's dashboard, rendered headless).
+# tests run: Xvfb (the touch UI), x11-utils (xwininfo: where the kiosk's window sits on
+# the X screen), PostgreSQL (the bridge's production database), Chromium (the owner's
+# dashboard, rendered headless) and systemd (systemd-analyze checks the units in deploy/).
 apt_packages=(mosquitto mosquitto-clients openssl)
 kiosk_apt_packages=(
     libzbar0
@@ -44,7 +45,7 @@ kiosk_apt_packages=(
     libgl1 libglx-mesa0 libgl1-mesa-dri libegl1 libegl-mesa0 libmtdev1
 )
 case $role in
-    dev) extras=dev; apt_packages+=("${kiosk_apt_packages[@]}" xvfb xauth postgresql chromium) ;;
+    dev) extras=dev; apt_packages+=("${kiosk_apt_packages[@]}" xvfb xauth x11-utils postgresql chromium systemd) ;;
     kiosk) extras=kiosk; apt_packages+=("${kiosk_apt_packages[@]}") ;;
     bridge) extras=bridge ;;
     *) printf 'setup: O2O_ROLE must be dev, kiosk or bridge (got %s)\n' "$role" >&2; exit 2 ;;

@@ -63,7 +63,7 @@ def _prod_users(directory: Path) -> dict[str, str]:
             timeout=30,
         )
         passwords[f"{store}/{kiosk}"] = out.stdout.strip()
-    for user in ("bridge", "dashboard", "homeassistant", "s1"):
+    for user in ("bridge", "dashboard", "homeassistant", "s1", "s2"):
         passwords[user] = f"pw-{user}-{time.monotonic_ns()}"
         subprocess.run(
             [str(mosquitto_passwd), "-b", str(passwd), user, passwords[user]],

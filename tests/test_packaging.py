@@ -46,7 +46,7 @@ NOT_ON_A_SERVER = {
     "opencv-python", "opencv-python-headless", "opencv-contrib-python",
     "opencv-contrib-python-headless",
     "gpiozero", "colorzero", "rpi-gpio", "rpi-lgpio", "lgpio", "pigpio", "picamera2",
-    "pyzbar", "zxing-cpp", "pyserial", "python-escpos", "tinydb",
+    "pyzbar", "zxing-cpp", "pyserial", "python-escpos", "tinydb", "freetype-py",
 }  # fmt: skip
 #: Prefixes of families of distributions (kivy-deps-sdl2, opencv-*, ...).
 NOT_ON_A_SERVER_PREFIXES = ("kivy", "opencv")

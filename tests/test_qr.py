@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 import pytest
+import zxingcpp
+from pyzbar.pyzbar import ZBarSymbol
+from pyzbar.pyzbar import decode as zbar_decode
 
 from devtools import corpus
-from kiosk.devices.qr import Decoded, QrDecoder, blur_length, find_motion_blur
+from kiosk.devices.qr import (
+    Decoded,
+    QrDecoder,
+    blur_length,
+    find_finder_patterns,
+    find_motion_blur,
+    looks_like_qr,
+)
 
 PER_DISTORTION = 6
 
@@ -158,3 +170,99 @@ def test_decoded_is_a_frozen_value() -> None:
     assert a == Decoded("x")
     with pytest.raises(AttributeError):
         a.text = "y"  # type: ignore[misc]
+
+
+# -- the hard corpus: never worse than either library on its own ----------------------------
+
+
+def _pyzbar_reads(text: str, frame: np.ndarray) -> bool:
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    return text in [s.data.decode() for s in zbar_decode(gray, [ZBarSymbol.QRCODE])]
+
+
+def _zxing_reads(text: str, frame: np.ndarray) -> bool:
+    qr_only: Any = zxingcpp.BarcodeFormat.QRCode
+    return text in [r.text for r in zxingcpp.read_barcodes(frame, formats=qr_only)]
+
+
+def _reads(decoder: QrDecoder, text: str, frame: np.ndarray) -> bool:
+    return text in [d.text for d in decoder.decode(frame)]
+
+
+@pytest.fixture(scope="module")
+def hard() -> list[tuple[str, str, np.ndarray]]:
+    """One frame of every hard distortion (seeded; the benchmark measures 20 of each)."""
+    return corpus.hard_frames(1, seed=34)
+
+
+def test_reads_every_hard_frame_that_pyzbar_or_zxing_cpp_reads(
+    decoder: QrDecoder, hard: list[tuple[str, str, np.ndarray]]
+) -> None:
+    pyzbar_only = 0
+    missed = []
+    for text, dist, frame in hard:
+        by_pyzbar, by_zxing = _pyzbar_reads(text, frame), _zxing_reads(text, frame)
+        pyzbar_only += by_pyzbar and not by_zxing
+        if (by_pyzbar or by_zxing) and not _reads(decoder, text, frame):
+            missed.append(dist)
+    assert missed == []
+    # The slice holds frames that zxing-cpp alone misses (phone screens): the pyzbar and
+    # screen stages are exercised, not just zxing-cpp's first pass.
+    assert pyzbar_only >= 2
+
+
+def test_reads_most_hard_frames(
+    decoder: QrDecoder, hard: list[tuple[str, str, np.ndarray]]
+) -> None:
+    read = [_reads(decoder, text, frame) for text, _, frame in hard]
+    assert sum(read) >= len(read) - 1, [
+        d for (_, d, _), ok in zip(hard, read, strict=True) if not ok
+    ]
+
+
+@pytest.mark.parametrize(
+    ("seed", "angle", "edges"),
+    [(1009, 8.0, ["right"]), (1006, -8.0, ["top", "left"]), (1011, 8.0, ["right"])],
+)
+@pytest.mark.parametrize("surface", ["dense_rotated_edge", "dense_screen"])
+def test_dense_code_rotated_8_degrees_with_its_quiet_zone_cut_by_the_frame_edge(
+    decoder: QrDecoder, seed: int, angle: float, edges: list[str], surface: str
+) -> None:
+    """What an end-to-end run missed: a long token, ~8 degrees, the quiet zone cut."""
+    rng = np.random.default_rng(seed)
+    text = corpus.sample_dense_token(rng)
+    assert len(text) >= 350  # a long real signed token: QR version 15 or more
+    frame = corpus.make_hard_frame(text, surface, rng, angle=angle, edges=edges)
+    assert [d.text for d in decoder.decode(frame)] == [text]
+
+
+def test_upright_code_on_a_phone_screen_that_only_pyzbar_reads(decoder: QrDecoder) -> None:
+    """A clean, upright code whose screen moire zxing-cpp cannot see through: plain pyzbar
+    reads it, so the decoder must too (its gate to the pyzbar stage was shut before)."""
+    rng = np.random.default_rng(5)
+    text = corpus.sample_token(rng)
+    frame = corpus.make_hard_frame(text, "screen", rng, angle=0.0, edges=[])
+    assert _pyzbar_reads(text, frame) and not _zxing_reads(text, frame)
+    found = decoder.decode(frame)
+    assert [d.text for d in found] == [text]
+    assert found[0].stage == "zbar"
+
+
+def _gate(frame: np.ndarray) -> bool:
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    return looks_like_qr(
+        find_finder_patterns(cv2.morphologyEx(gray, cv2.MORPH_CLOSE, np.ones((2, 2), np.uint8)))
+    )
+
+
+def test_finder_gate_keeps_most_code_free_frames_cheap(frames: list) -> None:
+    """The pyzbar stage costs ~10x zxing-cpp's: busy code-free frames mostly skip it."""
+    opened = [_gate(f) for text, _, f in frames if text is None]
+    assert sum(opened) <= len(opened) // 3, opened
+
+
+def test_finder_gate_sees_every_code_in_the_hard_slice(
+    hard: list[tuple[str, str, np.ndarray]],
+) -> None:
+    for _, dist, frame in hard:
+        assert _gate(frame), dist

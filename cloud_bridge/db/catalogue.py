@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from cloud_bridge.db.figures import in_period, rating_summary
 from cloud_bridge.db.records import format_ts
 from cloud_bridge.db.repository import Repository
-from cloud_bridge.db.tables import CommandRow, EventRow, PoolCodeRow, RewardRow
+from cloud_bridge.db.tables import EventRow, PoolCodeRow, RewardRow
 from o2o_protocol.messages import Command
 
 #: Attempts when another writer took the kiosk's next command seq first.
@@ -280,19 +280,7 @@ class Catalogue:
         self, session: Session, kiosk: str, name: str, data: dict[str, Any], at: datetime
     ) -> Command:
         """Queue a command in this transaction with the kiosk's next seq."""
-        last = session.scalar(
-            select(func.max(CommandRow.seq)).where(
-                CommandRow.store == self.store, CommandRow.kiosk == kiosk
-            )
-        )
-        cmd = Command(seq=int(last or 0) + 1, name=name, data=data)
-        session.add(
-            CommandRow(
-                store=self.store, kiosk=kiosk, seq=cmd.seq, name=name, data=data, created_at=at
-            )
-        )
-        session.flush()
-        return cmd
+        return self.repo.queue_commands(session, self.store, [(kiosk, name, data)])[0]
 
     def unused_counts(
         self, kiosk: str, *, stale_kind: str | None = None, fresh_after: datetime | None = None

@@ -13,12 +13,12 @@ Reads and writes go through the Repository's session factory and retry policy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, exists, func, literal, select, tuple_, update
+from sqlalchemy import Table, bindparam, case, exists, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from cloud_bridge.db.records import StoredEvent, stored_event
@@ -91,6 +91,16 @@ class Posted:
     #: The member had no name and took the posting's (kiosks must hear it even when the
     #: entry itself was a repeat).
     named: bool = False
+
+
+@dataclass(frozen=True)
+class BatchPosted:
+    """What `post_many` did."""
+
+    #: Members whose points, visits or name changed, in the order first posted.
+    changed: list[str]
+    #: New entries that took a balance below zero: (member, balance after it, ref).
+    overdrafts: list[tuple[str, int, str]]
 
 
 @dataclass(frozen=True)
@@ -201,6 +211,139 @@ class Ledger:
             return Posted(True, _entry(row), member, named)
 
         return self.repo._retrying(work)
+
+    def post_many(
+        self, postings: Sequence[Posting], creates: Mapping[str, NewMember]
+    ) -> BatchPosted:
+        """Kiosk postings (a spend may overdraw) in one transaction, a few statements for
+        the whole batch instead of several per posting: the outcome of `post(p,
+        create=creates[p.member])` for each in order, at ingest rates.
+
+        Members missing are created first; then every member of the batch is locked in id
+        order (PostgreSQL; two workers' batches wait for each other instead of
+        deadlocking) and read once; the entries go in with one `INSERT … ON CONFLICT DO
+        NOTHING` (a ref already there counts nothing); the new balances, visits and last
+        visits are worked out in order, overdrafts flagged where a spend took a balance
+        below zero, and each member row is written once."""
+        if not postings:
+            return BatchPosted([], [])
+        order = list(dict.fromkeys(p.member for p in postings))
+        members = cast(Table, MemberRow.__table__)  # Core: one UPDATE, a row of values per member
+
+        def work(session: Session) -> BatchPosted:
+            now = datetime.now(UTC)
+            fresh = [creates[m] for m in sorted(order) if m in creates]
+            if fresh:
+                session.execute(
+                    self.repo._insert(MemberRow.__table__).on_conflict_do_nothing(
+                        index_elements=["store", "id"]
+                    ),
+                    [self._member_values(c, now) for c in fresh],
+                )
+            locked = session.execute(
+                select(MemberRow.id, MemberRow.name, MemberRow.points, MemberRow.visits,
+                       MemberRow.last_visit)
+                .where(MemberRow.store == self.store, MemberRow.id.in_(order))
+                .order_by(MemberRow.id)
+                .with_for_update()
+            ).all()  # fmt: skip
+            state = {r.id: [int(r.points), int(r.visits), r.last_visit, r.name] for r in locked}
+            missing = [m for m in order if m not in state]
+            if missing:
+                raise NoSuchMember(missing[0])
+            named = [
+                {"m": m, "name": creates[m].name}
+                for m in sorted(order)
+                if state[m][3] is None and m in creates and creates[m].name is not None
+            ]
+            if named:
+                session.execute(
+                    update(members)
+                    .where(
+                        members.c.store == self.store,
+                        members.c.id == bindparam("m"),
+                        members.c.name.is_(None),
+                    )
+                    .values(name=bindparam("name"), updated_at=now),
+                    named,
+                )
+            refs = list(dict.fromkeys(p.ref for p in postings))
+            first = {p.ref: p for p in reversed(postings)}  # a ref twice in a batch: the first
+            new_ids = dict(
+                session.execute(
+                    self.repo._insert(LedgerRow.__table__)
+                    .on_conflict_do_nothing(index_elements=["store", "ref"])
+                    .returning(LedgerRow.__table__.c.ref, LedgerRow.__table__.c.id),
+                    [self._entry_values(first[r], now) for r in refs],
+                ).all()
+            )
+            moved: dict[str, None] = {}
+            overdrafts: list[tuple[str, int, str]] = []
+            for ref in refs:
+                if ref not in new_ids:
+                    continue
+                p = first[ref]
+                row = state[p.member]
+                row[0] += p.delta
+                if p.visit:
+                    row[1] += 1
+                    row[2] = p.at if row[2] is None or row[2] < p.at else row[2]
+                if p.delta < 0 and row[0] < 0:
+                    overdrafts.append((p.member, row[0], ref))
+                moved[p.member] = None
+            touched = set(moved) | {str(n["m"]) for n in named}
+            if moved:
+                session.execute(
+                    update(members)
+                    .where(members.c.store == self.store, members.c.id == bindparam("m"))
+                    .values(
+                        points=bindparam("points"),
+                        visits=bindparam("visits"),
+                        last_visit=bindparam("last_visit"),
+                        updated_at=now,
+                    ),
+                    [
+                        {"m": m, "points": state[m][0], "visits": state[m][1],
+                         "last_visit": state[m][2]}
+                        for m in sorted(moved)
+                    ],
+                )  # fmt: skip
+            if overdrafts:
+                session.execute(
+                    update(LedgerRow)
+                    .where(LedgerRow.id.in_([new_ids[ref] for _, _, ref in overdrafts]))
+                    .values(overdraft=True)
+                )
+            return BatchPosted([m for m in order if m in touched], overdrafts)
+
+        return self.repo._retrying(work)
+
+    def _member_values(self, new: NewMember, now: datetime) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "id": new.id,
+            "name": new.name,
+            "points": 0,
+            "visits": 0,
+            "last_visit": None,
+            "joined_at": new.joined_at,
+            "source": new.source,
+            "referrer": None,
+            "updated_at": now,
+        }
+
+    def _entry_values(self, p: Posting, now: datetime) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "member": p.member,
+            "delta": p.delta,
+            "reason": p.reason,
+            "source": p.source,
+            "ref": p.ref,
+            "at": p.at,
+            "overdraft": False,
+            "recorded_at": now,
+        }
 
     def _lock(self, session: Session, member: str) -> None:
         """Lock the member row before adding its entry (PostgreSQL; SQLite has one writer):
@@ -416,6 +559,60 @@ class Ledger:
                 for k in kiosks
             }
             return Snapshot(_member(row), int(version or 0), applied)
+
+        return self.repo._retrying(work)
+
+    def snapshots(self, member_ids: Sequence[str], kiosks: Sequence[str]) -> dict[str, Snapshot]:
+        """`snapshot` for many members in one transaction and three reads (members, their
+        versions, every kiosk's `applied`), whatever the number of members and kiosks.
+        Members unknown are left out."""
+        if not member_ids:
+            return {}
+        ids = sorted(set(member_ids))
+        sources = {f"kiosk:{k}": k for k in kiosks}
+
+        def work(session: Session) -> dict[str, Snapshot]:
+            mine = (MemberRow.store == self.store, MemberRow.id.in_(ids))
+            if self.repo._dialect == "sqlite":
+                # As in `snapshot`: a no-op write makes the reads one snapshot.
+                session.execute(update(MemberRow).where(*mine).values(points=MemberRow.points))
+            rows = session.execute(
+                select(MemberRow).where(*mine).order_by(MemberRow.id).with_for_update()
+            ).scalars()
+            members = {r.id: _member(r) for r in rows}
+            ours = (LedgerRow.store == self.store, LedgerRow.member.in_(list(members)))
+            versions = dict(
+                session.execute(
+                    select(LedgerRow.member, func.max(LedgerRow.id))
+                    .where(*ours)
+                    .group_by(LedgerRow.member)
+                ).all()
+            )
+            rank = (
+                func.row_number()
+                .over(
+                    partition_by=(LedgerRow.member, LedgerRow.source), order_by=LedgerRow.id.desc()
+                )
+                .label("rank")
+            )
+            latest = (
+                select(LedgerRow.member, LedgerRow.source, LedgerRow.ref, LedgerRow.id, rank)
+                .where(
+                    *ours,
+                    LedgerRow.source.in_(list(sources)),
+                    LedgerRow.ref.startswith("event:", autoescape=True),
+                )
+                .subquery()
+            )
+            applied: dict[str, dict[str, list[str]]] = {m: {k: [] for k in kiosks} for m in members}
+            for member, source, ref, _id, _rank in session.execute(
+                select(latest).where(latest.c.rank <= APPLIED).order_by(latest.c.id.desc())
+            ):
+                applied[member][sources[source]].append(ref.removeprefix("event:"))
+            return {
+                m: Snapshot(member, int(versions.get(m) or 0), applied[m])
+                for m, member in members.items()
+            }
 
         return self.repo._retrying(work)
 

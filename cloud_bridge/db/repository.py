@@ -30,10 +30,20 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Engine, Select, create_engine, event, func, not_, select
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Select,
+    create_engine,
+    event,
+    func,
+    insert,
+    not_,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud_bridge.db.errors import (
@@ -446,31 +456,50 @@ class Repository:
 
     def add_command(self, store: str, kiosk: str, name: str, data: dict[str, Any]) -> Command:
         """Queue a command with the kiosk's next seq (gapless: the kiosk applies in order)."""
-        for attempt in range(5):
-            try:
-                with self._sessions.begin() as session:
-                    last = session.scalar(
-                        select(func.max(CommandRow.seq)).where(
-                            CommandRow.store == store, CommandRow.kiosk == kiosk
-                        )
-                    )
-                    cmd = Command(seq=int(last or 0) + 1, name=name, data=data)
-                    session.add(
-                        CommandRow(
-                            store=store,
-                            kiosk=kiosk,
-                            seq=cmd.seq,
-                            name=name,
-                            data=data,
-                            created_at=datetime.now(UTC),
-                        )
-                    )
-                return cmd
-            except (IntegrityError, OperationalError):
-                # Another writer took this seq (or held the SQLite lock): count again.
-                if attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
+        return self.add_commands(store, [(kiosk, name, data)])[0]
+
+    def add_commands(
+        self, store: str, items: Sequence[tuple[str, str, dict[str, Any]]]
+    ) -> list[Command]:
+        """Queue many commands, `(kiosk, name, data)` each, in one transaction: each
+        kiosk's go on from its last seq in the order given; the queued commands in that
+        order. On PostgreSQL each kiosk's queue is locked (in kiosk order) for the
+        transaction, so workers queueing for the same doors take turns instead of
+        colliding on a seq; SQLite has one writer at a time anyway."""
+        if not items:
+            return []
+        return self._retrying(lambda session: self.queue_commands(session, store, items))
+
+    def queue_commands(
+        self, session: Session, store: str, items: Sequence[tuple[str, str, dict[str, Any]]]
+    ) -> list[Command]:
+        """`add_commands` within a transaction of the caller's (one that queues a command
+        with other changes, such as a code pool's refill)."""
+        kiosks = sorted({kiosk for kiosk, _, _ in items})
+        if self._dialect == "postgresql":
+            for kiosk in kiosks:
+                key = func.hashtextextended(f"cmd:{store}/{kiosk}", 0)
+                session.execute(select(func.pg_advisory_xact_lock(key)))
+        last = dict(
+            session.execute(
+                select(CommandRow.kiosk, func.max(CommandRow.seq))
+                .where(CommandRow.store == store, CommandRow.kiosk.in_(kiosks))
+                .group_by(CommandRow.kiosk)
+            ).all()
+        )
+        now = datetime.now(UTC)
+        queued: list[Command] = []
+        rows: list[dict[str, Any]] = []
+        for kiosk, name, data in items:
+            seq = int(last.get(kiosk) or 0) + 1
+            last[kiosk] = seq
+            queued.append(Command(seq=seq, name=name, data=data))
+            rows.append(
+                {"store": store, "kiosk": kiosk, "seq": seq, "name": name,
+                 "data": data, "created_at": now}
+            )  # fmt: skip
+        session.execute(insert(CommandRow), rows)
+        return queued
 
     def commands_after(self, store: str, kiosk: str, seq: int) -> list[Command]:
         """The commands a kiosk that has applied up to `seq` still needs, in order."""

@@ -185,6 +185,66 @@ def open_source(spec: str) -> FrameSource:
     return CaptureSource(str(path), finite=True)
 
 
+class PlayedSource:
+    """A file or directory played as a live camera: `fps` frames a second, from the start
+    again at its end. For demos and trials on a machine without a camera; a finite source
+    read directly goes as fast as the decoder, which suits tests but not a person watching.
+    """
+
+    finite = False
+
+    def __init__(
+        self,
+        opener: Callable[[], FrameSource],
+        fps: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not fps > 0:
+            raise CameraError(f"frames per second must be above 0 (got {fps})")
+        self._opener = opener
+        self._source = opener()
+        self._period = 1.0 / fps
+        self._clock, self._sleep = clock, sleep
+        self._due = clock()
+        self._closed = False
+
+    def read(self) -> np.ndarray | None:
+        if self._closed:
+            return None
+        frame = self._source.read()
+        if frame is None:  # the end: play it again
+            self._source.close()
+            self._source = self._opener()
+            frame = self._source.read()
+            if frame is None:
+                raise CameraError("the played camera source holds no frames")
+        wait = self._due - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+        self._due = max(self._due, self._clock()) + self._period
+        return frame
+
+    def close(self) -> None:
+        self._closed = True
+        self._source.close()
+
+
+def play_source(spec: str, fps: float) -> FrameSource:
+    """Open a video file or image directory (as `open_source`) to play as a live camera."""
+    source = open_source(spec)
+    if not source.finite:
+        source.close()
+        raise CameraError(f"camera source {spec}: only a video file or a directory can be played")
+    first = [source]
+
+    def opener() -> FrameSource:
+        return first.pop() if first else open_source(spec)
+
+    return PlayedSource(opener, fps)
+
+
 class CameraThread:
     """Captures in a daemon thread so a slow decoder never stalls the camera driver.
 

@@ -1,27 +1,51 @@
 """QR decoding for camera frames.
 
-Stages, each kept because it reads frames the earlier ones miss on the synthetic corpus
-(``bench/bench_decode.py`` prints frames read per stage; two seeds checked):
+Goal (``bench/bench_decode.py``, per distortion, against both libraries in one run):
+never miss a frame that plain zxing-cpp or plain pyzbar reads on its own, at a median
+time under half of plain pyzbar's. Stages, each kept because it reads frames the earlier
+ones miss, on the classic corpus and on the hard one that is rendered differently (dense
+long tokens, cut or missing quiet zones, 5-15 degree rotations, phone screens, thermal
+slips; ``devtools/corpus.py``):
 
 1. zxing-cpp on the grayscale frame. It reads clean, dark, low-contrast, glared, noisy,
-   JPEG-damaged, rotated, tilted, small and inverted (light-on-dark) codes, and at ~1 ms
-   per 640x480 frame it is ~10x cheaper than plain pyzbar, so empty frames (the common
-   case at a shop door) stay cheap.
-2. zxing-cpp on an unsharp-masked frame: recovers defocus blur (blur 55% -> 95-100%).
-3. Motion deblur, only when the frame's most textured region is smeared along one
+   JPEG-damaged, rotated, tilted, small, dense and inverted (light-on-dark) codes, and at
+   ~1 ms per 640x480 frame it is over 10x cheaper than plain pyzbar. It reads 378 of the
+   bench's 440 code frames; the rest of a frame's stages run only when it reads nothing.
+2. The finder gate (``find_finder_patterns``, ``looks_like_qr``; ~2 ms): places crossed
+   in 1:1:3:1:1 proportion by both a row and a column scan, on the frame after a 2x2
+   closing (which lifts a phone screen's dark pixel-grid gaps, narrower than a module,
+   so the moire no longer breaks the finders); two of them with about the same module
+   size, 11 or more modules apart, open stages 3, 5 and 6. Measured: open on each of 51
+   frames that pyzbar read and the zxing-cpp stages missed (hard corpus, seeds 101 and
+   202, and dense screen codes turned 8 degrees with the quiet zone cut) and on every
+   defocused frame the sharpen stage read (three seeds); on busy code-free frames, open
+   on 19% (of 120; counting places alone, two or more: 28%), so most of them skip the
+   costly stages. Before it, pyzbar ran only when zxing-cpp was missing, and plain
+   pyzbar read screen codes this decoder missed, one of them clean and upright (kept in
+   ``tests/test_qr.py``).
+3. zxing-cpp on an unsharp-masked frame: recovers defocus blur (blur 55% -> 95%).
+4. Motion deblur, only when the frame's most textured region is smeared along one
    direction (gradient structure tensor at half resolution, ~0.5 ms; no other corpus
    frame passes that gate): blur angle from the tensor at full resolution, blur length
    from the cepstrum, then one or two Wiener deconvolutions of that region only.
-   Motion blur 30-40% -> 100%, at ~10-20 ms for those frames.
+   Motion blur 30% -> 100%, at ~10-20 ms for those frames. It has its own gate because
+   a smear also wipes out finder patterns.
+5. Plain pyzbar on the grayscale frame. zxing-cpp cannot see through a phone screen's
+   moire where zbar can (screens 45% vs 95%, dense screen codes 20% vs 90%); it reads 28
+   frames on the bench that the stages before it missed.
+6. zxing-cpp on the closed frame upscaled 2x (cubic): more pixels per module for a dense
+   screen code (~3 px). It read 5 of the 7 hard frames that the stages before it
+   missed (seeds 101 and 202).
 
 Removed by measurement: a stronger unsharp mask and 8-direction deconvolution around
-symbols zxing-cpp detected but could not decode (it read 0 frames once stage 3 existed;
-zxing-cpp rarely even detects a symbol under motion blur).
+symbols zxing-cpp detected but could not decode (it read 0 frames once stage 4 existed;
+zxing-cpp rarely even detects a symbol under motion blur); a gate on symbols zxing-cpp
+detected but could not decode (``return_errors``): it stayed shut on most screen frames
+pyzbar read; zbar at a lower scan density (half the cost, but it lost a tenth of the hard
+frames plain pyzbar read).
 
-pyzbar is used only when zxing-cpp is unavailable or ``use_zxing=False`` (same stages,
-plus an inverted pass since zbar cannot read light-on-dark codes): on the corpus it
-rescued no frame that the zxing-cpp stages missed, and it cannot read strongly tilted
-codes.
+With ``use_zxing=False`` (or zxing-cpp missing) pyzbar does the stages 1, 3 and 4 alone,
+plus an inverted pass since zbar cannot read light-on-dark codes.
 """
 
 from __future__ import annotations
@@ -237,6 +261,83 @@ def wiener_deblur(roi: np.ndarray, length: int, angle: float, k: float = _WIENER
     return np.clip(res[pad : pad + h, pad : pad + w], 0, 255).astype(np.uint8)
 
 
+#: Adaptive-threshold block (px) and offset for the finder-pattern count: a block of ~3
+#: modules of a typical code keeps finder rings under screen banding and thermal fade;
+#: the offset keeps flat, noisy areas from making runs.
+_FINDER_BLOCK, _FINDER_C = 21, 7
+_FINDER_STEP = 2  # every 2nd row and column: a finder's 3-module core spans 4+ px
+_FINDER_HITS = 2  # scans of each direction that must cross one finder
+_FINDER_CELL = 8  # px: hits of row and column scans meet within a cell (and its neighbours)
+
+
+def _finder_centres(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, columns and module sizes (px) at the centres of dark-light-dark-light-dark
+    runs in 1:1:3:1:1 proportion (a QR finder pattern crossed through its middle) along
+    the rows of ``b`` (uint8, 1 = dark). Vectorised over all runs of the image at once."""
+    bp = cv2.copyMakeBorder(b, 0, 0, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    pts = cv2.findNonZero(cv2.absdiff(bp[:, 1:], bp[:, :-1]))
+    if pts is None or len(pts) < 6:
+        none = np.zeros(0, np.int32)
+        return none, none, none.astype(np.float32)
+    pts = pts.reshape(-1, 2)
+    cols, rows = pts[:, 0], pts[:, 1]
+    n = rows.size - 5
+    # Six transitions on one row bound five runs; the first must start a dark run.
+    ok = (rows[5:] == rows[:-5]) & (bp[rows[:-5], cols[:-5] + 1] == 1)
+    runs = np.diff(cols).astype(np.float32)
+    unit = (cols[5:] - cols[:-5]).astype(np.float32) / np.float32(7.0)
+    ok &= unit >= 1.3
+    for k, modules, tol in ((0, 1, 0.5), (1, 1, 0.5), (2, 3, 0.9), (3, 1, 0.5), (4, 1, 0.5)):
+        ok &= np.abs(runs[k : k + n] - modules * unit) <= np.maximum(tol * unit, 1.0)
+    i = np.nonzero(ok)[0]
+    return rows[i], (cols[i + 2] + cols[i + 3]) // 2, unit[i]
+
+
+def find_finder_patterns(gray: np.ndarray) -> list[tuple[float, float, float]]:
+    """Places that look like a QR finder pattern, as (x, y, module size) in pixels:
+    crossed in 1:1:3:1:1 proportion by both a row and a column scan (what zbar looks
+    for). Text, shapes and random texture cross that way along one direction, rarely
+    along both at the same place."""
+    b = cv2.adaptiveThreshold(
+        gray, 1, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY_INV, _FINDER_BLOCK, _FINDER_C
+    )
+    h, w = b.shape
+    step, cell = _FINDER_STEP, _FINDER_CELL
+    across = np.zeros((h // cell + 1, w // cell + 1), np.uint8)
+    down = np.zeros_like(across)
+    units = np.zeros(across.shape, np.float32)
+    r, c, u = _finder_centres(b[::step])
+    np.add.at(across, (r * step // cell, c // cell), 1)
+    np.add.at(units, (r * step // cell, c // cell), u)
+    r, c, u = _finder_centres(cv2.transpose(b[:, ::step]))
+    np.add.at(down, (c // cell, r * step // cell), 1)
+    np.add.at(units, (c // cell, r * step // cell), u)
+    k = np.ones((2, 2), np.uint8)
+    both = (cv2.dilate(across, k) >= _FINDER_HITS) & (cv2.dilate(down, k) >= _FINDER_HITS)
+    n, labels, _, centroids = cv2.connectedComponentsWithStats(both.astype(np.uint8))
+    hits = across.astype(np.float32) + down
+    near = np.ones((3, 3), np.uint8)
+    places = []
+    for j in range(1, n):
+        around = cv2.dilate((labels == j).astype(np.uint8), near) > 0
+        count = float(hits[around].sum())
+        if count:
+            x, y = centroids[j]
+            places.append((float(x) * cell, float(y) * cell, float(units[around].sum()) / count))
+    return places
+
+
+def looks_like_qr(places: list[tuple[float, float, float]]) -> bool:
+    """Two finder-like places of about the same module size at least 11 modules apart,
+    as two finders of one symbol are (14 or more; a version-1 code is 21 modules wide).
+    Noise makes finder-like places too, but mostly alone or in clumps."""
+    for i, (x1, y1, u1) in enumerate(places):
+        for x2, y2, u2 in places[i + 1 :]:
+            if 0.6 * u2 <= u1 <= u2 / 0.6 and np.hypot(x1 - x2, y1 - y2) >= 5.5 * (u1 + u2):
+                return True
+    return False
+
+
 class QrDecoder:
     """Reads every QR code in a frame; never raises, whatever the array."""
 
@@ -266,11 +367,27 @@ class QrDecoder:
 
     def _decode_zxing(self, gray: np.ndarray) -> list[Decoded]:
         found = _zxing(gray, "zxing")
-        if not found:
+        if found:
+            return found
+        # A 2x2 closing lifts the thin dark gaps of a phone screen's pixel grid (a code's
+        # modules are wider): the finder count sees through the moire, and so does
+        # zxing-cpp once the closed frame is upscaled.
+        closed = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, np.ones((2, 2), np.uint8))
+        finders = looks_like_qr(find_finder_patterns(closed))
+        if finders:
             # No try_downscale: downscaling would undo the sharpening.
             found = _zxing(_sharpen(gray, 2.0, 1.0), "zxing-sharpen", downscale=False)
         if not found:
-            found = self._motion(gray, _zxing_reader)
+            found = self._motion(gray, _zxing_reader)  # its own gate: smeared finders
+        if found or not finders:
+            return found
+        if zbar_decode is not None:
+            found = _zbar(gray, "zbar")
+        if not found:
+            # 2x cubic: more pixels per module of a dense code (~3 px at the door) for
+            # zxing-cpp's sampler.
+            up = cv2.resize(closed, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC)
+            found = _zxing(up, "zxing-screen", downscale=False, scale=0.5)
         return found
 
     def _motion(self, gray: np.ndarray, read: Reader) -> list[Decoded]:
@@ -307,7 +424,12 @@ class QrDecoder:
 
 
 def _zxing(
-    img: np.ndarray, stage: str, *, downscale: bool = True, offset: Point = (0, 0)
+    img: np.ndarray,
+    stage: str,
+    *,
+    downscale: bool = True,
+    offset: Point = (0, 0),
+    scale: float = 1.0,
 ) -> list[Decoded]:
     results = zxingcpp.read_barcodes(
         np.ascontiguousarray(img),
@@ -323,7 +445,7 @@ def _zxing(
             seen.add(r.text)
             pos = r.position
             poly = tuple(
-                (int(p.x) + offset[0], int(p.y) + offset[1])
+                (int(p.x * scale) + offset[0], int(p.y * scale) + offset[1])
                 for p in (pos.top_left, pos.top_right, pos.bottom_right, pos.bottom_left)
             )
             found.append(Decoded(r.text, poly, stage))

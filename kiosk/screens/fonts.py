@@ -1,17 +1,30 @@
-"""A CJK-capable font as Kivy's default, so Chinese renders as text, not as boxes.
+"""Text for the screens: a CJK font as Kivy's default, its Simplified Chinese face, and a
+text provider that opens each font face once.
 
 Kivy ships only Roboto, which has no Chinese glyphs. The font found here is registered
 under Kivy's default font name, so every Label and Button picks it up without a
 `font_name` in each .kv rule.
+
+Two things Kivy's own SDL2 text provider gets wrong for a kiosk, fixed by `SharedFaceLabel`:
+
+- It opens the font once per size (and weight): every distinct font size keeps its own
+  copy of the CJK font's tables, about 2.5 MB each, so twenty sizes cost 50 MB.
+  `SharedFaceLabel` keeps one FreeType face per font file and sets its size per call.
+- It always opens the first face of a collection: NotoSansCJK-Regular.ttc starts with the
+  Japanese face, whose 返, 过, 直, 令 are not the shapes a Chinese reader expects.
+  Here the Simplified Chinese face of the collection is used.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import subprocess
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +41,8 @@ KNOWN_FONTS = (
     "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
 )
 _FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
+#: The face of a collection to use: the Simplified Chinese one (Noto Sans CJK SC).
+CHINESE_FAMILY = "CJK SC"
 
 
 def _fc_match(family: str) -> Path | None:
@@ -69,10 +84,165 @@ def _bold_of(regular: Path) -> Path | None:
     return bold if bold != regular and bold.is_file() else None
 
 
+def chinese_face_index(path: str | Path) -> int:
+    """The index of the Simplified Chinese face in a font collection (0 for a single font
+    or a collection without one)."""
+    import freetype
+
+    first = freetype.Face(str(path), 0)
+    count = int(first.num_faces)
+    if count <= 1:
+        return 0
+    for index in range(count):
+        face = first if index == 0 else freetype.Face(str(path), index)
+        family = (face.family_name or b"").decode("utf-8", "replace")
+        if family.endswith(CHINESE_FAMILY):  # not "Noto Sans Mono CJK SC"
+            return index
+    return 0
+
+
+# --- the text provider ----------------------------------------------------------------------
+
+#: (font file, face index) -> the one FreeType face for it, shared by every size.
+_faces: dict[tuple[str, int], Any] = {}
+#: Font file -> the face of it to use (files not listed: their first face).
+_face_index: dict[str, int] = {}
+#: Glyph cache: (font file, size, character) -> (advance 26.6, left, top, coverage or None).
+_glyphs: OrderedDict[tuple[str, int, str], tuple[int, int, int, Any]] = OrderedDict()
+#: Enough for the glyphs of every screen in both languages; one at 40 px is ~1.6 kB.
+GLYPH_CACHE = 2048
+
+
+def _face(path: str, size: int) -> Any:
+    import freetype
+
+    key = (path, _face_index.get(path, 0))
+    face = _faces.get(key)
+    if face is None:
+        face = _faces[key] = freetype.Face(path, key[1])  # opened by path: memory-mapped
+    if face.size.x_ppem != size:
+        face.set_pixel_sizes(0, size)
+    return face
+
+
+def _glyph(path: str, size: int, char: str) -> tuple[int, int, int, Any]:
+    key = (path, size, char)
+    glyph = _glyphs.get(key)
+    if glyph is not None:
+        _glyphs.move_to_end(key)
+        return glyph
+    import freetype
+    import numpy as np
+
+    face = _face(path, size)
+    face.load_char(char, freetype.FT_LOAD_RENDER | freetype.FT_LOAD_TARGET_NORMAL)
+    slot = face.glyph
+    bitmap = slot.bitmap._FT_Bitmap
+    coverage = None
+    if bitmap.rows and bitmap.width:
+        rows = np.ctypeslib.as_array(bitmap.buffer, shape=(bitmap.rows, abs(bitmap.pitch)))
+        coverage = rows[:, : bitmap.width].copy()
+        if bitmap.pitch < 0:
+            coverage = coverage[::-1]
+    glyph = (int(slot.advance.x), int(slot.bitmap_left), int(slot.bitmap_top), coverage)
+    _glyphs[key] = glyph
+    if len(_glyphs) > GLYPH_CACHE:
+        _glyphs.popitem(last=False)
+    return glyph
+
+
+def _metrics(path: str, size: int) -> tuple[int, int]:
+    """Ascent and descent (negative) in pixels, rounded outwards as SDL_ttf does."""
+    face = _face(path, size)
+    return math.ceil(face.size.ascender / 64), math.floor(face.size.descender / 64)
+
+
+def shared_face_label() -> type:
+    """Kivy's text-provider class drawing with FreeType faces opened once (see the module
+    docstring); made on demand so that importing this module does not import Kivy."""
+    import numpy as np
+    from kivy.core.image import ImageData
+    from kivy.core.text import LabelBase
+
+    class SharedFaceLabel(LabelBase):
+        def _font(self) -> tuple[str, int]:
+            return str(self.options["font_name_r"]), max(1, int(self.options["font_size"]))
+
+        def get_extents(self, text: str) -> tuple[int, int]:
+            path, size = self._font()
+            ascent, descent = _metrics(path, size)
+            advance = sum(_glyph(path, size, c)[0] for c in text)
+            return math.ceil(advance / 64), ascent - descent
+
+        def get_cached_extents(self) -> Any:
+            return self.get_extents
+
+        def get_ascent(self) -> int:
+            return _metrics(*self._font())[0]
+
+        def get_descent(self) -> int:
+            return _metrics(*self._font())[1]
+
+        def _render_begin(self) -> None:
+            self._layers: dict[tuple[float, ...], Any] = {}  # colour -> coverage
+
+        def _render_text(self, text: str, x: float, y: float) -> None:
+            path, size = self._font()
+            ascent, _ = _metrics(path, size)
+            width, height = self._size
+            color = tuple(self.options["color"])
+            coverage = self._layers.get(color)
+            if coverage is None:
+                coverage = self._layers[color] = np.zeros((height, width), np.uint8)
+            pen, baseline = int(x) * 64, int(y) + ascent
+            for char in text:
+                advance, left, top, bitmap = _glyph(path, size, char)
+                if bitmap is not None:
+                    gx, gy = pen // 64 + left, baseline - top
+                    x0, y0 = max(gx, 0), max(gy, 0)
+                    x1 = min(gx + bitmap.shape[1], width)
+                    y1 = min(gy + bitmap.shape[0], height)
+                    if x1 > x0 and y1 > y0:
+                        target = coverage[y0:y1, x0:x1]
+                        np.maximum(target, bitmap[y0 - gy : y1 - gy, x0 - gx : x1 - gx], target)
+                pen += advance
+
+        def _render_end(self) -> Any:
+            width, height = self._size
+            rgba = np.zeros((height, width, 4), np.uint8)
+            for color, coverage in self._layers.items():  # markup: a layer per colour
+                mask = coverage > 0
+                for channel in range(3):
+                    rgba[..., channel][mask] = int(color[channel] * 255)
+                alpha = (coverage.astype(np.uint16) * int(color[3] * 255) // 255).astype(np.uint8)
+                np.maximum(rgba[..., 3], alpha, rgba[..., 3])
+            self._layers = {}
+            return ImageData(width, height, "rgba", rgba.tobytes())
+
+    return SharedFaceLabel
+
+
+def install_text_provider() -> None:
+    """Make `SharedFaceLabel` Kivy's text provider. Call before `kivy.uix.label` is
+    imported (the labels and the markup labels bind the provider at import)."""
+    import sys
+
+    import kivy.core.text as core_text
+
+    if "kivy.uix.label" in sys.modules or "kivy.core.text.markup" in sys.modules:
+        log.warning("Kivy's labels are already imported: keeping its own text provider")
+        return
+    if core_text.Label.__name__ == "SharedFaceLabel":
+        return
+    core_text.Label = core_text.Text = shared_face_label()
+
+
 def register_default_font() -> Path | None:
-    """Make a CJK font Kivy's default (regular + bold). Returns its file, or None."""
+    """Make a CJK font Kivy's default (regular + bold), drawn by `SharedFaceLabel` from its
+    Simplified Chinese face. Returns its file, or None."""
     from kivy.core.text import DEFAULT_FONT, LabelBase
 
+    install_text_provider()
     regular = find_cjk_font()
     if regular is None:
         log.warning(
@@ -81,10 +251,9 @@ def register_default_font() -> Path | None:
             FONT_ENV,
         )
         return None
-    # Kivy's SDL2 text provider opens the first face of a .ttc collection (for Noto
-    # Sans CJK that is the JP face); it still covers every simplified Chinese glyph.
-    LabelBase.register(
-        DEFAULT_FONT, fn_regular=str(regular), fn_bold=str(_bold_of(regular) or regular)
-    )
-    log.info("UI font: %s", regular)
+    bold = _bold_of(regular) or regular
+    for path in {regular, bold}:
+        _face_index[str(path)] = chinese_face_index(path)
+    LabelBase.register(DEFAULT_FONT, fn_regular=str(regular), fn_bold=str(bold))
+    log.info("UI font: %s (face %d)", regular, _face_index[str(regular)])
     return regular
