@@ -12,23 +12,19 @@ every screen (copied to /tmp/shots/layout/ to look at).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devtools.devbroker import find_program
 from kiosk.loyalty import MemberOffer, RewardChoice
 from kiosk.screens.backend import LockerView, PreorderView, StaffSnapshot
 from kiosk.screens.outcome import ERROR, LOADING, Outcome
@@ -36,8 +32,8 @@ from kiosk.screens.palette import AMBER, INK, MUTED_ON_INK, NAVY, NO_RED, OK_GRE
 from o2o_protocol.messages import EventType, Reason
 from tests import kivy_driver
 from tests.kivy_driver import on_ui, wait_for
-from tests.support import missing_component
 from tests.test_ui import REPO, _kivy_env, _need_kivy
+from tests.test_ui_window import _xvfb
 
 #: The official Pi 7" display, a common 7" panel, and both turned to portrait.
 SIZES = ("800x480", "1024x600", "600x1024", "480x800")
@@ -464,40 +460,6 @@ def _driver_main(argv: list[str]) -> int:
 # --- the tests, in pytest's process -------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _xvfb(size: str) -> Iterator[str]:
-    """An X server of exactly `size` (no window manager); its display."""
-    xvfb = find_program("Xvfb")
-    if xvfb is None:
-        missing_component("Xvfb", "apt-get install xvfb xauth, or run scripts/setup.sh")
-        raise AssertionError("unreachable")
-    read_fd, write_fd = os.pipe()
-    with tempfile.TemporaryFile() as err_log:
-        proc = subprocess.Popen(
-            [xvfb, "-displayfd", str(write_fd), "-screen", "0", f"{size}x24", "-nolisten", "tcp"],
-            pass_fds=(write_fd,),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err_log,
-            start_new_session=True,
-        )
-        os.close(write_fd)
-        try:
-            with os.fdopen(read_fd) as pipe:
-                number = pipe.readline().strip()
-            if not number.isdigit():
-                err_log.seek(0)
-                raise RuntimeError(f"Xvfb did not start: {err_log.read()[-2000:]!r}")
-            yield f":{number}"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
 @pytest.fixture(scope="module", params=SIZES)
 def layout(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -507,7 +469,8 @@ def layout(
     size = request.param
     out = tmp_path_factory.mktemp(f"layout-{size}")
     env = _kivy_env(out / "kivy-home")
-    with _xvfb(size) as display:
+    width, height = (int(v) for v in size.split("x"))
+    with _xvfb(width, height) as display:
         env.update(DISPLAY=display, SDL_VIDEODRIVER="x11", O2O_UI_WINDOW=size)
         proc = subprocess.run(
             [sys.executable, "-m", "tests.test_ui_layout", str(out), size],
