@@ -51,10 +51,27 @@ def settled(app: Any) -> None:
 
 
 def tap(app: Any, find: Callable[[], Any]) -> float:
-    """A finger down and up on the centre of the widget `find` returns; when it was."""
+    """A finger down and up on the centre of the widget `find` returns; when it was.
+
+    Waits until the widget holds still first: a panel that has just appeared is laid out
+    over the next frames (a title that shrinks its font to fit moves what is below it),
+    and a finger aimed at where a button was a frame ago lands beside it.
+    """
     from kivy.tests.common import UnitTestTouch
 
     settled(app)
+
+    def where() -> tuple[int, int, int, int]:
+        widget = find()
+        x, y = widget.to_window(*widget.center)
+        return round(x), round(y), round(widget.width), round(widget.height)
+
+    seen = [on_ui(where)]
+    deadline = time.monotonic() + 10
+    while len(seen) < 3 or len(set(seen[-3:])) > 1:  # the same place three frames running
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the widget to tap kept moving: {seen[-3:]}")
+        seen.append(on_ui(where))
 
     def do() -> float:
         widget = find()
