@@ -71,8 +71,10 @@ class Lease:
             set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
             where=(LeaseRow.holder == stmt.excluded.holder) | (LeaseRow.expires_at < now),
         )
+        # RETURNING, not the row count: drivers differ on the count of an upsert that
+        # wrote nothing (psycopg reports one).
         with self.engine.begin() as conn:
-            return bool(conn.execute(stmt).rowcount)
+            return conn.execute(stmt.returning(LeaseRow.holder)).first() is not None
 
     def release(self) -> None:
         """Give the lease up (if ours), so another worker takes it at its next try."""
