@@ -332,6 +332,11 @@ class BridgeConfig(_Section):
     _kiosks = field_validator("kiosks")(_check_kiosks)
     _timezone = field_validator("timezone")(_check_zone)
 
+    @field_validator("worker")
+    @classmethod
+    def _worker(cls, v: str | None) -> str | None:
+        return None if v is None else check_id(v, "worker")
+
     @field_validator("store")
     @classmethod
     def _store(cls, v: str) -> str:

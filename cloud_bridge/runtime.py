@@ -180,8 +180,8 @@ class BridgeRuntime:
         for part in self._parts:
             part.start()
             self._started.append(part)
-        if self.holds_lease():
-            self.catch_up()
+        if self.keeper is None:
+            self.catch_up()  # a worker catches up when it takes the lease (`_lease_taken`)
         self._stopping.clear()
         self._catching_up = threading.Thread(
             target=self._catch_up_loop, name="bridge-catch-up", daemon=True
