@@ -18,6 +18,11 @@ milliseconds, far below the TTL).
 
 Each worker also writes a heartbeat per store (`workers`: when, and its ingest lag), which
 the holder puts in the store's stats document.
+
+The stores spread over the workers: a worker holding more than its share of the leases
+(their number over the live workers', rounded up) gives one up every `YIELD_PAUSE_S` and
+leaves it alone for as long, so another worker takes it. The first worker up takes every
+lease; those that start later get their share within seconds.
 """
 
 from __future__ import annotations
@@ -42,6 +47,13 @@ LEASE_TTL_S = 5.0
 RENEW_S = 1.0
 #: A worker whose heartbeat is older than this is no longer counted as live.
 WORKER_GONE_S = 3 * LEASE_TTL_S
+#: A worker counts towards the share of leases while its heartbeat is this recent.
+SHARING_S = 3 * RENEW_S
+#: How often one process gives up a lease over its share, and how long it then leaves it.
+YIELD_PAUSE_S = 3 * RENEW_S
+
+_yields: dict[str, float] = {}  # holder: when this process last gave a lease up
+_yields_lock = threading.Lock()
 
 
 def store_lease(store: str) -> str:
@@ -122,6 +134,31 @@ def live_workers(engine: Engine, store: str, now: float | None = None) -> dict[s
     return {w: {**lag, "seen_s": round(max(0.0, now - seen), 1)} for w, seen, lag in rows}
 
 
+def over_share(engine: Engine, holder: str, now: float | None = None) -> bool:
+    """Whether `holder` holds more leases than its share among the live workers."""
+    now = time.time() if now is None else now
+    with engine.connect() as conn:
+        leases = conn.execute(select(LeaseRow.holder, LeaseRow.expires_at)).all()
+        live = conn.execute(
+            select(WorkerRow.worker).where(WorkerRow.seen_at > now - SHARING_S).distinct()
+        ).all()
+    workers = {w for (w,) in live} | {holder}
+    share = -(-len(leases) // len(workers))  # rounded up
+    mine = sum(1 for h, expires in leases if h == holder and expires > now)
+    return mine > share
+
+
+def _may_yield(holder: str) -> bool:
+    """One lease given up per process every `YIELD_PAUSE_S`: the others see the change
+    before the next (all of a process's stores giving theirs up at once would overshoot)."""
+    now = time.monotonic()
+    with _yields_lock:
+        if now - _yields.get(holder, -YIELD_PAUSE_S) < YIELD_PAUSE_S:
+            return False
+        _yields[holder] = now
+        return True
+
+
 class LeaseKeeper:
     """Keeps a lease on its own thread: tries every `renew_s`; `holds` says whether this
     worker may run the jobs now. `on_gain` runs when the lease is taken (do what a fresh
@@ -135,8 +172,12 @@ class LeaseKeeper:
         on_gain: Callable[[], None] | None = None,
         on_loss: Callable[[], None] | None = None,
         heartbeat: Callable[[], None] | None = None,
+        balance: bool = False,
     ) -> None:
+        """`balance`: give the lease up when this worker holds more than its share."""
         self.lease = lease
+        self.balance = balance
+        self._resting_until = 0.0  # monotonic: a lease given up is left alone until then
         self.renew_s = renew_s
         self._on_gain = on_gain
         self._on_loss = on_loss
@@ -181,6 +222,14 @@ class LeaseKeeper:
 
     def _round(self) -> None:
         started = time.monotonic()
+        if started < self._resting_until:
+            if self._heartbeat is not None:
+                self._call(self._heartbeat)
+            return
+        if self._held and self.balance and self._give_up_for_balance():
+            if self._heartbeat is not None:
+                self._call(self._heartbeat)
+            return
         try:
             ok = self.lease.acquire()
         except Exception as exc:
@@ -204,6 +253,28 @@ class LeaseKeeper:
                 self._call(self._on_loss)
         if self._heartbeat is not None:
             self._call(self._heartbeat)
+
+    def _give_up_for_balance(self) -> bool:
+        """Give the lease up if this worker holds more than its share (one a round)."""
+        holder = self.lease.holder
+        try:
+            if not over_share(self.lease.engine, holder) or not _may_yield(holder):
+                return False
+        except Exception as exc:
+            log.warning("could not count the leases: %s", one_line(exc))
+            return False
+        self._held = False  # the jobs stop before another worker may start them
+        try:
+            self.lease.release()
+        except Exception as exc:
+            self._held = True  # still ours, until its expiry
+            log.warning("could not give up lease %s: %s", self.lease.name, one_line(exc))
+            return False
+        self._resting_until = time.monotonic() + YIELD_PAUSE_S
+        log.info("worker %s gave up lease %s to another worker", holder, self.lease.name)
+        if self._on_loss is not None:
+            self._call(self._on_loss)
+        return True
 
     @staticmethod
     def _call(work: Callable[[], None]) -> None:

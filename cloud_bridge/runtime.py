@@ -94,6 +94,7 @@ class BridgeRuntime:
                 Lease(repo.engine, store_lease(store), self.worker),
                 on_gain=self._lease_taken,
                 heartbeat=self._heartbeat,
+                balance=True,
             )
         active = None if self.keeper is None else self.holds_lease
         # Home Assistant: the store's device, the bridge's online state (ha.py).

@@ -25,7 +25,15 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cloud_bridge.db import Repository
-from cloud_bridge.leases import LEASE_TTL_S, RENEW_S, Lease, holders
+from cloud_bridge.leases import (
+    LEASE_TTL_S,
+    RENEW_S,
+    Lease,
+    LeaseKeeper,
+    beat,
+    holders,
+    store_lease,
+)
 from o2o_protocol.config_file import MqttConnection
 from o2o_protocol.messages import Event, dumps, new_event_id, parse_ack
 from o2o_protocol.mqtt import MqttLink
@@ -255,14 +263,22 @@ def test_two_workers_split_the_ingest_and_run_every_other_job_once(
     try:
         w1 = Worker(shop, "w1")
         workers.append(w1)
-        # The first worker up takes every store's lease; the second shares the ingest.
+        # The first worker up takes every store's lease; the second shares the ingest and
+        # gets its share of the leases: one store each.
         wait_until("w1 holding both leases", lambda: all(w1.holds(s) for s in STORES))
         w2 = Worker(shop, "w2")
         workers.append(w2)
         wait_until("w2 connected", lambda: w2.health().get("mqtt_connected") is True)
-        for store in STORES:
-            seen = w2.stores()[store]["worker"]
-            assert (seen["name"], seen["holds_lease"], seen["lease_holder"]) == ("w2", False, "w1")
+
+        def lease_holders() -> dict[str, str | None]:
+            return {s: h["worker"]["lease_holder"] for s, h in w2.stores().items()}
+
+        wait_until(
+            "a lease each", lambda: sorted(map(str, lease_holders().values())) == ["w1", "w2"]
+        )
+        moved = next(s for s, h in lease_holders().items() if h == "w2")
+        for store, h in w1.stores().items():
+            assert h["worker"]["holds_lease"] is (store != moved)
 
         kiosks += [Kiosk(mosquitto_broker.url, s, k) for s, ks in STORES.items() for k in ks]
         for _ in range(10):
@@ -293,7 +309,9 @@ def test_two_workers_split_the_ingest_and_run_every_other_job_once(
         start = time.monotonic()
         for store in STORES:
             _assert_one_publisher(_stats_per_interval(watch, store, start, 4.0), 4.0)
-            assert len(watch.on(f"homeassistant/device/o2o_{store}/config")) == 1
+            # Announced by w1 at its start, and by w2 when it took its lease.
+            announced = len(watch.on(f"homeassistant/device/o2o_{store}/config"))
+            assert announced == (2 if store == moved else 1)
             assert watch.on(f"o2o/v1/{store}/bridge")[-1][1] == {"online": True}
 
         # A command the kiosk missed: its status gets it re-sent, once.
@@ -322,30 +340,32 @@ def test_two_workers_split_the_ingest_and_run_every_other_job_once(
         sender = threading.Thread(target=traffic, daemon=True)
         sender.start()
         wait_until("traffic under way", lambda: pg_repo.count_events() > 320)
+        victim, survivor = (w1, w2) if lease_holders()["s1"] == "w1" else (w2, w1)
         killed = time.monotonic()
-        w1.kill()
+        victim.kill()
         wait_until(
-            "w2 taking both leases",
-            lambda: all(w2.holds(s) for s in STORES),
+            f"{survivor.name} taking both leases",
+            lambda: all(survivor.holds(s) for s in STORES),
             timeout=LEASE_TTL_S + RENEW_S + 10,
         )
         failover = time.monotonic() - killed
         print(f"failover after SIGKILL: {failover:.1f} s")
         assert failover <= LEASE_TTL_S + RENEW_S + 1.0
 
-        # Taking the lease, w2 did what a fresh start does: k01's last status lacks the
+        # Taking the lease, the survivor did what a fresh start does: k01's last status lacks the
         # command, so it is sent again (once); the status says online; stats go on.
         wait_until("k01's command after the takeover", lambda: k01.got("code.revoke") == 2)
         for store in STORES:
             topic = f"o2o/v1/{store}/bridge"
             wait_until(
-                f"{store}'s bridge status offline (w1's will), then online again",
+                f"{store}'s bridge status offline (a will), then online again",
                 lambda t=topic: _offline_then_online([p["online"] for _, p in watch.on(t, killed)]),  # type: ignore[misc]
             )
         taken = time.monotonic()
         for store in STORES:
             _assert_one_publisher(_stats_per_interval(watch, store, taken, 3.0), 3.0)
-        assert all(len(watch.on(f"homeassistant/device/o2o_{s}/config")) == 2 for s in STORES)
+        after_kill = {s: len(watch.on(f"homeassistant/device/o2o_{s}/config")) for s in STORES}
+        assert after_kill == {"s1": 2 if moved == "s2" else 3, "s2": 2 if moved == "s2" else 1}
 
         # A status after the takeover: the missing command re-sent once.
         pg_repo.add_commands("s1", [("k02", "code.revoke", {"id": "c-2"})])
@@ -370,7 +390,7 @@ def test_two_workers_split_the_ingest_and_run_every_other_job_once(
         assert k02.got("code.revoke") == 1
 
         # The last worker gone: the status ends offline.
-        w2.kill()
+        survivor.kill()
         for store in STORES:
             topic = f"o2o/v1/{store}/bridge"
             wait_until(
@@ -397,3 +417,37 @@ def test_a_lease_has_one_holder_until_it_expires_or_is_given_up(any_repo: Reposi
     assert holders(any_repo.engine, now + 8) == {"store:s1": "w2"}
     b.release()
     assert a.acquire(now + 8.5) is True  # given up: taken at once
+
+
+def test_a_worker_that_starts_later_gets_its_share_of_the_stores(repo: Repository) -> None:
+    """Four stores, the first worker up takes them all; a second worker gets two of them
+    within seconds, and each store is held by one worker at every moment."""
+    stores = ["s1", "s2", "s3", "s4"]
+
+    def keepers(worker: str) -> dict[str, LeaseKeeper]:
+        return {
+            s: LeaseKeeper(
+                Lease(repo.engine, store_lease(s), worker),
+                heartbeat=lambda s=s: beat(repo.engine, s, worker, {}),  # type: ignore[misc]
+                balance=True,
+            )
+            for s in stores
+        }
+
+    first, second = keepers("b1"), keepers("b2")
+    try:
+        for k in first.values():
+            k.start()
+        assert all(k.holds for k in first.values())
+        for k in second.values():
+            k.start()
+
+        def held() -> tuple[int, int]:
+            both = [s for s in stores if first[s].holds and second[s].holds]
+            assert not both, f"held by both workers: {both}"
+            return sum(k.holds for k in first.values()), sum(k.holds for k in second.values())
+
+        wait_until("two stores each", lambda: held() == (2, 2), timeout=20)
+    finally:
+        for k in [*first.values(), *second.values()]:
+            k.stop()
