@@ -161,6 +161,12 @@ class HaAnnouncer:
             if self._announced != self.link.generation:
                 self.announce()
 
+    def forget(self) -> None:
+        """This worker stopped announcing (its lease went): the next `connected()`
+        announces again, even on the same connection."""
+        with self._lock:
+            self._announced = None
+
     def announce(self) -> None:
         if self.link is None or (self.active is not None and not self.active()):
             return

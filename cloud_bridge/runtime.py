@@ -93,6 +93,7 @@ class BridgeRuntime:
             self.keeper = LeaseKeeper(
                 Lease(repo.engine, store_lease(store), self.worker),
                 on_gain=self._lease_taken,
+                on_loss=self._lease_lost,
                 heartbeat=self._heartbeat,
                 balance=True,
             )
@@ -217,6 +218,10 @@ class BridgeRuntime:
 
     def _count_stored(self, _events: list[Event], new: set[str]) -> None:
         self.stored += len(new)
+
+    def _lease_lost(self) -> None:
+        """Another worker runs the jobs now; taking the lease again announces again."""
+        self.ha.forget()
 
     def lag(self) -> dict[str, Any]:
         """This worker's ingest lag: events waiting (taken and not stored, stored and not
