@@ -166,6 +166,8 @@ class UiSection(_Section):
     language: Literal["zh_CN", "en"] = "zh_CN"
     #: Seconds a result screen stays before the kiosk returns to its start screen.
     result_s: Annotated[float, Field(gt=0, le=120)] = 6.0
+    #: Seconds a refusal stays: longer than a success, to read what to do next.
+    refusal_s: Annotated[float, Field(gt=0, le=120)] = 10.0
     join_url: str = ""
 
 

@@ -32,7 +32,7 @@ from kiosk.effects import (
 )
 from kiosk.loyalty import RatingSubject
 from kiosk.sizes import fitting
-from o2o_protocol.codes import Code, CodeType, Rejected, decode_unverified
+from o2o_protocol.codes import Code, CodeType, Rejected, decode_unverified, extract_token
 from o2o_protocol.hours import describe, is_open
 from o2o_protocol.messages import EventType, PoolCode, Reason, Reward
 
@@ -133,7 +133,8 @@ def reject(
         data["code_type"], data["code_id"] = code.type.value, code.id
     elif text:
         # Unverified (maybe forged) fields: kept for the owner's view, never trusted.
-        payload = decode_unverified(text)
+        # The token inside, also when it came as a link (a code shown as a URL).
+        payload = decode_unverified(extract_token(text))
         if not isinstance(payload, Rejected):
             data["claimed_type"] = payload.t.value
             data["claimed_id"] = _UNSAFE.sub("?", payload.id[:64])
@@ -152,7 +153,8 @@ def decide(
 ) -> Decision | Unlock:
     """The one place where a scan becomes an outcome (or a locker to open first)."""
     if isinstance(result, Rejected):
-        return reject(result.reason, result.detail, text=text)
+        extra = _refusal_facts(result.reason, text, rules.zone)
+        return reject(result.reason, result.detail, text=text, **extra)
     code = result
     if code.type not in rules.accept:
         return reject(Reason.NOT_ALLOWED, "this kiosk does not take this kind of code", code)
@@ -172,6 +174,21 @@ def decide(
                 return _load(code, facts)
             return _pickup(code, facts)
     return reject(Reason.NOT_ALLOWED, "unsupported code type", code)
+
+
+def _refusal_facts(reason: Reason, text: str, zone: tzinfo | None) -> dict[str, Any]:
+    """What the screen needs to say what to do next about a code verification refused:
+    the store it is for, or when it becomes valid (shop time, to the minute). Both are
+    checked after the signature (`verify_code`), so they are what the issuer wrote."""
+    if reason not in (Reason.WRONG_STORE, Reason.NOT_YET_VALID):
+        return {}
+    payload = decode_unverified(extract_token(text))
+    if isinstance(payload, Rejected):
+        return {}
+    if reason == Reason.WRONG_STORE:
+        return {"claimed_store": _UNSAFE.sub("?", payload.st[:64])}
+    start = max(payload.iat, payload.nbf or payload.iat)
+    return {"valid_from": shop_time(start, zone).strftime("%Y-%m-%dT%H:%M")}
 
 
 def _member(code: Code, facts: Facts, rules: Rules, today: str, now: float) -> Decision:
@@ -237,10 +254,10 @@ def _coupon(code: Code, facts: Facts, rules: Rules, now: float) -> Decision:
     uses = code.uses
     used = max(facts.coupon_uses, 1 if facts.coupon_used_at is not None else 0)
     if used >= uses:
-        detail = f"used at {facts.coupon_used_at}"
-        if uses > 1:
+        if uses > 1:  # a visit card: the screen says all its uses are taken
             detail = f"all {uses} uses taken (last at {facts.coupon_used_at})"
-        return reject(Reason.ALREADY_USED, detail, code)
+            return reject(Reason.ALREADY_USED, detail, code, uses=uses)
+        return reject(Reason.ALREADY_USED, f"used at {facts.coupon_used_at}", code)
     hours = code.hours
     if not is_open(hours, shop_time(now, rules.zone)):
         # Nothing is used up: the customer comes back within the hours.

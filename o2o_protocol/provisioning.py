@@ -66,6 +66,7 @@ history_days = 90             # event history kept on the kiosk (un-synced event
 [ui]
 language = "zh_CN"            # zh_CN | en
 result_s = 6.0                # seconds before a result screen returns to the start screen
+refusal_s = 10.0              # the same for a refusal (longer: what to do next takes reading)
 join_url = ""                 # the shop's online sign-up page (shown as a QR, printed)
 
 [camera]

@@ -246,6 +246,9 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
             wait_for("the bad number", lambda: join_state()["message"] == zh.get("join.bad_phone"))
             report["join_bad"] = on_ui(join_state)
             report["shot_join_bad"] = shot("join_bad")
+            for _ in BAD_PHONE:  # the refused number stays: delete it to type another
+                tap(lambda: join.ids.key_back)
+            report["join_deleted"] = on_ui(join_state)
 
             press_keys(PHONE[:4], ok=False)
             report["join_typing"] = on_ui(join_state)
@@ -253,7 +256,6 @@ def _drive(config_path: Path, out: Path) -> dict[str, Any]:
             press_keys(PHONE[3:], ok=False)
             report["join_full"] = on_ui(join_state)
             tap(lambda: join.ids.key_ok)
-            report["join_after_ok"] = on_ui(join_state)  # straight after OK: cleared
             wait_for("the joined screen", lambda: app.root.current == "joined")
             joined = app.root.get_screen("joined")
             report["joined"] = on_ui(
@@ -424,7 +426,10 @@ def test_checkin_shows_member_name_and_points(ui_run: dict[str, Any]) -> None:
     assert checkin["ok"] is True
     assert MEMBER_NAME in checkin["title"]
     assert "10" in checkin["detail"]  # +10 this visit, 10 in total (default rules)
-    assert checkin == {**checkin, "extra": Messages().get("result.checkin.visits", visits=1)}
+    # A first visit: a welcome, not a welcome back.
+    zh = Messages()
+    assert checkin["title"] == zh.get("result.checkin.title_first", name=MEMBER_NAME)
+    assert checkin == {**checkin, "extra": zh.get("result.checkin.first_visit")}
 
 
 def test_rewards_and_a_rating_through_the_kiosk_runtime(ui_run: dict[str, Any]) -> None:
@@ -472,7 +477,7 @@ def test_coupon_twice_is_already_used(ui_run: dict[str, Any]) -> None:
     assert CAMPAIGN in ui_run["coupon"]["detail"] and VALUE in ui_run["coupon"]["detail"]
     again = ui_run["coupon_again"]
     assert again["ok"] is False
-    assert again["title"] == zh.get("reason.already_used.title")
+    assert again["title"] == zh.get("reason.already_used.coupon.title")
 
 
 def test_result_goes_back_to_start_by_itself_and_on_touch(ui_run: dict[str, Any]) -> None:
@@ -524,9 +529,10 @@ def test_join_by_phone_records_a_member_and_shows_its_qr(ui_run: dict[str, Any])
     assert ui_run["join_after_stray_touch"] == "join"  # a missed key does not leave
     assert ui_run["join_typing"]["phone"] == "138 0"
     assert ui_run["join_full"]["phone"] == "138 0013 8000"
-    after = ui_run["join_after_ok"]
-    assert after["digits"] == "" and after["phone"] == zh.get("join.phone_placeholder")
+    assert ui_run["join_deleted"]["phone"] == zh.get("join.phone_placeholder")
     joined = ui_run["joined"]
+    # Gone from the join screen once the member joined: the next person must not read it.
+    assert joined["join_phone"] == zh.get("join.phone_placeholder")
     assert joined["title"] == zh.get("joined.title") and joined["has_qr"] is True
     assert joined["hint"] == zh.get("joined.hint")
 
@@ -554,7 +560,8 @@ def test_bad_phone_number_says_so_and_stays(ui_run: dict[str, Any]) -> None:
     bad = ui_run["join_bad"]
     assert bad["screen"] == "join" and bad["busy"] is False
     assert bad["message"] == Messages("zh_CN").get("join.bad_phone")
-    assert bad["digits"] == ""  # not shown again after OK
+    # Kept as typed, so one wrong digit is one key to fix, not the whole number again.
+    assert bad["digits"] == BAD_PHONE and bad["phone"] == "123 45"
 
 
 def test_staff_code_shows_the_staff_screen(ui_run: dict[str, Any]) -> None:
@@ -597,18 +604,23 @@ def test_screenshots_are_whole_screens_not_mid_fade(ui_run: dict[str, Any]) -> N
     """A fade caught half-way blends two screens; every background pixel must be pure."""
     import cv2
 
-    backgrounds = {  # BGR of NAVY, OK_GREEN and the staff screen's slate, from the .kv
-        "shot_join": (59, 33, 15),
-        "shot_join_bad": (59, 33, 15),
-        "shot_joined": (56, 120, 23),
+    from kiosk.screens.palette import NAVY, OK_GREEN
+
+    def bgr(rgba: tuple[float, ...]) -> tuple[int, ...]:
+        return tuple(round(c * 255) for c in reversed(rgba[:3]))
+
+    backgrounds = {  # NAVY, OK_GREEN, and the staff screen's slate from staff.kv
+        "shot_join": bgr(NAVY),
+        "shot_join_bad": bgr(NAVY),
+        "shot_joined": bgr(OK_GREEN),
         "shot_staff": (56, 41, 31),
         "shot_staff_reprint": (56, 41, 31),
     }
-    for key, bgr in backgrounds.items():
+    for key, colour in backgrounds.items():
         image = cv2.imread(ui_run[key])
         assert image.shape[:2] == (600, 1024), key
         for x, y in ((6, 300), (6, 580), (1018, 580)):
-            assert tuple(int(v) for v in image[y, x]) == pytest.approx(bgr, abs=2), (key, x, y)
+            assert tuple(int(v) for v in image[y, x]) == pytest.approx(colour, abs=2), (key, x, y)
 
 
 def test_language_toggle_switches_the_start_screen(ui_run: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from kiosk.i18n import Messages
 from kiosk.loyalty import MemberOffer, RatingSubject
-from kiosk.screens.outcome import LOADING, Outcome, describe
+from kiosk.screens.outcome import LOADING, Outcome, describe, short_name
 from o2o_protocol.messages import EventType
 
 #: Locker states as the staff screen shows them, worst first.
@@ -122,7 +122,10 @@ def status_text(snap: StaffSnapshot, m: Messages) -> str:
 def preorders_text(snap: StaffSnapshot, m: Messages, *, rows: int = 6) -> str:
     if not snap.preorders:
         return m.get("staff.preorders_none")
-    lines = [f"{p.order}　{p.name}" if p.name else p.order for p in snap.preorders[:rows]]
+    # Names shortened: one order, one line, or the list runs off its panel.
+    lines = [
+        f"{p.order}　{short_name(p.name, 10)}" if p.name else p.order for p in snap.preorders[:rows]
+    ]
     if len(snap.preorders) > rows:
         lines.append(m.get("staff.preorders_more", count=len(snap.preorders) - rows))
     return "\n".join(lines)

@@ -12,10 +12,13 @@ from typing import Any
 from kivy.animation import Animation
 from kivy.clock import Clock
 from kivy.lang import Builder
-from kivy.properties import ColorProperty, NumericProperty
+from kivy.properties import BooleanProperty, ColorProperty, NumericProperty
 from kivy.uix.button import Button
+from kivy.uix.label import Label
 from kivy.uix.screenmanager import Screen
 from kivy.uix.widget import Widget
+
+from kiosk.screens.palette import AMBER, INK, NAVY
 
 START = "start"
 
@@ -30,8 +33,8 @@ def load_kv(module_file: str) -> None:
 class BigButton(Button):
     """A large rounded button; colours come from the .kv, not from Kivy's grey images."""
 
-    fill = ColorProperty((1.0, 0.76, 0.03, 1.0))
-    ink = ColorProperty((0.06, 0.13, 0.23, 1.0))
+    fill = ColorProperty(AMBER)
+    ink = ColorProperty(NAVY)
     radius = NumericProperty(18.0)
 
 
@@ -39,6 +42,46 @@ class CountdownBar(Widget):
     """A thin bar showing how long until the screen goes back by itself."""
 
     fraction = NumericProperty(1.0)
+    ink = ColorProperty(INK)
+
+
+class FitLabel(Label):
+    """A wrapping label that shrinks its font, down to `min_scale` of `font_max`, until
+    its text takes at most `fit_lines` lines at its width: a long name or a long
+    translation stays whole instead of pushing the rest of the screen off its bottom."""
+
+    font_max = NumericProperty(30.0)
+    fit_lines = NumericProperty(2)
+    min_scale = NumericProperty(0.6)
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._fitting = Clock.create_trigger(lambda _dt: self.fit())
+        super().__init__(**kwargs)
+        self.bind(text=self._fitting, width=self._fitting, font_max=self._fitting)
+        self.bind(fit_lines=self._fitting, bold=self._fitting)
+        self._fitting()
+
+    def lines_at(self, font_size: float) -> int:
+        """How many lines the text takes at this font size and the label's width."""
+        from kivy.core.text import Label as CoreLabel
+
+        core = CoreLabel(
+            text=self.text,
+            font_size=font_size,
+            font_name=self.font_name,
+            bold=self.bold,
+            text_size=(max(1.0, self.width), None),
+            halign=self.halign,
+        )
+        core.refresh()
+        return len(getattr(core, "_cached_lines", ())) or 1
+
+    def fit(self) -> None:
+        size, smallest = float(self.font_max), float(self.font_max) * self.min_scale
+        if self.text and self.width > 1:
+            while size * 0.9 >= smallest and self.lines_at(size) > self.fit_lines:
+                size *= 0.9
+        self.font_size = size
 
 
 load_kv(__file__)
@@ -55,6 +98,8 @@ class CustomerScreen(Screen):
     timeout_s = NumericProperty(0.0)
     #: 1 -> 0 while the screen waits to go back; drawn as a bar so people see it will.
     remaining = NumericProperty(1.0)
+    #: Taller than wide (a portrait display): the .kv stacks what sits side by side.
+    portrait = BooleanProperty(False)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -1,8 +1,10 @@
 """The join screen: the shop's online sign-up as a QR code, and a keypad for a phone.
 
-Typing a phone number joins on the spot (`KioskRuntime.join`, through the app's backend). The
-number is cleared from the screen the moment OK is pressed, whatever the answer: the
-next person at the door must not read it.
+Typing a phone number joins on the spot (`KioskRuntime.join`, through the app's backend).
+A number the kiosk refuses stays on screen, framed in amber under a big message, so the
+person can fix one digit instead of typing it all again; it leaves the screen with the
+screen (a join, the back button, or the timeout): the next person at the door must not
+read it.
 """
 
 from __future__ import annotations
@@ -79,6 +81,11 @@ class JoinScreen(CustomerScreen):
     message = StringProperty("")
     #: True from OK until the answer comes back: the keypad ignores presses meanwhile.
     busy = BooleanProperty(False)
+    #: The message is a refusal or an error (drawn big, amber, the number framed).
+    error = BooleanProperty(False)
+
+    def on_message(self, _screen: Any, message: str) -> None:
+        self.error = message not in ("", "join.busy")
 
     def set_url(self, url: str) -> None:
         self.qr_texture = safe_qr_texture(url)
@@ -99,19 +106,19 @@ class JoinScreen(CustomerScreen):
             self.message = ""
 
     def submit(self) -> None:
-        """OK: hand the number to the app and clear it from the screen at once."""
+        """OK: hand the number to the app; it stays shown until the answer."""
         if self.busy:
             return
         if not self.digits:
             self.message = "join.phone_empty"
             return
-        number, self.digits = self.digits, ""
         self.busy = True
         self.message = "join.busy"
-        App.get_running_app().submit_phone(number)
+        App.get_running_app().submit_phone(self.digits)
 
     def answer(self, message: str) -> None:
-        """The join did not happen (a bad number, an error): say so and stay."""
+        """The join did not happen (a bad number, an error): say so beside the number
+        as typed, and stay."""
         self.busy = False
         self.message = message
         self.restart_timer()

@@ -16,7 +16,7 @@ from typing import Any
 
 from kivy.app import App
 from kivy.factory import Factory
-from kivy.properties import BooleanProperty, NumericProperty, StringProperty
+from kivy.properties import BooleanProperty, ColorProperty, NumericProperty, StringProperty
 from kivy.uix.behaviors import ButtonBehavior
 from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.widget import Widget
@@ -24,6 +24,7 @@ from kivy.uix.widget import Widget
 from kiosk.loyalty import MemberOffer, RatingSubject, RewardChoice, rating_subject
 from kiosk.screens.base import BigButton, CustomerScreen, load_kv
 from kiosk.screens.outcome import Outcome, ResultText
+from kiosk.screens.palette import INK, OK_GREEN, result_colours
 from kiosk.screens.rewards import (
     MAX_REWARDS,
     RATINGS,
@@ -34,15 +35,21 @@ from kiosk.screens.rewards import (
     reward_label,
 )
 
+#: Seconds a refusal stays when the app's settings do not say: a refusal and what to do
+#: next take longer to read than a success.
+REFUSAL_S = 10.0
+
 #: States of the reward panel ("" when there is none) and of the rating row.
 OFFER, CONFIRM, BUSY, DONE = "offer", "confirm", "busy", "done"
 ASK = "ask"
 
 
 class ResultIcon(Widget):
-    """A tick (ok) or a cross, drawn in the .kv rather than taken from a font."""
+    """A tick (ok), a cross, or a clock (wait), drawn in the .kv, not taken from a font."""
 
     ok = BooleanProperty(True)
+    wait = BooleanProperty(False)
+    ink = ColorProperty(INK)
 
 
 class RewardButton(BigButton):
@@ -90,9 +97,18 @@ class ResultScreen(CustomerScreen):
     """Shows a `ResultText`, and the reward and rating panels an `Outcome` allows."""
 
     ok = BooleanProperty(True)
+    #: A refusal that time will mend: amber, a clock, navy ink.
+    wait = BooleanProperty(False)
     title = StringProperty("")
     detail = StringProperty("")
     extra = StringProperty("")
+    #: Shown bigger than anything else (a pickup's locker number); "" for none.
+    big = StringProperty("")
+    fill = ColorProperty(OK_GREEN)
+    ink = ColorProperty(INK)
+    #: Seconds before a success goes back to the start screen, and a refusal.
+    ok_s = NumericProperty(0.0)
+    refusal_s = NumericProperty(REFUSAL_S)
     #: "" (no reward panel), OFFER, CONFIRM (waiting for a yes), BUSY (spending), DONE.
     reward_state = StringProperty("")
     #: "" (nothing to rate), ASK, BUSY (saving), DONE.
@@ -100,6 +116,11 @@ class ResultScreen(CustomerScreen):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.ok_s = self.timeout_s
+        app = App.get_running_app()
+        ui = getattr(app, "ui", None)
+        if ui is not None:  # the kiosk's [ui] settings
+            self.ok_s, self.refusal_s = ui.result_s, ui.refusal_s
         self._generation = 0
         self.offer: MemberOffer | None = None
         self.choice: RewardChoice | None = None
@@ -113,7 +134,6 @@ class ResultScreen(CustomerScreen):
         self.confirm_buttons: dict[str, ConfirmButton] = {}
         self.panel_texts: list[str] = []
         self.rating_texts: list[str] = []
-        app = App.get_running_app()
         if app is not None:
             app.bind(language=lambda *_: self._render())
 
@@ -122,6 +142,10 @@ class ResultScreen(CustomerScreen):
     def show(self, text: ResultText, outcome: Outcome | None = None) -> None:
         """Show one outcome; a new one replaces the panels of the last."""
         self.ok, self.title, self.detail, self.extra = text.ok, text.title, text.detail, text.extra
+        self.wait, self.big = text.wait, text.big
+        self.fill, self.ink = result_colours(text.ok, text.wait)
+        # Set before the app (re)starts the countdown for this outcome.
+        self.timeout_s = self.ok_s if text.ok else max(self.refusal_s, self.ok_s)
         self._generation += 1
         self.offer = self.choice = self.redeemed = self.rated = self.subject = None
         self.rating = 0
@@ -269,13 +293,15 @@ class ResultScreen(CustomerScreen):
         if self.rating_state in (ASK, BUSY):
             text = m.get("rating.title")
             self.rating_texts.append(text)
-            row.add_widget(Factory.RatingLabel(text=text))
+            row.add_widget(Factory.RatingLabel(text=text, pos_hint={"center_y": 0.5}))
+            stars = Factory.StarRow(pos_hint={"center_x": 0.5, "center_y": 0.5})
             for value in RATINGS:
                 star = StarButton(value=value, lit=value <= self.rating)
                 star.disabled = self.rating_state == BUSY
                 star.bind(on_release=self.rate)
                 self.star_buttons.append(star)
-                row.add_widget(star)
+                stars.add_widget(star)
+            row.add_widget(stars)
         elif self.rating_state == DONE and self.rated is not None:
             self.rating_texts.append(self.rated.title)
             row.add_widget(Factory.RatingThanks(text=self.rated.title))

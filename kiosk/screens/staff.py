@@ -26,6 +26,7 @@ from kiosk.screens.backend import (
     status_text,
 )
 from kiosk.screens.base import BigButton, CustomerScreen, load_kv
+from kiosk.screens.outcome import short_name
 
 #: How often the lists, the doors and the status line are read again.
 REFRESH_S = 1.0
@@ -66,9 +67,12 @@ class StaffScreen(CustomerScreen):
         self._poll: Any = None
         self._asking = False
         self._snapshot: StaffSnapshot | None = None
+        self._lines: dict[tuple[float, float], tuple[float, float]] = {}
+        # How many orders fit depends on the list's height: list again when it changes.
+        self.ids.preorders.bind(height=lambda *_: self._render())
 
     def login(self, name: str) -> None:
-        self.staff_name = name
+        self.staff_name = short_name(name)
         self.message = ""
         self.restart_timer()
         self.refresh()
@@ -103,7 +107,7 @@ class StaffScreen(CustomerScreen):
         if snap is None:
             return
         m = App.get_running_app().messages
-        self.preorders = preorders_text(snap, m)
+        self.preorders = preorders_text(snap, m, rows=self._preorder_rows())
         self.status = status_text(snap, m)
         grid = self.ids.lockers
         if [b.number for b in grid.children[::-1]] != [v.number for v in snap.lockers]:
@@ -115,6 +119,27 @@ class StaffScreen(CustomerScreen):
             button.text = locker_text(view, m)
             button.fill = LOCKER_FILLS.get(view.state, LOCKER_FILLS[FAULT])
             button.ink = LOCKER_INKS.get(view.state, WHITE)
+
+    def _preorder_rows(self) -> int:
+        """Orders that fit the list's panel, one a line, keeping a line for "N more"."""
+        label = self.ids.preorders
+        first, line = self._line_heights(label.font_size, label.line_height)
+        fit = 1 + int(max(0.0, label.height - first) // line) if line > 0 else 1
+        return max(1, fit - 1)
+
+    def _line_heights(self, font_size: float, line_height: float) -> tuple[float, float]:
+        """The height of one line of the list, and of each further line, as drawn."""
+        key = (font_size, line_height)
+        if key not in self._lines:
+            from kivy.core.text import Label as CoreLabel
+
+            heights = []
+            for text in ("D-1", "D-1\nD-2"):
+                core = CoreLabel(text=text, font_size=font_size, line_height=line_height)
+                core.refresh()
+                heights.append(float(core.texture.height) if core.texture else 0.0)
+            self._lines[key] = (heights[0], heights[1] - heights[0])
+        return self._lines[key]
 
     # --- staff actions ---------------------------------------------------------------
 
