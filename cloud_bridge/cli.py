@@ -246,6 +246,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     listen = _parse_hostport(args.http) if args.http else None
     config = load_config(args.config)
+    if args.worker is not None:
+        try:
+            config = config.with_worker(args.worker)
+        except ValueError as exc:
+            raise UsageError(f"--worker: {exc}") from None
     host, port = listen or (config.http.host, config.http.port)
     return run_service(config, host, port, config_path=args.config)
 
@@ -368,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="ingest, REST API and dashboard")
     s.add_argument("--config", type=Path, default=_default_config())
     s.add_argument("--http", metavar="HOST:PORT", help="listen address (default: the config's)")
+    s.add_argument(
+        "--worker",
+        metavar="NAME",
+        help="one of several workers of this service: the ingest is shared, every other"
+        " job runs once between them (docs/chain.md)",
+    )
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser(

@@ -101,6 +101,10 @@ def _unwrap(value: Any) -> Any:
     return value.value if isinstance(value, _Hidden) else value
 
 
+#: The shared-subscription group of `run --worker` when `mqtt.shared_group` is not set.
+DEFAULT_SHARED_GROUP = "o2o-bridge"
+
+
 class MqttSection(MqttConnection, _UrlHidden):
     #: Stable id, so the broker keeps this bridge's session (and its queued messages)
     #: across restarts. Each worker of a shared group needs its own.
@@ -320,10 +324,18 @@ class BridgeConfig(_Section):
     chain: ChainSection = _section()
     #: More stores of the same service, `[stores.<id>]` (docs/chain.md).
     extra_stores: dict[str, StoreSection] = Field(default_factory=dict, alias="stores")
+    #: This process's name among the workers of the service (`run --worker NAME`); None:
+    #: the only process, which does everything.
+    worker: str | None = None
 
     _opening_hours = field_validator("opening_hours")(_check_hours)
     _kiosks = field_validator("kiosks")(_check_kiosks)
     _timezone = field_validator("timezone")(_check_zone)
+
+    @field_validator("worker")
+    @classmethod
+    def _worker(cls, v: str | None) -> str | None:
+        return None if v is None else check_id(v, "worker")
 
     @field_validator("store")
     @classmethod
@@ -371,10 +383,24 @@ class BridgeConfig(_Section):
         """Where member pages live, without the trailing slash (docs/members.md)."""
         return self.members.page_url or f"http://{self.http.host}:{self.http.port}"
 
+    def with_worker(self, name: str) -> BridgeConfig:
+        """The config as worker `name` runs it: its own client ids, and the ingest shared
+        with the other workers (`mqtt.shared_group`, `DEFAULT_SHARED_GROUP` if unset)."""
+        name = check_id(name, "worker")
+        mqtt = self.mqtt
+        if not mqtt.shared_group:
+            mqtt = mqtt.model_copy(update={"shared_group": DEFAULT_SHARED_GROUP})
+        copy = self.model_copy(update={"worker": name, "mqtt": mqtt})
+        copy._path = self._path
+        return copy
+
     def client_id(self) -> str:
-        """The MQTT client id: configured, or derived from store (and host for a group)."""
+        """The MQTT client id: configured, or derived from store (and host for a group);
+        a worker's ends with its name, so each worker of a store has a session of its own."""
         if self.mqtt.client_id:
-            return self.mqtt.client_id
+            return self.mqtt.client_id + (f"-{self.worker}" if self.worker else "")
+        if self.worker:
+            return f"o2o-bridge-{self.store}-{self.worker}"
         if self.mqtt.shared_group:
             return f"o2o-bridge-{self.store}-{socket.gethostname()}"
         return f"o2o-bridge-{self.store}"

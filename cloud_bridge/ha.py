@@ -7,11 +7,20 @@ available while the bridge is: it reads the bridge's retained `o2o/v1/{store}/br
 status, whose Last Will says `{"online": false}`. Announced on every connect and again
 whenever Home Assistant publishes `online` on `homeassistant/status` (it forgets devices
 when it restarts), as the kiosks do (kiosk/ha.py).
+
+Among several workers (`leases.py`), discovery is the lease holder's job (`active`), and
+the status is every worker's: each says online when it connects, and one that sees the
+status say offline (another worker died and its Last Will fired, or it stopped) says
+online again while it runs (`watch`). The status ends offline only when the last worker
+is gone.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -117,23 +126,52 @@ class HaAnnouncer:
     (`connected()`, wired as the link's `on_connect`) and on Home Assistant's birth
     message; says offline on `stop()`, before the link goes."""
 
-    def __init__(self, store: str) -> None:
+    def __init__(
+        self, store: str, *, active: Callable[[], bool] | None = None, watch: bool = False
+    ) -> None:
+        """`active`: whether this process announces now (None: always); `watch`: say
+        online again whenever the status says offline (one of several workers)."""
         self.store = store
+        self.active = active
+        self.watch = watch
         self.link: MqttLink | None = None
+        self._stopping = False
+        self._lock = threading.Lock()
+        self._announced: int | None = None  # the link generation last announced on
 
     def attach(self, link: MqttLink) -> None:
-        """Take the link and subscribe to Home Assistant's birth and will messages."""
+        """Take the link and subscribe to Home Assistant's birth and will messages (and,
+        for a worker, to the bridge's own status)."""
         self.link = link
         link.subscribe([topics.HA_STATUS], self._ha_status)
+        if self.watch:
+            link.subscribe([topics.bridge_topic(self.store)], self._bridge_status)
+
+    def subscriptions(self) -> list[str]:
+        """The topics every worker must get in full (never a shared subscription)."""
+        return [topics.HA_STATUS, topics.bridge_topic(self.store)]
 
     def connected(self) -> None:
-        self._publish_online(True)
-        self.announce()
-
-    def announce(self) -> None:
+        """Say online and announce, once per connection: the link's connect and a lease
+        taken (runtime.py) may both call this as the connection comes up."""
         if self.link is None:
             return
+        with self._lock:
+            self._publish_online(True)
+            if self._announced != self.link.generation:
+                self.announce()
+
+    def forget(self) -> None:
+        """This worker stopped announcing (its lease went): the next `connected()`
+        announces again, even on the same connection."""
+        with self._lock:
+            self._announced = None
+
+    def announce(self) -> None:
+        if self.link is None or (self.active is not None and not self.active()):
+            return
         topic, payload = discovery(self.store)
+        self._announced = self.link.generation
         self.link.publish(topic, dumps(payload), qos=1, retain=True)
 
     def _publish_online(self, online: bool) -> None:
@@ -152,11 +190,31 @@ class HaAnnouncer:
         except Exception:
             log.exception("could not answer Home Assistant's birth message")
 
+    def _bridge_status(self, msg: mqtt.MQTTMessage) -> None:
+        """The bridge's status changed: if it says offline while this worker runs, another
+        worker has gone; say online again. Never raises (network thread)."""
+        try:
+            if self.link is not None:
+                self.link.ack(msg.mid, msg.qos)
+            if self._stopping:
+                return
+            try:
+                online = json.loads(msg.payload).get("online")
+            except (ValueError, AttributeError):
+                online = None
+            if online is False:
+                log.info("the bridge's status says offline while this worker runs: online")
+                self._publish_online(True)
+        except Exception:
+            log.exception("could not answer the bridge's status")
+
     def start(self) -> None:
         """Nothing to start: `connected()` announces once the link is up."""
+        self._stopping = False
 
     def stop(self) -> None:
         """Say offline while the link is still up (a clean stop sends no Last Will)."""
+        self._stopping = True
         if self.link is None or not self.link.connected:
             return
         try:

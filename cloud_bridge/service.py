@@ -2,7 +2,9 @@
 
 A service of several stores (docs/chain.md) runs one runtime per store (its own MQTT
 link, client id, figures and Home Assistant device) on one shared repository, and one
-HTTP server whose `ChainApp` picks the store by token.
+HTTP server whose `ChainApp` picks the store by token. Several processes of one service
+(`run --worker NAME`, docs/chain.md) each run all of this; every runtime knows whether
+this worker holds its store's lease (`leases.py`).
 
 Start-up binds the HTTP socket first (a port in use is a one-line error, before anything
 else has started), then starts the runtime (`runtime.py`: ingest, commands, figures),
@@ -95,7 +97,8 @@ def run_service(
         )
     )
     log.info(
-        "o2o-bridge for store%s %s listening on http://%s:%d (broker %s, database %s)",
+        "o2o-bridge%s for store%s %s listening on http://%s:%d (broker %s, database %s)",
+        f" worker {config.worker}" if config.worker else "",
         "s" if len(runtimes) > 1 else "",
         ", ".join(config.store_ids()),
         host,

@@ -3,6 +3,10 @@
 Published soon after events are stored (at most once per `interval_s`, so a backlog does
 not publish thousands of times), and at least every `refresh_s` anyway, which also rolls
 the figures over at midnight. See docs/mqtt.md.
+
+Among several workers (`leases.py`), only the holder of the store's lease publishes, and
+it cannot see the batches the others store: it publishes every `interval_s` (`every`), and
+the document also carries every live worker's ingest lag (`extra`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import tzinfo
+from typing import Any
 
 from cloud_bridge.db import Repository
 from o2o_protocol.messages import dumps
@@ -32,8 +38,16 @@ class StatsPublisher:
         interval_s: float = 1.0,
         refresh_s: float = 60.0,
         zone: tzinfo | None = None,
+        active: Callable[[], bool] | None = None,
+        extra: Callable[[], dict[str, Any]] | None = None,
+        every: bool = False,
     ) -> None:
-        """`zone`: the shop's time zone, whose day the figures count (None: the machine's)."""
+        """`zone`: the shop's time zone, whose day the figures count (None: the machine's);
+        `active`: whether this process publishes now (None: always); `extra`: more keys
+        for the document; `every`: publish every `interval_s`, changed or not."""
+        self.active = active
+        self.extra = extra
+        self.every = every
         self.zone = zone
         self.link = link
         self.repo = repo
@@ -74,25 +88,29 @@ class StatsPublisher:
             self._maybe_publish()
         self._maybe_publish(force=True)
 
-    def _wait(self) -> float:
-        if self._dirty:
-            return max(0.05, self._last + self.interval_s - time.monotonic())
-        return 0.5
-
     def _maybe_publish(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._last >= self.refresh_s:
+        if now - self._last >= self.refresh_s or self.every:
             self._dirty = True
         if not self._dirty or (not force and now - self._last < self.interval_s):
             return
         self.publish()
 
+    def _wait(self) -> float:
+        if self._dirty or self.every:
+            return max(0.05, self._last + self.interval_s - time.monotonic())
+        return 0.5
+
     def publish(self) -> None:
-        """Publish today's figures, retained."""
+        """Publish today's figures, retained (not while another worker holds the lease)."""
         self._last = time.monotonic()
+        if self.active is not None and not self.active():
+            return
         self._dirty = False
         try:
             stats = self.repo.today_stats(self.store, zone=self.zone)
+            if self.extra is not None:
+                stats.update(self.extra())
         except Exception:
             log.exception("could not compute today's figures")
             return

@@ -67,12 +67,16 @@ class MqttLink:
         session_expiry_s: int | None = None,
         manual_ack: bool = False,
         shared_group: str | None = None,
+        unshared: Sequence[str] = (),
         on_connect: Callable[[], None] | None = None,
         on_publish: Callable[[ReasonCode], None] | None = None,
         unreachable_note: str = "retrying",
     ) -> None:
         """`session_expiry_s`: a persistent session (None: a clean one per connection).
-        `shared_group`: subscriptions shared by a group of clients (MQTT v5 only).
+        `shared_group`: subscriptions shared by a group of clients (MQTT v5 only), but
+        for the filters in `unshared`, which every client of the group gets in full
+        (statuses each worker must see; retained messages, which a broker never sends
+        to a shared subscription).
         `on_connect` runs on the network thread once connected and subscribing;
         `on_publish` gets the broker's answer to each publish (a refusal, say)."""
         self.cfg = cfg
@@ -81,6 +85,7 @@ class MqttLink:
         self._session_expiry_s = session_expiry_s
         self._manual_ack = manual_ack
         self._shared_group = shared_group
+        self._unshared = frozenset(unshared)
         self._on_connect_cb = on_connect
         self._on_publish_cb = on_publish
         self._unreachable_note = unreachable_note
@@ -150,7 +155,8 @@ class MqttLink:
         """The filters as sent to the broker: shared when a group is set and v5 allows."""
         filters = list(dict.fromkeys(f for f, _ in self._routes))
         if self._shared_group and self.v5:
-            return [shared(f, self._shared_group) for f in filters]
+            group = self._shared_group
+            return [f if f in self._unshared else shared(f, group) for f in filters]
         return filters
 
     def start(self) -> None:

@@ -36,6 +36,7 @@ from cloud_bridge.db.tables import (
     MemberActivityRow,
     MemberVisitRow,
 )
+from cloud_bridge.leases import Lease, beat, live_workers, store_lease
 from cloud_bridge.members import MemberService
 from o2o_protocol.messages import Event
 from o2o_protocol.timeutil import rfc3339
@@ -174,6 +175,21 @@ def test_the_bridge_works_on_an_upgraded_database(old_url: str) -> None:
         assert members.change_points("ada", -40, "gift card").points == 0
         assert repo.today_stats(STORE)["overdrawn_members"] == 0
         assert len(repo.events(store=STORE, limit=None)) == len(old.EVENTS)  # s2's not here
+    finally:
+        repo.close()
+
+
+def test_workers_share_an_upgraded_database(old_url: str) -> None:
+    """0005: the leases and heartbeats of several workers (docs/chain.md) work on a
+    database upgraded from 0.1: one worker holds a store's lease, the other does not."""
+    repo = Repository.from_url(old_url)
+    try:
+        repo.migrate()
+        first, second = (Lease(repo.engine, store_lease(STORE), w) for w in ("w1", "w2"))
+        assert first.acquire() is True
+        assert second.acquire() is False
+        beat(repo.engine, STORE, "w2", {"waiting": 0, "oldest_s": None, "stored": 3})
+        assert live_workers(repo.engine, STORE)["w2"]["stored"] == 3
     finally:
         repo.close()
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     String,
@@ -312,3 +313,27 @@ class MemberActivityRow(Base):
     last_visit: Mapped[datetime | None]
     prev_visit: Mapped[datetime | None]
     visits: Mapped[int] = mapped_column(Integer)
+
+
+class LeaseRow(Base):
+    """Who runs a store's jobs done once (stats, discovery, re-sends, catch-up) among the
+    workers of a service (`cloud_bridge/leases.py`): held until `expires_at` (Unix time,
+    seconds) unless renewed before."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class WorkerRow(Base):
+    """Each worker's heartbeat per store, with its ingest lag: the lease holder puts every
+    live worker's in the store's stats document."""
+
+    __tablename__ = "workers"
+
+    store: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[float] = mapped_column(Float)
+    lag: Mapped[dict[str, Any]]
