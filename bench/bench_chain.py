@@ -1,0 +1,397 @@
+"""Chain figures: events stored and acked per second into PostgreSQL, 1, 2 and 4 workers.
+
+A real Mosquitto (the dev config), a real PostgreSQL, a service of 2 stores x 10 kiosks
+made by `o2o-bridge init`, and N `o2o-bridge run --worker` processes sharing the ingest
+(`shared_group`); the load is `o2o-bridge simulate --live` (cloud_bridge/simulate.py):
+each kiosk with the kiosk's outbox discipline, a shop's mix of check-ins, joins,
+redemptions and ratings, so the ledger's after-commit work is in it. Per row:
+
+- full rate: more than the service can take, for `FULL_S`; events acked per second from
+  the first event to the last ack (every one stored before its ack);
+- the end-to-end ack latency p50/p95/p99 at half the rate that row reached;
+- the after-commit backlog (`after_commit_waiting` on /health) at its worst;
+- afterwards, in the database: every event stored exactly once (rows = distinct ids =
+  acked).
+
+Baselines in the same run: the 1-worker row, and the broker's own ceiling (QoS 1
+messages of one event each, publisher to subscriber, no store and no acks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.bench_sync import bench_raw_broker
+from cloud_bridge.config import load_config
+from cloud_bridge.simulate import live
+from devtools.devbroker import DevBroker, find_program, free_port, wait_for_port
+
+BIN = Path(sys.executable).parent
+STORES = ("east", "west")
+KIOSKS_PER_STORE = 10
+WORKERS = (1, 2, 4)
+TARGET_PER_S = 5000.0
+#: Offered at "full rate": above what the service takes, so the backlog shows its ceiling.
+FULL_RATE = 10_000.0
+FULL_S = 12.0
+HALF_S = 8.0
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+
+class _Cluster:
+    """A throwaway cluster (initdb + pg_ctl, trust, loopback, fsync off), for a machine
+    with PostgreSQL installed but no server running; as root it runs as `postgres`."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir, self.port = bin_dir, free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="o2o-pg-"))
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, user="postgres", group="postgres")
+            self.prefix = [find_program("runuser") or "runuser", "-u", "postgres", "--"]
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(
+            [*self.prefix, *args], cwd=self.dir, check=True, capture_output=True, timeout=120
+        )
+
+    def start(self) -> str:
+        data = str(self.dir / "data")
+        self._run(str(self.bin_dir / "initdb"), "-D", data, "-U", "postgres", "-A", "trust",
+                  "-E", "UTF8", "--no-locale", "--no-sync")  # fmt: skip
+        options = f"-p {self.port} -h 127.0.0.1 -k {self.dir} -c fsync=off -c max_connections=200"
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", data, "-l", str(self.dir / "log"),
+                  "-o", options, "-w", "-t", "60", "start")  # fmt: skip
+        wait_for_port("127.0.0.1", self.port, timeout=10)
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast",
+                      "-w", "stop")  # fmt: skip
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pg_bin_dir() -> Path | None:
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if Path(d, "initdb").exists() and Path(d, "pg_ctl").exists():
+            return Path(d)
+    initdb = find_program("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str | None]:
+    """A server as the tests find one: `O2O_TEST_PG_URL`, 127.0.0.1:5432, else a
+    throwaway cluster; None when there is none of them."""
+    server = os.environ.get("O2O_TEST_PG_URL")
+    if not server and os.environ.get("O2O_TEST_PG_FORCE_THROWAWAY") != "1":
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 5432), 1):
+            server = "postgresql://postgres@127.0.0.1:5432/postgres"
+    if server:
+        yield server
+        return
+    bin_dir = _pg_bin_dir()
+    if bin_dir is None:
+        yield None
+        return
+    cluster = _Cluster(bin_dir)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@contextlib.contextmanager
+def database(server: str) -> Iterator[str]:
+    """A fresh database on `server` (SQLAlchemy URL), dropped at the end."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(server).set(drivername="postgresql")
+    dsn = admin.render_as_string(hide_password=False)
+    name = f"o2o_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.set(drivername="postgresql+psycopg", database=name).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with (
+            contextlib.suppress(Exception),
+            psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn,
+        ):
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- the service ----------------------------------------------------------------------------
+
+
+def workers_supported() -> bool:
+    """`o2o-bridge run --worker NAME` exists (several processes, each job done once)."""
+    out = subprocess.run(
+        [str(BIN / "o2o-bridge"), "run", "--help"], capture_output=True, text=True, check=False
+    ).stdout
+    return "--worker" in out
+
+
+def make_service(root: Path, broker: DevBroker, db_url: str) -> Path:
+    """`o2o-bridge init` for the first store, again for the second; the workers share the
+    ingest by `shared_group` (the 1-worker row too, so the rows differ only in N)."""
+    for store in STORES:
+        kiosks = [f"{store}{i}" for i in range(1, KIOSKS_PER_STORE + 1)]
+        argv = [str(BIN / "o2o-bridge"), "init", "--dir", str(root), "--store", store]
+        argv += [a for k in kiosks for a in ("--kiosk", k)]
+        argv += ["--mqtt", broker.url, "--timezone", "Europe/Paris"]
+        if store == STORES[0]:
+            argv += ["--db", db_url]
+        subprocess.run(argv, check=True, capture_output=True)
+    path = root / "bridge.toml"
+    text = path.read_text()
+    path.write_text(text.replace("[mqtt]\n", '[mqtt]\nshared_group = "bench"\n', 1))
+    return path
+
+
+@contextlib.contextmanager
+def running(root: Path, n: int, named: bool) -> Iterator[list[int]]:
+    """N `o2o-bridge run` processes (`--worker w<i>` when `named`), each healthy; yields
+    their HTTP ports."""
+    procs: list[subprocess.Popen[bytes]] = []
+    ports: list[int] = []
+    try:
+        for i in range(n):
+            port = free_port()
+            argv = [str(BIN / "o2o-bridge"), "run", "--config", "bridge.toml"]
+            argv += ["--http", f"127.0.0.1:{port}"]
+            if named:
+                argv += ["--worker", f"w{i + 1}"]
+            procs.append(
+                subprocess.Popen(
+                    argv, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+            ports.append(port)
+        for port, proc in zip(ports, procs, strict=True):
+            _wait_healthy(port, proc)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _health(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+        body: dict[str, Any] = json.loads(r.read())
+        return body
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            if _health(port).get("mqtt_connected"):
+                return
+        time.sleep(0.1)
+    raise RuntimeError("o2o-bridge run did not connect to the broker")
+
+
+def _find(doc: Any, key: str) -> list[float]:
+    """Every numeric value of `key` anywhere in a /health document (one per store)."""
+    if isinstance(doc, dict):
+        found = [float(v) for k, v in doc.items() if k == key and isinstance(v, int | float)]
+        return found + [x for v in doc.values() for x in _find(v, key)]
+    if isinstance(doc, list):
+        return [x for v in doc for x in _find(v, key)]
+    return []
+
+
+class _Lag:
+    """Polls every worker's /health while a run goes: the after-commit backlog at its
+    worst (events waiting, the oldest's age)."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports, self.waiting, self.oldest_s = ports, 0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            for port in self.ports:
+                with contextlib.suppress(OSError, ValueError):
+                    doc = _health(port)
+                    waiting = _find(doc, "after_commit_waiting")
+                    self.waiting = max([self.waiting, *map(int, waiting)])
+                    self.oldest_s = max([self.oldest_s, *_find(doc, "after_commit_oldest_s")])
+
+    def __enter__(self) -> _Lag:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def exactly_once(db_url: str) -> dict[str, int]:
+    """Rows, distinct ids and distinct (store, kiosk, seq) in the events table."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows, ids, seqs = conn.execute(
+                text(
+                    "SELECT count(*), count(DISTINCT id),"
+                    " count(DISTINCT (store, kiosk, seq)) FROM events"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    return {"rows": int(rows), "ids": int(ids), "seqs": int(seqs)}
+
+
+def bench_workers(
+    root: Path, broker: DevBroker, server: str, n: int, *, named: bool, full_s: float, half_s: float
+) -> dict[str, Any]:
+    with database(server) as db_url:
+        path = make_service(root, broker, db_url)
+        config = load_config(path)
+        with running(root, n, named) as ports:
+            with _Lag(ports) as lag:
+                full = live(
+                    config, path, kiosks_per_store=KIOSKS_PER_STORE, rate=FULL_RATE,
+                    seconds=full_s, seed=n, drain_timeout=180,
+                )  # fmt: skip
+            half_rate = max(100.0, round(full.acked_per_s / 2, -1))
+            half = live(
+                config, path, kiosks_per_store=KIOSKS_PER_STORE, rate=half_rate,
+                seconds=half_s, seed=100 + n, drain_timeout=120,
+            )  # fmt: skip
+        once = exactly_once(db_url)
+    acked = full.acked + half.acked
+    return {
+        "workers": n,
+        "full": full.as_dict(),
+        "half": half.as_dict(),
+        "half_rate": half_rate,
+        "after_commit_waiting_max": lag.waiting,
+        "after_commit_oldest_s_max": round(lag.oldest_s, 1),
+        "db": once,
+        "acked": acked,
+        "exactly_once": once["rows"] == once["ids"] == once["seqs"] == acked
+        and full.stored == full.acked == full.sent
+        and half.stored == half.acked == half.sent,
+    }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    full_s, half_s = (5.0, 4.0) if quick else (FULL_S, HALF_S)
+    can_split = workers_supported()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="o2o-chain-") as tmp, postgres_server() as server:
+        if server is None:
+            return {"skipped": "no PostgreSQL server or installation"}
+        broker = DevBroker.start_on_free_port(Path(tmp) / "broker")
+        try:
+            raw = bench_raw_broker(broker, 5000 if quick else 20_000)
+            for n in WORKERS:
+                if n > 1 and not can_split:
+                    rows.append({"workers": n, "skipped": "`o2o-bridge run --worker` missing"})
+                    continue
+                root = Path(tmp) / f"svc-{n}"
+                rows.append(
+                    bench_workers(
+                        root, broker, server, n, named=can_split, full_s=full_s, half_s=half_s
+                    )
+                )
+        finally:
+            broker.stop()
+    return {
+        "stores": len(STORES),
+        "kiosks": len(STORES) * KIOSKS_PER_STORE,
+        "offered_full": FULL_RATE,
+        "full_s": full_s,
+        "half_s": half_s,
+        "raw_broker": raw,
+        "rows": rows,
+        "target_per_s": TARGET_PER_S,
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    if "skipped" in r:
+        print(f"Chain: skipped ({r['skipped']})")
+        return
+    print(
+        f"Chain: {r['stores']} stores x {r['kiosks'] // r['stores']} kiosks -> Mosquitto -> "
+        f"N workers -> PostgreSQL, end-to-end acks ({r['full_s']:g}s offered "
+        f"{r['offered_full']:.0f}/s, then {r['half_s']:g}s at half the rate reached)"
+    )
+    print(
+        f"  {'workers':>7} {'acked/s':>8} {'x 1 wkr':>8} {'x broker':>8} {'half at':>8} "
+        f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'ledger lag':>12} {'once':>5}"
+    )
+    raw = r["raw_broker"]["per_s"]
+    base = next((x["full"]["acked_per_s"] for x in r["rows"] if "full" in x), 0.0)
+    for x in r["rows"]:
+        if "skipped" in x:
+            print(f"  {x['workers']:>7}  skipped: {x['skipped']}")
+            continue
+        f, h = x["full"], x["half"]
+        lat = h["latency_ms"]
+        lag = f"{x['after_commit_waiting_max']} / {x['after_commit_oldest_s_max']:.1f}s"
+        print(
+            f"  {x['workers']:>7} {f['acked_per_s']:>8.0f} {f['acked_per_s'] / base:>8.2f} "
+            f"{f['acked_per_s'] / raw:>8.2f} {x['half_rate']:>7.0f}/s {lat['p50']:>7.1f} "
+            f"{lat['p95']:>7.1f} {lat['p99']:>7.1f} {lag:>12} "
+            f"{'yes' if x['exactly_once'] else 'NO':>5}"
+        )
+    print(
+        f"  broker ceiling, QoS 1, one event per message, no store, no acks: {raw:.0f} msg/s; "
+        "ledger lag = after-commit events waiting / oldest, at worst"
+    )
+    two = next((x for x in r["rows"] if x.get("workers") == 2 and "full" in x), None)
+    if two is None:
+        print(f"  target >= {r['target_per_s']:.0f}/s with 2 workers: not measured (1 worker only)")
+    else:
+        ok = two["full"]["acked_per_s"] >= r["target_per_s"]
+        print(
+            f"  target >= {r['target_per_s']:.0f}/s with 2 workers: "
+            f"{'ok' if ok else 'MISSED'} ({two['full']['acked_per_s']:.0f}/s)"
+        )
+    for x in r["rows"]:
+        if "db" in x:
+            d = x["db"]
+            print(
+                f"  {x['workers']} worker(s): acked {x['acked']}, in the database {d['rows']} "
+                f"rows, {d['ids']} distinct ids, {d['seqs']} distinct (store, kiosk, seq)"
+            )
+
+
+if __name__ == "__main__":
+    results = run(quick="--quick" in sys.argv)
+    print_table(results)
