@@ -102,19 +102,35 @@ Day = tuple[float, ...]  # 24 hourly counts
 
 
 def forecast(
-    hourly: Sequence[tuple[date, int, int]], *, days: int = 7
+    hourly: Sequence[tuple[date, int, int]], *, days: int = 7, complete: date | None = None
 ) -> tuple[list[DayForecast], Backtest]:
     """The `days` days after the last date of `hourly`, and how the method did before.
 
     `hourly` is (shop-local date, hour 0-23, check-ins) for every hour of the history,
-    oldest first; missing hours and days count as zero. An empty history forecasts
-    nothing (there is no last date to forecast from).
+    oldest first; missing hours and days count as zero. `complete`: the last day whose
+    count is final (yesterday, when `hourly` runs to today): the days after it are left
+    out of what is learnt (today so far is not a quiet day), the forecast starts the day
+    after it, and only its `days` days after `hourly` are returned. An empty history
+    forecasts nothing (there is no last date to forecast from).
     """
     if days < 0:
         raise ValueError("days must be >= 0")
     first, history = _days(hourly)
     if first is None:
         return [], Backtest(None, None, 0, "no history: nothing to forecast")
+    end = first + timedelta(days=len(history) - 1)
+    skip = 0
+    if complete is not None and complete < end:
+        skip = (end - complete).days
+        history = history[: max(0, len(history) - skip)]
+        if not history:
+            return [], Backtest(None, None, 0, "no history: no whole day seen yet")
+    out, test = _forecast(first, history, days + skip)
+    return out[skip:], test
+
+
+def _forecast(first: date, history: list[Day], days: int) -> tuple[list[DayForecast], Backtest]:
+    """The `days` days after `history` (whole days from `first`), and its backtest."""
     last = first + timedelta(days=len(history) - 1)
     # Days before the shop's first check-in are not quiet days but no data: a shop five
     # weeks old asked about eight would otherwise be backtested on weeks it was closed.

@@ -189,7 +189,9 @@ class InsightsService:
         open_grid, open_hours = self._open_hours(hourly, r, weeks_of)
         slow, busy = self._slow_and_busy(grid, open_grid, weeks_of)
         members, lapsed, repeat = self._members(r, start, end)
-        forecast_rows, backtest = self._forecast(hourly)
+        # Today's count is not final yet: the forecast learns up to yesterday.
+        complete = min(r.last, self.today() - timedelta(days=1))
+        forecast_rows, backtest = self._forecast(hourly, complete)
         suggestion = self._suggestion(grid, open_hours, r)
         experience = sum(d["checkins"] + d["pickups"] for d in daily)
         attract = sum(d["redemptions"] + d["arrivals"] for d in daily)
@@ -250,11 +252,15 @@ class InsightsService:
             for i in range((r.last - history_first).days + 2)
         }
         whole = all(o is not None and o.total_seconds() % 3600 == 0 for o in offsets)
+        shop_hour: dict[datetime, tuple[date, int]] = {}  # each UTC hour converted once
         for type_, at, n in self.db.quarters(start, end, whole_hours=whole):
-            local = self.local(at)
-            day = local.date()
+            where = shop_hour.get(at)
+            if where is None:
+                local = self.local(at)
+                where = shop_hour[at] = (local.date(), local.hour)
+            day = where[0]
             if type_ == EventType.CHECKIN.value:
-                checkins[(day, local.hour)] += n
+                checkins[where] += n
             if r.first <= day <= r.last:
                 by_day[day][type_] += n
         hourly: list[tuple[date, int, int]] = []
@@ -355,10 +361,11 @@ class InsightsService:
 
     @staticmethod
     def _forecast(
-        hourly: Sequence[tuple[date, int, int]],
+        hourly: Sequence[tuple[date, int, int]], complete: date
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The 7 days after `to` (forecast.py) and its backtest on past weeks."""
-        days, test = forecasting.forecast(hourly, days=7)
+        """The 7 days after `to` (forecast.py), learnt from the days up to `complete` (the
+        last whole shop day), and its backtest on past weeks."""
+        days, test = forecasting.forecast(hourly, days=7, complete=complete)
         rows = [
             {
                 "date": d.date.isoformat(),

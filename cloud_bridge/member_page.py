@@ -189,6 +189,9 @@ class MemberPages:
         if join:
             sep = "" if join.endswith(("?", "&")) else "&" if "?" in join else "?"
             return f"{join}{sep}{ref}"
+        # The service may serve several stores: name this one (the first store's page is
+        # the default, and a single shop's `/j` ignores it).
+        ref = urlencode({"ref": member, "store": self.config.store})
         return f"{self.config.member_page_base()}/j?{ref}"
 
     def _html(self, lang: str, title: str, main: str, status: int = 200) -> HTMLResponse:

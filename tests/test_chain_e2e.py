@@ -1,18 +1,20 @@
-"""A shop's broker bridged to a central broker, where the cloud service runs, over an
-uplink that goes down: the path of docs/chain.md, end to end, on real Mosquitto (TLS to
-the production config), PostgreSQL and kiosk runtimes.
+"""Two shops, each with its own broker bridged to a central broker where one cloud service
+serves both stores, over uplinks that go down: the path of docs/chain.md, end to end, on
+real Mosquitto (TLS to the production config), PostgreSQL and kiosk runtimes.
 
 The kiosks talk to their shop's Mosquitto only. Its bridge connection (the filled-in
 broker_config/bridge-to-central.conf.template) carries events up and acks and commands
-down. While the uplink is cut the kiosks keep serving customers; when it returns, every
-event is stored once, every outbox drains and every command is applied once.
+down. While a shop's uplink is cut its kiosks keep serving customers; when it returns,
+every event is stored once, every outbox drains and every command is applied once.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -34,8 +36,8 @@ from tests.shop import bridge_cli, running_bridge
 from tests.support import BROKER_CONFIG, MosquittoBroker
 from tests.uplink import Uplink, uplink
 
-STORE = "s1"
-KIOSKS = [f"k{i:02d}" for i in range(1, 11)]
+STORES = ("s1", "s2")
+KIOSKS = {store: [f"{store}k{i:02d}" for i in range(1, 11)] for store in STORES}
 SCANS_EACH = 4  # per kiosk and phase
 
 
@@ -74,13 +76,19 @@ def shop_broker(
 
 
 @dataclass
+class Shop:
+    store: str
+    issuer: Issuer
+    kiosks: dict[str, KioskRuntime]
+    link: Uplink
+
+
+@dataclass
 class Chain:
     root: Path
     port: int
     repo: Repository
-    issuer: Issuer
-    kiosks: dict[str, KioskRuntime]
-    link: Uplink
+    shops: dict[str, Shop]
 
 
 def _use_central(bridge_toml: Path, central: ProdBroker, ca: Path) -> None:
@@ -99,77 +107,83 @@ def chain(tmp_path: Path, prod_tls: ProdBroker, certs: Path, pg_url: str) -> Ite
     empty_tables(repo)
     root = tmp_path / "service"
     root.mkdir()
-    kiosk_args = [a for k in KIOSKS for a in ("--kiosk", k)]
     central_url = f"mqtts://localhost:{prod_tls.port}"
-    init = ["init", "--dir", str(root), "--store", STORE, *kiosk_args]
-    bridge_cli(root, *init, "--mqtt", central_url, "--db", pg_url)
+    for n, store in enumerate(STORES):
+        kiosk_args = [a for k in KIOSKS[store] for a in ("--kiosk", k)]
+        init = ["init", "--dir", str(root), "--store", store, *kiosk_args]
+        bridge_cli(root, *init, *(["--mqtt", central_url, "--db", pg_url] if n == 0 else []))
     _use_central(root / "bridge.toml", prod_tls, ca)
-    key = load_pem_private_key((root / "signing.key").read_bytes(), password=None)
-    issuer = Issuer(store=STORE, key=key)  # type: ignore[arg-type]
     with ExitStack() as stack:
-        link = stack.enter_context(uplink(("127.0.0.1", prod_tls.port)))
-        shop = shop_broker(tmp_path / "shop", STORE, prod_tls, link, ca)
-        stack.callback(shop.stop)
+        shops: dict[str, Shop] = {}
+        brokers = {}
+        for store in STORES:
+            link = stack.enter_context(uplink(("127.0.0.1", prod_tls.port)))
+            broker = shop_broker(tmp_path / f"shop-{store}", store, prod_tls, link, ca)
+            stack.callback(broker.stop)
+            brokers[store] = broker
+            key_file = "signing.key" if store == STORES[0] else f"signing-{store}.key"
+            key = load_pem_private_key((root / key_file).read_bytes(), password=None)
+            issuer = Issuer(store=store, key=key)  # type: ignore[arg-type]
+            shops[store] = Shop(store, issuer, {}, link)
         port = stack.enter_context(running_bridge(root))
-        kiosks = {}
-        for k in KIOSKS:
-            path = root / f"kiosk-{k}.toml"
-            path.write_text(path.read_text().replace(central_url, shop.url))
-            runtime = KioskRuntime(load_config(path))
-            runtime.start()
-            stack.callback(runtime.stop)
-            kiosks[k] = runtime
-        yield Chain(root, port, repo, issuer, kiosks, link)
+        for store in STORES:
+            for k in KIOSKS[store]:
+                path = root / f"kiosk-{k}.toml"
+                path.write_text(path.read_text().replace(central_url, brokers[store].url))
+                runtime = KioskRuntime(load_config(path))
+                runtime.start()
+                stack.callback(runtime.stop)
+                shops[store].kiosks[k] = runtime
+        yield Chain(root, port, repo, shops)
     repo.close()
 
 
-def _scan_round(chain: Chain, phase: str) -> set[str]:
-    """Every kiosk checks in SCANS_EACH new members at once; the ids of the events."""
+def _scan_round(shop: Shop, phase: str) -> set[str]:
+    """Every kiosk of the shop checks in SCANS_EACH new members at once; the event ids."""
     ids: set[str] = set()
     lock = threading.Lock()
 
     def door(name: str, kiosk: KioskRuntime) -> None:
         for i in range(SCANS_EACH):
-            code = chain.issuer.code("m", f"{phase}-{name}-{i}", n=f"Guest {i}")
+            code = shop.issuer.code("m", f"{phase}-{name}-{i}", n=f"Guest {i}")
             recorded = kiosk.scan(code)
             assert recorded.event.type == EventType.CHECKIN  # type: ignore[union-attr]
             with lock:
                 ids.add(recorded.event.id)  # type: ignore[union-attr]
 
-    threads = [threading.Thread(target=door, args=kv) for kv in chain.kiosks.items()]
+    threads = [threading.Thread(target=door, args=kv) for kv in shop.kiosks.items()]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert len(ids) == SCANS_EACH * len(chain.kiosks)
+    assert len(ids) == SCANS_EACH * len(shop.kiosks)
     return ids
 
 
-def _stored(repo: Repository) -> tuple[int, int]:
+def _stored(repo: Repository, store: str) -> tuple[int, int]:
+    """Events stored for the store, and how many distinct ids among them."""
     with repo.engine.connect() as conn:
         rows = conn.execute(
             select(func.count(), func.count(func.distinct(EventRow.id))).where(
-                EventRow.store == STORE
+                EventRow.store == store
             )
         ).one()
     return int(rows[0]), int(rows[1])
 
 
-def _last_cmd(repo: Repository, kiosk: str) -> int:
+def _last_cmd(repo: Repository, store: str, kiosk: str) -> int:
     with repo.engine.connect() as conn:
         seq = conn.execute(
             select(func.max(CommandRow.seq)).where(
-                CommandRow.store == STORE, CommandRow.kiosk == kiosk
+                CommandRow.store == store, CommandRow.kiosk == kiosk
             )
         ).scalar()
     return int(seq or 0)
 
 
-def _post_preorder(chain: Chain, kiosk: str, order: str) -> None:
-    import json
-    import urllib.request
-
-    token = (chain.root / "api.token").read_text().strip()
+def _post_preorder(chain: Chain, store: str, kiosk: str, order: str) -> None:
+    token_file = "api.token" if store == STORES[0] else f"api-{store}.token"
+    token = (chain.root / token_file).read_text().strip()
     req = urllib.request.Request(
         f"http://127.0.0.1:{chain.port}/api/v1/kiosks/{kiosk}/commands",
         method="POST",
@@ -180,29 +194,40 @@ def _post_preorder(chain: Chain, kiosk: str, order: str) -> None:
         assert resp.status in (200, 201, 202)
 
 
-def test_a_shop_behind_a_cut_uplink_loses_nothing(chain: Chain) -> None:
-    online = _scan_round(chain, "before")
-    wait_until("the first round stored", lambda: _stored(chain.repo)[1] >= len(online))
-
-    chain.link.cut()
-    # The shop keeps serving: every check-in is decided and recorded at the door.
-    offline = _scan_round(chain, "cut")
-    for k in KIOSKS:
-        _post_preorder(chain, k, f"order-{k}")  # the online shop takes preorders meanwhile
-    assert _stored(chain.repo)[1] == len(online)  # nothing crossed the cut line
-    assert all(k.outbox_size() > 0 for k in chain.kiosks.values())
-
-    chain.link.restore()
-    wait_until(
-        "every kiosk outbox to drain",
-        lambda: all(k.outbox_size() == 0 for k in chain.kiosks.values()),
-        timeout=120,
-    )
-    total, distinct = _stored(chain.repo)
-    assert distinct == total == len(online | offline)  # every event stored once
-    for name, kiosk in chain.kiosks.items():
+def test_shops_behind_a_cut_uplink_lose_nothing(chain: Chain) -> None:
+    cut = chain.shops["s1"]
+    online = {store: _scan_round(shop, "before") for store, shop in chain.shops.items()}
+    for store, ids in online.items():
+        stored_all = len(ids)
         wait_until(
-            f"{name} to apply every command",
-            lambda kiosk=kiosk, name=name: kiosk.db.last_cmd_seq == _last_cmd(chain.repo, name),
+            f"{store}'s first round stored",
+            lambda s=store, n=stored_all: _stored(chain.repo, s)[1] >= n,  # type: ignore[misc]
         )
-        assert kiosk.db.preorder(f"order-{name}") is not None
+
+    cut.link.cut()  # shop 1's internet goes down; shop 2's stays up
+    during = {store: _scan_round(shop, "cut") for store, shop in chain.shops.items()}
+    for store, shop in chain.shops.items():
+        for k in shop.kiosks:  # the online shop takes preorders for both meanwhile
+            _post_preorder(chain, store, k, f"order-{k}")
+    # Shop 1 keeps serving at the door, and nothing of it crosses the cut line...
+    assert _stored(chain.repo, "s1")[1] == len(online["s1"])
+    assert all(k.outbox_size() > 0 for k in cut.kiosks.values())
+    # ...while shop 2 is not held back by it.
+    want = len(online["s2"] | during["s2"])
+    wait_until(
+        "shop 2 stored while shop 1 is cut off", lambda: _stored(chain.repo, "s2")[1] == want
+    )
+
+    cut.link.restore()
+    every = [k for shop in chain.shops.values() for k in shop.kiosks.values()]
+    wait_until("every kiosk outbox to drain", lambda: all(k.outbox_size() == 0 for k in every), 120)
+    for store in STORES:
+        total, distinct = _stored(chain.repo, store)
+        assert distinct == total == len(online[store] | during[store])  # each stored once
+    for store, shop in chain.shops.items():
+        for name, kiosk in shop.kiosks.items():
+            wait_until(
+                f"{name} to apply every command",
+                lambda k=kiosk, s=store, n=name: k.db.last_cmd_seq == _last_cmd(chain.repo, s, n),
+            )
+            assert kiosk.db.preorder(f"order-{name}") is not None

@@ -285,3 +285,21 @@ def test_weeks_before_the_shop_opened_are_no_data_not_quiet_weeks() -> None:
     alone_days, alone_test = forecast(young)
     assert padded_days == alone_days and padded_test == alone_test
     assert all(d.high <= 2 * d.checkins + 10 for d in padded_days if d.checkins)
+
+
+def test_today_so_far_is_not_learnt_from() -> None:
+    """Asked on a Tuesday at 11:00, the history ends with today's first hours: the
+    forecast learns from the whole days up to yesterday, and forecasts the 7 days after
+    today as if asked last night (today's few check-ins are not a quiet day)."""
+    today = START + timedelta(days=10 * 7 + 1)  # a Tuesday
+    history = [row for row in shop(11, seed=6) if row[0] < today]
+    so_far = [(today, h, 9 if 8 <= h < 11 else 0) for h in range(24)]
+    days, test = forecast(history + so_far, complete=today - timedelta(days=1))
+    last_night, test_then = forecast(history, days=8)
+    assert [d.date for d in days] == [today + timedelta(days=k) for k in range(1, 8)]
+    assert days == last_night[1:] and test == test_then
+    # Learnt from as a whole day, today would have pulled the next Tuesday down.
+    naive_days, _ = forecast(history + so_far)
+    assert naive_days[6].checkins < days[6].checkins
+    # Nothing whole yet: nothing learnt.
+    assert forecast(so_far, complete=today - timedelta(days=1))[0] == []

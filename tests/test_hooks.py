@@ -50,11 +50,10 @@ def test_a_slow_hook_does_not_hold_back_the_ingest() -> None:
         first = [ev(1)]
         runner.hand_over(first, {first[0].id})
         assert hook.entered.wait(5)
-        started = time.monotonic()
         for n in range(2, 6):  # the ingest goes on while the hook is busy
             e = ev(n)
             runner.hand_over([e], {e.id})
-        assert time.monotonic() - started < 1.0
+        assert hook.calls == []  # all four handed over while the first run still waits
         assert runner.health()["after_commit_waiting"] == 4
         hook.release.set()
         until(lambda: sum(len(c[0]) for c in hook.calls) == 5)

@@ -5,7 +5,11 @@ Mosquitto as a kiosk sends them."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import queue
+import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -372,3 +376,246 @@ def test_a_wrong_setting_stops_the_bridge_with_its_name(tmp_path: Path, extra: A
     with pytest.raises(ConfigError) as caught:
         config_for(tmp_path, **extra)
     assert next(iter(extra)) in str(caught.value)
+
+
+# -- the roll-ups against the rows ---------------------------------------------------
+
+
+def _when(e: Event) -> datetime:
+    return datetime.fromisoformat(e.ts.replace("Z", "+00:00"))
+
+
+def reference(
+    events: list[Event], zone: ZoneInfo, first: date, last: date, lapsed_weeks: int = 4
+) -> dict[str, Any]:
+    """The figures worked out event by event, as docs/insights.md defines them: what the
+    roll-ups must give."""
+
+    def midnight(d: date) -> datetime:
+        return datetime.combine(d, datetime.min.time(), tzinfo=zone).astimezone(UTC)
+
+    start, end = midnight(first), midnight(last + timedelta(days=1))
+    cutoff = midnight(last + timedelta(days=1) - timedelta(weeks=lapsed_weeks))
+    grid = [[0] * 24 for _ in range(7)]
+    kinds: Counter[tuple[date, str]] = Counter()
+    visits: dict[str, list[datetime]] = {}
+    seen: dict[str, datetime] = {}
+    for e in events:
+        if e.type == "checkin" and not e.data.get("counted", True):
+            continue
+        at = _when(e)
+        local = at.astimezone(zone)
+        if start <= at < end:
+            kinds[(local.date(), e.type)] += 1
+            if e.type == "checkin":
+                grid[local.weekday()][local.hour] += 1
+        member = e.data.get("member_id")
+        if member is None or e.type not in ("checkin", "member.joined") or at >= end:
+            continue
+        seen[member] = min(seen.get(member, at), at)
+        if e.type == "checkin":
+            visits.setdefault(member, []).append(at)
+    in_range = {m: [t for t in ts if t >= start] for m, ts in visits.items()}
+    visited = [m for m, ts in in_range.items() if ts]
+    lapsed = sorted(
+        ((max(ts), m, len(ts)) for m, ts in visits.items() if max(ts) < cutoff), reverse=True
+    )
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    return {
+        "checkins_by_weekday_hour": grid,
+        "daily": [
+            {
+                "date": d.isoformat(),
+                "checkins": kinds[(d, "checkin")],
+                "redemptions": kinds[(d, "coupon.redeemed")],
+                "pickups": kinds[(d, "pickup.completed")],
+                "joins": kinds[(d, "member.joined")],
+            }
+            for d in days
+        ],
+        "members": {
+            "visited": len(visited),
+            "new": sum(1 for t in seen.values() if start <= t < end),
+            "returning": sum(1 for m in visited if min(visits[m]) < start),
+            "lapsed": len(lapsed),
+        },
+        "repeat_visit_rate": (
+            round(sum(1 for m in visited if len(in_range[m]) >= 2) / len(visited), 4)
+            if visited
+            else 0.0
+        ),
+        "lapsed_members": [
+            (m, at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", n) for at, m, n in lapsed
+        ],
+    }
+
+
+def mixed_traffic(zone: ZoneInfo, first: date, last: date, seed: int) -> list[Event]:
+    """Weeks of visits at any hour (midnight too), before, in and after the range, in
+    `zone`: regulars, newcomers who join, second scans that do not count, two visits in
+    one quarter-hour, and the hour a clock change repeats or skips."""
+    rng = random.Random(seed)
+    t = Traffic()
+
+    def at(d: date, hour: int, minute: int, second: int = 0, fold: int = 0) -> datetime:
+        return datetime(d.year, d.month, d.day, hour, minute, second, tzinfo=zone, fold=fold)
+
+    day, joined = first - timedelta(days=40), 0
+    while day <= last + timedelta(days=9):
+        for _ in range(rng.randint(0, 14)):
+            when = at(day, rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59))
+            member = f"m{int(30 * rng.random() ** 2):02d}"
+            if rng.random() < 0.1:
+                joined += 1
+                member = f"n{joined:03d}"
+                t.add("member.joined", when - timedelta(minutes=1), member_id=member)
+            t.checkin(when, member, counted=rng.random() > 0.05)
+            if rng.random() < 0.05:
+                t.checkin(when + timedelta(minutes=rng.randint(0, 3)), member)
+            if rng.random() < 0.05:
+                t.add("coupon.redeemed", when, coupon_id=f"c{rng.random()}")
+            if rng.random() < 0.03:
+                t.add("pickup.completed", when, order=f"o{rng.random()}", locker="L1")
+        day += timedelta(days=1)
+    for d in (first, last, last + timedelta(days=1)):  # on the range's edges
+        t.checkin(at(d, 0, 0), "edge")
+        t.checkin(at(d - timedelta(days=1), 23, 59, 59), "edge")
+    sunday = date(2026, 10, 25)  # Europe's clocks go back: 02:30 happens twice
+    t.checkin(at(sunday, 2, 30), "dst", counted=True)
+    t.checkin(at(sunday, 2, 30, fold=1), "dst", counted=True)
+    t.checkin(datetime(2026, 9, 1, 10, 0, tzinfo=zone), "gone")  # lapsed long ago
+    return t.events
+
+
+@pytest.mark.parametrize("zone_name", ["Asia/Kathmandu", "Europe/Berlin"])
+def test_the_roll_ups_give_the_figures_the_events_give(
+    zone_name: str, tmp_path: Path, mosquitto_broker: MosquittoBroker, any_repo: Repository
+) -> None:
+    """Traffic sent by a kiosk over MQTT, some of it twice, one event quarantined: the
+    insights (from the roll-ups) equal the figures worked out from the events sent, in a
+    +05:45 zone and across a clock change, for a range and for a past range that later
+    visits must not change."""
+    zone = ZoneInfo(zone_name)
+    first, last = date(2026, 10, 19), date(2026, 11, 1)  # Berlin changes on 25 October
+    sent = mixed_traffic(zone, first, last, seed=len(zone_name))
+    bad = Event(
+        id=new_event_id(),
+        seq=len(sent) + 1,
+        type="checkin",
+        ts=rfc3339(datetime(2026, 10, 20, 12, 0, tzinfo=zone).timestamp()),
+        store=STORE,
+        kiosk="k1",
+        data={"member_id": "m01", "name": "bad\u0000name"},
+    )
+    raw = {
+        "store": STORE,
+        "kiosks": ["k1"],
+        "timezone": zone_name,
+        "mqtt": {"url": mosquitto_broker.url, "client_id": f"bridge-{new_event_id()[:8]}"},
+    }
+    config = validate_config(tmp_path / "bridge.toml", raw, BridgeConfig)
+    bridge = BridgeRuntime(config, any_repo, signing_key=KEY)
+    bridge.start()
+    kiosk = Peer(mosquitto_broker, kiosk_topic(STORE, "k1", "acks"))
+    try:
+        assert bridge.wait_ready(10), "bridge did not subscribe"
+        # Everything once, then the first 300 again (a kiosk re-sending what it had not
+        # seen acked): each id is counted once.
+        messages = [sent[i : i + 100] for i in range(0, len(sent), 100)] + [[bad]]
+        messages += [sent[i : i + 100] for i in range(0, 300, 100)]
+        for batch in messages:
+            kiosk.publish(kiosk_topic(STORE, "k1", "events"), dumps(batch))
+        # Each id acked (the re-sent ones again: the wait is for the second ack).
+        want = Counter(e.id for batch in messages for e in batch)
+        acked: Counter[str] = Counter()
+        deadline = time.monotonic() + 120
+        while acked != want:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{sum(acked.values())} of {want.total()} acked"
+            with contextlib.suppress(queue.Empty):
+                acked.update(kiosk.next(timeout=left)[1]["ids"])
+    finally:
+        kiosk.close()
+        bridge.stop()
+    assert any_repo.count_rejected(STORE) == 1  # the NUL: quarantined, never counted
+    client = client_for(config, any_repo)
+    for a, b in ((first, last), (first - timedelta(days=20), first + timedelta(days=3))):
+        got = insights(client, a, b)
+        want = reference(sent, zone, a, b)
+        for key in ("checkins_by_weekday_hour", "daily", "members", "repeat_visit_rate"):
+            assert got[key] == want[key], (key, a, b)
+        assert [(m["id"], m["last_visit"], m["visits"]) for m in got["lapsed_members"]] == want[
+            "lapsed_members"
+        ]
+    assert got["members"]["visited"] > 10 and got["members"]["lapsed"] >= 1
+
+
+def test_a_kiosk_clock_years_ahead_counts_on_the_day_it_arrived(
+    tmp_path: Path, any_repo: Repository
+) -> None:
+    """A check-in dated 2029 that reached the bridge on 20 October 2026 counts on 20
+    October in the insights, as in that day's figures, and not in 2029."""
+    arrived = datetime(2026, 10, 20, 3, 0, tzinfo=UTC)  # 11:00 in Shanghai
+    t = Traffic()
+    t.checkin(datetime(2026, 10, 19, 10, 0), "c00")  # an ordinary visit the day before
+    t.checkin(datetime(2029, 5, 1, 10, 0), "c00")  # the kiosk's clock is years ahead
+    t.add("member.joined", datetime(2029, 5, 1, 9, 0), member_id="n9")
+    any_repo.add_events(t.events[:1], now=datetime(2026, 10, 19, 2, 0, 5, tzinfo=UTC))
+    any_repo.add_events(t.events[1:], now=arrived)
+    client = client_for(config_for(tmp_path), any_repo)
+
+    got = insights(client, date(2026, 10, 19), date(2026, 10, 20))
+    assert [d["checkins"] for d in got["daily"]] == [1, 1]
+    assert [d["joins"] for d in got["daily"]] == [0, 1]
+    assert got["checkins_by_weekday_hour"][1][11] == 1  # Tuesday 11:00, when it arrived
+    assert got["members"] == {"visited": 1, "new": 2, "returning": 0, "lapsed": 0}
+    assert got["repeat_visit_rate"] == 1.0  # c00 came on both days
+    today = any_repo.today_stats(STORE, now=arrived, zone=SHANGHAI)
+    assert (today["day"], today["checkins"], today["joins"]) == ("2026-10-20", 1, 1)
+    assert got["daily"][1]["checkins"] == today["checkins"]
+
+    later = insights(client, date(2029, 4, 20), date(2029, 5, 10))
+    assert sum(d["checkins"] for d in later["daily"]) == 0
+    assert later["members"]["visited"] == 0
+
+
+def test_writers_at_once_lose_no_count(tmp_path: Path, any_repo: Repository) -> None:
+    """Four threads store overlapping batches of the same visits at once (workers of one
+    shop, a kiosk re-sending): every visit is counted, once."""
+    t = Traffic()
+    for i in range(400):
+        t.checkin(datetime(2026, 10, 5, 8, 0) + timedelta(minutes=i), f"c{i % 7:02d}")
+    done: list[BaseException] = []
+
+    def store(offset: int) -> None:
+        try:
+            for k in range(0, 400, 50):
+                any_repo.add_events(t.events[(k + offset) % 400 :][:80])
+        except BaseException as exc:
+            done.append(exc)
+
+    threads = [threading.Thread(target=store, args=(o,)) for o in (0, 30, 60, 90)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not done, done
+    assert any_repo.count_events() == 400
+    got = insights(client_for(config_for(tmp_path), any_repo), FIRST, FIRST)
+    assert got["daily"][0]["checkins"] == 400
+    assert got["members"] == {"visited": 7, "new": 7, "returning": 0, "lapsed": 0}
+    assert got["repeat_visit_rate"] == 1.0
+
+
+def test_a_long_range_reads_the_same_ratings_and_pickups(
+    tmp_path: Path, any_repo: Repository
+) -> None:
+    """Over months the ratings and pickups are read another way on SQLite (by type):
+    the same figures as over the four weeks that hold them."""
+    any_repo.add_events(shop_traffic().events)
+    client = client_for(config_for(tmp_path), any_repo)
+    short = insights(client)
+    long = insights(client, FIRST - timedelta(days=70), LAST)
+    assert long["ratings"] == short["ratings"] and short["ratings"]["count"] == 2
+    assert long["pickup_lead_time_min"] == short["pickup_lead_time_min"]
+    assert short["pickup_lead_time_min"] == {"count": 3, "median": 60.0, "p90": 84.0}

@@ -161,7 +161,7 @@ def test_the_members_page_on_a_phone(site: Site, tmp_path: Path) -> None:
     assert page.count("到店签到") == 2
     assert ">+50<" in page and ">−15<" in page
     # The share link: the store's join page, naming her as the referrer.
-    assert f'href="{site.url}/j?ref=m-ada"' in page
+    assert f'href="{site.url}/j?ref=m-ada&amp;store=s1"' in page
 
     # English from the browser, or from ?lang=en on a Chinese phone.
     for lang, suffix in (("en-US", ""), ("zh-CN", "?lang=en")):
@@ -264,7 +264,7 @@ def test_the_share_link_is_the_shops_join_page(tmp_path: Path, repo: Repository)
     cases = {
         "https://shop.example/join": "https://shop.example/join?ref=m-ada",
         "https://shop.example/mp?from=slip": "https://shop.example/mp?from=slip&amp;ref=m-ada",
-        "": "https://bridge.example/j?ref=m-ada",
+        "": "https://bridge.example/j?ref=m-ada&amp;store=s1",
     }
     for join_url, share in cases.items():
         members = {"page_url": "https://bridge.example", "join_url": join_url}

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,15 @@ from sqlalchemy.engine import make_url
 
 from cloud_bridge.commands import CommandService
 from cloud_bridge.config import MembersSection, load_config
-from cloud_bridge.db import Repository
+from cloud_bridge.db import Repository, rollup
 from cloud_bridge.db.migrate import head
-from cloud_bridge.db.tables import Base
+from cloud_bridge.db.tables import (
+    Base,
+    EventCountRow,
+    EventRow,
+    MemberActivityRow,
+    MemberVisitRow,
+)
 from cloud_bridge.members import MemberService
 from o2o_protocol.messages import Event
 from o2o_protocol.timeutil import rfc3339
@@ -250,3 +257,60 @@ def test_export_prints_the_old_events_of_an_upgraded_sqlite_database(tmp_path: P
     assert [p["id"] for p in printed] == [e["id"] for e in ours]
     assert [p["data"] for p in printed] == [e["data"] for e in ours]
     assert [p["type"] for p in printed][:2] == ["checkin", "checkin"]
+
+
+def rollups(engine: Engine) -> dict[str, set[tuple[Any, ...]]]:
+    """The insights' roll-ups (migration 0004), every row, times as UTC instants."""
+
+    def plain(value: Any) -> Any:
+        return value.astimezone(UTC) if isinstance(value, datetime) else value
+
+    with engine.connect() as conn:
+        return {
+            table.name: {tuple(plain(v) for v in row) for row in conn.execute(select(table))}
+            for table in (
+                EventCountRow.__table__,
+                MemberVisitRow.__table__,
+                MemberActivityRow.__table__,
+            )
+        }
+
+
+def test_the_upgrade_fills_the_insights_roll_ups_from_the_events(
+    old_url: str, tmp_path: Path
+) -> None:
+    """Migration 0004 counts the stored events in SQL exactly as the bridge counts each
+    new one (rollup.py): the same rows as those events stored afresh, and the figures
+    the events give (a second scan not counted, an older kiosk's visit without
+    `counted` counted, the clock in 2999 on the day it arrived, each store its own)."""
+    repo = Repository.from_url(old_url)
+    fresh = Repository.from_url(f"sqlite:///{tmp_path / 'fresh.db'}")
+    try:
+        repo.migrate()
+        got = rollups(repo.engine)
+        with repo.engine.connect() as conn:
+            stored = [dict(r._mapping) for r in conn.execute(select(EventRow.__table__))]
+        fresh.migrate()
+        with fresh.engine.begin() as conn:
+            rollup.add(conn, stored)
+        assert got == rollups(fresh.engine)
+
+        def counted(store: str, type_: str) -> int:
+            return sum(n for s, _, t, n in got["event_counts"] if (s, t) == (store, type_))
+
+        visits_of = [old.EVENTS[n - 1] for n in COUNTED]
+        assert counted(STORE, "checkin") == sum(e["store"] == STORE for e in visits_of) == 6
+        assert (counted(STORE, "member.joined"), counted("s2", "checkin")) == (1, 1)
+        visits = {
+            m: (v, first, last, prev)
+            for s, m, _, first, last, prev, v in got["member_activity"]
+            if s == STORE
+        }
+        ada = [old.EVENTS[n - 1]["ts"] for n in (1, 3, 8)]
+        assert visits["ada"] == (3, ada[0], ada[2], ada[1])
+        bob = old.EVENTS[11]
+        assert visits["bob"][2] == bob["received_at"]  # dated 2999: counted when it arrived
+        assert visits["cleo"][0] == 1
+    finally:
+        repo.close()
+        fresh.close()

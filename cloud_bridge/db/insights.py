@@ -1,11 +1,13 @@
 """The queries behind `GET /api/v1/insights` (docs/insights.md).
 
-A year of a busy shop is some 200k events, so everything that scales with events is
-counted by the database: events are grouped by type and quarter of a UTC hour (a few
-thousand rows for a year, on the (store, ts) index), and the service moves each quarter
-into the shop's own hour in Python, which works for every time zone (even +05:45) on
-SQLite, which knows none. Members are grouped by member id in one pass. Only what is
-small by nature (campaign codes, preorder commands, pickups of the range) is read as rows.
+A year of a busy shop is some 200k events, so nothing that scales with events is read
+for the hours and the members: they come from the roll-ups the event insert keeps
+(`rollup.py`). The counts per type and UTC quarter-hour (grouped by whole hours when the
+zone needs no finer: a few thousand rows for a year) are moved into the shop's own hours
+by the service in Python, which works for every time zone (even +05:45) on SQLite, which
+knows none; the members come back as five numbers and the lapsed list. What is small by
+nature (campaign codes, preorder commands, pickups and ratings of the range) is counted
+from the events and commands themselves.
 """
 
 from __future__ import annotations
@@ -18,32 +20,32 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Integer,
+    String,
     and_,
     case,
-    cast,
     func,
-    literal,
     or_,
     select,
     type_coerce,
 )
+from sqlalchemy.orm import aliased
 
-from cloud_bridge.db.figures import counted, rating_summary
+from cloud_bridge.db.figures import rating_summary
 from cloud_bridge.db.repository import Repository
-from cloud_bridge.db.tables import CommandRow, EventRow, IssuedCodeRow, MemberRow, UTCDateTime
+from cloud_bridge.db.tables import (
+    CommandRow,
+    EventCountRow,
+    EventRow,
+    IssuedCodeRow,
+    MemberActivityRow,
+    MemberRow,
+    MemberVisitRow,
+    UTCDateTime,
+)
 from o2o_protocol.messages import CommandName, EventType
 
-#: The event types the hourly counts are made of.
 #: How long before the range an order's load is looked for (a pickup's lead time).
 LOAD_DAYS = 30
-COUNTED_TYPES = (
-    EventType.CHECKIN.value,
-    EventType.COUPON_REDEEMED.value,
-    EventType.RESERVATION_ARRIVED.value,
-    EventType.PICKUP_COMPLETED.value,
-    EventType.MEMBER_JOINED.value,
-)
 
 
 @dataclass(frozen=True)
@@ -65,27 +67,18 @@ class MemberInfo:
     points: int
 
 
-def _quarter(
-    dialect: str, when: Any, whole_hours: bool
-) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
-    """`when` as (its UTC hour, its quarter 0-3). The hour is text 'YYYY-MM-DD HH' on
-    SQLite, a timestamp without zone on PostgreSQL; the quarter is 0 with `whole_hours`
-    (a zone a whole number of hours from UTC needs no finer)."""
-    if dialect == "sqlite":
-        # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC.
-        hour, minute = func.substr(when, 1, 13), cast(func.substr(when, 15, 2), Integer)
-    else:
-        # A UTC wall-clock timestamp (no zone) truncated to its hour: cheaper than text.
-        utc = func.timezone("UTC", when)
-        hour, minute = func.date_trunc("hour", utc), cast(func.extract("minute", utc), Integer)
-    return hour, (literal(0) if whole_hours else minute // 15)
+#: A range longer than this reads its few event types by the type index on SQLite.
+LONG_RANGE = timedelta(days=62)
 
 
-def _scan(dialect: str, column: Any) -> Any:
-    """`column` as SQLite may not use an index for (`column || ''`): a range of months
-    reads most of the table, and a plain scan of it is several times cheaper there than
-    a row looked up per index entry. PostgreSQL's planner knows this by itself."""
-    return column + "" if dialect == "sqlite" else column
+def _store_of(dialect: str, start: datetime, end: datetime) -> Any:
+    """`events.store` as the filter of a range's few event types (ratings, loads and
+    pickups). Over months, SQLite must not take the (store, ts) index, which reads every
+    event of the range to keep a tenth of them: written as `store || ''` it takes the
+    type index instead (a year: 5x faster). A shorter range reads its days by (store, ts).
+    PostgreSQL's planner weighs this by itself."""
+    long = dialect == "sqlite" and end - start > LONG_RANGE
+    return EventRow.store + "" if long else EventRow.store
 
 
 def _utc(value: Any) -> datetime:
@@ -113,91 +106,129 @@ class InsightQueries:
         self, start: datetime, end: datetime, *, whole_hours: bool = False
     ) -> list[tuple[str, datetime, int]]:
         """(event type, UTC quarter-hour, how many) of the counted check-ins, redemptions,
-        arrivals, pickups and joins of [start, end), by when they happened (`ts`); by
-        whole UTC hours with `whole_hours`."""
+        arrivals, pickups and joins of [start, end), from the roll-up (`rollup.py`); by
+        whole UTC hours with `whole_hours` (a few thousand rows for a year)."""
+        bucket = EventCountRow.bucket
+        where = (EventCountRow.store == self.store, bucket >= start, bucket < end)
         with self._session() as session:
-            dialect = session.get_bind().dialect.name
-            hour, quarter = _quarter(dialect, EventRow.ts, whole_hours)
-            is_checkin = EventRow.type == EventType.CHECKIN.value
-            stmt = (
-                select(EventRow.type, hour, quarter, func.count())
-                .where(
-                    _scan(dialect, EventRow.store) == self.store,
-                    EventRow.ts >= start,
-                    EventRow.ts < end,
-                    _scan(dialect, EventRow.type).in_(COUNTED_TYPES),
-                    or_(~is_checkin, counted(dialect)),
+            if session.get_bind().dialect.name == "sqlite":
+                # The stored text ('YYYY-MM-DD HH:MM:…'), cut to its hour or minute and
+                # added up here: cheaper than SQLite's sort for a GROUP BY, and each
+                # distinct hour is turned into a time once.
+                text = type_coerce(bucket, String)
+                cut, tail = (13, ":00+00:00") if whole_hours else (16, "+00:00")
+                sums: dict[tuple[str, str], int] = defaultdict(int)
+                for t, b, n in session.connection().execute(
+                    select(EventCountRow.type, text, EventCountRow.events).where(*where)
+                ):
+                    sums[(t, b[:cut])] += n
+                times = {b: datetime.fromisoformat(b + tail) for b in {b for _, b in sums}}
+                return [(t, times[b], n) for (t, b), n in sums.items()]
+            if not whole_hours:
+                rows = session.execute(
+                    select(EventCountRow.type, bucket, EventCountRow.events).where(*where)
                 )
-                .group_by(EventRow.type, hour, *(() if whole_hours else (quarter,)))
+                return [(str(t), at, int(n)) for t, at, n in rows]
+            hour = func.date_trunc("hour", func.timezone("UTC", bucket))
+            stmt = (
+                select(EventCountRow.type, hour, func.sum(EventCountRow.events))
+                .where(*where)
+                .group_by(EventCountRow.type, hour)
             )
-            hours: dict[str, datetime] = {}
-            out = []
-            for type_, h, q, n in session.execute(stmt):
-                at = hours.get(h)
-                if at is None:
-                    at = hours[h] = (
-                        h.replace(tzinfo=UTC)
-                        if isinstance(h, datetime)
-                        else datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=UTC)
-                    )
-                out.append((str(type_), at + timedelta(minutes=15 * int(q)), int(n)))
-            return out
+            return [(str(t), h.replace(tzinfo=UTC), int(n)) for t, h, n in session.execute(stmt)]
 
     def member_counts(
         self, start: datetime, end: datetime, cutoff: datetime, *, limit: int
     ) -> MemberCounts:
         """Members with a counted check-in or a join before `end`, counted: visited in
         [start, end), new (first check-in or join in it), returning (visited in it and
-        before it), visited twice in it, and lapsed (visited, but last before `cutoff`),
-        with the `limit` lapsed ones seen most recently. Decided in SQL per member, so a
-        year's thousands of members come back as small numbers."""
+        before it), visited twice in it, and lapsed (visited before `end`, but last before
+        `cutoff`), with the `limit` lapsed ones seen most recently. From the roll-ups
+        (`rollup.py`): one row per member says it all for a member not seen since `end`
+        (one aggregate row comes back for all of them); a member who came again after
+        `end` (a past range) is looked up in `member_visits` as of `end`. All of start,
+        end and cutoff are on a quarter-hour (shop midnights are, in every zone)."""
+        act = MemberActivityRow
+        of_store = act.store == self.store
+        quiet = or_(act.last_visit.is_(None), act.last_visit < end)
+
+        def n(condition: ColumnElement[bool]) -> Any:
+            return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+        summary = select(
+            n(and_(act.first_seen >= start, act.first_seen < end)),
+            n(and_(quiet, act.last_visit >= start)),
+            n(and_(quiet, act.last_visit >= start, act.first_visit < start)),
+            n(and_(quiet, act.prev_visit >= start)),
+            n(and_(quiet, act.last_visit < cutoff)),
+        ).where(of_store)
+        quiet_lapsed = (
+            select(act.member, act.last_visit, act.visits)
+            .where(of_store, act.last_visit < cutoff)
+            .order_by(act.last_visit.desc(), act.member.desc())
+            .limit(limit)
+        )
+        came_back = self._as_of(end)
         with self._session() as session:
-            dialect = session.get_bind().dialect.name
-            member = _member_id()
-            is_checkin = EventRow.type == EventType.CHECKIN.value
-            visit_ts = type_coerce(case((is_checkin, EventRow.ts), else_=None), UTCDateTime)
-            last = func.max(visit_ts)
-            stmt = (
-                select(
-                    member,
-                    case((func.min(EventRow.ts) >= start, 1), else_=0),
-                    case((func.min(visit_ts) < start, 1), else_=0),
-                    # Raw (no conversion): only the few listed are turned into times.
-                    case((last < cutoff, last), else_=None),
-                    func.sum(case((is_checkin, 1), else_=0)),
-                    func.sum(case((and_(is_checkin, EventRow.ts >= start), 1), else_=0)),
-                )
-                .where(
-                    _scan(dialect, EventRow.store) == self.store,
-                    EventRow.ts < end,
-                    _scan(dialect, EventRow.type).in_(
-                        (EventType.CHECKIN.value, EventType.MEMBER_JOINED.value)
-                    ),
-                    or_(~is_checkin, counted(dialect)),
-                )
-                .group_by(member)
-            )
-            visited = new_ = returning = repeat = 0
-            lapsed: list[tuple[Any, str, int]] = []
-            for m, new, before, gone, n, r in session.execute(stmt):
-                if m is None:  # no member id (filtered here: one JSON read less a row)
+            new, visited, returning, repeat, lapsed_n = session.execute(summary).one()
+            lapsed = [(at, str(m), int(v)) for m, at, v in session.execute(quiet_lapsed)]
+            for m, first_visit, last, prev, visits in session.execute(came_back):
+                if last is None:  # no visit before the range's end
                     continue
-                new_ += new
-                if r:
+                last, prev = _utc(last), None if prev is None else _utc(prev)
+                if last >= start:
                     visited += 1
-                    returning += before
-                    repeat += r >= 2
-                if gone is not None and n:
-                    lapsed.append((gone, str(m), int(n)))
+                    returning += first_visit is not None and _utc(first_visit) < start
+                    repeat += prev is not None and prev >= start
+                elif last < cutoff:
+                    lapsed_n += 1
+                    lapsed.append((last, str(m), int(visits)))
         lapsed.sort(reverse=True)
         return MemberCounts(
-            visited,
-            new_,
-            returning,
-            repeat,
-            len(lapsed),
-            [(m, _utc(gone), n) for gone, m, n in lapsed[:limit]],
+            int(visited),
+            int(new),
+            int(returning),
+            int(repeat),
+            int(lapsed_n),
+            [(m, at, v) for at, m, v in lapsed[:limit]],
         )
+
+    def _as_of(self, end: datetime) -> Any:
+        """Members who visited again on or after `end`, as they stood before it: first
+        visit, last and previous visit before `end` (the previous one as the last when
+        two fell in its quarter-hour), and their visits before it. A few index look-ups
+        each in `member_visits` (newest first from `end`)."""
+        act, mv = MemberActivityRow, aliased(MemberVisitRow)
+
+        def back(column: Any, offset: int = 0) -> Any:
+            return (
+                select(column)
+                .where(
+                    mv.store == act.store,
+                    mv.member == act.member,
+                    mv.bucket < end,
+                    mv.visits > 0,
+                )
+                .order_by(mv.bucket.desc())
+                .limit(1)
+                .offset(offset)
+                .scalar_subquery()
+            )
+
+        after = (
+            select(func.coalesce(func.sum(mv.visits), 0))
+            .where(mv.store == act.store, mv.member == act.member, mv.bucket >= end)
+            .scalar_subquery()
+        )
+        last = back(mv.last_visit)
+        prev = case((back(mv.visits) >= 2, last), else_=back(mv.last_visit, 1))
+        return select(
+            act.member,
+            act.first_visit,
+            type_coerce(last, UTCDateTime),
+            type_coerce(prev, UTCDateTime),
+            act.visits - after,
+        ).where(act.store == self.store, act.last_visit >= end)
 
     def members(self, ids: Iterable[str]) -> dict[str, MemberInfo]:
         ids = list(ids)
@@ -237,10 +268,10 @@ class InsightQueries:
         stmt = (
             select(minutes)
             .where(
-                _scan(dialect, EventRow.store) == self.store,
+                _store_of(dialect, start, end) == self.store,
                 EventRow.ts >= start - timedelta(days=LOAD_DAYS),
                 EventRow.ts < end,
-                _scan(dialect, EventRow.type).in_(
+                EventRow.type.in_(
                     (EventType.LOCKER_LOADED.value, EventType.PICKUP_COMPLETED.value)
                 ),
                 order.is_not(None),
@@ -316,6 +347,7 @@ class InsightQueries:
             return int(session.scalar(stmt) or 0)
 
     def ratings(self, start: datetime, end: datetime) -> dict[str, Any]:
-        where = (EventRow.store == self.store, EventRow.ts >= start, EventRow.ts < end)
+        store = _store_of(self.repo._dialect, start, end)
+        where = (store == self.store, EventRow.ts >= start, EventRow.ts < end)
         with self._session() as session:
             return rating_summary(session, where)

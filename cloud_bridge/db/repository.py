@@ -46,6 +46,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud_bridge.db import rollup
 from cloud_bridge.db.errors import (
     UnstorableEvent,
     is_write_conflict,
@@ -203,7 +204,8 @@ class Repository:
         return [i for i in rows if i in new]  # in the order they came
 
     def _insert_events(self, session: Session, values: list[dict[str, Any]]) -> set[str]:
-        """INSERT … ON CONFLICT DO NOTHING; the ids that were new."""
+        """INSERT … ON CONFLICT DO NOTHING; the ids that were new, added to the insights'
+        roll-ups in the same transaction (`rollup.py`: a re-sent event counts once)."""
         new: set[str] = set()
         # One cached statement run "executemany" style: SQLAlchemy batches the rows into
         # multi-row INSERTs itself (insertmanyvalues) without compiling SQL per batch.
@@ -215,6 +217,7 @@ class Repository:
         for i in range(0, len(values), _CHUNK):
             result = session.connection().execute(stmt, values[i : i + _CHUNK])
             new.update(result.scalars())
+        rollup.add(session.connection(), [v for v in values if v["id"] in new])
         return new
 
     # -- quarantine -------------------------------------------------------------------

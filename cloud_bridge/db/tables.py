@@ -265,3 +265,50 @@ class SignupRow(Base):
     cancelled_at: Mapped[datetime | None]
     #: When the ticket was scanned at the door (`reservation.arrived`).
     arrived_at: Mapped[datetime | None]
+
+
+class EventCountRow(Base):
+    """A roll-up for the insights (`rollup.py`): how many events of a type count in a UTC
+    quarter-hour (check-ins that counted, redemptions, reservations arrived, pickups,
+    joins), kept in the transaction that stores them."""
+
+    __tablename__ = "event_counts"
+    __table_args__ = ({"sqlite_with_rowid": False},)  # SQLite: rows in key order
+
+    store: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The start of the UTC quarter-hour.
+    bucket: Mapped[datetime] = mapped_column(primary_key=True)
+    type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+
+
+class MemberVisitRow(Base):
+    """A roll-up for the insights (`rollup.py`): a member's counted check-ins and joins in
+    a UTC quarter-hour, and the last of those check-ins."""
+
+    __tablename__ = "member_visits"
+    __table_args__ = ({"sqlite_with_rowid": False},)  # SQLite: rows in key order
+
+    store: Mapped[str] = mapped_column(String(64), primary_key=True)
+    member: Mapped[str] = mapped_column(String(MEMBER_ID), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(primary_key=True)
+    visits: Mapped[int] = mapped_column(Integer)
+    joins: Mapped[int] = mapped_column(Integer)
+    last_visit: Mapped[datetime | None]
+
+
+class MemberActivityRow(Base):
+    """A roll-up for the insights (`rollup.py`): when a member was first seen (a counted
+    check-in or a join), first and last visited, the visit before the last, and how many
+    counted check-ins: one row per member answers a range that ends after them."""
+
+    __tablename__ = "member_activity"
+    __table_args__ = ({"sqlite_with_rowid": False},)  # SQLite: rows in key order
+
+    store: Mapped[str] = mapped_column(String(64), primary_key=True)
+    member: Mapped[str] = mapped_column(String(MEMBER_ID), primary_key=True)
+    first_seen: Mapped[datetime]
+    first_visit: Mapped[datetime | None]
+    last_visit: Mapped[datetime | None]
+    prev_visit: Mapped[datetime | None]
+    visits: Mapped[int] = mapped_column(Integer)
