@@ -318,6 +318,9 @@ def _simulate_live(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report.as_dict()) if args.json else report.line())
+    if report.unacked:
+        print(f"{PROG}: error: {report.unacked} events not acked after the drain", file=sys.stderr)
+        return 1
     return 0
 
 

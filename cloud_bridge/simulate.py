@@ -410,6 +410,8 @@ class LiveReport:
     stored: int = 0
     stored_twice: int = 0
     resent: int = 0
+    #: Events still not acked when the drain gave up (0: every one acked).
+    unacked: int = 0
     #: From the first event to the last ack.
     elapsed_s: float = 0.0
     acked_by_store: dict[str, int] = field(default_factory=dict)
@@ -442,6 +444,7 @@ class LiveReport:
             "stored": self.stored,
             "stored_twice": self.stored_twice,
             "resent": self.resent,
+            "unacked": self.unacked,
             "elapsed_s": round(self.elapsed_s, 3),
             "sent_per_s": round(self.sent_per_s, 1),
             "acked_per_s": round(self.acked_per_s, 1),
@@ -462,7 +465,7 @@ class LiveReport:
             f"live: {len(self.stores)} store(s), {self.kiosks} kiosks, {self.seconds:g}s at "
             f"{self.rate:g}/s: sent {self.sent} ({self.sent_per_s:.0f}/s), acked {self.acked} "
             f"({self.acked_per_s:.0f}/s), stored {self.stored} (twice {self.stored_twice}), "
-            f"re-sent {self.resent}; ack latency p50/p95/p99 {lat} ms"
+            f"re-sent {self.resent}, not acked {self.unacked}; ack latency p50/p95/p99 {lat} ms"
         )
 
 
@@ -614,13 +617,14 @@ def live(
     first_ack_s: float = 30.0,
 ) -> LiveReport:
     """Send `rate` events a second, dated now, from every store's kiosks for `seconds`,
-    then wait (up to `drain_timeout`) until every one is acked; count what was stored.
+    then wait (up to `drain_timeout`) until every one is acked (those that are not are
+    the report's `unacked`); count what was stored.
 
     The kiosks are each store's configured ones (`kiosks_per_store` of them; more than
     configured adds `<store>-sim<n>`, without a kiosk file: the service's broker URL, no
-    login). Raises TimeoutError when nothing is acked within `first_ack_s`, or not all
-    within `drain_timeout`; ConnectionError when the broker cannot be reached; KeyError
-    for a store the service does not have."""
+    login). Raises TimeoutError when nothing is acked within `first_ack_s`;
+    ConnectionError when the broker cannot be reached; KeyError for a store the service
+    does not have."""
     chosen = list(stores or config.store_ids())
     doors: list[_LiveKiosk] = []
     repo = Repository.from_url(config.db.url)
@@ -674,14 +678,12 @@ def live(
             next_tick += TICK_S
             time.sleep(max(0.0, next_tick - time.monotonic()))
         deadline = time.monotonic() + drain_timeout
-        while any(d.outstanding for d in doors):
+        while any(d.outstanding for d in doors) and time.monotonic() < deadline:
             now = time.monotonic()
-            if now > deadline:
-                left = sum(d.outstanding for d in doors)
-                raise TimeoutError(f"{left} events not acked within {drain_timeout:.0f}s")
             for d in doors:
                 d.pump(now)
             time.sleep(0.05)
+        report.unacked = sum(d.outstanding for d in doors)
         report.elapsed_s = max(d.last_ack for d in doors) - started
     finally:
         for d in doors:
