@@ -12,7 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_decode, bench_insights, bench_latency, bench_store, bench_sync, bench_ui
+from bench import (
+    bench_chain,
+    bench_decode,
+    bench_insights,
+    bench_latency,
+    bench_store,
+    bench_sync,
+    bench_ui,
+)
 
 
 def main() -> int:
@@ -33,6 +41,9 @@ def main() -> int:
     insights = bench_insights.run(quick=quick)
     bench_insights.print_table(insights)
     print()
+    chain = bench_chain.run(quick=quick)
+    bench_chain.print_table(chain)
+    print()
     ui = bench_ui.run(quick=quick)
     bench_ui.print_table(ui)
     results = {
@@ -43,6 +54,7 @@ def main() -> int:
         "store": store,
         "sync": sync,
         "insights": insights,
+        "chain": chain,
         "ui": ui,
     }
     out = Path(__file__).parent / "results.json"

@@ -271,6 +271,8 @@ def _speed(text: str) -> float | None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.live:
+        return _simulate_live(args)
     from cloud_bridge.simulate import simulate
 
     if not 1 <= args.weeks <= 52:
@@ -290,6 +292,40 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     print(summary.line())
+    return 0
+
+
+def _simulate_live(args: argparse.Namespace) -> int:
+    from cloud_bridge.simulate import live
+
+    config = load_config(args.config)
+    stores = [s for group in args.stores or [] for s in group.split(",") if s]
+    unknown = [s for s in stores if s not in config.store_ids()]
+    if unknown:
+        raise UsageError(f"--stores: {', '.join(unknown)} not a store of this service")
+    if args.rate is None or not args.rate > 0:
+        raise UsageError("--live needs --rate N (events per second, more than 0)")
+    if not args.seconds > 0:
+        raise UsageError("--seconds: more than 0")
+    if args.kiosks_per_store is not None and args.kiosks_per_store < 1:
+        raise UsageError("--kiosks-per-store: at least 1")
+    try:
+        report = live(
+            config,
+            args.config,
+            stores=stores or None,
+            kiosks_per_store=args.kiosks_per_store,
+            rate=args.rate,
+            seconds=args.seconds,
+            seed=args.seed,
+        )
+    except (TimeoutError, ConnectionError) as exc:  # no bridge acking, no broker
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.as_dict()) if args.json else report.line())
+    if report.unacked:
+        print(f"{PROG}: error: {report.unacked} events not acked after the drain", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -400,6 +436,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="max|N",
         help="max (default): as fast as the bridge acks; N: events per second",
     )
+    s.add_argument(
+        "--live",
+        action="store_true",
+        help="load: events dated now from many kiosks at --rate for --seconds, with acks",
+    )
+    s.add_argument(
+        "--stores", nargs="+", metavar="ID", help="live: the stores (default: every store)"
+    )
+    s.add_argument(
+        "--kiosks-per-store",
+        type=int,
+        metavar="N",
+        help="live: kiosks per store (default: its configured ones; more are added)",
+    )
+    s.add_argument("--rate", type=float, metavar="N", help="live: events per second, in all")
+    s.add_argument(
+        "--seconds", type=float, default=10.0, help="live: how long to send (default 10)"
+    )
+    s.add_argument("--json", action="store_true", help="live: print the report as JSON")
     s.set_defaults(func=cmd_simulate)
     return p
 

@@ -13,17 +13,24 @@ The events are dated in the past (shop time, `config.zone()`): the bridge counts
 their `ts`. Like events a kiosk kept offline for days, they are listed with `ts_flag`
 "behind" (received more than a day after they happened); their `data.simulated` is true,
 so they can be told apart from real visits.
+
+`live` is the other mode, for load: many stores' kiosks sending events dated now at a
+given rate, each kiosk with the kiosk's own sync discipline (an outbox, batches, at most
+`MAX_IN_FLIGHT` unacked, a re-send of what waits `RESEND_S` without an ack), reporting
+what was sent, acked and stored, and how long each event waited for its ack.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import random
 import threading
 import time
 import tomllib
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -375,3 +382,341 @@ def simulate(
     summary.members = len({e.data["member_id"] for e in events if e.type == "checkin"})
     summary.seconds = time.monotonic() - started
     return summary
+
+
+# -- live: load through the real protocol ----------------------------------------------
+
+#: As a kiosk's sync (kiosk/sync.py, kiosk/config.py): events per message, most unacked.
+LIVE_BATCH = 500
+MAX_IN_FLIGHT = 2000
+#: How often the pacing loop makes the events that fell due and publishes them.
+TICK_S = 0.01
+#: Regular members per store in a live run: enough that a busy run still counts visits.
+LIVE_REGULARS = 2000
+
+
+@dataclass
+class LiveReport:
+    """What a live run did. `stored` counts this run's acked events the database holds
+    (one row per id); `stored_twice` rows beyond one per id; latencies in milliseconds,
+    from when the door recorded the event to the ack that named it."""
+
+    stores: list[str]
+    kiosks: int
+    rate: float
+    seconds: float
+    sent: int = 0
+    acked: int = 0
+    stored: int = 0
+    stored_twice: int = 0
+    resent: int = 0
+    #: Events still not acked when the drain gave up (0: every one acked).
+    unacked: int = 0
+    #: From the first event to the last ack.
+    elapsed_s: float = 0.0
+    acked_by_store: dict[str, int] = field(default_factory=dict)
+    stored_by_store: dict[str, int] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def sent_per_s(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+    @property
+    def acked_per_s(self) -> float:
+        return self.acked / self.elapsed_s if self.elapsed_s else 0.0
+
+    def latency_ms(self, q: float) -> float | None:
+        if not self.latencies_ms:
+            return None
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stores": self.stores,
+            "kiosks": self.kiosks,
+            "rate": self.rate,
+            "seconds": self.seconds,
+            "sent": self.sent,
+            "acked": self.acked,
+            "stored": self.stored,
+            "stored_twice": self.stored_twice,
+            "resent": self.resent,
+            "unacked": self.unacked,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "sent_per_s": round(self.sent_per_s, 1),
+            "acked_per_s": round(self.acked_per_s, 1),
+            "acked_by_store": self.acked_by_store,
+            "stored_by_store": self.stored_by_store,
+            "counts": dict(self.counts),
+            "latency_ms": {
+                f"p{int(q * 100)}": None if (v := self.latency_ms(q)) is None else round(v, 2)
+                for q in (0.5, 0.95, 0.99)
+            },
+        }
+
+    def line(self) -> str:
+        lat = " / ".join(
+            "-" if (v := self.latency_ms(q)) is None else f"{v:.0f}" for q in (0.5, 0.95, 0.99)
+        )
+        return (
+            f"live: {len(self.stores)} store(s), {self.kiosks} kiosks, {self.seconds:g}s at "
+            f"{self.rate:g}/s: sent {self.sent} ({self.sent_per_s:.0f}/s), acked {self.acked} "
+            f"({self.acked_per_s:.0f}/s), stored {self.stored} (twice {self.stored_twice}), "
+            f"re-sent {self.resent}, not acked {self.unacked}; ack latency p50/p95/p99 {lat} ms"
+        )
+
+
+class _Mix:
+    """A store's visits as simulate's history has them (regulars by fondness, first-timers
+    who join first, some redemptions and ratings), dated now; deterministic for a seed."""
+
+    def __init__(self, store: str, seed: int, run: str) -> None:
+        self.store, self.run = store, run
+        self.rng = random.Random(f"{seed}/{store}")
+        self.members: dict[str, dict[str, Any]] = {
+            f"sim-r{i:04d}": {"visits": 0, "points": 0, "last": None}
+            for i in range(1, LIVE_REGULARS + 1)
+        }
+        self.ids = list(self.members)
+        self.cum_weights = list(itertools.accumulate(self.rng.paretovariate(1.3) for _ in self.ids))
+        self.joined = self.coupons = 0
+
+    def visit(self, now: float) -> list[tuple[str, dict[str, Any]]]:
+        rng = self.rng
+        out: list[tuple[str, dict[str, Any]]] = []
+        if rng.random() < FIRST_TIME_SHARE:
+            self.joined += 1
+            member = f"sim-{self.run}-{self.store}-n{self.joined}"
+            self.members[member] = {"visits": 0, "points": 0, "last": None}
+            out.append(("member.joined", {"member_id": member}))
+        else:
+            member = rng.choices(self.ids, cum_weights=self.cum_weights)[0]
+        m = self.members[member]
+        counted = m["last"] is None or now - m["last"] > 3600
+        m["last"] = now
+        if counted:
+            m["visits"] += 1
+            m["points"] += POINTS_PER_VISIT
+        out.append(
+            (
+                "checkin",
+                {
+                    "member_id": member,
+                    "visits": m["visits"],
+                    "points_earned": POINTS_PER_VISIT if counted else 0,
+                    "points": m["points"],
+                    "counted": counted,
+                },
+            )
+        )
+        if rng.random() < 0.15:
+            self.coupons += 1
+            campaign, value = CAMPAIGNS[rng.randrange(len(CAMPAIGNS))]
+            coupon = f"sim-c{self.run}-{self.store}-{self.coupons}"
+            out.append(
+                ("coupon.redeemed", {"coupon_id": coupon, "campaign": campaign, "value": value})
+            )
+        if rng.random() < 0.2:
+            rating = rng.choices([5, 4, 3, 2, 1], [50, 30, 12, 5, 3])[0]
+            out.append(
+                ("review.submitted", {"rating": rating, "subject": "visit", "member_id": member})
+            )
+        return out
+
+
+class _LiveKiosk:
+    """One simulated kiosk: an outbox of envelopes, published in batches, removed when
+    an ack names them, re-sent when one waited `RESEND_S` (as kiosk/sync.py does)."""
+
+    def __init__(self, store: str, kiosk: str, cfg: MqttConnection, first_seq: int) -> None:
+        self.store, self.kiosk = store, kiosk
+        self.topic = kiosk_topic(store, kiosk, EVENTS)
+        self.seq = first_seq
+        self.first_seq = first_seq
+        self.made = 0
+        self.resent = 0
+        self.rng = random.Random()  # seeded by `live`
+        self.waiting: deque[tuple[dict[str, Any], float]] = deque()  # not yet published
+        #: id -> (envelope, recorded at, last published at): published, not acked.
+        self.in_flight: dict[str, tuple[dict[str, Any], float, float]] = {}
+        self.latencies: list[float] = []
+        self.acked = 0
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.link = MqttLink(cfg, client_id=f"sim-{store}-{kiosk}-{uuid.uuid4().hex[:6]}")
+        self.link.subscribe([kiosk_topic(store, kiosk, ACKS)], self._on_ack)
+        self.last_ack = 0.0
+
+    def _on_ack(self, msg: mqtt.MQTTMessage) -> None:
+        try:
+            ids = parse_ack(msg.payload).ids
+        except Exception:
+            return
+        now = time.monotonic()
+        with self._lock:
+            for i in ids:
+                entry = self.in_flight.pop(i, None)
+                if entry is not None:
+                    self.acked += 1
+                    self.latencies.append((now - entry[1]) * 1000)
+                    self.last_ack = now
+
+    def record(self, kind: str, data: dict[str, Any], wall: float, now: float) -> None:
+        envelope = {
+            "id": _uuid7(datetime.fromtimestamp(wall, UTC), self.rng),
+            "seq": self.seq,
+            "type": kind,
+            "ts": rfc3339(wall),
+            "store": self.store,
+            "kiosk": self.kiosk,
+            "data": {**data, "simulated": True},
+        }
+        self.seq += 1
+        self.made += 1
+        self.counts[kind] += 1
+        self.waiting.append((envelope, now))
+
+    def pump(self, now: float) -> None:
+        """Publish what waits, as room allows, and re-send what waited too long unacked."""
+        with self._lock:
+            stale = [(i, e) for i, e in self.in_flight.items() if now - e[2] > RESEND_S]
+            room = MAX_IN_FLIGHT - len(self.in_flight)
+            fresh = []
+            while self.waiting and room > 0:
+                envelope, recorded = self.waiting.popleft()
+                self.in_flight[envelope["id"]] = (envelope, recorded, now)
+                fresh.append(envelope)
+                room -= 1
+            for event_id, (envelope, recorded, _) in stale:
+                self.in_flight[event_id] = (envelope, recorded, now)
+        self.resent += len(stale)
+        batch = [e for _, (e, _r, _s) in stale] + fresh
+        for i in range(0, len(batch), LIVE_BATCH):
+            payload = json.dumps(batch[i : i + LIVE_BATCH], separators=(",", ":")).encode()
+            self.link.publish(self.topic, payload, qos=1)
+
+    @property
+    def outstanding(self) -> int:
+        with self._lock:
+            return len(self.waiting) + len(self.in_flight)
+
+
+def live(
+    config: BridgeConfig,
+    config_path: Path,
+    *,
+    stores: Sequence[str] | None = None,
+    kiosks_per_store: int | None = None,
+    rate: float = 100.0,
+    seconds: float = 10.0,
+    seed: int = 1,
+    drain_timeout: float = 120.0,
+    first_ack_s: float = 30.0,
+) -> LiveReport:
+    """Send `rate` events a second, dated now, from every store's kiosks for `seconds`,
+    then wait (up to `drain_timeout`) until every one is acked (those that are not are
+    the report's `unacked`); count what was stored.
+
+    The kiosks are each store's configured ones (`kiosks_per_store` of them; more than
+    configured adds `<store>-sim<n>`, without a kiosk file: the service's broker URL, no
+    login). Raises TimeoutError when nothing is acked within `first_ack_s`;
+    ConnectionError when the broker cannot be reached; KeyError for a store the service
+    does not have."""
+    chosen = list(stores or config.store_ids())
+    doors: list[_LiveKiosk] = []
+    repo = Repository.from_url(config.db.url)
+    try:
+        repo.migrate()
+        for store in chosen:
+            own = list(config.for_store(store).kiosks)
+            n = len(own) if kiosks_per_store is None else kiosks_per_store
+            ids = own[:n] + [f"{store}-sim{i}" for i in range(len(own) + 1, n + 1)]
+            first = next_seqs(repo, store, ids)
+            for k in ids:
+                doors.append(
+                    _LiveKiosk(store, k, kiosk_connection(config, config_path, k), first.get(k, 1))
+                )
+    finally:
+        repo.close()
+    if not doors:
+        raise ValueError("no kiosks to simulate")
+    run = uuid.uuid4().hex[:6]
+    mixes = {s: _Mix(s, seed, run) for s in chosen}
+    for d in doors:
+        d.rng.seed(f"{seed}/{d.store}/{d.kiosk}")
+    report = LiveReport(stores=chosen, kiosks=len(doors), rate=rate, seconds=seconds)
+    per_kiosk = rate / len(doors)
+    try:
+        for d in doors:
+            d.link.start()
+        for d in doors:
+            if not d.link.wait_subscribed(30):
+                url = d.link.cfg.url
+                raise ConnectionError(f"kiosk {d.kiosk}: cannot reach the broker at {url}")
+        started = time.monotonic()
+        end = started + seconds
+        next_tick = started
+        while True:
+            now = time.monotonic()
+            if now >= end:
+                break
+            wall = time.time()
+            for d in doors:
+                due = int(per_kiosk * (now - started)) - d.made
+                while due > 0:
+                    for kind, data in mixes[d.store].visit(wall):
+                        d.record(kind, data, wall, now)
+                        due -= 1
+                d.pump(now)
+            if now - started > first_ack_s and not any(d.acked for d in doors):
+                raise TimeoutError(
+                    f"no ack within {first_ack_s:.0f}s: is `o2o-bridge run` up, on the same broker?"
+                )
+            next_tick += TICK_S
+            time.sleep(max(0.0, next_tick - time.monotonic()))
+        deadline = time.monotonic() + drain_timeout
+        while any(d.outstanding for d in doors) and time.monotonic() < deadline:
+            now = time.monotonic()
+            for d in doors:
+                d.pump(now)
+            time.sleep(0.05)
+        report.unacked = sum(d.outstanding for d in doors)
+        report.elapsed_s = max(d.last_ack for d in doors) - started
+    finally:
+        for d in doors:
+            d.link.stop()
+    for d in doors:
+        report.sent += d.made
+        report.acked += d.acked
+        report.resent += d.resent
+        report.counts.update(d.counts)
+        report.latencies_ms.extend(d.latencies)
+        report.acked_by_store[d.store] = report.acked_by_store.get(d.store, 0) + d.acked
+    _count_stored(config, doors, report)
+    return report
+
+
+def _count_stored(config: BridgeConfig, doors: Sequence[_LiveKiosk], report: LiveReport) -> None:
+    """This run's rows in the database, each kiosk's seqs from its first to its last
+    (`stored` counts distinct seqs: an event stored twice would add a row, not a seq)."""
+    repo = Repository.from_url(config.db.url)
+    try:
+        with repo.engine.connect() as conn:
+            for d in doors:
+                rows, distinct = conn.execute(
+                    select(func.count(), func.count(func.distinct(EventRow.seq))).where(
+                        EventRow.store == d.store,
+                        EventRow.kiosk == d.kiosk,
+                        EventRow.seq >= d.first_seq,
+                        EventRow.seq < d.seq,
+                    )
+                ).one()
+                report.stored += int(distinct)
+                report.stored_twice += int(rows) - int(distinct)
+                by = report.stored_by_store
+                by[d.store] = by.get(d.store, 0) + int(distinct)
+    finally:
+        repo.close()

@@ -8,10 +8,11 @@ for the same seed.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -145,3 +146,71 @@ def test_each_door_logs_in_with_its_own_kiosk_file_on_the_production_broker(
 def test_without_a_bridge_it_says_so_instead_of_waiting(config_path: Path) -> None:
     with pytest.raises(TimeoutError, match="is `o2o-bridge run` up"):
         simulate(load_config(config_path), config_path, weeks=1, first_ack_s=1.0)
+
+
+# -- live: load through the real protocol ----------------------------------------------
+
+
+@pytest.fixture
+def chain_path(tmp_path: Path, mosquitto_broker: MosquittoBroker) -> Path:
+    """A service of two stores, three kiosks each, on SQLite (bridge.db: the `repo`)."""
+    path = tmp_path / "bridge.toml"
+    path.write_text(
+        f'store = "s1"\nkiosks = ["a1", "a2", "a3"]\ntimezone = "{ZONE}"\n'
+        f'[mqtt]\nurl = "{mosquitto_broker.url}"\nclient_id = "bridge-{uuid.uuid4().hex[:8]}"\n'
+        f'[stores.s2]\nkiosks = ["b1", "b2", "b3"]\ntimezone = "Europe/Paris"\n'
+    )
+    return path
+
+
+def test_live_two_stores_every_event_acked_and_stored_once(
+    chain_path: Path, repo: Repository, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = load_config(chain_path)
+    runtimes = [BridgeRuntime(view, repo, stats_interval_s=60) for view in config.stores()]
+    for rt in runtimes:
+        rt.start()
+    try:
+        assert all(rt.wait_ready(10) for rt in runtimes), "bridge did not subscribe"
+        before = datetime.now(UTC)
+        argv = ["simulate", "--config", str(chain_path), "--live", "--rate", "300"]
+        assert main([*argv, "--seconds", "3", "--seed", "5", "--json"]) == 0
+        after = datetime.now(UTC)
+    finally:
+        for rt in runtimes:
+            rt.stop()
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    # Every event sent was acked, and the database holds each exactly once, per store.
+    assert report["stores"] == ["s1", "s2"] and report["kiosks"] == 6
+    assert report["sent"] == report["acked"] == report["stored"] >= 800
+    assert report["stored_twice"] == 0
+    kiosks = {"s1": {"a1", "a2", "a3"}, "s2": {"b1", "b2", "b3"}}
+    kinds: Counter[str] = Counter()
+    for store in ("s1", "s2"):
+        stored = repo.events(store=store, limit=None)
+        assert report["acked_by_store"][store] == report["stored_by_store"][store] == len(stored)
+        assert len({e.id for e in stored}) == len(stored)
+        assert {e.kiosk for e in stored} == kiosks[store]
+        for kiosk in kiosks[store]:  # gapless, as a kiosk numbers its events
+            seqs = sorted(e.seq for e in stored if e.kiosk == kiosk)
+            assert seqs == list(range(1, len(seqs) + 1))
+        # Dated now (not history), within the run.
+        assert all(before - timedelta(seconds=1) <= e.ts <= after for e in stored)
+        kinds.update(e.type for e in stored)
+    assert dict(kinds) == report["counts"]
+    # A shop's mix: mostly check-ins, some joins, redemptions and ratings.
+    assert kinds["checkin"] > 0.5 * sum(kinds.values())
+    assert kinds["member.joined"] and kinds["coupon.redeemed"] and kinds["review.submitted"]
+    # At the rate asked, and every event's ack timed.
+    assert report["sent_per_s"] >= 0.8 * 300
+    lat = report["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] < 10_000
+
+
+def test_live_refuses_a_store_the_service_does_not_have(
+    chain_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["simulate", "--config", str(chain_path), "--live", "--rate", "10"]
+    assert main([*argv, "--stores", "s1", "s9"]) == 2
+    assert "s9 not a store of this service" in capsys.readouterr().err
