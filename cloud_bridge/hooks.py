@@ -41,8 +41,12 @@ class HookRunner:
         *,
         max_events: int = 20_000,
         name: str = "bridge-after-commit",
+        then: Callable[[], None] | None = None,
     ) -> None:
+        """`then`: called after each run of the hooks (fresh figures: the ledger's part of
+        them, such as overdrawn members, is only known once the hooks have run)."""
         self.hooks = list(hooks)
+        self.then = then
         self.max_events = max_events
         self._name = name
         self._batches: deque[tuple[list[Event], set[str], float]] = deque()
@@ -80,7 +84,9 @@ class HookRunner:
     def health(self) -> dict[str, float | int | None]:
         """Events waiting for the hooks, and the age of the oldest (seconds, or None)."""
         with self._cond:
-            oldest = self._batches[0][2] if self._batches else self._busy_since
+            queued = self._batches[0][2] if self._batches else None
+            times = [t for t in (self._busy_since, queued) if t is not None]
+            oldest = min(times) if times else None
             return {
                 "after_commit_waiting": self._waiting,
                 "after_commit_oldest_s": None if oldest is None else time.monotonic() - oldest,
@@ -115,5 +121,10 @@ class HookRunner:
                     hook(events, new)
                 except Exception:
                     log.exception("%s failed", getattr(hook, "__qualname__", hook))
+            if self.then is not None:
+                try:
+                    self.then()
+                except Exception:
+                    log.exception("after the after-commit work")
             with self._cond:
                 self._busy_since = None

@@ -269,9 +269,9 @@ class MemberService:
             }
             if not kiosks:
                 continue
-            # The doors' copies differ only in `applied`: the longest one checked against
-            # the command's rules and limits stands for them all.
-            longest = max(kiosks, key=lambda kiosk: len(snap.applied[kiosk]))
+            # The doors' copies differ only in `applied`: the largest one (in bytes, as
+            # JSON) checked against the command's rules and limits stands for them all.
+            longest = max(kiosks, key=lambda k: sum(len(i) + 3 for i in snap.applied[k]))
             try:
                 checked_command(
                     CommandName.MEMBER_UPSERT.value,
@@ -305,17 +305,29 @@ class MemberService:
         self._tell(self._count(fresh))
 
     def _count(self, events: Sequence[Event]) -> dict[str, None]:
-        """Count events in the ledger; the members that changed, in order."""
+        """Count events in the ledger, in their order; the members that changed, in order.
+        Check-ins and spends between two joins go in as one batch; a join is counted on
+        its own at its place (it may credit a referrer, or name a member a later check-in
+        of the batch finds)."""
         changed: dict[str, None] = {}
         postings: list[tuple[Event, Posting, NewMember]] = []
         for e in events:
             try:
                 if e.type == EventType.MEMBER_JOINED:
+                    changed.update(self._post(postings))
+                    postings = []
                     changed.update(dict.fromkeys(self._apply(e)))
                 elif (prepared := self._posting(e)) is not None:
                     postings.append((e, *prepared))
             except Exception:
                 log.exception("could not count event %s (%s) in the ledger", e.id, e.type)
+        changed.update(self._post(postings))
+        return changed
+
+    def _post(self, postings: list[tuple[Event, Posting, NewMember]]) -> dict[str, None]:
+        """One batch of check-ins and spends (`Ledger.post_many`); one by one if it fails,
+        so one bad event holds back no other."""
+        changed: dict[str, None] = {}
         if not postings:
             return changed
         creates: dict[str, NewMember] = {}
@@ -335,8 +347,7 @@ class MemberService:
             return changed
         for member_id, points, ref in done.overdrafts:
             log.warning("member %s overdrawn (%d points) by %s", member_id, points, ref)
-        changed.update(dict.fromkeys(done.changed))
-        return changed
+        return dict.fromkeys(done.changed)
 
     def _tell(self, members: dict[str, None]) -> None:
         try:

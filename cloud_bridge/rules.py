@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
 
 from cloud_bridge.commands import CommandService
 from cloud_bridge.db import Repository
+from cloud_bridge.db.records import stored_event
+from cloud_bridge.db.tables import CommandRow, EventRow
 from o2o_protocol.messages import CommandName, Event, EventType
 
 log = logging.getLogger(__name__)
@@ -86,3 +91,46 @@ class CouponUsedElsewhere:
         for kiosk in kiosks:
             if kiosk != event.kiosk:
                 self.commands.send(kiosk, CommandName.COUPON_USED.value, data)
+
+    def catch_up(self, since: datetime) -> int:
+        """Pass on the redemptions received since `since` that some kiosk of the store was
+        never told of (the hook runs after the ack: a crash in between would lose them, and
+        a coupon must stay single use at every door). Returns how many were passed on."""
+
+        def read(session: object) -> tuple[list[Event], set[tuple[str, str]]]:
+            rows = session.execute(  # type: ignore[attr-defined]
+                select(EventRow)
+                .where(
+                    EventRow.store == self.store,
+                    EventRow.type == EventType.COUPON_REDEEMED.value,
+                    EventRow.received_at >= since,
+                )
+                .order_by(EventRow.received_at, EventRow.id)
+            ).scalars()
+            redeemed = [Event.model_validate(stored_event(r).envelope()) for r in rows]
+            told = session.execute(  # type: ignore[attr-defined]
+                select(CommandRow.kiosk, CommandRow.data).where(
+                    CommandRow.store == self.store,
+                    CommandRow.name == CommandName.COUPON_USED.value,
+                    CommandRow.created_at >= since,
+                )
+            ).all()
+            return redeemed, {(k, str(d.get("id"))) for k, d in told if isinstance(d, dict)}
+
+        redeemed, told = self.repo.read(read)
+        kiosks = self.commands.kiosks(self.kiosks)
+        missed = [
+            e
+            for e in redeemed
+            if isinstance(coupon := e.data.get("coupon_id"), str)
+            and coupon
+            and any(k != e.kiosk and (k, coupon) not in told for k in kiosks)
+        ]
+        for e in missed:
+            try:
+                self._redeemed(e, str(e.data["coupon_id"]))
+            except Exception:
+                log.exception("could not pass on the redemption of event %s", e.id)
+        if missed:
+            log.warning("passed on %d redemption(s) the kiosks had not been told of", len(missed))
+        return len(missed)

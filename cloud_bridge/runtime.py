@@ -131,12 +131,14 @@ class BridgeRuntime:
         self.rewards = RewardService(repo, config, signing_key, self.commands)
         # Activities (activities.py): a ticket scanned at the door marks its sign-up.
         self.activities = ActivityService(repo, config, signing_key, self.commands)
+        # Redemptions passed on to the store's other doors (rules.py).
+        self.coupons = CouponUsedElsewhere(repo, store, self.commands, config.kiosks)
         self.sink = EventSink(
             self.link,
             repo,
             store,
             after_stored=[
-                CouponUsedElsewhere(repo, store, self.commands, config.kiosks),
+                self.coupons,
                 self.members.after_stored,
                 self.rewards.after_stored,
                 self.activities.after_stored,
@@ -260,7 +262,8 @@ class BridgeRuntime:
 
     def catch_up(self) -> None:
         """Count what the ledger, the code pools and the activities' attendance missed in
-        the last `CATCH_UP_DAYS` (each event once, safe alongside the live hooks)."""
+        the last `CATCH_UP_DAYS`, and pass on redemptions the other doors were not told of
+        (each event once, safe alongside the live hooks)."""
         since = datetime.now(UTC) - timedelta(days=CATCH_UP_DAYS)
         try:
             self.members.catch_up(since)
@@ -274,6 +277,10 @@ class BridgeRuntime:
             self.activities.catch_up(since)
         except Exception:
             log.exception("could not check the activities for missed arrivals")
+        try:
+            self.coupons.catch_up(since)
+        except Exception:
+            log.exception("could not check for redemptions not passed on")
 
     def _catch_up_loop(self) -> None:
         while not self._stopping.is_set():

@@ -138,7 +138,7 @@ class EventSink:
         self.repo = repo
         self.store = store
         self.max_batch = max_batch
-        self._after_commit = HookRunner(after_stored)
+        self._after_commit = HookRunner(after_stored, then=on_batch)
         self._on_status = list(on_status)
         self._on_batch = on_batch
         self._queue: queue.Queue[Any] = queue.Queue()

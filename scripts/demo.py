@@ -150,9 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     args.add_argument("--dir", type=Path, default=RUN, help="where it all goes (demo-run/)")
     opts = args.parse_args(argv)
     RUN, weeks = opts.dir.resolve(), opts.weeks
+    marker = RUN / ".o2o-demo"
+    if RUN.exists() and any(RUN.iterdir()) and not marker.exists():
+        raise SystemExit(
+            f"demo: {RUN} is not empty and not an earlier demo's: choose another --dir"
+        )
     if RUN.exists():
-        shutil.rmtree(RUN)
+        shutil.rmtree(RUN)  # an earlier demo's files only (the marker says so)
     RUN.mkdir()
+    marker.write_text("made by scripts/demo.py; deleted by its next run\n")
     step("Setting up a demo shop 'demo' with one door kiosk 'door1'.")
     broker = DevBroker.start_on_free_port(RUN / "broker")
     say(f"    The message broker (Mosquitto) that links kiosk and cloud is up on {broker.url}.")
@@ -194,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         for proc in (window, bridge):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-                proc.wait(20)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
         log.close()
         broker.stop()
     say(f"\nDemo stopped. The settings, codes, camera frames and logs are in {here()}/;")

@@ -433,3 +433,28 @@ def test_send_command_checks_the_command(bridge: BridgeRuntime, repo: Repository
     assert (
         bridge.commands.send("k1", "locker.open", {"locker": 2, "expires": 5}).data["expires"] == 5
     )
+
+
+def test_a_redemption_the_hook_missed_is_passed_on_by_the_catch_up(repo: Repository) -> None:
+    """Stored and acked, then the bridge died before telling the other doors: the
+    periodic catch-up tells them, once."""
+    from datetime import UTC, datetime, timedelta
+
+    from cloud_bridge.commands import CommandService
+    from cloud_bridge.rules import CouponUsedElsewhere
+
+    rule = CouponUsedElsewhere(repo, STORE, CommandService(repo, STORE), ["k1", "k2", "k3"])
+    told = redeemed("k1", "cp9")
+    repo.add_events([told])
+    rule([told], {told.id})  # this one the hook passed on
+    missed = redeemed("k2", "cp7", seq=2)
+    repo.add_events([missed])  # this one it never saw
+    since = datetime.now(UTC) - timedelta(days=1)
+
+    def used(kiosk: str) -> list[str]:
+        return [c.data["id"] for c in repo.commands_after(STORE, kiosk, 0)]
+
+    assert (used("k1"), used("k3")) == ([], ["cp9"])
+    assert rule.catch_up(since) == 1
+    assert (used("k1"), used("k2"), used("k3")) == (["cp7"], ["cp9"], ["cp9", "cp7"])
+    assert rule.catch_up(since) == 0  # nothing left to tell

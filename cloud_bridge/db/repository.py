@@ -40,6 +40,7 @@ from sqlalchemy import (
     insert,
     not_,
     select,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -483,6 +484,14 @@ class Repository:
             for kiosk in kiosks:
                 key = func.hashtextextended(f"cmd:{store}/{kiosk}", 0)
                 session.execute(select(func.pg_advisory_xact_lock(key)))
+        else:
+            # pysqlite opens the transaction at the first write: this no-op one takes the
+            # write lock now, so the last seq read below is still the last at the insert.
+            session.execute(
+                update(CommandRow)
+                .where(CommandRow.store == store, CommandRow.kiosk == "", CommandRow.seq == -1)
+                .values(name=CommandRow.name)
+            )
         last = dict(
             session.execute(
                 select(CommandRow.kiosk, func.max(CommandRow.seq))
