@@ -1,11 +1,12 @@
-"""Two shops, each with its own broker bridged to a central broker where one cloud service
-serves both stores, over uplinks that go down: the path of docs/chain.md, end to end, on
-real Mosquitto (TLS to the production config), PostgreSQL and kiosk runtimes.
+"""Two shops, each with its own broker bridged to a central broker where two workers of
+one cloud service serve both stores: the path of docs/chain.md, end to end, on real
+Mosquitto (TLS to the production config), PostgreSQL and 20 kiosk runtimes.
 
 The kiosks talk to their shop's Mosquitto only. Its bridge connection (the filled-in
 broker_config/bridge-to-central.conf.template) carries events up and acks and commands
-down. While a shop's uplink is cut its kiosks keep serving customers; when it returns,
-every event is stored once, every outbox drains and every command is applied once.
+down. One worker is SIGKILLed mid-run and one shop's uplink is cut once: its kiosks keep
+serving customers; when it returns, every event is stored once, every outbox drains,
+every command is applied, and each store still gets one stats document per interval.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from sqlalchemy import func, select
@@ -32,8 +35,9 @@ from o2o_protocol.messages import EventType
 from tests.conftest import empty_tables
 from tests.keys import Issuer
 from tests.prod_broker import ProdBroker
-from tests.shop import bridge_cli, running_bridge
+from tests.shop import bridge_cli
 from tests.support import BROKER_CONFIG, MosquittoBroker
+from tests.test_workers import STATS_INTERVAL_S, Worker
 from tests.uplink import Uplink, uplink
 
 STORES = ("s1", "s2")
@@ -86,9 +90,37 @@ class Shop:
 @dataclass
 class Chain:
     root: Path
-    port: int
+    workers: dict[str, Worker]
     repo: Repository
     shops: dict[str, Shop]
+    stats: StatsWatch
+
+
+class StatsWatch:
+    """The stats documents a dashboard gets from the central broker, with when they came."""
+
+    def __init__(self, central: ProdBroker, ca: Path) -> None:
+        self.got: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="t-dashboard")
+        self.client.username_pw_set("dashboard", central.passwords["dashboard"])
+        self.client.tls_set(ca_certs=str(ca))
+        self.client.on_message = self._on_message
+        self.client.connect("localhost", central.port)
+        self.client.subscribe("o2o/v1/+/stats", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.got.append((time.monotonic(), msg.topic))
+
+    def times(self, store: str, since: float) -> list[float]:
+        with self._lock:
+            return [t for t, topic in self.got if topic == f"o2o/v1/{store}/stats" and t >= since]
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 def _use_central(bridge_toml: Path, central: ProdBroker, ca: Path) -> None:
@@ -125,7 +157,11 @@ def chain(tmp_path: Path, prod_tls: ProdBroker, certs: Path, pg_url: str) -> Ite
             key = load_pem_private_key((root / key_file).read_bytes(), password=None)
             issuer = Issuer(store=store, key=key)  # type: ignore[arg-type]
             shops[store] = Shop(store, issuer, {}, link)
-        port = stack.enter_context(running_bridge(root))
+        workers = {name: Worker(root, name) for name in ("w1", "w2")}
+        for worker in workers.values():
+            stack.callback(worker.close)
+        stats = StatsWatch(prod_tls, ca)
+        stack.callback(stats.stop)
         for store in STORES:
             for k in KIOSKS[store]:
                 path = root / f"kiosk-{k}.toml"
@@ -134,7 +170,7 @@ def chain(tmp_path: Path, prod_tls: ProdBroker, certs: Path, pg_url: str) -> Ite
                 runtime.start()
                 stack.callback(runtime.stop)
                 shops[store].kiosks[k] = runtime
-        yield Chain(root, port, repo, shops)
+        yield Chain(root, workers, repo, shops, stats)
     repo.close()
 
 
@@ -184,8 +220,9 @@ def _last_cmd(repo: Repository, store: str, kiosk: str) -> int:
 def _post_preorder(chain: Chain, store: str, kiosk: str, order: str) -> None:
     token_file = "api.token" if store == STORES[0] else f"api-{store}.token"
     token = (chain.root / token_file).read_text().strip()
+    port = next(w.port for w in chain.workers.values() if w.proc.poll() is None)
     req = urllib.request.Request(
-        f"http://127.0.0.1:{chain.port}/api/v1/kiosks/{kiosk}/commands",
+        f"http://127.0.0.1:{port}/api/v1/kiosks/{kiosk}/commands",
         method="POST",
         data=json.dumps({"name": "preorder.upsert", "data": {"order": order}}).encode(),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
@@ -203,6 +240,14 @@ def test_shops_behind_a_cut_uplink_lose_nothing(chain: Chain) -> None:
             f"{store}'s first round stored",
             lambda s=store, n=stored_all: _stored(chain.repo, s)[1] >= n,  # type: ignore[misc]
         )
+
+    # One worker dies mid-run, holding whatever it held: the other carries on alone.
+    chain.workers["w1"].kill()
+    survivor = chain.workers["w2"]
+    wait_until(
+        "the surviving worker to hold every store's lease",
+        lambda: all(survivor.holds(store) for store in STORES),
+    )
 
     cut.link.cut()  # shop 1's internet goes down; shop 2's stays up
     during = {store: _scan_round(shop, "cut") for store, shop in chain.shops.items()}
@@ -231,3 +276,14 @@ def test_shops_behind_a_cut_uplink_lose_nothing(chain: Chain) -> None:
                 lambda k=kiosk, s=store, n=name: k.db.last_cmd_seq == _last_cmd(chain.repo, s, n),
             )
             assert kiosk.db.preorder(f"order-{name}") is not None
+    # Each store still gets one stats document per interval, from the one lease holder.
+    since = time.monotonic()
+    window = 4.0
+    for store in STORES:
+        wait_until(
+            f"{window:.0f} s of {store}'s stats",
+            lambda s=store: any(t >= since + window for t in chain.stats.times(s, since)),
+            window + 15,
+        )
+        times = [t for t in chain.stats.times(store, since) if t < since + window]
+        assert 1 <= len(times) <= window / STATS_INTERVAL_S + 1, (store, times)

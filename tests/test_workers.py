@@ -10,7 +10,6 @@ taken over within seconds when it dies; the bridge's status online while a worke
 
 from __future__ import annotations
 
-import itertools
 import json
 import signal
 import subprocess
@@ -241,10 +240,9 @@ def _offline_then_online(seen: list[bool]) -> bool:
 
 def _assert_one_publisher(times: list[float], window: float) -> None:
     """One document per interval: as many as the window holds intervals (one more at
-    most, for where the window cuts), none closer than half an interval to another."""
-    assert len(times) <= window / STATS_INTERVAL_S + 1, times
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) > STATS_INTERVAL_S / 2, gaps
+    most, for where the window cuts). Two publishers would send about twice as many; the
+    gaps between documents are not checked, as a busy machine delays some and not others."""
+    assert 1 <= len(times) <= window / STATS_INTERVAL_S + 1, times
 
 
 def test_two_workers_split_the_ingest_and_run_every_other_job_once(
