@@ -19,7 +19,7 @@ class Uplink:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener: socket.socket | None = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -27,31 +27,40 @@ class Uplink:
         self._closed = False
         #: Connections relayed so far (a reconnect after a restore counts anew).
         self.connections = 0
-        threading.Thread(target=self._accept, name="uplink", daemon=True).start()
+        self._listen(self._listener)
+
+    def _listen(self, listener: socket.socket) -> None:
+        threading.Thread(target=self._accept, args=(listener,), name="uplink", daemon=True).start()
 
     def cut(self) -> None:
-        """Drop every relayed connection and refuse new ones, as a dead line does."""
+        """Drop every relayed connection and refuse new ones (nothing listens on the port:
+        a connect fails at once, as it does when a shop's router has no line)."""
         with self._lock:
             self._up = False
+            listener, self._listener = self._listener, None
             doomed, self._open = self._open, set()
+        if listener is not None:
+            listener.close()
         for s in doomed:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
 
     def restore(self) -> None:
+        """Listen on the same port again."""
+        listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR on POSIX
         with self._lock:
-            self._up = True
+            self._up, self._listener = True, listener
+        self._listen(listener)
 
     def close(self) -> None:
         self._closed = True
         self.cut()
-        self._listener.close()
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         while not self._closed:
             try:
-                inside, _ = self._listener.accept()
+                inside, _ = listener.accept()
             except OSError:
                 return
             with self._lock:
