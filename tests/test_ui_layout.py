@@ -593,10 +593,13 @@ def test_a_refusal_stays_longer_and_every_screen_goes_back(layout: dict[str, Any
     if layout["size"] != "1024x600":
         pytest.skip("timed once, at 1024x600")
     times = layout["timing"]
-    assert 0.8 <= times["success"] <= 2.5
-    assert 2.2 <= times["refusal"] <= 4.0
+    # Lower bounds are the behaviour (a screen is not cut short, a refusal outstays a
+    # success); the upper ones only say it went back at all on a busy machine.
+    assert 0.8 <= times["success"] <= 8.0
+    assert 2.2 <= times["refusal"] <= 10.0
+    assert times["refusal"] > times["success"]
     for name in ("join", "joined", "staff"):
-        assert 0.8 <= times[name] <= 3.0, name
+        assert 0.8 <= times[name] <= 8.0, name
 
 
 if __name__ == "__main__":

@@ -193,6 +193,7 @@ class KioskApp(App):
             self.root.get_screen(JOIN).answer("join.error")
         else:
             self.root.get_screen(JOINED).show(outcome.data)
+            self.root.get_screen(JOIN).reset()  # gone at once, not at the end of the fade
             self.root.current = JOINED
 
     def show_join(self) -> None:

@@ -125,4 +125,8 @@ class JoinScreen(CustomerScreen):
 
     def on_leave(self, *args: Any) -> None:
         super().on_leave(*args)
+        self.reset()
+
+    def reset(self) -> None:
+        """Nothing typed, nothing said: the next person must not read this one's number."""
         self.digits, self.message, self.busy = "", "", False
