@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,19 +215,7 @@ def provision(
             else '# url = "sqlite:///bridge.db"      # the default: SQLite beside this file'
         ),
     )
-    join_secret = secrets.token_urlsafe(24)  # one per store: the same phone, the same hash
-    kiosk_texts = {
-        k: KioskProvisioning(
-            store=store,
-            kiosk=k,
-            mqtt_url=mqtt_url,
-            keys={kid: pub_text},
-            join_secret=join_secret,
-            path=kiosk_paths[k],
-            timezone=timezone,
-        ).render()
-        for k in kiosks
-    }
+    kiosk_texts = _kiosk_texts(store, kiosks, mqtt_url, {kid: pub_text}, kiosk_paths, timezone)
     # Validate everything before writing anything: init never leaves half a set-up.
     validate_config(config_path, tomllib.loads(bridge_text), BridgeConfig)
 
@@ -331,19 +319,7 @@ def add_store(
         raise UsageError(f"cannot add a store to {config_path}: {exc}") from None
     new_config.check_stores(config_path)
     broker = mqtt_url or config.mqtt.url
-    join_secret = secrets.token_urlsafe(24)
-    kiosk_texts = {
-        k: KioskProvisioning(
-            store=store,
-            kiosk=k,
-            mqtt_url=broker,
-            keys={kid: pub_text},
-            join_secret=join_secret,
-            path=kiosk_paths[k],
-            timezone=timezone,
-        ).render()
-        for k in kiosks
-    }
+    kiosk_texts = _kiosk_texts(store, kiosks, broker, {kid: pub_text}, kiosk_paths, timezone)
     try:
         write_private(
             key_path, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
@@ -370,3 +346,28 @@ def add_store(
         added=store,
         chain_token=chain_path,
     )
+
+
+def _kiosk_texts(
+    store: str,
+    kiosks: Sequence[str],
+    mqtt_url: str,
+    keys: dict[str, str],
+    paths: Mapping[str, Path],
+    timezone: str | None,
+) -> dict[str, str]:
+    """Each kiosk file of a store, with one join secret for the store (the same phone
+    gives the same hash at every door)."""
+    join_secret = secrets.token_urlsafe(24)
+    return {
+        k: KioskProvisioning(
+            store=store,
+            kiosk=k,
+            mqtt_url=mqtt_url,
+            keys=keys,
+            join_secret=join_secret,
+            path=paths[k],
+            timezone=timezone,
+        ).render()
+        for k in kiosks
+    }
