@@ -292,10 +292,9 @@ class MemberService:
 
     def after_stored(self, events: list[Event], new: set[str]) -> None:
         """The event sink's hook: count each newly stored event once, then tell the
-        kiosks about every member that changed. Check-ins and spends of the batch are
-        counted together (`Ledger.post_many`); joins one by one (a referral credits
-        another member). If the batch fails, each event is tried alone, so one bad event
-        is logged and skipped without holding back the others."""
+        kiosks about every member that changed. The batch's joins, check-ins and spends
+        are counted together (`Ledger.post_many`); if that fails, each event is tried
+        alone, so one bad event is logged and skipped without holding back the others."""
         fresh: list[Event] = []
         seen: set[str] = set()
         for e in events:
@@ -305,41 +304,37 @@ class MemberService:
         self._tell(self._count(fresh))
 
     def _count(self, events: Sequence[Event]) -> dict[str, None]:
-        """Count events in the ledger, in their order; the members that changed, in order.
-        Check-ins and spends between two joins go in as one batch; a join is counted on
-        its own at its place (it may credit a referrer, or name a member a later check-in
-        of the batch finds)."""
-        changed: dict[str, None] = {}
-        postings: list[tuple[Event, Posting, NewMember]] = []
+        """Count events in the ledger, in their order; the members that changed, in order."""
+        steps: list[tuple[Event, Posting | NewMember, NewMember]] = []
         for e in events:
             try:
                 if e.type == EventType.MEMBER_JOINED:
-                    changed.update(self._post(postings))
-                    postings = []
-                    changed.update(dict.fromkeys(self._apply(e)))
+                    if (joining := self._joining(e)) is not None:
+                        steps.append((e, joining, joining))
                 elif (prepared := self._posting(e)) is not None:
-                    postings.append((e, *prepared))
+                    steps.append((e, *prepared))
             except Exception:
                 log.exception("could not count event %s (%s) in the ledger", e.id, e.type)
-        changed.update(self._post(postings))
-        return changed
+        return self._post(steps)
 
-    def _post(self, postings: list[tuple[Event, Posting, NewMember]]) -> dict[str, None]:
-        """One batch of check-ins and spends (`Ledger.post_many`); one by one if it fails,
-        so one bad event holds back no other."""
-        changed: dict[str, None] = {}
-        if not postings:
-            return changed
+    def _post(self, steps: list[tuple[Event, Posting | NewMember, NewMember]]) -> dict[str, None]:
+        """One batch of joins, check-ins and spends (`Ledger.post_many`); one by one if it
+        fails, so one bad event holds back no other."""
+        if not steps:
+            return {}
         creates: dict[str, NewMember] = {}
-        for _, _, c in postings:  # as the first event makes it, with the first name given
+        for _, _, c in steps:  # as the first event makes it, with the first name given
             first = creates.setdefault(c.id, c)
             if first.name is None and c.name is not None:
                 creates[c.id] = replace(first, name=c.name)
         try:
-            done = self.book.post_many([p for _, p, _ in postings], creates)
+            done = self.book.post_many(
+                [s for _, s, _ in steps], creates, referral_points=self.settings.referral_points
+            )
         except Exception:
-            log.exception("could not count %d events as a batch: one by one", len(postings))
-            for e, _, _ in postings:
+            log.exception("could not count %d events as a batch: one by one", len(steps))
+            changed: dict[str, None] = {}
+            for e, _, _ in steps:
                 try:
                     changed.update(dict.fromkeys(self._apply(e)))
                 except Exception:
@@ -448,18 +443,25 @@ class MemberService:
         # A repeat that filled in a missing name changed what kiosks show too.
         return [posting.member] if posted.new or posted.named else []
 
-    def _join(self, e: Event) -> list[str]:
+    def _joining(self, e: Event) -> NewMember | None:
+        """The member a `member.joined` event brings in; None when it names no usable
+        member or the kiosk already knew it (`known`)."""
         who = self._who(e)
         if who is None or e.data.get("known") is True:
-            return []
+            return None
         member_id, source, at = who
         referrer = e.data.get("referrer")
-        new = NewMember(
+        return NewMember(
             member_id,
             _name(e.data.get("name")),
             source,
             at,
             referrer if member_id_problem(referrer) is None else None,
         )
+
+    def _join(self, e: Event) -> list[str]:
+        new = self._joining(e)
+        if new is None:
+            return []
         _, created, credited = self.book.create(new, referral_points=self.settings.referral_points)
-        return [member_id, *([credited.id] if credited else [])] if created else []
+        return [new.id, *([credited.id] if credited else [])] if created else []

@@ -455,6 +455,17 @@ def test_a_batch_counts_exactly_as_its_events_one_by_one(db: Repository) -> None
     events.insert(20, event("k1", "member.joined", member_id="new1", name="Neo", referrer="m3"))
     events.insert(21, checkin("k2", "new1", 5))
     events.insert(60, event("k2", "member.joined", member_id="m4", name="Again", referrer="m5"))
+    # A chain within one batch (new3 brought in by new2, who joined just before), a join
+    # after the member's own check-in, a member joining twice, one naming itself, one
+    # the kiosk already knew, and one whose referrer is unknown.
+    events.insert(81, event("k1", "member.joined", member_id="new2", referrer="m1"))
+    events.insert(82, event("k2", "member.joined", member_id="new3", name="Tri", referrer="new2"))
+    events.insert(83, checkin("k1", "new4", 3))
+    events.insert(84, event("k1", "member.joined", member_id="new4", referrer="m2"))
+    events.insert(85, event("k2", "member.joined", member_id="new2", referrer="m6"))
+    events.insert(86, event("k2", "member.joined", member_id="new5", referrer="new5"))
+    events.insert(87, event("k1", "member.joined", member_id="m7", known=True, name="Kn"))
+    events.insert(88, event("k1", "member.joined", member_id="new6", referrer="nobody"))
     batched = service(db)
     for start in range(0, len(events), 40):
         chunk = events[start : start + 40]
@@ -470,8 +481,12 @@ def test_a_batch_counts_exactly_as_its_events_one_by_one(db: Repository) -> None
     assert any(points < 0 for _, _, points, _, _ in members)  # the case is exercised
     assert any(overdraft for *_, overdraft in entries)
     counted = {e.id for e in events if e.type != "member.joined"}
-    assert len(entries) == len(counted) + 1  # and one referral credit, for m3
-    assert ("m3", "referral:new1") in {(member, ref) for member, ref, *_ in entries}
+    # and the referral credits: m3 for new1, m1 for new2, new2 for new3 (new4 had checked
+    # in before joining, new2's second join finds it known, the others name nobody)
+    assert len(entries) == len(counted) + 3
+    credits = {(member, ref) for member, ref, *_ in entries if ref.startswith("referral:")}
+    assert credits == {("m3", "referral:new1"), ("m1", "referral:new2"), ("new2", "referral:new3")}
+    assert {"new5", "new6"} <= {m for m, *_ in members}
 
 
 def test_a_batch_tells_each_door_once_per_member_with_gapless_seqs(db: Repository) -> None:

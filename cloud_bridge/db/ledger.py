@@ -162,14 +162,7 @@ class Ledger:
                 )
             credited = None
             if created and referrer is not None and referral_points > 0:
-                posting = Posting(
-                    referrer,
-                    referral_points,
-                    f"referral:{new.id}"[:200],
-                    new.source,
-                    f"referral:{new.id}",
-                    new.joined_at,
-                )
+                posting = self._referral(new, referrer, referral_points)
                 self._lock(session, referrer)
                 if self._insert_entry(session, posting) is not None:
                     credited = self._move(session, posting, overdraft_ok=True)[0]
@@ -213,33 +206,79 @@ class Ledger:
         return self.repo._retrying(work)
 
     def post_many(
-        self, postings: Sequence[Posting], creates: Mapping[str, NewMember]
+        self,
+        steps: Sequence[Posting | NewMember],
+        creates: Mapping[str, NewMember],
+        *,
+        referral_points: int = 0,
     ) -> BatchPosted:
-        """Kiosk postings (a spend may overdraw) in one transaction, a few statements for
-        the whole batch instead of several per posting: the outcome of `post(p,
-        create=creates[p.member])` for each in order, at ingest rates.
+        """Kiosk events in one transaction, a few statements for the whole batch instead
+        of several per event, at ingest rates: the outcome of each step in order, a
+        `Posting` as `post(p, create=creates[p.member])` (a spend may overdraw) and a
+        `NewMember` (a join) as `create(new, referral_points=…)`.
 
-        Members missing are created first; then every member of the batch is locked in id
-        order (PostgreSQL; two workers' batches wait for each other instead of
-        deadlocking) and read once; the entries go in with one `INSERT … ON CONFLICT DO
-        NOTHING` (a ref already there counts nothing); the new balances, visits and last
-        visits are worked out in order, overdrafts flagged where a spend took a balance
-        below zero, and each member row is written once."""
-        if not postings:
+        Members missing are created first, with one insert (a referrer is kept if it
+        existed or an earlier step of the batch made it); a joined member the batch
+        created credits its referrer at the join's place. Then every member of the batch
+        is locked in id order (PostgreSQL; two workers' batches wait for each other
+        instead of deadlocking) and read once; the entries go in with one `INSERT … ON
+        CONFLICT DO NOTHING` (a ref already there counts nothing); the new balances,
+        visits and last visits are worked out in order, overdrafts flagged where a spend
+        took a balance below zero, and each member row is written once."""
+        if not steps:
             return BatchPosted([], [])
-        order = list(dict.fromkeys(p.member for p in postings))
         members = cast(Table, MemberRow.__table__)  # Core: one UPDATE, a row of values per member
 
         def work(session: Session) -> BatchPosted:
             now = datetime.now(UTC)
-            fresh = [creates[m] for m in sorted(order) if m in creates]
-            if fresh:
+            made = list(creates.values())  # in the order first met
+            referrers = {c.referrer for c in made if c.referrer is not None}
+            existed = set(
                 session.execute(
-                    self.repo._insert(MemberRow.__table__).on_conflict_do_nothing(
-                        index_elements=["store", "id"]
-                    ),
-                    [self._member_values(c, now) for c in fresh],
+                    select(MemberRow.id).where(
+                        MemberRow.store == self.store, MemberRow.id.in_(sorted(referrers))
+                    )
+                ).scalars()
+            ) if referrers else set()  # fmt: skip
+            values, earlier = [], set(existed)
+            for c in made:
+                new_row = self._member_values(c, now)
+                if c.referrer is not None and c.referrer != c.id and c.referrer in earlier:
+                    new_row["referrer"] = c.referrer
+                values.append(new_row)
+                earlier.add(c.id)
+            created: set[str] = set()
+            if values:
+                created = set(
+                    session.execute(
+                        self.repo._insert(MemberRow.__table__)
+                        .on_conflict_do_nothing(index_elements=["store", "id"])
+                        .returning(MemberRow.__table__.c.id),
+                        sorted(values, key=lambda v: str(v["id"])),
+                    ).scalars()
                 )
+            referred = {str(v["id"]): v["referrer"] for v in values if v["referrer"] is not None}
+            postings: list[Posting] = []
+            joined: dict[str, None] = {}
+            met: set[str] = set()
+            seen: dict[str, None] = {}  # every member a join names (it may fill in a name)
+            for step in steps:
+                if isinstance(step, Posting):
+                    postings.append(step)
+                    met.add(step.member)
+                    continue
+                by_join = step.id not in met  # no earlier check-in of the batch made it
+                met.add(step.id)
+                seen[step.id] = None
+                if not by_join or step.id not in created:
+                    continue  # known already, or made by an earlier check-in of the batch
+                joined[step.id] = None
+                referrer = referred.get(step.id)
+                if referrer is not None and referral_points > 0:
+                    postings.append(self._referral(step, referrer, referral_points))
+            order = list(dict.fromkeys([*seen, *(p.member for p in postings)]))
+            if not order:
+                return BatchPosted([], [])
             locked = session.execute(
                 select(MemberRow.id, MemberRow.name, MemberRow.points, MemberRow.visits,
                        MemberRow.last_visit)
@@ -269,14 +308,15 @@ class Ledger:
                 )
             refs = list(dict.fromkeys(p.ref for p in postings))
             first = {p.ref: p for p in reversed(postings)}  # a ref twice in a batch: the first
-            new_ids = dict(
-                session.execute(
+            new_ids: dict[str, int] = {}
+            if refs:
+                inserted = session.execute(
                     self.repo._insert(LedgerRow.__table__)
                     .on_conflict_do_nothing(index_elements=["store", "ref"])
                     .returning(LedgerRow.__table__.c.ref, LedgerRow.__table__.c.id),
                     [self._entry_values(first[r], now) for r in refs],
-                ).all()
-            )
+                )
+                new_ids = {str(ref): int(id_) for ref, id_ in inserted}
             moved: dict[str, None] = {}
             overdrafts: list[tuple[str, int, str]] = []
             for ref in refs:
@@ -291,7 +331,7 @@ class Ledger:
                 if p.delta < 0 and row[0] < 0:
                     overdrafts.append((p.member, row[0], ref))
                 moved[p.member] = None
-            touched = set(moved) | {str(n["m"]) for n in named}
+            touched = set(moved) | set(joined) | {str(n["m"]) for n in named}
             if moved:
                 session.execute(
                     update(members)
@@ -317,6 +357,12 @@ class Ledger:
             return BatchPosted([m for m in order if m in touched], overdrafts)
 
         return self.repo._retrying(work)
+
+    @staticmethod
+    def _referral(new: NewMember, referrer: str, points: int) -> Posting:
+        """The entry that credits `referrer` for bringing in `new`, once (its ref)."""
+        ref = f"referral:{new.id}"
+        return Posting(referrer, points, ref[:200], new.source, ref, new.joined_at)
 
     def _member_values(self, new: NewMember, now: datetime) -> dict[str, Any]:
         return {
