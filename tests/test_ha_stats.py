@@ -293,3 +293,34 @@ def test_on_the_production_broker_home_assistant_sees_the_store(
         ingest.stop()
         ha.loop_stop()
         ha.disconnect()
+
+
+def test_figures_slow_to_work_out_are_published_less_often(tmp_path: Path) -> None:
+    """A day of tens of thousands of events makes today's figures slow to work out: the
+    publisher then spaces them by ten times their cost, so they never take most of the
+    database's time, and returns to its interval once they are quick again."""
+    from cloud_bridge.stats import COST_SHARE, StatsPublisher
+
+    published: list[str] = []
+
+    class Link:
+        def publish(self, topic: str, payload: bytes, **_: Any) -> None:
+            published.append(topic)
+
+    class Repo:
+        cost = 0.2
+
+        def today_stats(self, store: str, **_: Any) -> dict[str, Any]:
+            done = time.monotonic() + self.cost
+            while time.monotonic() < done:  # the database at work
+                pass
+            return {"store": store}
+
+    repo = Repo()
+    pub = StatsPublisher(Link(), repo, "s1", interval_s=0.5, refresh_s=60.0)  # type: ignore[arg-type]
+    pub.publish()
+    assert published == [stats_topic("s1")]
+    assert COST_SHARE * 0.2 <= pub.spacing_s < 60.0
+    repo.cost = 0.0
+    pub.publish()
+    assert pub.spacing_s == 0.5
