@@ -233,14 +233,21 @@ class ActivityService:
         that sign-up as arrived (the first time only), at the event's own time."""
         self._mark([e for e in events if e.id in new])
 
-    def catch_up(self, since: datetime) -> int:
-        """Mark the arrivals stored since `since` that the hook missed (it runs after the
-        events are stored and acked, so a fault in between would lose one). Safe any
+    def catch_up(self, since: datetime, until: datetime | None = None) -> int:
+        """Mark the arrivals stored since `since` (received before `until`: younger ones
+        may still be on their way through the hook) that the hook missed (it runs after
+        the events are stored and acked, so a fault in between would lose one). Safe any
         time: a sign-up is marked once. Returns how many it marked."""
         stored = self.repo.iter_events(
             store=self.store, type=EventType.RESERVATION_ARRIVED.value, since=since
         )
-        marked = self._mark([Event.model_validate(e.envelope()) for e in stored])
+        marked = self._mark(
+            [
+                Event.model_validate(e.envelope())
+                for e in stored
+                if until is None or e.received_at < until
+            ]
+        )
         if marked:
             log.warning("marked %d arrival(s) the attendance had missed", marked)
         return marked

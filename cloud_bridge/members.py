@@ -356,14 +356,15 @@ class MemberService:
             except Exception:
                 log.exception("could not tell the kiosks about member %s", member_id)
 
-    def catch_up(self, since: datetime) -> int:
-        """Count the member events received since `since` that the ledger has missed (the
+    def catch_up(self, since: datetime, until: datetime | None = None) -> int:
+        """Count the member events received since `since` (and before `until`: younger
+        ones may still be on their way through the hook) that the ledger has missed (the
         hook runs after the events are stored and acked: a database fault in between
         would lose them); each is counted once whatever else runs. Returns how many."""
         types = [t.value for t in _COUNTED]
         counted, after = 0, None
         changed: dict[str, None] = {}
-        while page := self.book.unledgered(types, since, after=after):
+        while page := self.book.unledgered(types, since, until=until, after=after):
             after = page[-1]
             for stored in page:
                 try:

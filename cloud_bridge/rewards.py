@@ -329,8 +329,9 @@ class RewardService:
         fresh = list({e.id: e for e in events if e.id in new}.values())
         self._apply(fresh, replay=False)
 
-    def catch_up(self, since: datetime) -> int:
-        """Apply the stored events since `since` whose pooled code is still unused: the
+    def catch_up(self, since: datetime, until: datetime | None = None) -> int:
+        """Apply the stored events since `since` (received before `until`: younger ones
+        may still be on their way through the hook) whose pooled code is still unused: the
         hook runs after events are stored and acked, so a fault in between would leave a
         used code counted as unused (a pool one short for good) and the stock one high.
         Safe to run any time (a code is used once); returns how many it applied."""
@@ -341,7 +342,8 @@ class RewardService:
             e
             for type_ in (EventType.POINTS_REDEEMED, EventType.MEMBER_JOINED)
             for e in self.repo.iter_events(store=self.store, type=type_.value, since=since)
-            if isinstance(
+            if (until is None or e.received_at < until)
+            and isinstance(
                 v := e.data.get(
                     "voucher_id" if type_ is EventType.POINTS_REDEEMED else "member_id"
                 ),

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 
 from cloud_bridge.commands import CommandService
 from cloud_bridge.db import Repository
-from cloud_bridge.db.records import stored_event
+from cloud_bridge.db.records import StoredEvent, stored_event
 from cloud_bridge.db.tables import CommandRow, EventRow
 from o2o_protocol.messages import CommandName, Event, EventType
 
@@ -46,22 +47,53 @@ class CouponUsedElsewhere:
 
     def __call__(self, events: list[Event], new: set[str]) -> None:
         seen: set[str] = set()
+        redeemed: list[tuple[Event, str]] = []
         for e in events:
             if e.id in seen or e.id not in new or e.type != EventType.COUPON_REDEEMED:
                 continue
             seen.add(e.id)
             coupon = e.data.get("coupon_id")
-            if not isinstance(coupon, str) or not coupon:
-                continue
+            if isinstance(coupon, str) and coupon:
+                redeemed.append((e, coupon))
+        self._pass_on(redeemed)
+
+    def _pass_on(self, redeemed: Sequence[tuple[Event, str]]) -> None:
+        """Tell the other doors of each redemption: one read of the coupons' stored
+        redemptions and one transaction of commands for the whole batch; if that fails,
+        one by one, so one that cannot be passed on holds back no other."""
+        if not redeemed:
+            return
+        try:
+            stored = self.repo.redemptions_of(self.store, [c for _, c in redeemed])
+            kiosks = self.commands.kiosks(self.kiosks)
+            self.commands.send_many(
+                [cmd for e, c in redeemed for cmd in self._told(e, c, stored.get(c, []), kiosks)]
+            )
+            return
+        except Exception:
+            log.exception("could not pass on %d redemption(s) at once", len(redeemed))
+        for e, coupon in redeemed:
             try:
                 self._redeemed(e, coupon)
             except Exception:
                 log.exception("could not pass on the redemption of coupon %s", coupon)
 
     def _redeemed(self, event: Event, coupon: str) -> None:
+        kiosks = self.commands.kiosks(self.kiosks)
         redemptions = self.repo.redemptions(self.store, coupon)
+        self.commands.send_many(self._told(event, coupon, redemptions, kiosks))
+
+    def _told(
+        self,
+        event: Event,
+        coupon: str,
+        redemptions: Sequence[StoredEvent],
+        kiosks: Sequence[str],
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """The `coupon.used` command each other door gets for one redemption (logging a
+        double redemption or a visit card used past its number)."""
         uses = card_uses(event)
-        data: dict[str, object] = {"id": coupon, "at": event.ts, "kiosk": event.kiosk}
+        data: dict[str, Any] = {"id": coupon, "at": event.ts, "kiosk": event.kiosk}
         if uses is not None:
             data["count"] = len(redemptions)
             if len(redemptions) > uses:
@@ -87,13 +119,11 @@ class CouponUsedElsewhere:
                 first.kiosk,
                 first.envelope()["ts"],
             )
-        kiosks = self.commands.kiosks(self.kiosks)
-        for kiosk in kiosks:
-            if kiosk != event.kiosk:
-                self.commands.send(kiosk, CommandName.COUPON_USED.value, data)
+        return [(k, CommandName.COUPON_USED.value, data) for k in kiosks if k != event.kiosk]
 
-    def catch_up(self, since: datetime) -> int:
-        """Pass on the redemptions received since `since` that some kiosk of the store was
+    def catch_up(self, since: datetime, until: datetime | None = None) -> int:
+        """Pass on the redemptions received since `since` (and before `until`: younger ones
+        may still be on their way through the hook) that some kiosk of the store was
         never told of (the hook runs after the ack: a crash in between would lose them, and
         a coupon must stay single use at every door). Returns how many were passed on."""
 
@@ -104,6 +134,7 @@ class CouponUsedElsewhere:
                     EventRow.store == self.store,
                     EventRow.type == EventType.COUPON_REDEEMED.value,
                     EventRow.received_at >= since,
+                    EventRow.received_at < (until or datetime.max.replace(tzinfo=UTC)),
                 )
                 .order_by(EventRow.received_at, EventRow.id)
             ).scalars()
@@ -126,11 +157,7 @@ class CouponUsedElsewhere:
             and coupon
             and any(k != e.kiosk and (k, coupon) not in told for k in kiosks)
         ]
-        for e in missed:
-            try:
-                self._redeemed(e, str(e.data["coupon_id"]))
-            except Exception:
-                log.exception("could not pass on the redemption of event %s", e.id)
+        self._pass_on([(e, str(e.data["coupon_id"])) for e in missed])
         if missed:
             log.warning("passed on %d redemption(s) the kiosks had not been told of", len(missed))
         return len(missed)

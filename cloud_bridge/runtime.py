@@ -53,6 +53,10 @@ CATCH_UP_DAYS = 7
 CATCH_UP_INTERVAL_S = 300.0
 #: A worker whose ingest has a message waiting longer than this logs a warning.
 LAG_WARN_S = 10.0
+#: The catch-up leaves to the hooks what may still be on its way through them: events
+#: received this much before the oldest batch in flight here, and before another
+#: worker's oldest as its last heartbeat (a lease round earlier) said.
+IN_FLIGHT_MARGIN_S = 3.0
 
 
 class _Part(Protocol):
@@ -266,21 +270,44 @@ class BridgeRuntime:
         (each event once, safe alongside the live hooks)."""
         since = datetime.now(UTC) - timedelta(days=CATCH_UP_DAYS)
         try:
-            self.members.catch_up(since)
+            until = self._settled_before()
+        except Exception:
+            log.exception("could not read the other workers' lag: catching up later")
+            return
+        try:
+            self.members.catch_up(since, until)
         except Exception:
             log.exception("could not check the ledger for missed member events")
         try:
-            self.rewards.catch_up(since)
+            self.rewards.catch_up(since, until)
         except Exception:
             log.exception("could not check the code pools for missed events")
         try:
-            self.activities.catch_up(since)
+            self.activities.catch_up(since, until)
         except Exception:
             log.exception("could not check the activities for missed arrivals")
         try:
-            self.coupons.catch_up(since)
+            self.coupons.catch_up(since, until)
         except Exception:
             log.exception("could not check for redemptions not passed on")
+
+    def _settled_before(self) -> datetime:
+        """Events received before this have been through the after-commit hooks of every
+        live worker, or never will be (a crash): what the catch-up may count. Under a
+        backlog it would otherwise count, one by one, the very events the hooks are
+        about to count as a batch."""
+        now = datetime.now(UTC)
+        behind = [self.lag()["oldest_s"]]
+        if self.worker is not None:
+            behind += [
+                (w.get("oldest_s") or 0.0) + float(w.get("seen_s") or 0.0)
+                for name, w in live_workers(self.repo.engine, self.config.store).items()
+                if name != self.worker
+            ]
+        ages = [a for a in behind if a is not None]
+        if not ages:
+            return now
+        return now - timedelta(seconds=max(ages) + IN_FLIGHT_MARGIN_S)
 
     def _catch_up_loop(self) -> None:
         while not self._stopping.is_set():

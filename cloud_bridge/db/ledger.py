@@ -552,10 +552,12 @@ class Ledger:
         types: Sequence[str],
         since: datetime,
         *,
+        until: datetime | None = None,
         after: StoredEvent | None = None,
         limit: int = 500,
     ) -> list[StoredEvent]:
-        """Stored events of `types` received since `since` that no ledger entry names, in
+        """Stored events of `types` received since `since` (and before `until`, if given)
+        that no ledger entry names, in
         the order they arrived (then happened), a page at a time: pass the last one of a
         page as `after` to read on."""
         named = exists().where(
@@ -568,6 +570,8 @@ class Ledger:
             EventRow.received_at >= since,
             ~named,
         )
+        if until is not None:
+            stmt = stmt.where(EventRow.received_at < until)
         if after is not None:
             stmt = stmt.where(tuple_(*order) > tuple_(after.received_at, after.ts, after.id))
         with self.repo._sessions() as session:

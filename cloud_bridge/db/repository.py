@@ -308,17 +308,28 @@ class Repository:
 
     def redemptions(self, store: str, coupon_id: str) -> list[StoredEvent]:
         """The stored `coupon.redeemed` events of one coupon, in the order they arrived."""
-        stmt = (
-            select(EventRow)
-            .where(
-                EventRow.store == store,
-                EventRow.type == EventType.COUPON_REDEEMED.value,
-                EventRow.data["coupon_id"].as_string() == coupon_id,
-            )
-            .order_by(EventRow.received_at, EventRow.id)
-        )
+        return self.redemptions_of(store, [coupon_id]).get(coupon_id, [])
+
+    def redemptions_of(self, store: str, coupon_ids: Sequence[str]) -> dict[str, list[StoredEvent]]:
+        """`redemptions` for many coupons in one read (a batch's worth): each coupon's
+        stored redemptions in the order they arrived; a coupon with none is left out."""
+        coupon = EventRow.data["coupon_id"].as_string()
+        found: dict[str, list[StoredEvent]] = {}
+        ids = sorted(set(coupon_ids))
         with self._sessions() as session:
-            return [stored_event(r) for r in session.execute(stmt).scalars()]
+            for start in range(0, len(ids), 500):  # a bounded IN list
+                stmt = (
+                    select(EventRow)
+                    .where(
+                        EventRow.store == store,
+                        EventRow.type == EventType.COUPON_REDEEMED.value,
+                        coupon.in_(ids[start : start + 500]),
+                    )
+                    .order_by(EventRow.received_at, EventRow.id)
+                )
+                for r in session.execute(stmt).scalars():
+                    found.setdefault(str(r.data["coupon_id"]), []).append(stored_event(r))
+        return found
 
     def events(
         self,
