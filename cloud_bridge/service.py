@@ -19,6 +19,7 @@ import logging
 import signal
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
@@ -109,12 +110,29 @@ def run_service(
     try:
         server.run(sockets=[sock])
     finally:
-        while started:
-            started.pop().stop()
+        _stop_all(started)
         repo.close()
         sock.close()
         log.info("stopped")
     return 0
+
+
+def _stop_all(runtimes: list[BridgeRuntime]) -> None:
+    """Stop every store's runtime at once: each stores and acks what it has taken and
+    lets its after-commit work finish, which under a backlog takes a while; one after
+    another, a service of many stores would outlast systemd's stop timeout."""
+    if len(runtimes) == 1:
+        runtimes[0].stop()
+        return
+
+    def stop(runtime: BridgeRuntime) -> None:
+        try:
+            runtime.stop()
+        except Exception:
+            log.exception("could not stop store %s cleanly", runtime.config.store)
+
+    with ThreadPoolExecutor(max_workers=len(runtimes) or 1, thread_name_prefix="stop") as pool:
+        list(pool.map(stop, runtimes))
 
 
 def _build(config: BridgeConfig, repo: Repository) -> tuple[ASGIApp, list[BridgeRuntime]]:
