@@ -360,18 +360,18 @@ class RewardService:
         refill: set[str] = set()
         catalogue_changed = False
         applied = 0
+        joined: list[Event] = []
         for e in events:
             try:
                 if e.type == EventType.POINTS_REDEEMED:
                     used, ran_out = self._redeemed(e, refill, replay=replay)
                     catalogue_changed |= ran_out
+                    applied += used
                 elif e.type == EventType.MEMBER_JOINED:
-                    used = self._used(e, "member_id", MEMBER, refill) is not None
-                else:
-                    continue
-                applied += used
+                    joined.append(e)
             except Exception:
                 log.exception("could not apply event %s (%s) to the code pools", e.id, e.type)
+        applied += self._joined(joined, refill)
         if catalogue_changed:
             self.send_catalogue()  # per kiosk, never raises
         for kiosk in sorted(refill):
@@ -380,6 +380,29 @@ class RewardService:
             except Exception:
                 log.exception("could not top up the code pools of %s", kiosk)
         return applied
+
+    def _joined(self, events: Sequence[Event], refill: set[str]) -> int:
+        """Mark the join codes of a batch's joins used, in one transaction (one by one if
+        that fails); how many were pooled codes used now."""
+        joins = [
+            (e, code) for e in events if isinstance(code := e.data.get("member_id"), str) and code
+        ]
+        try:
+            used = self.catalogue.use_codes(
+                [(code, MEMBER, e.id, self._at(e)) for e, code in joins]
+            )
+        except Exception:
+            log.exception("could not mark %d join code(s) used at once: one by one", len(joins))
+            used = []
+            for e, code in joins:
+                try:
+                    used.append(self.catalogue.use_code(code, MEMBER, e.id, at=self._at(e)))
+                except Exception:
+                    log.exception("could not apply event %s (%s) to the code pools", e.id, e.type)
+                    used.append(None)
+        for (e, _), code in zip(joins, used, strict=True):
+            self._note_used(e, code, MEMBER, refill)
+        return sum(code is not None for code in used)
 
     def _redeemed(self, event: Event, refill: set[str], *, replay: bool) -> tuple[bool, bool]:
         """(voucher used now, the reward ran out with this one). The stock is taken with
@@ -404,15 +427,6 @@ class RewardService:
             return parse_rfc3339(event.ts)
         except ValueError:
             return datetime.now(UTC)
-
-    def _used(self, event: Event, field: str, kind: str, refill: set[str]) -> PoolCodeRecord | None:
-        """Mark the event's pooled code used; the code, or None (not pooled, or used)."""
-        code = event.data.get(field)
-        if not isinstance(code, str) or not code:
-            return None
-        used = self.catalogue.use_code(code, kind, event.id, at=self._at(event))
-        self._note_used(event, used, kind, refill)
-        return used
 
     def _note_used(
         self, event: Event, used: PoolCodeRecord | None, kind: str, refill: set[str]

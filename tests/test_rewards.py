@@ -470,6 +470,45 @@ def _refills(db: Repository, kiosk: str, kind: str) -> list[dict[str, Any]]:
     ]
 
 
+def test_a_batch_of_joins_uses_each_pooled_code_once(tmp_path: Path, db: Repository) -> None:
+    """A busy door's batch: members joined with three of k1's pooled codes (one of them
+    twice, re-sent under another id), one with a code of k2's pool, one with a member id
+    no pool holds. Each pooled code is used by its first join; both pools are topped up
+    to `pool_size` again; the odd one is left alone."""
+    config = _config(tmp_path)
+    service = RewardService(
+        db, config, Ed25519PrivateKey.generate(), CommandService(db, STORE, limits=config.limits)
+    )
+    service.top_up("k1")
+    service.top_up("k2")
+    mine = [p for p in service.pool("k1", unused=True) if p.kind == "member"][:3]
+    theirs = next(p for p in service.pool("k2", unused=True) if p.kind == "member")
+
+    def joined(code: str) -> Event:
+        return Event(
+            id=new_event_id(),
+            seq=1,
+            type="member.joined",
+            ts=rfc3339(time.time()),
+            store=STORE,
+            kiosk="k1",
+            data={"member_id": code},
+        )
+
+    batch = [joined(c.id) for c in [*mine, mine[0], theirs]] + [joined("m-walk-in")]
+    db.add_events(batch)
+    service.after_stored(batch, {e.id for e in batch})
+    used = {p.id: p.used_event for p in service.pool() if p.used_at is not None}
+    assert used == {
+        mine[0].id: batch[0].id,
+        mine[1].id: batch[1].id,
+        mine[2].id: batch[2].id,
+        theirs.id: batch[4].id,
+    }
+    for kiosk in ("k1", "k2"):
+        assert len([p for p in service.pool(kiosk, unused=True) if p.kind == "member"]) == POOL
+
+
 def test_vouchers_close_to_expiry_are_replaced_by_fresh_ones(
     tmp_path: Path, db: Repository
 ) -> None:

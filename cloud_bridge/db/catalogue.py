@@ -11,7 +11,7 @@ the gap.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -317,6 +317,38 @@ class Catalogue:
             return None if row is None else _pool_code(row)
 
         result: PoolCodeRecord | None = self.repo._retrying(work)
+        return result
+
+    def use_codes(
+        self, uses: Sequence[tuple[str, str, str, datetime | None]]
+    ) -> list[PoolCodeRecord | None]:
+        """`use_code` for many `(id, kind, event, at)` in one transaction (a batch's
+        joins): one read finds which are unused pooled codes, and only those are
+        updated. Each result as `use_code`'s, in order."""
+        if not uses:
+            return []
+
+        def work(session: Session) -> list[PoolCodeRecord | None]:
+            ids = sorted({id for id, _, _, _ in uses})
+            pooled = {
+                (r.id, r.kind)
+                for r in session.execute(
+                    select(PoolCodeRow.id, PoolCodeRow.kind).where(
+                        PoolCodeRow.store == self.store,
+                        PoolCodeRow.id.in_(ids),
+                        PoolCodeRow.used_at.is_(None),
+                    )
+                )
+            }
+            done: list[PoolCodeRecord | None] = []
+            for id, kind, event, at in uses:
+                row = None
+                if (id, kind) in pooled:
+                    row = session.execute(self._use_stmt(id, kind, event, at)).scalars().first()
+                done.append(None if row is None else _pool_code(row))
+            return done
+
+        result: list[PoolCodeRecord | None] = self.repo._retrying(work)
         return result
 
     def redeem(
