@@ -28,12 +28,13 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
     Engine,
     Select,
+    Table,
     create_engine,
     event,
     func,
@@ -521,7 +522,7 @@ class Repository:
                 {"store": store, "kiosk": kiosk, "seq": seq, "name": name,
                  "data": data, "created_at": now}
             )  # fmt: skip
-        session.execute(insert(CommandRow), rows)
+        session.execute(insert(cast(Table, CommandRow.__table__)), rows)  # Core: no ORM bulk step
         return queued
 
     def commands_after(self, store: str, kiosk: str, seq: int) -> list[Command]:
