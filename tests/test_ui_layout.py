@@ -30,7 +30,6 @@ from kiosk.screens.backend import LockerView, PreorderView, StaffSnapshot
 from kiosk.screens.outcome import ERROR, LOADING, Outcome
 from kiosk.screens.palette import AMBER, INK, MUTED_ON_INK, NAVY, NO_RED, OK_GREEN
 from o2o_protocol.messages import EventType, Reason
-from tests import kivy_driver
 from tests.kivy_driver import on_ui, wait_for
 from tests.test_ui import REPO, _kivy_env, _need_kivy
 from tests.test_ui_window import _xvfb
@@ -255,13 +254,22 @@ def _drive(out: Path, size: str) -> dict[str, Any]:
 
     def look(name: str) -> None:
         begun = time.monotonic()
-        kivy_driver.settled(app)
-        # A running countdown redraws every frame, which under Xvfb's software GL is
-        # most of the run's time: stopped here (its bar stays full), timed in `_timing`.
-        on_ui(lambda: getattr(app.root.current_screen, "cancel_timer", lambda: None)())
+
+        def still() -> bool:
+            """The transition is over (mid-fade frames are half drawn); then a running
+            countdown, which redraws every frame and under Xvfb's software GL would be
+            most of the run's time, is stopped (its bar stays full; timed in `_timing`)."""
+            if app.root.transition.is_active:
+                return False
+            getattr(app.root.current_screen, "cancel_timer", lambda: None)()
+            return True
+
+        wait_for("the end of a transition", still)
         frames()
-        report["window"] = on_ui(lambda: list(Window.size))
-        problems = on_ui(lambda: _problems(app.root.current_screen, tuple(Window.size)))
+        window, problems = on_ui(
+            lambda: (list(Window.size), _problems(app.root.current_screen, tuple(Window.size)))
+        )
+        report["window"] = window
         key = f"{name}_{app.language}"
         report["seen"].append(key)
         report.setdefault("look_s", []).append(round(time.monotonic() - begun, 2))
