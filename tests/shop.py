@@ -7,6 +7,7 @@ scans camera frames; tests read what the kiosk printed and what the bridge store
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cloud_bridge.cli import main as bridge_main
 from tests.support import free_port, wait_for_port
 
 BIN = Path(sys.executable).parent
@@ -44,8 +46,17 @@ def init_shop(shop: Path, mqtt_url: str, *, store: str = "s1", kiosk: str = "k1"
 
 
 def issue(shop: Path, kind: str, *args: str) -> str:
-    """A signed code from the shop's key (`o2o-bridge issue KIND ... --json`)."""
-    return str(json.loads(bridge_cli(shop, "issue", kind, *args, "--json"))["code"])
+    """A signed code from the shop's key (`o2o-bridge issue KIND ... --json`).
+
+    The same command line, run in this process: tests issue dozens of codes, and a new
+    interpreter for each cost a third of a second (test_bridge_cli runs the command's
+    own process)."""
+    out, err = io.StringIO(), io.StringIO()
+    config = str(shop / "bridge.toml")
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = bridge_main(["issue", kind, *args, "--config", config, "--json"])
+    assert status == 0, err.getvalue()
+    return str(json.loads(out.getvalue())["code"])
 
 
 def stored_events(shop: Path) -> list[dict[str, Any]]:
