@@ -7,6 +7,7 @@ scans camera frames; tests read what the kiosk printed and what the bridge store
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cloud_bridge.cli import main as bridge_main
 from tests.support import free_port, wait_for_port
 
 BIN = Path(sys.executable).parent
@@ -43,13 +45,27 @@ def init_shop(shop: Path, mqtt_url: str, *, store: str = "s1", kiosk: str = "k1"
     )
 
 
+def _in_process(shop: Path, *args: str) -> str:
+    """`o2o-bridge ARGS --config bridge.toml`, run in this process; its stdout.
+
+    For the commands tests run dozens of times (issue, export): a new interpreter for
+    each cost a third of a second or more. test_bridge_cli runs the command's own process.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = bridge_main([*args, "--config", str(shop / "bridge.toml")])
+    assert status == 0, err.getvalue()
+    return out.getvalue()
+
+
 def issue(shop: Path, kind: str, *args: str) -> str:
     """A signed code from the shop's key (`o2o-bridge issue KIND ... --json`)."""
-    return str(json.loads(bridge_cli(shop, "issue", kind, *args, "--json"))["code"])
+    return str(json.loads(_in_process(shop, "issue", kind, *args, "--json"))["code"])
 
 
 def stored_events(shop: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in bridge_cli(shop, "export", "events").splitlines() if x]
+    """What the bridge stored (`o2o-bridge export events`)."""
+    return [json.loads(x) for x in _in_process(shop, "export", "events").splitlines() if x]
 
 
 @contextlib.contextmanager

@@ -30,7 +30,9 @@ from tests.support import MosquittoBroker
 ISSUER = Issuer()
 
 
-def make_kiosk(tmp_path: Path, **rules: object) -> tuple[KioskRuntime, SimulatedPrinter]:
+def make_kiosk(
+    tmp_path: Path, *, door_timeout_s: float = 5.0, **rules: object
+) -> tuple[KioskRuntime, SimulatedPrinter]:
     cfg = KioskConfig.model_validate(
         {
             "store": "s1",
@@ -38,7 +40,7 @@ def make_kiosk(tmp_path: Path, **rules: object) -> tuple[KioskRuntime, Simulated
             "data_dir": str(tmp_path / "data"),
             "keys": ISSUER.config_keys,
             "mqtt": {"url": "mqtt://127.0.0.1:9"},  # nobody there: the kiosk works offline
-            "lockers": {"sim_close_after_s": 0.2},
+            "lockers": {"sim_close_after_s": 0.2, "door_timeout_s": door_timeout_s},
             "ui": {"join_url": "https://shop.example/join", "language": "en"},
             "rules": rules,
         }
@@ -280,7 +282,8 @@ def test_a_restart_during_loading_keeps_the_locker_and_finishes_the_load(tmp_pat
 
 
 def test_an_unconfirmed_open_is_not_a_pickup_even_after_a_restart(tmp_path: Path) -> None:
-    k, _ = make_kiosk(tmp_path)
+    # The latch sticks: each scan waits out the door timeout, short here.
+    k, _ = make_kiosk(tmp_path, door_timeout_s=0.5)
     locker = _load(k, "C9")
     wait_for(lambda: (k.db.preorder("C9") or k.db.preorder("x")).status == "ready")  # type: ignore[union-attr]
     k.staff_logout()

@@ -69,8 +69,9 @@ def _gate(listener: socket.socket, upstream: int) -> None:
             threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def broker311() -> Iterator[str]:
+    """Shared by the module's tests: amqtt's shutdown waits out a 5 s timeout."""
     from amqtt.broker import Broker
 
     port = free_port()
