@@ -54,6 +54,17 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _rss_split_mb() -> dict[str, float]:
+    """Resident memory now by kind: anonymous (heap, Python objects, textures) and
+    file-backed (libraries' code, the CJK font's pages; shared with the page cache)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile", "RssShmem"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
 def _import_kiosk() -> None:
     """What the kiosk's UI process imports, for both children alike."""
     import kiosk.runtime
@@ -74,13 +85,16 @@ def _bare() -> dict[str, Any]:
     from kivy.clock import Clock
     from kivy.uix.widget import Widget
 
+    split: dict[str, float] = {}
+
     class Bare(App):  # type: ignore[misc]
         def build(self) -> Any:
+            Clock.schedule_once(lambda _dt: split.update(_rss_split_mb()), 1.9)
             Clock.schedule_once(lambda _dt: self.stop(), 2.0)  # a couple of seconds of frames
             return Widget()
 
     Bare().run()
-    return {"peak_mb": _peak_mb(), "rss_mb": _rss_mb()}
+    return {"peak_mb": _peak_mb(), "rss_mb": _rss_mb(), "split": split}
 
 
 def _kiosk(config: Path, codes: list[str]) -> dict[str, Any]:
@@ -136,6 +150,7 @@ def _kiosk(config: Path, codes: list[str]) -> dict[str, Any]:
             wait_screen("start")
             time.sleep(1.0)  # the first frames drawn, the kiosk's threads up
             report["start_peak_mb"], report["start_rss_mb"] = _peak_mb(), _rss_mb()
+            report["start_split"] = _rss_split_mb()
             on_ui(lambda: setattr(app.root.transition, "duration", BENCH_FADE_S))
             started, changes = time.monotonic(), 0
             shown_ms: list[float] = []
@@ -158,6 +173,7 @@ def _kiosk(config: Path, codes: list[str]) -> dict[str, Any]:
             report["scans"], report["screen_changes"] = len(codes), changes
             time.sleep(0.5)
             report["end_peak_mb"], report["end_rss_mb"] = _peak_mb(), _rss_mb()
+            report["end_split"] = _rss_split_mb()
             # The kiosk's database lives in memory too (its outbox grows while offline).
             files = kiosk.cfg.data_dir.glob("*")
             report["data_mb"] = sum(f.stat().st_size for f in files if f.is_file()) / 2**20
@@ -275,6 +291,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "data_mb": ui["data_mb"],
         "growth_mb": growth,
         "over_bare_mb": ui["start_peak_mb"] - bare["peak_mb"],
+        "split": {"bare": bare["split"], "start": ui["start_split"], "end": ui["end_split"]},
         "goal_growth_mb": GOAL_GROWTH_MB,
         "goal_peak_mb": GOAL_PEAK_MB,
         "target_met": growth <= GOAL_GROWTH_MB and ui["end_peak_mb"] <= GOAL_PEAK_MB,
@@ -297,6 +314,14 @@ def print_table(results: dict[str, Any]) -> None:
         f"growth {r['growth_mb']:.1f} MB (goal <= {r['goal_growth_mb']:.0f}), "
         f"{r['over_bare_mb']:.1f} MB over the bare window at start; the kiosk's data "
         f"(offline outbox included) {r['data_mb']:.1f} MB on disk after the run"
+    )
+    split = r["split"]
+    print(
+        "resident now, anonymous / file-backed (MB): "
+        + ", ".join(
+            f"{name} {split[key].get('RssAnon', 0):.1f} / {split[key].get('RssFile', 0):.1f}"
+            for key, name in (("bare", "bare"), ("start", "after start"), ("end", "after the run"))
+        )
     )
     verdict = "OK" if r["target_met"] else "MISSED"
     print(

@@ -357,6 +357,10 @@ class KioskDB:
         doc = event.model_dump(mode="json")
         self._outbox.insert(Document(doc, doc_id=seq))
         self._history.insert(Document(doc, doc_id=seq))
+        # Events never change once written: while one waits in the outbox, its history
+        # entry is the same document, one copy in memory rather than two.
+        outbox = self._storage.table_data("outbox")
+        self._storage.table_data("history")[str(seq)] = outbox[str(seq)]
         for effect in decision.effects:
             self._apply(effect, now, event)
         return event

@@ -294,8 +294,8 @@ def _drive(out: Path, size: str) -> dict[str, Any]:
         """Every screen in one language."""
         start = app.root.get_screen("start")
         result = app.root.get_screen("result")
-        join = app.root.get_screen("join")
-        joined = app.root.get_screen("joined")
+        # Built on first use, on the UI thread (kiosk.screens.app.Screens).
+        join, joined = on_ui(lambda: (app.root.get_screen("join"), app.root.get_screen("joined")))
         on_ui(lambda language=language: app.set_language(language))
         on_ui(lambda: app.root.current_screen.go_home() if app.root.current != "start" else None)
         wait_for("the start screen", lambda: app.root.current == "start")
@@ -454,7 +454,7 @@ def _timing(app: Any) -> dict[str, float]:
     for name, outcome in (("success", checkin("李", 3)), ("refusal", refusal("expired", "c"))):
         times[name] = back_after(lambda outcome=outcome: app.show_outcome(outcome))
     for name in ("join", "joined", "staff"):
-        screen = app.root.get_screen(name)
+        screen = on_ui(lambda name=name: app.root.get_screen(name))
         on_ui(lambda screen=screen: setattr(screen, "timeout_s", 1.0))
         times[name] = back_after(lambda name=name: setattr(app.root, "current", name))
     return times

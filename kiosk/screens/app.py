@@ -9,13 +9,14 @@ of those.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kivy.app import App
 from kivy.clock import Clock
 from kivy.core.window import Window
 from kivy.properties import BooleanProperty, NumericProperty, StringProperty
-from kivy.uix.screenmanager import ScreenManager, TransitionBase
+from kivy.uix.screenmanager import Screen, ScreenManager, TransitionBase
 
 from kiosk.config import UiSection
 from kiosk.i18n import Messages, next_language
@@ -61,6 +62,36 @@ class OpacityFade(TransitionBase):
     def on_complete(self) -> None:
         self.screen_in.opacity = 1.0
         super().on_complete()
+
+
+class Screens(ScreenManager):
+    """A screen manager that builds some screens on first use and lets them go once left.
+
+    The join, joined and staff screens are seldom shown: built up front they would hold
+    their widgets, textures (the sign-up QR, a keypad) and glyphs for the whole day, a few
+    MB of a Raspberry Pi's memory. `get_screen` (and so `current = name`) builds one from
+    its factory when needed; when it has been left, it is removed and freed. Build them
+    on the UI thread only, as any widget.
+    """
+
+    def __init__(self, factories: dict[str, Callable[[], Screen]], **kwargs: Any) -> None:
+        self._factories = factories
+        super().__init__(**kwargs)
+
+    def get_screen(self, name: str) -> Screen:
+        if name in self._factories and not self.has_screen(name):
+            screen = self._factories[name]()
+            screen.bind(on_leave=self._let_go)
+            self.add_widget(screen)
+        return super().get_screen(name)
+
+    def _let_go(self, screen: Screen) -> None:
+        # After the fade (on_leave), on the next frame: not from inside the transition.
+        Clock.schedule_once(lambda _dt: self._remove_if_left(screen))
+
+    def _remove_if_left(self, screen: Screen) -> None:
+        if screen.manager is self and self.current != screen.name:
+            self.remove_widget(screen)
 
 
 class KioskApp(App):
@@ -125,18 +156,28 @@ class KioskApp(App):
     # -- building ---------------------------------------------------------------------
 
     def build(self) -> ScreenManager:
-        sm = ScreenManager(transition=OpacityFade(duration=FADE_S))
+        """The start and result screens, shown all day; the others on first use."""
+        sm = Screens(
+            {JOIN: self._join_screen, JOINED: self._joined_screen, STAFF: self._staff_screen},
+            transition=OpacityFade(duration=FADE_S),
+        )
         sm.add_widget(StartScreen(name=START))
         sm.add_widget(ResultScreen(name=RESULT, timeout_s=self.ui.result_s))
-        join = JoinScreen(name=JOIN, timeout_s=max(JOIN_S, self.ui.result_s))
-        join.set_url(self.ui.join_url)
-        sm.add_widget(join)
-        sm.add_widget(JoinedScreen(name=JOINED, timeout_s=max(JOIN_S, self.ui.result_s)))
-        sm.add_widget(StaffScreen(name=STAFF, timeout_s=STAFF_IDLE_S))
         sm.current = START
         Window.bind(size=self._rescale)
         self._rescale(Window, Window.size)
         return sm
+
+    def _join_screen(self) -> JoinScreen:
+        join = JoinScreen(name=JOIN, timeout_s=max(JOIN_S, self.ui.result_s))
+        join.set_url(self.ui.join_url)
+        return join
+
+    def _joined_screen(self) -> JoinedScreen:
+        return JoinedScreen(name=JOINED, timeout_s=max(JOIN_S, self.ui.result_s))
+
+    def _staff_screen(self) -> StaffScreen:
+        return StaffScreen(name=STAFF, timeout_s=STAFF_IDLE_S)
 
     def _rescale(self, _window: Any, size: tuple[int, int]) -> None:
         width, height = size

@@ -17,6 +17,7 @@ Two things Kivy's own SDL2 text provider gets wrong for a kiosk, fixed by `Share
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -140,7 +141,11 @@ def _glyph(path: str, size: int, char: str) -> tuple[int, int, int, Any]:
     bitmap = slot.bitmap._FT_Bitmap
     coverage = None
     if bitmap.rows and bitmap.width:
-        rows = np.ctypeslib.as_array(bitmap.buffer, shape=(bitmap.rows, abs(bitmap.pitch)))
+        # Copied out as bytes: np.ctypeslib.as_array would make a ctypes array type per
+        # glyph shape, which ctypes caches for good (a slow leak over a day of names).
+        pitch = abs(bitmap.pitch)
+        raw = ctypes.string_at(bitmap.buffer, bitmap.rows * pitch)
+        rows = np.frombuffer(raw, np.uint8).reshape(bitmap.rows, pitch)
         coverage = rows[:, : bitmap.width].copy()
         if bitmap.pitch < 0:
             coverage = coverage[::-1]

@@ -13,7 +13,6 @@ import io
 import logging
 from typing import Any
 
-import segno
 from kivy.app import App
 from kivy.core.image import Image as CoreImage
 from kivy.properties import BooleanProperty, ObjectProperty, StringProperty
@@ -30,6 +29,8 @@ load_kv(__file__)
 
 def qr_png(url: str, *, scale: int = 8) -> bytes:
     """The sign-up QR as a PNG: black on white, with the quiet zone phones need."""
+    import segno  # only when a join screen is built: it is seldom shown
+
     buf = io.BytesIO()
     segno.make(url, error="m", micro=False).save(
         buf, kind="png", scale=scale, border=4, dark="#000000", light="#ffffff"

@@ -134,6 +134,7 @@ class ResultScreen(CustomerScreen):
         self.confirm_buttons: dict[str, ConfirmButton] = {}
         self.panel_texts: list[str] = []
         self.rating_texts: list[str] = []
+        self._rating_row: tuple[Any, Any, list[StarButton]] | None = None
         if app is not None:
             app.bind(language=lambda *_: self._render())
 
@@ -286,21 +287,33 @@ class ResultScreen(CustomerScreen):
                 label("PanelNote", self.redeemed.extra)
         panel.add_widget(Widget())
 
+    def _rating_widgets(self) -> tuple[Any, Any, list[StarButton]]:
+        """The question, the row and its stars: made once and shown again for every
+        outcome that asks, rather than made anew per scan (a day's worth of widgets
+        made and dropped leaves the process larger)."""
+        if self._rating_row is None:
+            label = Factory.RatingLabel(pos_hint={"center_y": 0.5})
+            stars = Factory.StarRow(pos_hint={"center_x": 0.5, "center_y": 0.5})
+            buttons = [StarButton(value=value) for value in RATINGS]
+            for star in buttons:
+                star.bind(on_release=self.rate)
+                stars.add_widget(star)
+            self._rating_row = (label, stars, buttons)
+        return self._rating_row
+
     def _render_rating(self, m: Any) -> None:
         row = self.ids.rating
         row.clear_widgets()
         self.star_buttons, self.rating_texts = [], []
         if self.rating_state in (ASK, BUSY):
-            text = m.get("rating.title")
-            self.rating_texts.append(text)
-            row.add_widget(Factory.RatingLabel(text=text, pos_hint={"center_y": 0.5}))
-            stars = Factory.StarRow(pos_hint={"center_x": 0.5, "center_y": 0.5})
-            for value in RATINGS:
-                star = StarButton(value=value, lit=value <= self.rating)
+            label, stars, buttons = self._rating_widgets()
+            label.text = m.get("rating.title")
+            self.rating_texts.append(label.text)
+            for star in buttons:
+                star.lit = star.value <= self.rating
                 star.disabled = self.rating_state == BUSY
-                star.bind(on_release=self.rate)
-                self.star_buttons.append(star)
-                stars.add_widget(star)
+            self.star_buttons = list(buttons)
+            row.add_widget(label)
             row.add_widget(stars)
         elif self.rating_state == DONE and self.rated is not None:
             self.rating_texts.append(self.rated.title)

@@ -16,7 +16,7 @@ from kivy.properties import BooleanProperty, NumericProperty
 from kivy.uix.screenmanager import Screen
 
 from kiosk.screens.backend import StaffSnapshot
-from kiosk.screens.base import load_kv
+from kiosk.screens.base import load_kv, release_free_memory
 
 #: How often the start screen asks whether the kiosk is online.
 ONLINE_POLL_S = 3.0
@@ -42,6 +42,7 @@ class StartScreen(Screen):
         self._offline_since: float | None = None
 
     def on_enter(self, *args: Any) -> None:
+        release_free_memory()
         self.check_online()
         if self._poll is None:
             self._poll = Clock.schedule_interval(lambda _dt: self.check_online(), ONLINE_POLL_S)
