@@ -98,3 +98,36 @@ def screenshot(app: Any, path: Path) -> str:
         return str(Window.screenshot(name=str(path)))
 
     return str(on_ui(take))
+
+
+def run_driver(module: str, out: Path, display: str, window: str) -> dict[str, Any]:
+    """Run a scenario module's driver (`python -m module out`, whose `_driver_main` writes
+    `out/report.json`) in its own Kivy process under Xvfb `display`, with a `window`-sized
+    window; its report. Fails the test with the driver's stderr if it crashed or reported
+    an error. (Its own process: Kivy reconfigures logging and owns the main thread.)"""
+    import json
+    import subprocess
+    import sys
+
+    import pytest
+
+    from tests.test_ui import REPO, _kivy_env, _need_kivy
+
+    _need_kivy()
+    env = _kivy_env(out / "kivy-home")
+    env.update(DISPLAY=display, SDL_VIDEODRIVER="x11", O2O_UI_WINDOW=window)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    report_path = out / "report.json"
+    if not report_path.exists():
+        pytest.fail(f"the UI driver crashed (status {proc.returncode}):\n{proc.stderr[-4000:]}")
+    report: dict[str, Any] = json.loads(report_path.read_text(encoding="utf-8"))
+    assert "error" not in report, f"{report['error']}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return report

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -28,8 +27,7 @@ from kiosk.decisions import Decision, Facts, Rules, decide
 from kiosk.screens.outcome import ERROR, Outcome
 from o2o_protocol.codes import Code, verify_code
 from tests.keys import Issuer
-from tests.kivy_driver import on_ui, wait_for
-from tests.test_ui import REPO, _kivy_env, _need_kivy
+from tests.kivy_driver import on_ui, run_driver, wait_for
 
 SHOTS = Path("/tmp/shots")
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -178,24 +176,8 @@ def _driver_main(argv: list[str]) -> int:
 @pytest.fixture(scope="module")
 def run(xvfb_display: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One run of the scenario under Xvfb; the report (screenshots copied to /tmp/shots)."""
-    _need_kivy()
     out = tmp_path_factory.mktemp("campaigns")
-    env = _kivy_env(out / "kivy-home")
-    env.update(DISPLAY=xvfb_display, SDL_VIDEODRIVER="x11", O2O_UI_WINDOW="1024x600")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.test_screens_campaigns", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    report_path = out / "report.json"
-    if not report_path.exists():
-        pytest.fail(f"the UI driver crashed (status {proc.returncode}):\n{proc.stderr[-4000:]}")
-    report: dict[str, Any] = json.loads(report_path.read_text(encoding="utf-8"))
-    assert "error" not in report, f"{report['error']}\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = run_driver("tests.test_screens_campaigns", out, xvfb_display, "1024x600")
     SHOTS.mkdir(parents=True, exist_ok=True)
     for name, path in report["shots"].items():
         shutil.copyfile(path, SHOTS / f"{name}.png")

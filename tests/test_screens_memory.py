@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
 import sys
 import threading
 import traceback
@@ -23,8 +22,7 @@ import pytest
 
 from kiosk.screens.outcome import Outcome
 from o2o_protocol.messages import EventType
-from tests.kivy_driver import on_ui, wait_for
-from tests.test_ui import REPO, _kivy_env, _need_kivy
+from tests.kivy_driver import on_ui, run_driver, wait_for
 
 
 def checkin(event_id: str) -> Outcome:
@@ -110,25 +108,8 @@ def _driver_main(argv: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def run(xvfb_display: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    _need_kivy()
     out = tmp_path_factory.mktemp("memory")
-    env = _kivy_env(out / "kivy-home")
-    env.update(DISPLAY=xvfb_display, SDL_VIDEODRIVER="x11", O2O_UI_WINDOW="800x480")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.test_screens_memory", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    report_path = out / "report.json"
-    if not report_path.exists():
-        pytest.fail(f"the UI driver crashed (status {proc.returncode}):\n{proc.stderr[-4000:]}")
-    report: dict[str, Any] = json.loads(report_path.read_text(encoding="utf-8"))
-    assert "error" not in report, f"{report['error']}\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return report
+    return run_driver("tests.test_screens_memory", out, xvfb_display, "800x480")
 
 
 def test_seldom_shown_screens_are_built_when_shown_and_gone_once_left(
