@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from cloud_bridge.db import Repository
-from o2o_protocol.limits import DEFAULT_LIMITS, Limits, check_json, check_size
+from o2o_protocol.limits import DEFAULT_LIMITS, Limits, check_json, check_size, json_bytes
 from o2o_protocol.messages import COMMAND_DATA, Command, CommandName, Status, command_data, dumps
 from o2o_protocol.mqtt import MqttLink
 from o2o_protocol.topics import CMD, kiosk_topic
@@ -24,6 +25,62 @@ log = logging.getLogger(__name__)
 #: How long a `locker.open` without its own `expires` stays valid: a locker must never
 #: open hours after someone asked for it.
 LOCKER_OPEN_TTL_S = 300
+
+
+#: A kiosk's news of up to this many members (or coupons) in one go is sent one command
+#: each (`member.upsert`, `coupon.used`); more, as a few grouped ones (`members.upsert`,
+#: `coupons.used`): a busy batch then costs each door a command, not one per member.
+ONE_BY_ONE = 8
+#: The grouped form of each command that has one, and the field that lists the items.
+GROUPED = {
+    CommandName.MEMBER_UPSERT.value: (CommandName.MEMBERS_UPSERT.value, "members"),
+    CommandName.COUPON_USED.value: (CommandName.COUPONS_USED.value, "coupons"),
+}
+#: Most items in one grouped command (the protocol's bound).
+GROUP_MAX = 1000
+
+
+def grouped(
+    items: Sequence[tuple[str, str, dict[str, Any]]], *, limits: Limits = DEFAULT_LIMITS
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """`items` with each kiosk's many `member.upsert` (`coupon.used`) in one or a few
+    `members.upsert` (`coupons.used`), each within `command_bytes`: one per kiosk where
+    it has more than `ONE_BY_ONE` of them, in their order; the rest as they are. Each
+    item must already fit its own command's rules (`checked_command`)."""
+    counts = Counter((kiosk, name) for kiosk, name, _ in items if name in GROUPED)
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    groups: dict[tuple[str, str], list[tuple[dict[str, Any], int]]] = {}
+    for kiosk, name, data in items:
+        if counts.get((kiosk, name), 0) > ONE_BY_ONE:
+            size = json_bytes(data)
+            if size + _GROUP_OVERHEAD <= limits.command_bytes:
+                groups.setdefault((kiosk, name), []).append((data, size))
+                continue
+        out.append((kiosk, name, data))  # one that fits only alone stays alone
+    for (kiosk, name), sized in groups.items():
+        many, field = GROUPED[name]
+        for chunk in _chunks(sized, limits.command_bytes - _GROUP_OVERHEAD):
+            out.append((kiosk, many, {field: chunk}))
+    return out
+
+
+#: `{"members":[`, `]}` and a comma, with room to spare.
+_GROUP_OVERHEAD = 24
+
+
+def _chunks(sized: list[tuple[dict[str, Any], int]], room: int) -> Iterator[list[dict[str, Any]]]:
+    """The items in runs whose sizes (with a comma each) fit `room` bytes, and at most
+    `GROUP_MAX` items."""
+    chunk: list[dict[str, Any]] = []
+    used = 0
+    for data, size in sized:
+        if chunk and (used + size + 1 > room or len(chunk) == GROUP_MAX):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(data)
+        used += size + 1
+    if chunk:
+        yield chunk
 
 
 def checked_command(

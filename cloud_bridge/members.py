@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from cloud_bridge.commands import CommandService, checked_command
+from cloud_bridge.commands import CommandService, checked_command, grouped
 from cloud_bridge.config import MembersSection
 from cloud_bridge.db import Repository, format_ts
 from cloud_bridge.db.ledger import (
@@ -288,7 +288,7 @@ class MemberService:
         return upserts
 
     def _send(self, upserts: list[tuple[str, str, dict[str, Any]]]) -> None:
-        self.commands.send_many(upserts, checked=True)
+        self.commands.send_many(grouped(upserts, limits=self.commands.limits), checked=True)
 
     def after_stored(self, events: list[Event], new: set[str]) -> None:
         """The event sink's hook: count each newly stored event once, then tell the

@@ -13,13 +13,27 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cloud_bridge.commands import CommandService
+from cloud_bridge.commands import CommandService, grouped
 from cloud_bridge.db import Repository
 from cloud_bridge.db.records import StoredEvent, stored_event
 from cloud_bridge.db.tables import CommandRow, EventRow
 from o2o_protocol.messages import CommandName, Event, EventType
 
 log = logging.getLogger(__name__)
+
+
+#: The commands that tell a door of a coupon used elsewhere: one by one, or grouped.
+_TOLD = (CommandName.COUPON_USED.value, CommandName.COUPONS_USED.value)
+
+
+def _coupons_in(data: Any) -> list[str]:
+    """The coupons a `coupon.used` or `coupons.used` command's data names."""
+    if not isinstance(data, dict):
+        return []
+    items = data.get("coupons") if "coupons" in data else [data]
+    if not isinstance(items, list):
+        return []
+    return [str(i.get("id")) for i in items if isinstance(i, dict)]
 
 
 def card_uses(event: Event) -> int | None:
@@ -66,9 +80,8 @@ class CouponUsedElsewhere:
         try:
             stored = self.repo.redemptions_of(self.store, [c for _, c in redeemed])
             kiosks = self.commands.kiosks(self.kiosks)
-            self.commands.send_many(
-                [cmd for e, c in redeemed for cmd in self._told(e, c, stored.get(c, []), kiosks)]
-            )
+            told = [cmd for e, c in redeemed for cmd in self._told(e, c, stored.get(c, []), kiosks)]
+            self.commands.send_many(grouped(told, limits=self.commands.limits))
             return
         except Exception:
             log.exception("could not pass on %d redemption(s) at once", len(redeemed))
@@ -139,14 +152,14 @@ class CouponUsedElsewhere:
                 .order_by(EventRow.received_at, EventRow.id)
             ).scalars()
             redeemed = [Event.model_validate(stored_event(r).envelope()) for r in rows]
-            told = session.execute(  # type: ignore[attr-defined]
+            sent = session.execute(  # type: ignore[attr-defined]
                 select(CommandRow.kiosk, CommandRow.data).where(
                     CommandRow.store == self.store,
-                    CommandRow.name == CommandName.COUPON_USED.value,
+                    CommandRow.name.in_(_TOLD),
                     CommandRow.created_at >= since,
                 )
             ).all()
-            return redeemed, {(k, str(d.get("id"))) for k, d in told if isinstance(d, dict)}
+            return redeemed, {(k, coupon) for k, d in sent for coupon in _coupons_in(d)}
 
         redeemed, told = self.repo.read(read)
         kiosks = self.commands.kiosks(self.kiosks)

@@ -29,8 +29,10 @@ from o2o_protocol.messages import (
     COMMAND_DATA,
     CodeRevoke,
     Command,
+    CouponsUsed,
     CouponUsed,
     LockerOpen,
+    MembersUpsert,
     MemberUpsert,
     PoolRefill,
     PreorderCancel,
@@ -73,24 +75,18 @@ def changes_for(cmd: Command, now: float) -> tuple[Effect, ...]:
     match data:
         case CodeRevoke(id=code_id):
             return (CodeRevoked(code_id, at),)
-        case CouponUsed(id=coupon_id):
-            # Used at another kiosk of the store: single use per store, first use wins;
-            # A visit card's `count` raises the uses known here (the larger one is kept).
-            used = CodeUsed(
-                coupon_id,
-                CodeType.COUPON,
-                at=data.at or at,
-                kiosk=data.kiosk,
-                keep_first=True,
-                count=data.count or 1,
-            )
-            return (used,)
+        case CouponUsed():
+            return (_coupon_used(data, at),)
+        case CouponsUsed(coupons=coupons):
+            return tuple(_coupon_used(c, at) for c in coupons)
         case PreorderUpsert():
             return (PreorderDetails(data.order, data.size, data.name, data.items),)
         case PreorderCancel(order=order):
             return (PreorderCancelled(order),)
         case MemberUpsert():
             return (_member_update(data, now),)
+        case MembersUpsert(members=members):
+            return tuple(_member_update(m, now) for m in members)
         case RewardsSet(rewards=rewards):
             return (RewardsReplaced(tuple(r.model_dump(mode="json") for r in rewards)),)
         case PoolRefill(kind=kind, reward=reward, codes=codes):
@@ -101,6 +97,19 @@ def changes_for(cmd: Command, now: float) -> tuple[Effect, ...]:
         case LockerOpen():
             return (RemoteOpenQueued(cmd.seq, data.locker, data.by, data.expires),)
     return ()
+
+
+def _coupon_used(data: CouponUsed, at: str) -> CodeUsed:
+    """Used at another kiosk of the store: single use per store, first use wins; a visit
+    card's `count` raises the uses known here (the larger one is kept)."""
+    return CodeUsed(
+        data.id,
+        CodeType.COUPON,
+        at=data.at or at,
+        kiosk=data.kiosk,
+        keep_first=True,
+        count=data.count or 1,
+    )
 
 
 def _member_update(data: MemberUpsert, now: float) -> MemberUpdate:

@@ -85,6 +85,11 @@ class CommandName(StrEnum):
     #: Signed codes the kiosk hands out later without a signing key: reward vouchers and
     #: member cards for people who join at the door (docs/members.md).
     POOL_REFILL = "pool.refill"
+    #: `member.upsert` for many members at once: a busy door's batch of check-ins costs
+    #: each other door one command, not one per member (docs/mqtt.md).
+    MEMBERS_UPSERT = "members.upsert"
+    #: `coupon.used` for many coupons at once, likewise.
+    COUPONS_USED = "coupons.used"
 
 
 def new_event_id() -> str:
@@ -191,6 +196,12 @@ class MemberUpsert(_CommandData):
     version: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
+class MembersUpsert(_CommandData):
+    """Many `member.upsert`s in one command, applied together, each as on its own."""
+
+    members: list[MemberUpsert] = Field(min_length=1, max_length=1000)
+
+
 class LockerOpen(_CommandData):
     locker: int = Field(ge=1, le=1000)
     by: str = Field(default="bridge", max_length=64)
@@ -205,6 +216,12 @@ class CouponUsed(_CommandData):
     kiosk: str | None = None
     #: Uses the bridge has stored for the code (a visit card's); absent means one.
     count: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class CouponsUsed(_CommandData):
+    """Many `coupon.used`s in one command, applied together, each as on its own."""
+
+    coupons: list[CouponUsed] = Field(min_length=1, max_length=1000)
 
 
 class Reward(BaseModel):
@@ -252,6 +269,8 @@ COMMAND_DATA: dict[str, type[BaseModel]] = {
     CommandName.COUPON_USED: CouponUsed,
     CommandName.REWARDS_SET: RewardsSet,
     CommandName.POOL_REFILL: PoolRefill,
+    CommandName.MEMBERS_UPSERT: MembersUpsert,
+    CommandName.COUPONS_USED: CouponsUsed,
 }
 
 

@@ -458,3 +458,27 @@ def test_a_redemption_the_hook_missed_is_passed_on_by_the_catch_up(repo: Reposit
     assert rule.catch_up(since) == 1
     assert (used("k1"), used("k2"), used("k3")) == (["cp7"], ["cp9"], ["cp9", "cp7"])
     assert rule.catch_up(since) == 0  # nothing left to tell
+
+
+def test_a_batch_of_many_redemptions_reaches_each_door_as_one_command(
+    repo: Repository,
+) -> None:
+    """A busy door's batch of redemptions: each other door gets one `coupons.used` naming
+    them all, and the catch-up knows they were told."""
+    from datetime import UTC, datetime, timedelta
+
+    from cloud_bridge.commands import ONE_BY_ONE, CommandService
+    from cloud_bridge.rules import CouponUsedElsewhere
+
+    rule = CouponUsedElsewhere(repo, STORE, CommandService(repo, STORE), ["k1", "k2", "k3"])
+    batch = [redeemed("k1", f"cp{i}", seq=i + 1) for i in range(ONE_BY_ONE + 3)]
+    repo.add_events(batch)
+    rule(batch, {e.id for e in batch})
+    for kiosk in ("k2", "k3"):
+        [cmd] = repo.commands_after(STORE, kiosk, 0)
+        assert cmd.name == "coupons.used"
+        assert cmd.data["coupons"] == [
+            {"id": e.data["coupon_id"], "at": e.ts, "kiosk": "k1"} for e in batch
+        ]
+    assert repo.commands_after(STORE, "k1", 0) == []  # never back to the door that took them
+    assert rule.catch_up(datetime.now(UTC) - timedelta(days=1)) == 0

@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from cloud_bridge.commands import CommandService
+from cloud_bridge.commands import ONE_BY_ONE, CommandService, checked_command, grouped
 from cloud_bridge.config import MembersSection
 from cloud_bridge.db import Repository
 from cloud_bridge.members import BelowZero, KeyReused, MemberService, UnknownMember
 from cloud_bridge.runtime import BridgeRuntime
+from o2o_protocol.limits import Limits, json_bytes
 from o2o_protocol.messages import Event, dumps
 from o2o_protocol.timeutil import parse_rfc3339, rfc3339
 from o2o_protocol.topics import kiosk_topic
@@ -90,7 +91,48 @@ def store(repo: Repository, members: MemberService, *events: Event) -> list[str]
 
 
 def upserts(repo: Repository, kiosk: str) -> list[dict[str, Any]]:
-    return [c.data for c in repo.commands_after(STORE, kiosk, 0) if c.name == "member.upsert"]
+    """A kiosk's news of members in order, one by one or grouped."""
+    news: list[dict[str, Any]] = []
+    for c in repo.commands_after(STORE, kiosk, 0):
+        if c.name == "member.upsert":
+            news.append(c.data)
+        elif c.name == "members.upsert":
+            news.extend(c.data["members"])
+    return news
+
+
+def test_a_busy_batch_tells_each_door_in_a_command_not_one_per_member(db: Repository) -> None:
+    members = service(db)
+    visits = [checkin("k1", f"m{i:02}", 10) for i in range(ONE_BY_ONE + 5)]
+    store(db, members, *visits)
+    for kiosk in ("k1", "k2"):
+        [cmd] = db.commands_after(STORE, kiosk, 0)
+        assert cmd.name == "members.upsert"
+        news = {m["id"]: m for m in cmd.data["members"]}
+        assert sorted(news) == [f"m{i:02}" for i in range(len(visits))]
+        assert {m["points"] for m in news.values()} == {10}
+        # Each member's own `applied`: the door hears which of its events count.
+        mine = {v.data["member_id"]: [v.id] for v in visits} if kiosk == "k1" else {}
+        assert {m: n["applied"] for m, n in news.items()} == {m: mine.get(m, []) for m in news}
+    # A quiet moment: one member's news is one `member.upsert`, as always.
+    store(db, members, checkin("k2", "m00", 10))
+    assert [c.name for c in db.commands_after(STORE, "k1", 1)] == ["member.upsert"]
+    assert upserts(db, "k1")[-1]["points"] == 20
+
+
+def test_grouped_news_stays_within_the_command_limit_and_keeps_every_item() -> None:
+    limits = Limits(command_bytes=512)
+    items = [
+        ("k1", "member.upsert", {"id": f"m{i}", "points": i, "applied": []}) for i in range(40)
+    ]
+    items += [("k2", "coupon.used", {"id": "c1"}), ("k1", "code.revoke", {"id": "x"})]
+    out = grouped(items, limits=limits)
+    assert ("k2", "coupon.used", {"id": "c1"}) in out and ("k1", "code.revoke", {"id": "x"}) in out
+    groups = [d for k, n, d in out if n == "members.upsert"]
+    assert len(groups) > 1 and all(json_bytes(d) <= limits.command_bytes for d in groups)
+    assert [m for d in groups for m in d["members"]] == [d for _, _, d in items[:40]]
+    for data in groups:
+        checked_command("members.upsert", data, limits=limits)  # each a valid command
 
 
 def test_a_resent_checkin_counts_once(db: Repository) -> None:

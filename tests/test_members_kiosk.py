@@ -250,6 +250,28 @@ def test_two_taps_at_once_never_share_a_voucher(door: Door) -> None:
     assert k.offer(loser).balance == 100  # the refused tap spent nothing
 
 
+def test_news_of_many_members_in_one_command_is_applied_like_each_alone(door: Door) -> None:
+    """A busy door's batch reaches the others as one `members.upsert`; each member in it
+    counts as if it had come alone (its balance, its version), and a coupon used
+    elsewhere, grouped likewise, is refused here."""
+    k = door.kiosk
+    door.command("member.upsert", id="u1", points=100, version=9)
+    door.command(
+        "members.upsert",
+        members=[
+            {"id": "u1", "points": 5, "version": 3},  # older than what the door has
+            {"id": "u2", "name": "Bo", "points": 40, "visits": 4, "version": 7},
+        ],
+    )
+    assert k.offer("u1").balance == 100 and k.offer("u2").balance == 40
+    door.command("coupons.used", coupons=[{"id": "c1", "kiosk": "k9"}, {"id": "c2"}])
+    for coupon in ("c1", "c2"):
+        used = k.scan(ISSUER.code("c", coupon, cp="spring"))
+        assert isinstance(used, Recorded) and used.event.data["reason"] == "already_used"
+    fresh = k.scan(ISSUER.code("c", "c3", cp="spring"))
+    assert isinstance(fresh, Recorded) and fresh.event.type == "coupon.redeemed"
+
+
 BAD_VISITS = ["0001-01-01T00:00:00+14:00", "9999-12-31T12:00:00Z"]
 
 

@@ -49,6 +49,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud_bridge.db import rollup
+from cloud_bridge.db.bulk import params, recordset_insert
 from cloud_bridge.db.errors import (
     UnstorableEvent,
     is_write_conflict,
@@ -75,6 +76,8 @@ log = logging.getLogger(__name__)
 
 #: Rows per INSERT statement (well under SQLite's bound-parameter limit).
 _CHUNK = 500
+_EVENT_COLUMNS = ("id", "store", "kiosk", "seq", "type", "ts", "data", "received_at")
+_COMMAND_COLUMNS = ("store", "kiosk", "seq", "name", "data", "created_at")
 #: Characters of a quarantined event's text kept (`raw`); a longer one is cut.
 RAW_CHARS = 8192
 #: Attempts for a transaction the database aborted because of another writer.
@@ -209,16 +212,22 @@ class Repository:
         """INSERT … ON CONFLICT DO NOTHING; the ids that were new, added to the insights'
         roll-ups in the same transaction (`rollup.py`: a re-sent event counts once)."""
         new: set[str] = set()
-        # One cached statement run "executemany" style: SQLAlchemy batches the rows into
-        # multi-row INSERTs itself (insertmanyvalues) without compiling SQL per batch.
-        stmt = (
-            self._insert(EventRow.__table__)
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(EventRow.__table__.c.id)
-        )
-        for i in range(0, len(values), _CHUNK):
-            result = session.connection().execute(stmt, values[i : i + _CHUNK])
+        table = cast(Table, EventRow.__table__)
+        if self._dialect == "postgresql":
+            rows = recordset_insert(table, _EVENT_COLUMNS).on_conflict_do_nothing(
+                index_elements=["id"]
+            )
+            result = session.connection().execute(rows.returning(table.c.id), params(values))
             new.update(result.scalars())
+        else:
+            # One cached statement run "executemany" style: SQLAlchemy batches the rows
+            # into multi-row INSERTs itself (insertmanyvalues), compiled once.
+            stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
+            for i in range(0, len(values), _CHUNK):
+                result = session.connection().execute(
+                    stmt.returning(table.c.id), values[i : i + _CHUNK]
+                )
+                new.update(result.scalars())
         rollup.add(session.connection(), [v for v in values if v["id"] in new])
         return new
 
@@ -522,7 +531,11 @@ class Repository:
                 {"store": store, "kiosk": kiosk, "seq": seq, "name": name,
                  "data": data, "created_at": now}
             )  # fmt: skip
-        session.execute(insert(cast(Table, CommandRow.__table__)), rows)  # Core: no ORM bulk step
+        table = cast(Table, CommandRow.__table__)
+        if self._dialect == "postgresql":
+            session.execute(recordset_insert(table, _COMMAND_COLUMNS), params(rows))
+        else:
+            session.execute(insert(table), rows)  # Core: no ORM bulk step
         return queued
 
     def commands_after(self, store: str, kiosk: str, seq: int) -> list[Command]:

@@ -32,9 +32,10 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, case, func, or_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, Connection, Table, case, func, or_
+from sqlalchemy.dialects import sqlite
 
+from cloud_bridge.db.bulk import params, recordset_insert
 from cloud_bridge.db.records import SKEW
 from cloud_bridge.db.tables import MEMBER_ID, EventCountRow, MemberActivityRow, MemberVisitRow
 from o2o_protocol.messages import EventType
@@ -129,7 +130,9 @@ def add(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     sql = _upserts(dialect)
     at_ = _stamp if dialect == "sqlite" else _aware
     starts = {q: at_(_EPOCH + timedelta(seconds=q * _QUARTER_S)) for _, q, _ in by_quarter}
-    conn.exec_driver_sql(
+    run = _run_sqlite if dialect == "sqlite" else _run_postgresql
+    run(
+        conn,
         sql[0],
         [
             {"store": s, "bucket": starts[b], "type": t, "events": n}
@@ -138,7 +141,8 @@ def add(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     )
     if not members:
         return
-    conn.exec_driver_sql(
+    run(
+        conn,
         sql[1],
         [
             {
@@ -152,7 +156,8 @@ def add(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
             for (s, m, b), (v, j, last) in sorted(visits.items())
         ],
     )
-    conn.exec_driver_sql(
+    run(
+        conn,
         sql[2],
         [
             {
@@ -167,6 +172,14 @@ def add(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
             for (s, m), a in sorted(members.items())
         ],
     )
+
+
+def _run_sqlite(conn: Connection, upsert: Any, rows: list[dict[str, Any]]) -> None:
+    conn.exec_driver_sql(upsert, rows)
+
+
+def _run_postgresql(conn: Connection, upsert: Any, rows: list[dict[str, Any]]) -> None:
+    conn.execute(upsert, params(rows))
 
 
 def _stamp(at: datetime | None) -> str | None:
@@ -199,9 +212,16 @@ def _earliest(dialect: str, *values: ColumnElement[Any]) -> ColumnElement[Any]:
 
 
 @cache
-def _upserts(dialect: str) -> tuple[str, str, str]:
-    """The three upserts as the driver's SQL with named parameters (built once)."""
-    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+def _upserts(dialect: str) -> tuple[Any, Any, Any]:
+    """The three upserts (built once): on SQLite the driver's SQL with named parameters,
+    run for many rows; on PostgreSQL statements that take all the rows as one JSON text
+    (`bulk.py`)."""
+
+    def insert(table: Table) -> Any:
+        if dialect == "sqlite":
+            return sqlite.insert(table)
+        return recordset_insert(table, tuple(c.name for c in table.c))
+
     counts_t: Any = EventCountRow.__table__
     up_counts = insert(counts_t)
     up_counts = up_counts.on_conflict_do_update(
@@ -238,7 +258,9 @@ def _upserts(dialect: str) -> tuple[str, str, str]:
             "visits": act.c.visits + new.visits,
         },
     )
-    target = sqlite.dialect(paramstyle="named") if dialect == "sqlite" else postgresql.dialect()
+    if dialect != "sqlite":
+        return up_counts, up_visits, up_act
+    target = sqlite.dialect(paramstyle="named")
     counts_sql, visits_sql, act_sql = (
         str(stmt.compile(dialect=target)) for stmt in (up_counts, up_visits, up_act)
     )
