@@ -123,7 +123,8 @@ class WouldGoBelowZero(ValueError):
     pass
 
 
-def _member(r: MemberRow) -> Member:
+def _member(r: Any) -> Member:
+    """A `Member` from a members row (an ORM object or a plain row of its columns)."""
     return Member(
         r.id, r.name, int(r.points), int(r.visits), r.last_visit, r.joined_at, r.source, r.referrer
     )
@@ -247,16 +248,16 @@ class Ledger:
                     new_row["referrer"] = c.referrer
                 values.append(new_row)
                 earlier.add(c.id)
-            created: set[str] = set()
-            if values:
-                created = set(
-                    session.execute(
-                        self.repo._insert(MemberRow.__table__)
-                        .on_conflict_do_nothing(index_elements=["store", "id"])
-                        .returning(MemberRow.__table__.c.id),
-                        sorted(values, key=lambda v: str(v["id"])),
-                    ).scalars()
+            created = {
+                str(row.id)
+                for row in self.repo.insert_many(
+                    session,
+                    MemberRow,
+                    sorted(values, key=lambda v: str(v["id"])),
+                    skip_on=["store", "id"],
+                    returning=[MemberRow.__table__.c.id],
                 )
+            }
             referred = {str(v["id"]): v["referrer"] for v in values if v["referrer"] is not None}
             postings: list[Posting] = []
             joined: dict[str, None] = {}
@@ -310,11 +311,13 @@ class Ledger:
             first = {p.ref: p for p in reversed(postings)}  # a ref twice in a batch: the first
             new_ids: dict[str, int] = {}
             if refs:
-                inserted = session.execute(
-                    self.repo._insert(LedgerRow.__table__)
-                    .on_conflict_do_nothing(index_elements=["store", "ref"])
-                    .returning(LedgerRow.__table__.c.ref, LedgerRow.__table__.c.id),
+                entries = LedgerRow.__table__.c
+                inserted = self.repo.insert_many(
+                    session,
+                    LedgerRow,
                     [self._entry_values(first[r], now) for r in refs],
+                    skip_on=["store", "ref"],
+                    returning=[entries.ref, entries.id],
                 )
                 new_ids = {str(ref): int(id_) for ref, id_ in inserted}
             moved: dict[str, None] = {}
@@ -626,9 +629,10 @@ class Ledger:
             if self.repo._dialect == "sqlite":
                 # As in `snapshot`: a no-op write makes the reads one snapshot.
                 session.execute(update(MemberRow).where(*mine).values(points=MemberRow.points))
+            # Plain rows, not ORM objects: a busy batch reads hundreds of members.
             rows = session.execute(
-                select(MemberRow).where(*mine).order_by(MemberRow.id).with_for_update()
-            ).scalars()
+                select(*MemberRow.__table__.c).where(*mine).order_by(MemberRow.id).with_for_update()
+            ).all()
             members = {r.id: _member(r) for r in rows}
             ours = (LedgerRow.store == self.store, LedgerRow.member.in_(list(members)))
             versions = dict(

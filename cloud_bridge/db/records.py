@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cloud_bridge.db.tables import EventRow
-
 #: An event's `ts` further than this from when the bridge received it is flagged.
 SKEW = timedelta(days=1)
 
@@ -98,7 +96,8 @@ def format_ts(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + frac + "Z"
 
 
-def stored_event(row: EventRow) -> StoredEvent:
+def stored_event(row: Any) -> StoredEvent:
+    """A `StoredEvent` from an events row (an ORM object or a plain row of its columns)."""
     return StoredEvent(
         id=row.id,
         seq=row.seq,

@@ -38,7 +38,6 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    insert,
     not_,
     select,
     update,
@@ -76,8 +75,6 @@ log = logging.getLogger(__name__)
 
 #: Rows per INSERT statement (well under SQLite's bound-parameter limit).
 _CHUNK = 500
-_EVENT_COLUMNS = ("id", "store", "kiosk", "seq", "type", "ts", "data", "received_at")
-_COMMAND_COLUMNS = ("store", "kiosk", "seq", "name", "data", "created_at")
 #: Characters of a quarantined event's text kept (`raw`); a longer one is cut.
 RAW_CHARS = 8192
 #: Attempts for a transaction the database aborted because of another writer.
@@ -85,6 +82,11 @@ _CONFLICT_ATTEMPTS = 5
 
 T = TypeVar("T")
 _R = TypeVar("_R")
+
+
+def _chunked(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    for i in range(0, len(rows), _CHUNK):
+        yield rows[i : i + _CHUNK]
 
 
 def make_engine(url: str) -> Engine:
@@ -154,6 +156,38 @@ class Repository:
     def _insert(self, table: Any) -> Any:
         return (sqlite.insert if self._dialect == "sqlite" else postgresql.insert)(table)
 
+    def insert_many(
+        self,
+        session: Session,
+        table: Any,
+        rows: Sequence[dict[str, Any]],
+        *,
+        skip_on: Sequence[str] = (),
+        returning: Sequence[Any] = (),
+    ) -> Sequence[Any]:
+        """INSERT many rows (each with the same keys) in the caller's transaction; with
+        `skip_on`, rows that conflict on those columns are left out (ON CONFLICT DO
+        NOTHING). The `returning` columns of the rows inserted. On PostgreSQL all rows go
+        as one JSON text (`bulk.py`); on SQLite, SQLAlchemy's multi-row form."""
+        if not rows:
+            return []
+        table = cast(Table, getattr(table, "__table__", table))
+        if self._dialect == "postgresql":
+            stmt: Any = recordset_insert(table, tuple(rows[0]))
+            params_: Any = params(rows)
+        else:
+            stmt, params_ = sqlite.insert(table), list(rows)
+        if skip_on:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(skip_on))
+        if not returning:
+            session.execute(stmt, params_)
+            return []
+        out: list[Any] = []
+        chunks = [params_] if self._dialect == "postgresql" else _chunked(params_)
+        for chunk in chunks:
+            out.extend(session.execute(stmt.returning(*returning), chunk).all())
+        return out
+
     # -- events ---------------------------------------------------------------------
 
     def read(self, work: Callable[[Session], T]) -> T:
@@ -211,23 +245,9 @@ class Repository:
     def _insert_events(self, session: Session, values: list[dict[str, Any]]) -> set[str]:
         """INSERT … ON CONFLICT DO NOTHING; the ids that were new, added to the insights'
         roll-ups in the same transaction (`rollup.py`: a re-sent event counts once)."""
-        new: set[str] = set()
         table = cast(Table, EventRow.__table__)
-        if self._dialect == "postgresql":
-            rows = recordset_insert(table, _EVENT_COLUMNS).on_conflict_do_nothing(
-                index_elements=["id"]
-            )
-            result = session.connection().execute(rows.returning(table.c.id), params(values))
-            new.update(result.scalars())
-        else:
-            # One cached statement run "executemany" style: SQLAlchemy batches the rows
-            # into multi-row INSERTs itself (insertmanyvalues), compiled once.
-            stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
-            for i in range(0, len(values), _CHUNK):
-                result = session.connection().execute(
-                    stmt.returning(table.c.id), values[i : i + _CHUNK]
-                )
-                new.update(result.scalars())
+        inserted = self.insert_many(session, table, values, skip_on=["id"], returning=[table.c.id])
+        new = {str(row.id) for row in inserted}
         rollup.add(session.connection(), [v for v in values if v["id"] in new])
         return new
 
@@ -329,7 +349,7 @@ class Repository:
         with self._sessions() as session:
             for start in range(0, len(ids), 500):  # a bounded IN list
                 stmt = (
-                    select(EventRow)
+                    select(*EventRow.__table__.c)  # plain rows: no ORM object per event
                     .where(
                         EventRow.store == store,
                         EventRow.type == EventType.COUPON_REDEEMED.value,
@@ -337,7 +357,7 @@ class Repository:
                     )
                     .order_by(EventRow.received_at, EventRow.id)
                 )
-                for r in session.execute(stmt).scalars():
+                for r in session.execute(stmt).all():
                     found.setdefault(str(r.data["coupon_id"]), []).append(stored_event(r))
         return found
 
@@ -531,11 +551,7 @@ class Repository:
                 {"store": store, "kiosk": kiosk, "seq": seq, "name": name,
                  "data": data, "created_at": now}
             )  # fmt: skip
-        table = cast(Table, CommandRow.__table__)
-        if self._dialect == "postgresql":
-            session.execute(recordset_insert(table, _COMMAND_COLUMNS), params(rows))
-        else:
-            session.execute(insert(table), rows)  # Core: no ORM bulk step
+        self.insert_many(session, CommandRow, rows)
         return queued
 
     def commands_after(self, store: str, kiosk: str, seq: int) -> list[Command]:
