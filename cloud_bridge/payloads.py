@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any
 
+from o2o_protocol.limits import Limits
 from o2o_protocol.messages import ProtocolError
 
 #: A JSON string, or one bracket: the structure of a payload, strings set aside.
@@ -27,12 +28,14 @@ _SQUARE = bytes.maketrans(b"{}", b"[]")
 _MAX_CUT_TOKENS = 200_000
 
 
-def _nested_deeper(payload: bytes, depth: int) -> bool:
+def _nested_deeper(payload: bytes, depth: int, *, strings_out: bool = False) -> bool:
     """Whether brackets nest deeper than `depth` (strings set aside, `{}` counted as `[]`).
     Each pass takes away exactly the innermost pairs (`replace` does not rescan what it
     made), so this costs at most `depth` passes at C speed, and a payload of ordinary
-    depth is done in a few."""
-    brackets = _STRING.sub(b"", payload).translate(_SQUARE, _NOT_BRACKET)
+    depth is done in a few. `strings_out`: the payload's strings are already taken out."""
+    brackets = (payload if strings_out else _STRING.sub(b"", payload)).translate(
+        _SQUARE, _NOT_BRACKET
+    )
     for _ in range(depth):
         if not brackets:
             return False
@@ -80,3 +83,24 @@ def loads_bounded(payload: bytes | bytearray, depth: int = 64) -> Any:
         return json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"not JSON: {type(exc).__name__}") from None
+
+
+#: Outside strings: a number with an exponent (it may parse to infinity, or print longer
+#: than it was written), or the non-standard NaN and Infinity Python's parser takes.
+_NUMBER_RISK = re.compile(rb"\d[eE]|NaN|Infinity")
+
+
+def surely_within(payload: bytes | bytearray, limits: Limits) -> bool:
+    """Whether no value in this payload can break `limits`, read off its bytes at C
+    speed, so a message of ordinary size and shape skips the walk of every value
+    (`check_json`). True only when it cannot be otherwise: a string or key longer than
+    `string_chars`, an array or object of more than `items`, takes more bytes than
+    the payload has; nothing nests deeper than `json_depth`; no number can be infinite
+    or print longer (compact JSON writes no value longer than the payload held it, but
+    for floats that print a few digits longer, hence half of `event_bytes`)."""
+    if len(payload) > min(limits.string_chars, 2 * limits.items, limits.event_bytes // 2):
+        return False
+    structure = _STRING.sub(b"", bytes(payload))
+    if _NUMBER_RISK.search(structure):
+        return False
+    return not _nested_deeper(structure, limits.json_depth, strings_out=True)

@@ -48,7 +48,7 @@ from cloud_bridge.db import Repository, is_connection_error, one_line
 from cloud_bridge.db.errors import json_preview, text_problem
 from cloud_bridge.db.repository import RAW_CHARS
 from cloud_bridge.hooks import AfterStored, HookRunner
-from cloud_bridge.payloads import MAY_HOLD_BAD_TEXT, loads_bounded
+from cloud_bridge.payloads import MAY_HOLD_BAD_TEXT, loads_bounded, surely_within
 from o2o_protocol.limits import DEFAULT_LIMITS, Limits, check_json
 from o2o_protocol.messages import (
     Ack,
@@ -248,10 +248,12 @@ class EventSink:
         # Text no database keeps can only come from these bytes: without them (as in
         # every message a kiosk sends), no string needs looking at.
         text_check = MAY_HOLD_BAD_TEXT.search(payload) is not None
+        # A message of ordinary size and shape cannot hold a value over the limits.
+        walk = text_check or not surely_within(payload, self.limits)
         good: list[Event] = []
         refused: list[_Refused] = []
         for i, element in enumerate(items):
-            problem = self._over_limits(element, text_check=text_check)
+            problem = self._over_limits(element, text_check=text_check) if walk else None
             try:
                 # With its data set aside, the envelope shows whether it is a real event.
                 shell = element if problem is None else {**element, "data": {}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from cloud_bridge.payloads import surely_within
 from o2o_protocol.limits import (
     DEFAULT_LIMITS,
     LimitExceeded,
@@ -139,3 +141,45 @@ def test_refused_exactly_when_a_limit_is_exceeded(value: object) -> None:
         assert over(value, SMALL)
     else:
         assert not over(value, SMALL)
+
+
+ANY_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()  # NaN, infinities and exponents too: json.dumps writes them all
+    | st.text(max_size=80),
+    lambda c: st.lists(c, max_size=14) | st.dictionaries(st.text(max_size=70), c, max_size=14),
+    max_leaves=60,
+)
+SMALL = Limits(json_depth=4, string_chars=64, items=10, event_bytes=1024)
+
+
+@given(ANY_JSON, st.booleans(), st.booleans(), st.sampled_from([None, 1]))
+def test_a_message_taken_as_surely_within_the_limits_is(
+    value: object, as_batch: bool, ascii_only: bool, indent: int | None
+) -> None:
+    """The ingest's shortcut (no walk of each value) is taken only when the walk could
+    not have refused anything: written compact or not, escaped or not."""
+    elements = [value, value] if as_batch else [value]
+    payload = json.dumps(elements if as_batch else value, ensure_ascii=ascii_only, indent=indent)
+    if surely_within(payload.encode("utf-8", "surrogatepass"), SMALL):
+        for element in elements:
+            check_json(element, SMALL, what="event", max_bytes=SMALL.event_bytes)
+
+
+def test_an_ordinary_kiosk_message_takes_the_shortcut() -> None:
+    event = {
+        "id": "0190a3e4-5b6c-7d8e-9f00-1a2b3c4d5e6f",
+        "seq": 1234,
+        "type": "checkin",
+        "ts": "2026-12-01T09:30:00.123456Z",
+        "store": "east",
+        "kiosk": "east1",
+        "data": {"member_id": "u123", "name": "王小明", "points_earned": 10, "points": 120.5},
+    }
+    payload = json.dumps([event] * 4, ensure_ascii=False).encode()
+    assert surely_within(payload, DEFAULT_LIMITS)
+    for risky in (b"1e999", b"NaN", b"-Infinity"):
+        assert not surely_within(payload.replace(b"120.5", risky), DEFAULT_LIMITS)
+    assert not surely_within(json.dumps([event] * 40).encode(), DEFAULT_LIMITS)  # too big to tell
