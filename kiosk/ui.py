@@ -52,6 +52,10 @@ WINDOW_ENV = "O2O_UI_WINDOW"
 #: SDL video drivers that show something on a real screen. Without this list SDL falls
 #: back to its "offscreen" driver and the kiosk would run with an invisible window.
 SCREEN_DRIVERS = "x11,wayland,kmsdrm"
+#: Kivy's image loaders to use: SDL2_image reads every image the screens show (Kivy's own
+#: atlases, the sign-up QR's PNG). Kivy's default list also imports Pillow (its fallback
+#: loader), about 4.5 MB of the UI process for nothing.
+IMAGE_PROVIDERS = "tex,dds,sdl2"
 
 T = TypeVar("T")
 
@@ -252,6 +256,7 @@ def _prepare_kivy() -> None:
     if not debug:
         logging.getLogger("kivy").setLevel(logging.WARNING)
     os.environ.setdefault("KIVY_WINDOW", "sdl2")  # the x11 fallback prints and exits
+    os.environ.setdefault("KIVY_IMAGE", IMAGE_PROVIDERS)
     os.environ.setdefault("SDL_VIDEODRIVER", SCREEN_DRIVERS)
     logging.getLogger("kivy").addFilter(_quiet_window_failure)
 
