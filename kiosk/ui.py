@@ -320,6 +320,10 @@ def _configure_window() -> None:
 
     Config.set("kivy", "exit_on_escape", "0")  # a keyboard left plugged in must not quit
     Config.set("input", "mouse", "mouse,disable_multitouch")
+    # No multisample buffers: a 4x copy of the window's colour and depth buffers (30 MB
+    # of this process under Mesa's software GL). The screens' shapes smooth their own
+    # edges (kiosk.screens.shapes).
+    Config.set("graphics", "multisamples", "0")
     size = os.environ.get(WINDOW_ENV, "")
     if match := re.fullmatch(r"(\d+)x(\d+)", size.strip()):
         Config.set("graphics", "fullscreen", "0")

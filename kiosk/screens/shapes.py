@@ -1,0 +1,113 @@
+"""Shapes with smooth edges drawn without multisampling, for the .kv rules.
+
+The window has no multisample buffers (`kiosk.ui`: a 4x copy of the window's colour and
+depth buffers, some 30 MB of the UI process under Mesa's software GL). The screens' shapes
+soften their own edges instead: `SmoothRoundedRectangle` for panels and buttons, and
+`RoundLine` for strokes, since Kivy's `SmoothLine` has no round caps or joints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from kivy.factory import Factory
+from kivy.graphics import InstructionGroup, SmoothLine
+
+#: `SmoothLine`'s soft edge lies inside its width, so a line of the same width looks a
+#: little thinner than Kivy's `Line`; this much wider, it covers the same pixels.
+SOFT_EDGE = 1 / 3
+
+
+class RoundLine(InstructionGroup):
+    """A polyline (`points`) or a ring (`circle`: x, y, radius) of `width` (as Kivy's
+    `Line`: the stroke is twice as thick), with round caps and joints and smooth edges:
+    a `SmoothLine` per segment, and on every corner a disc (a `SmoothLine` ring with no
+    hole). Draw it in an opaque colour: where parts overlap, a translucent one would show
+    twice."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self._points: list[float] = []
+        self._circle: tuple[float, ...] = ()
+        self._width = 1.0
+        self._close = False
+        self._kinds: list[str] = []
+        self._lines: list[Any] = []
+        self._discs: list[Any] = []
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+
+    @property
+    def points(self) -> list[float]:
+        return self._points
+
+    @points.setter
+    def points(self, value: Any) -> None:
+        self._points = [float(v) for v in value]
+        self._build()
+
+    @property
+    def circle(self) -> tuple[float, ...]:
+        return self._circle
+
+    @circle.setter
+    def circle(self, value: Any) -> None:
+        self._circle = tuple(float(v) for v in value)
+        self._build()
+
+    @property
+    def width(self) -> float:
+        return self._width
+
+    @width.setter
+    def width(self, value: float) -> None:
+        self._width = float(value)
+        self._build()
+
+    @property
+    def close(self) -> bool:
+        return self._close
+
+    @close.setter
+    def close(self, value: bool) -> None:
+        self._close = bool(value)
+        self._build()
+
+    def _build(self) -> None:
+        """Move the parts to the new shape; new parts only when their number changes
+        (each `SmoothLine` makes a texture of its own: not on every layout pass)."""
+        w = self._width
+        lines: list[dict[str, Any]] = []
+        discs: list[tuple[float, float]] = []
+        if len(self._circle) == 3:
+            lines.append({"circle": self._circle})
+        elif len(self._points) >= 4:
+            points = self._points
+            discs = list(zip(points[::2], points[1::2], strict=True))
+            ends = discs[1:] + discs[:1] if self._close else discs[1:]
+            # A line per segment: one SmoothLine through all the corners would meet in
+            # mitred points, sharper and longer than round joints.
+            lines = [{"points": [*a, *b]} for a, b in zip(discs, ends, strict=False)]
+        kinds = [next(iter(line)) for line in lines] + ["disc"] * len(discs)
+        if kinds != self._kinds:
+            # noadd: made while the .kv rules fill a widget's canvas, the parts would
+            # also land in that canvas on their own.
+            self.clear()
+            self._lines = [SmoothLine(noadd=True, **line) for line in lines]
+            self._discs = [SmoothLine(noadd=True) for _ in discs]
+            for part in [*self._lines, *self._discs]:
+                self.add(part)
+            self._kinds = kinds
+        for part, line in zip(self._lines, lines, strict=True):
+            for key, value in line.items():
+                setattr(part, key, value)
+            part.width = w + SOFT_EDGE
+        for disc, (x, y) in zip(self._discs, discs, strict=True):
+            # A segment per pixel of the rim: Kivy's default of 180 per circle, on every
+            # corner of every star, costs MBs of vertices under software GL.
+            disc.circle = (x, y, w / 2, 0, 360, max(12, round(2 * math.pi * w)))
+            disc.width = w / 2 + SOFT_EDGE
+
+
+Factory.register("RoundLine", cls=RoundLine)
