@@ -17,6 +17,8 @@ from kivy.graphics import InstructionGroup, SmoothLine
 #: `SmoothLine`'s soft edge lies inside its width, so a line of the same width looks a
 #: little thinner than Kivy's `Line`; this much wider, it covers the same pixels.
 SOFT_EDGE = 1 / 3
+#: How far (px) a mitred corner may stick out past a round one.
+MITRE_PX = 0.75
 
 
 class RoundLine(InstructionGroup):
@@ -83,12 +85,8 @@ class RoundLine(InstructionGroup):
         if len(self._circle) == 3:
             lines.append({"circle": self._circle})
         elif len(self._points) >= 4:
-            points = self._points
-            discs = list(zip(points[::2], points[1::2], strict=True))
-            ends = discs[1:] + discs[:1] if self._close else discs[1:]
-            # A line per segment: one SmoothLine through all the corners would meet in
-            # mitred points, sharper and longer than round joints.
-            lines = [{"points": [*a, *b]} for a, b in zip(discs, ends, strict=False)]
+            runs, discs = _runs(self._points, w, self._close)
+            lines = [{"points": run} for run in runs]
         kinds = [next(iter(line)) for line in lines] + ["disc"] * len(discs)
         if kinds != self._kinds:
             # noadd: made while the .kv rules fill a widget's canvas, the parts would
@@ -108,6 +106,42 @@ class RoundLine(InstructionGroup):
             # corner of every star, costs MBs of vertices under software GL.
             disc.circle = (x, y, w / 2, 0, 360, max(12, round(2 * math.pi * w)))
             disc.width = w / 2 + SOFT_EDGE
+
+
+def _runs(
+    points: list[float], w: float, close: bool
+) -> tuple[list[list[float]], list[tuple[float, float]]]:
+    """A polyline cut at its sharp corners into runs (each one `SmoothLine`), and where
+    its discs go: the cuts and the open ends. `SmoothLine` mitres the corners within a
+    run, which is as good as round while the mitre sticks out less than `MITRE_PX`; a
+    sharper corner gets a disc instead (fewer parts: each costs memory under software GL)."""
+    corners: list[tuple[float, float]] = []
+    for xy in zip(points[::2], points[1::2], strict=True):
+        if not corners or xy != corners[-1]:  # a segment of no length has no direction
+            corners.append(xy)
+    if close and len(corners) > 1 and corners[0] == corners[-1]:
+        corners.pop()
+    n = len(corners)
+    if n < 2:
+        return [], []
+
+    def sharp(i: int) -> bool:
+        (ax, ay), (bx, by), (cx, cy) = corners[i - 1], corners[i], corners[(i + 1) % n]
+        turn = abs(
+            math.remainder(math.atan2(cy - by, cx - bx) - math.atan2(by - ay, bx - ax), math.tau)
+        )
+        return turn >= math.pi / 2 or w * (1 / math.cos(turn / 2) - 1) > MITRE_PX
+
+    inner = range(n) if close else range(1, n - 1)
+    cuts = [i for i in inner if sharp(i)]
+    if not close:
+        cuts = [0, *cuts, n - 1]
+    elif not cuts:
+        return [[c for xy in corners + corners[:1] for c in xy]], []
+    runs = []
+    for a, b in zip(cuts, cuts[1:] + ([cuts[0] + n] if close else []), strict=False):
+        runs.append([c for i in range(a, b + 1) for c in corners[i % n]])
+    return runs, [corners[i] for i in cuts]
 
 
 Factory.register("RoundLine", cls=RoundLine)
