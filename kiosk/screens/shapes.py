@@ -24,9 +24,9 @@ MITRE_PX = 0.75
 class RoundLine(InstructionGroup):
     """A polyline (`points`) or a ring (`circle`: x, y, radius) of `width` (as Kivy's
     `Line`: the stroke is twice as thick), with round caps and joints and smooth edges:
-    a `SmoothLine` per segment, and on every corner a disc (a `SmoothLine` ring with no
-    hole). Draw it in an opaque colour: where parts overlap, a translucent one would show
-    twice."""
+    `SmoothLine`s from one sharp corner to the next, and a disc (a `SmoothLine` ring with
+    no hole) on each sharp corner and open end. Draw it in an opaque colour: where parts
+    overlap, a translucent one would show twice."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
@@ -86,7 +86,9 @@ class RoundLine(InstructionGroup):
             lines.append({"circle": self._circle})
         elif len(self._points) >= 4:
             runs, discs = _runs(self._points, w, self._close)
-            lines = [{"points": run} for run in runs]
+            # A closed line without a sharp corner is one run that closes on itself.
+            whole = self._close and not discs
+            lines = [{"points": run, "close": whole} for run in runs]
         kinds = [next(iter(line)) for line in lines] + ["disc"] * len(discs)
         if kinds != self._kinds:
             # noadd: made while the .kv rules fill a widget's canvas, the parts would
@@ -137,7 +139,7 @@ def _runs(
     if not close:
         cuts = [0, *cuts, n - 1]
     elif not cuts:
-        return [[c for xy in corners + corners[:1] for c in xy]], []
+        return [[c for xy in corners for c in xy]], []
     runs = []
     for a, b in zip(cuts, cuts[1:] + ([cuts[0] + n] if close else []), strict=False):
         runs.append([c for i in range(a, b + 1) for c in corners[i % n]])
