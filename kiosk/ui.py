@@ -52,6 +52,10 @@ WINDOW_ENV = "O2O_UI_WINDOW"
 #: SDL video drivers that show something on a real screen. Without this list SDL falls
 #: back to its "offscreen" driver and the kiosk would run with an invisible window.
 SCREEN_DRIVERS = "x11,wayland,kmsdrm"
+#: Kivy's image loaders to use: SDL2_image reads every image the screens show (Kivy's own
+#: atlases, the sign-up QR's PNG). Kivy's default list also imports Pillow (its fallback
+#: loader), about 4.5 MB of the UI process for nothing.
+IMAGE_PROVIDERS = "tex,dds,sdl2"
 
 T = TypeVar("T")
 
@@ -252,6 +256,7 @@ def _prepare_kivy() -> None:
     if not debug:
         logging.getLogger("kivy").setLevel(logging.WARNING)
     os.environ.setdefault("KIVY_WINDOW", "sdl2")  # the x11 fallback prints and exits
+    os.environ.setdefault("KIVY_IMAGE", IMAGE_PROVIDERS)
     os.environ.setdefault("SDL_VIDEODRIVER", SCREEN_DRIVERS)
     logging.getLogger("kivy").addFilter(_quiet_window_failure)
 
@@ -315,6 +320,10 @@ def _configure_window() -> None:
 
     Config.set("kivy", "exit_on_escape", "0")  # a keyboard left plugged in must not quit
     Config.set("input", "mouse", "mouse,disable_multitouch")
+    # No multisample buffers: a 4x copy of the window's colour and depth buffers (30 MB
+    # of this process under Mesa's software GL). The screens' shapes smooth their own
+    # edges (kiosk.screens.shapes).
+    Config.set("graphics", "multisamples", "0")
     size = os.environ.get(WINDOW_ENV, "")
     if match := re.fullmatch(r"(\d+)x(\d+)", size.strip()):
         Config.set("graphics", "fullscreen", "0")

@@ -547,6 +547,31 @@ def test_screenshots_of_every_screen(reports: Callable[[str], dict[str, Any]]) -
         assert float(image.std()) > 10, f"{key} is (nearly) uniform"
 
 
+def test_the_result_icon_has_smooth_edges(reports: Callable[[str], dict[str, Any]]) -> None:
+    """The window has no multisample buffers (they cost 30 MB): the icon's ring and cross
+    soften their own edges, so they show no stairs."""
+    import cv2
+    import numpy as np
+
+    image = cv2.imread(reports(SHOT_SIZE)["shots"]["refused_malformed_en"]).astype(float)
+    ink, red = np.array(INK[2::-1]) * 255, np.array(NO_RED[2::-1]) * 255  # BGR
+    inked = (np.abs(image - ink).max(axis=2) < 12).astype(np.uint8)
+    stats = cv2.connectedComponentsWithStats(inked)[2]
+    rings = [
+        i
+        for i, (_, _, w, h, _) in enumerate(stats)
+        if i and w > 40 and 0.8 < w / h < 1.25  # the ring: wide, square; text is smaller
+    ]
+    assert rings, "no ring drawn on the refusal screen"
+    x, y, w, h, _ = stats[max(rings, key=lambda i: stats[i][2] * stats[i][3])]
+    box = image[y : y + h, x : x + w].reshape(-1, 3)
+    # How far each pixel is from red towards the ink: an edge pixel lies in between.
+    t = (box - red) @ (ink - red) / float((ink - red) @ (ink - red))
+    on_the_way = np.abs(box - (red + np.outer(t, ink - red))).max(axis=1) < 12
+    edges = int((on_the_way & (t > 0.15) & (t < 0.85)).sum())
+    assert edges > 200, f"only {edges} blended edge pixels round the icon: stairs"
+
+
 def test_the_locker_number_is_the_largest_text_on_the_pickup_screen(
     layout: dict[str, Any],
 ) -> None:

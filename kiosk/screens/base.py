@@ -19,6 +19,7 @@ from kivy.uix.label import Label
 from kivy.uix.screenmanager import Screen
 from kivy.uix.widget import Widget
 
+from kiosk.screens import shapes  # noqa: F401  (RoundLine, for the .kv rules)
 from kiosk.screens.palette import AMBER, INK, NAVY
 
 START = "start"
