@@ -140,6 +140,29 @@ def test_batch_is_acked_after_it_is_stored_and_resend_is_stored_once(
     assert repo.count_events() == 3
 
 
+def test_a_resend_of_what_this_worker_stored_is_acked_without_the_database(
+    bridge: BridgeRuntime, kiosk: Peer, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kiosk re-sends what waited too long for its ack (most of all while the bridge is
+    behind): a copy of an event this worker has committed costs no database trip."""
+    real = repo._insert_events
+    inserted: list[set[str]] = []
+
+    def counted(session: Any, values: list[dict[str, Any]]) -> set[str]:
+        inserted.append({v["id"] for v in values})
+        return real(session, values)
+
+    monkeypatch.setattr(repo, "_insert_events", counted)
+    batch = events(3)
+    kiosk.publish(EVENTS_K1, dumps(batch))
+    assert sorted(acked_ids(kiosk, 3)) == sorted(e.id for e in batch)
+    [later] = events(1, start_seq=4)
+    kiosk.publish(EVENTS_K1, dumps([*batch[1:], later]))  # two re-sent, one new
+    assert sorted(acked_ids(kiosk, 3)) == sorted([batch[1].id, batch[2].id, later.id])
+    assert inserted == [{e.id for e in batch}, {later.id}]
+    assert repo.count_events() == 4
+
+
 def test_junk_is_dropped_and_good_events_still_flow(
     bridge: BridgeRuntime, kiosk: Peer, repo: Repository
 ) -> None:
