@@ -176,11 +176,7 @@ def test_fuzzed_kiosk_never_stops_the_good_one(
     bridge.start()
     assert bridge.wait_ready(10)
     good = GoodKiosk(mosquitto_broker)
-    gc.collect()
-    tracemalloc.start()
-    baseline = tracemalloc.get_traced_memory()[0]
-    good.start()
-    started = time.monotonic()
+    junk: list[tuple[str, bytes]] = []
 
     @settings(
         max_examples=EXAMPLES,
@@ -191,12 +187,22 @@ def test_fuzzed_kiosk_never_stops_the_good_one(
         suppress_health_check=list(HealthCheck),
     )
     @given(payloads())
-    def publish_junk(message: tuple[str, bytes]) -> None:
-        leaf, payload = message
-        bad.client.publish(topic("bad", leaf), payload, qos=1).wait_for_publish(10)
+    def make_junk(message: tuple[str, bytes]) -> None:
+        junk.append(message)
+
+    make_junk()  # before the clock starts: the waits are the bridge's, not the generator's
+    gc.collect()
+    tracemalloc.start()
+    baseline = tracemalloc.get_traced_memory()[0]
+    good.start()
+    started = time.monotonic()
 
     try:
-        publish_junk()
+        passes = 0  # again while the good kiosk has sent too few to judge (a fast machine)
+        while passes < 20 and (passes == 0 or len(good.sent) < 10):
+            for leaf, payload in junk:
+                bad.client.publish(topic("bad", leaf), payload, qos=1).wait_for_publish(10)
+            passes += 1
         elapsed = time.monotonic() - started
         junk_done = time.monotonic()
         # A fast machine sends the junk in a few seconds: keep the good kiosk going until
@@ -226,8 +232,9 @@ def test_fuzzed_kiosk_never_stops_the_good_one(
         rejected = repo.rejected_events(store=STORE, limit=None)
         assert rejected and all(len(r.raw) < 9000 for r in rejected)
         print(
-            f"fuzz: {EXAMPLES} junk messages in {elapsed:.1f}s, {len(good.sent)} good events"
-            f" acked (longest wait {good.longest_wait():.2f}s), {len(rejected)} quarantined,"
+            f"fuzz: {EXAMPLES} junk messages x {passes} in {elapsed:.1f}s,"
+            f" {len(good.sent)} good events acked (longest wait {good.longest_wait():.2f}s),"
+            f" {len(rejected)} quarantined,"
             f" peak {(peak - baseline) / 2**20:.0f} MiB"
         )
     finally:
