@@ -91,16 +91,26 @@ _NUMBER_RISK = re.compile(rb"\d[eE]|NaN|Infinity")
 
 
 def surely_within(payload: bytes | bytearray, limits: Limits) -> bool:
-    """Whether no value in this payload can break `limits`, read off its bytes at C
-    speed, so a message of ordinary size and shape skips the walk of every value
-    (`check_json`). True only when it cannot be otherwise: a string or key longer than
-    `string_chars`, an array or object of more than `items`, takes more bytes than
-    the payload has; nothing nests deeper than `json_depth`; no number can be infinite
-    or print longer (compact JSON writes no value longer than the payload held it, but
-    for floats that print a few digits longer, hence half of `event_bytes`)."""
-    if len(payload) > min(limits.string_chars, 2 * limits.items, limits.event_bytes // 2):
+    """Whether no value in this payload can break `limits`, but for an envelope's size,
+    read off its bytes at C speed, so a message of ordinary shape skips the walk of every
+    value (`check_json`). True only when it cannot be otherwise:
+
+    - no string or key is longer than `string_chars`: the payload is no longer, or with
+      no escaped quote in it every string lies whole between two quotes;
+    - no array or object has more than `items`: it would need as many commas;
+    - nothing nests deeper than `json_depth`;
+    - no number can be infinite or print much longer than it was written (no exponent,
+      NaN or Infinity outside strings).
+
+    The size of each envelope (`event_bytes`) is left to the caller: compact JSON writes
+    no value of such a payload longer than about the payload held it, so one no longer
+    than half of `event_bytes` needs no count."""
+    data = bytes(payload)
+    if len(data) > limits.string_chars and (
+        b'\\"' in data or max(map(len, data.split(b'"'))) > limits.string_chars
+    ):
         return False
-    structure = _STRING.sub(b"", bytes(payload))
-    if _NUMBER_RISK.search(structure):
+    structure = _STRING.sub(b"", data)
+    if structure.count(b",") >= limits.items or _NUMBER_RISK.search(structure):
         return False
     return not _nested_deeper(structure, limits.json_depth, strings_out=True)

@@ -50,7 +50,7 @@ from cloud_bridge.db.errors import json_preview, text_problem
 from cloud_bridge.db.repository import RAW_CHARS
 from cloud_bridge.hooks import AfterStored, HookRunner
 from cloud_bridge.payloads import MAY_HOLD_BAD_TEXT, loads_bounded, surely_within
-from o2o_protocol.limits import DEFAULT_LIMITS, Limits, check_json
+from o2o_protocol.limits import DEFAULT_LIMITS, Limits, check_json, check_size
 from o2o_protocol.messages import (
     Ack,
     Event,
@@ -255,12 +255,17 @@ class EventSink:
         # Text no database keeps can only come from these bytes: without them (as in
         # every message a kiosk sends), no string needs looking at.
         text_check = MAY_HOLD_BAD_TEXT.search(payload) is not None
-        # A message of ordinary size and shape cannot hold a value over the limits.
+        # A message of ordinary shape cannot hold a value over the limits; only a long one
+        # needs each envelope's size counted.
         walk = text_check or not surely_within(payload, self.limits)
+        count = not walk and len(payload) > self.limits.event_bytes // 2
         good: list[Event] = []
         refused: list[_Refused] = []
         for i, element in enumerate(items):
-            problem = self._over_limits(element, text_check=text_check) if walk else None
+            if walk:
+                problem = self._over_limits(element, text_check=text_check)
+            else:
+                problem = self._over_size(element) if count else None
             try:
                 # With its data set aside, the envelope shows whether it is a real event.
                 shell = element if problem is None else {**element, "data": {}}
@@ -284,6 +289,16 @@ class EventSink:
             else:
                 good.append(event)
         return good, refused
+
+    def _over_size(self, element: Any) -> str | None:
+        """Why an envelope is too big (`event_bytes`, as compact JSON), or None."""
+        if not isinstance(element, dict):
+            return None  # not an envelope at all: the model says so
+        try:
+            check_size(element, self.limits.event_bytes, what="event")
+        except ValueError as exc:
+            return str(exc)
+        return None
 
     def _over_limits(self, element: Any, *, text_check: bool = True) -> str | None:
         """Why an envelope can never be stored (limits, text), or None."""

@@ -147,6 +147,24 @@ def test_huge_events_are_quarantined_with_a_bounded_preview(
         bridge.stop()
 
 
+def test_an_envelope_of_ordinary_shape_but_over_event_bytes_is_quarantined(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, repo: Repository, peers: dict[str, Peer]
+) -> None:
+    """Strings within `string_chars`, few items, shallow: only its size is over. The
+    quick read of the message's shape leaves that to be counted, envelope by envelope."""
+    bridge = start(config_with(tmp_path, mosquitto_broker), repo)
+    fat = envelope("bad", 1, {f"note{i}": "x" * 4000 for i in range(5)})  # ~20 KB
+    slim = envelope("bad", 2, {"member_id": "u1"})
+    try:
+        peers["bad"].publish(topic("bad"), json.dumps([slim, fat]).encode())
+        assert sorted(acked_ids(peers["bad"], 2)) == sorted([slim["id"], fat["id"]])
+        [q] = repo.rejected_events(store=STORE)
+        assert q.id == fat["id"] and "more than 16384" in q.error
+        assert [e.id for e in repo.events(kiosk="bad")] == [slim["id"]]
+    finally:
+        bridge.stop()
+
+
 def test_a_message_over_message_bytes_is_refused_unparsed(
     tmp_path: Path, mosquitto_broker: MosquittoBroker, repo: Repository, peers: dict[str, Peer]
 ) -> None:

@@ -163,9 +163,12 @@ def test_a_message_taken_as_surely_within_the_limits_is(
     not have refused anything: written compact or not, escaped or not."""
     elements = [value, value] if as_batch else [value]
     payload = json.dumps(elements if as_batch else value, ensure_ascii=ascii_only, indent=indent)
-    if surely_within(payload.encode("utf-8", "surrogatepass"), SMALL):
+    raw = payload.encode("utf-8", "surrogatepass")
+    if surely_within(raw, SMALL):
         for element in elements:
-            check_json(element, SMALL, what="event", max_bytes=SMALL.event_bytes)
+            check_json(element, SMALL, what="event")
+            if len(raw) <= SMALL.event_bytes // 2:  # longer: the ingest counts each size
+                check_size(element, SMALL.event_bytes, what="event")
 
 
 def test_an_ordinary_kiosk_message_takes_the_shortcut() -> None:
@@ -182,4 +185,8 @@ def test_an_ordinary_kiosk_message_takes_the_shortcut() -> None:
     assert surely_within(payload, DEFAULT_LIMITS)
     for risky in (b"1e999", b"NaN", b"-Infinity"):
         assert not surely_within(payload.replace(b"120.5", risky), DEFAULT_LIMITS)
-    assert not surely_within(json.dumps([event] * 40).encode(), DEFAULT_LIMITS)  # too big to tell
+    assert surely_within(json.dumps([event] * 40).encode(), DEFAULT_LIMITS)  # a busy batch
+    many = json.dumps([event] * 200).encode()  # more commas than `items`: walked
+    assert not surely_within(many, DEFAULT_LIMITS)
+    long_name = json.dumps([{**event, "data": {"name": "x" * 5000}}]).encode()
+    assert not surely_within(long_name, DEFAULT_LIMITS)
