@@ -38,6 +38,8 @@ GROUPED = {
 }
 #: Most items in one grouped command (the protocol's bound).
 GROUP_MAX = 1000
+#: `{"members":[`, `]}` and a comma, with room to spare.
+_GROUP_OVERHEAD = 24
 
 
 def grouped(
@@ -62,10 +64,6 @@ def grouped(
         for chunk in _chunks(sized, limits.command_bytes - _GROUP_OVERHEAD):
             out.append((kiosk, many, {field: chunk}))
     return out
-
-
-#: `{"members":[`, `]}` and a comma, with room to spare.
-_GROUP_OVERHEAD = 24
 
 
 def _chunks(sized: list[tuple[dict[str, Any], int]], room: int) -> Iterator[list[dict[str, Any]]]:

@@ -368,7 +368,8 @@ class EventSink:
             self._on_batch()
 
     def _remember(self, ids: Iterable[str]) -> None:
-        """Note ids as committed (stored now, or found stored), forgetting the oldest."""
+        """Note ids as done for good (stored now, found stored, or quarantined): a re-send
+        of one would be acked again whatever it met. The oldest are forgotten."""
         recent = self._recent
         recent.update(dict.fromkeys(ids))
         for old in list(itertools.islice(recent, max(0, len(recent) - RECENT_IDS))):
