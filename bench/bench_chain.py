@@ -483,8 +483,9 @@ def print_table(r: dict[str, Any]) -> None:
             d = x["db"]
             print(
                 f"  {x['workers']} worker(s): acked {x['acked']} (not acked after "
-                f"{DRAIN_S:.0f}s: {x['unacked']}), in the database {d['rows']} rows, "
-                f"{d['ids']} distinct ids, {d['seqs']} distinct (store, kiosk, seq)"
+                f"{DRAIN_S:.0f}s: {x['unacked']}; re-sent by the kiosks "
+                f"{x['full']['resent'] + x['half']['resent']}), in the database {d['rows']} "
+                f"rows, {d['ids']} distinct ids, {d['seqs']} distinct (store, kiosk, seq)"
             )
 
 
