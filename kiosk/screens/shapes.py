@@ -8,25 +8,26 @@ soften their own edges instead: `SmoothRoundedRectangle` for panels and buttons,
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
+import numpy as np
+from kivy.clock import Clock
 from kivy.factory import Factory
-from kivy.graphics import InstructionGroup, SmoothLine
-
-#: `SmoothLine`'s soft edge lies inside its width, so a line of the same width looks a
-#: little thinner than Kivy's `Line`; this much wider, it covers the same pixels.
-SOFT_EDGE = 1 / 3
-#: How far (px) a mitred corner may stick out past a round one.
-MITRE_PX = 0.75
+from kivy.graphics import InstructionGroup, Rectangle
+from kivy.graphics.texture import Texture
 
 
 class RoundLine(InstructionGroup):
     """A polyline (`points`) or a ring (`circle`: x, y, radius) of `width` (as Kivy's
-    `Line`: the stroke is twice as thick), with round caps and joints and smooth edges:
-    `SmoothLine`s from one sharp corner to the next, and a disc (a `SmoothLine` ring with
-    no hole) on each sharp corner and open end. Draw it in an opaque colour: where parts
-    overlap, a translucent one would show twice."""
+    `Line`: the stroke is twice as thick), with round caps and joints and smooth edges.
+
+    It is drawn into a texture of its own, one pixel per pixel, from each pixel's distance
+    to the line: one texture and one rectangle per shape. Built from Kivy's `SmoothLine`s
+    (one per run between sharp corners, and a disc on each corner), the start and result
+    screens' strokes were some two hundred draws, which cost about 4 MB under Mesa's
+    software GL. Put a `Color` before it: the texture is white, its alpha the coverage."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
@@ -34,9 +35,12 @@ class RoundLine(InstructionGroup):
         self._circle: tuple[float, ...] = ()
         self._width = 1.0
         self._close = False
-        self._kinds: list[str] = []
-        self._lines: list[Any] = []
-        self._discs: list[Any] = []
+        self._rect = Rectangle(size=(0, 0))
+        self.add(self._rect)
+        #: What the texture holds: the shape moved to the texture's origin, and its size.
+        self._drawn: tuple[Any, ...] = ()
+        # The .kv rules set one property at a time: draw once, before the next frame.
+        self._redraw = Clock.create_trigger(lambda _dt: self._draw(), -1)
         for key, value in kwargs.items():
             setattr(self, key, value)
 
@@ -47,7 +51,7 @@ class RoundLine(InstructionGroup):
     @points.setter
     def points(self, value: Any) -> None:
         self._points = [float(v) for v in value]
-        self._build()
+        self._redraw()
 
     @property
     def circle(self) -> tuple[float, ...]:
@@ -56,7 +60,7 @@ class RoundLine(InstructionGroup):
     @circle.setter
     def circle(self, value: Any) -> None:
         self._circle = tuple(float(v) for v in value)
-        self._build()
+        self._redraw()
 
     @property
     def width(self) -> float:
@@ -65,7 +69,7 @@ class RoundLine(InstructionGroup):
     @width.setter
     def width(self, value: float) -> None:
         self._width = float(value)
-        self._build()
+        self._redraw()
 
     @property
     def close(self) -> bool:
@@ -74,76 +78,65 @@ class RoundLine(InstructionGroup):
     @close.setter
     def close(self, value: bool) -> None:
         self._close = bool(value)
-        self._build()
+        self._redraw()
 
-    def _build(self) -> None:
-        """Move the parts to the new shape; new parts only when their number changes
-        (each `SmoothLine` makes a texture of its own: not on every layout pass)."""
-        w = self._width
-        lines: list[dict[str, Any]] = []
-        discs: list[tuple[float, float]] = []
-        if len(self._circle) == 3:
-            lines.append({"circle": self._circle})
+    def _draw(self) -> None:
+        w, ring = self._width, len(self._circle) == 3
+        if ring:
+            cx, cy, r = self._circle
+            xs, ys = [cx - r, cx + r], [cy - r, cy + r]
         elif len(self._points) >= 4:
-            runs, discs = _runs(self._points, w, self._close)
-            # A closed line without a sharp corner is one run that closes on itself.
-            whole = self._close and not discs
-            lines = [{"points": run, "close": whole} for run in runs]
-        kinds = [next(iter(line)) for line in lines] + ["disc"] * len(discs)
-        if kinds != self._kinds:
-            # noadd: made while the .kv rules fill a widget's canvas, the parts would
-            # also land in that canvas on their own.
-            self.clear()
-            self._lines = [SmoothLine(noadd=True, **line) for line in lines]
-            self._discs = [SmoothLine(noadd=True) for _ in discs]
-            for part in [*self._lines, *self._discs]:
-                self.add(part)
-            self._kinds = kinds
-        for part, line in zip(self._lines, lines, strict=True):
-            for key, value in line.items():
-                setattr(part, key, value)
-            part.width = w + SOFT_EDGE
-        for disc, (x, y) in zip(self._discs, discs, strict=True):
-            # A segment per pixel of the rim: Kivy's default of 180 per circle, on every
-            # corner of every star, costs MBs of vertices under software GL.
-            disc.circle = (x, y, w / 2, 0, 360, max(12, round(2 * math.pi * w)))
-            disc.width = w / 2 + SOFT_EDGE
+            xs, ys = self._points[::2], self._points[1::2]
+        else:
+            self._rect.size = (0, 0)
+            return
+        margin = w + 1.0
+        x0, y0 = math.floor(min(xs) - margin), math.floor(min(ys) - margin)
+        size = (math.ceil(max(xs) + margin) - x0, math.ceil(max(ys) + margin) - y0)
+        # Moved to the texture's origin: the same shape elsewhere is the same texture.
+        circle = (cx - x0, cy - y0, r) if ring else ()
+        points = [] if ring else [v - (y0 if i % 2 else x0) for i, v in enumerate(self._points)]
+        key = (tuple(points), circle, w, self._close, size)
+        if key != self._drawn:
+            rgba = np.full((size[1], size[0], 4), 255, np.uint8)
+            rgba[..., 3] = coverage(points, circle, w, self._close, size)
+            texture = self._rect.texture
+            if texture is None or tuple(texture.size) != size:
+                texture = Texture.create(size=size, colorfmt="rgba")
+            texture.blit_buffer(rgba.tobytes(), colorfmt="rgba", bufferfmt="ubyte")
+            self._rect.texture = texture
+            self._drawn = key
+        self._rect.pos, self._rect.size = (x0, y0), size
 
 
-def _runs(
-    points: list[float], w: float, close: bool
-) -> tuple[list[list[float]], list[tuple[float, float]]]:
-    """A polyline cut at its sharp corners into runs (each one `SmoothLine`), and where
-    its discs go: the cuts and the open ends. `SmoothLine` mitres the corners within a
-    run, which is as good as round while the mitre sticks out less than `MITRE_PX`; a
-    sharper corner gets a disc instead (fewer parts: each costs memory under software GL)."""
-    corners: list[tuple[float, float]] = []
-    for xy in zip(points[::2], points[1::2], strict=True):
-        if not corners or xy != corners[-1]:  # a segment of no length has no direction
-            corners.append(xy)
-    if close and len(corners) > 1 and corners[0] == corners[-1]:
-        corners.pop()
-    n = len(corners)
-    if n < 2:
-        return [], []
-
-    def sharp(i: int) -> bool:
-        (ax, ay), (bx, by), (cx, cy) = corners[i - 1], corners[i], corners[(i + 1) % n]
-        turn = abs(
-            math.remainder(math.atan2(cy - by, cx - bx) - math.atan2(by - ay, bx - ax), math.tau)
-        )
-        return turn >= math.pi / 2 or w * (1 / math.cos(turn / 2) - 1) > MITRE_PX
-
-    inner = range(n) if close else range(1, n - 1)
-    cuts = [i for i in inner if sharp(i)]
-    if not close:
-        cuts = [0, *cuts, n - 1]
-    elif not cuts:
-        return [[c for xy in corners for c in xy]], []
-    runs = []
-    for a, b in zip(cuts, cuts[1:] + ([cuts[0] + n] if close else []), strict=False):
-        runs.append([c for i in range(a, b + 1) for c in corners[i % n]])
-    return runs, [corners[i] for i in cuts]
+def coverage(
+    points: list[float],
+    circle: tuple[float, ...],
+    w: float,
+    close: bool,
+    size: tuple[int, int],
+) -> Any:
+    """How much of each pixel (0-255, rows from the bottom) a stroke of half-thickness `w`
+    along the polyline `points` (or round the ring `circle`: x, y, radius) covers, in a
+    `size` texture whose origin is (0, 0): 255 within w - 0.5 of the line, fading to 0 at
+    w + 0.5, which makes round caps and joints and edges without stairs."""
+    cols, rows = size
+    px = np.arange(cols, dtype=np.float32) + 0.5
+    py = (np.arange(rows, dtype=np.float32) + 0.5)[:, None]
+    if circle:
+        cx, cy, r = circle
+        distance = np.abs(np.hypot(px - cx, py - cy) - r)
+    else:
+        corners = list(zip(points[::2], points[1::2], strict=True))
+        if close:
+            corners.append(corners[0])
+        distance = np.full((rows, cols), np.inf, np.float32)
+        for (ax, ay), (bx, by) in itertools.pairwise(corners):
+            dx, dy = bx - ax, by - ay
+            length2 = dx * dx + dy * dy
+            t = 0.0 if length2 == 0 else np.clip(((px - ax) * dx + (py - ay) * dy) / length2, 0, 1)
+            np.minimum(distance, np.hypot(px - ax - t * dx, py - ay - t * dy), out=distance)
+    return (np.clip(w + 0.5 - distance, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 Factory.register("RoundLine", cls=RoundLine)
