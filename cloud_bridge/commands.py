@@ -52,9 +52,12 @@ def grouped(
     counts = Counter((kiosk, name) for kiosk, name, _ in items if name in GROUPED)
     out: list[tuple[str, str, dict[str, Any]]] = []
     groups: dict[tuple[str, str], list[tuple[dict[str, Any], int]]] = {}
+    sizes: dict[int, int] = {}  # one news for every door is one dict: measured once
     for kiosk, name, data in items:
         if counts.get((kiosk, name), 0) > ONE_BY_ONE:
-            size = json_bytes(data)
+            size = sizes.get(id(data))
+            if size is None:
+                size = sizes[id(data)] = json_bytes(data)
             if size + _GROUP_OVERHEAD <= limits.command_bytes:
                 groups.setdefault((kiosk, name), []).append((data, size))
                 continue

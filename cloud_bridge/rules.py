@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cloud_bridge.commands import CommandService, grouped
+from cloud_bridge.commands import CommandService, checked_command, grouped
 from cloud_bridge.db import Repository
 from cloud_bridge.db.records import StoredEvent, stored_event
 from cloud_bridge.db.tables import CommandRow, EventRow
@@ -80,8 +80,13 @@ class CouponUsedElsewhere:
         try:
             stored = self.repo.redemptions_of(self.store, [c for _, c in redeemed])
             kiosks = self.commands.kiosks(self.kiosks)
-            told = [cmd for e, c in redeemed for cmd in self._told(e, c, stored.get(c, []), kiosks)]
-            self.commands.send_many(grouped(told, limits=self.commands.limits))
+            told: list[tuple[str, str, dict[str, Any]]] = []
+            for e, c in redeemed:
+                news = self._told(e, c, stored.get(c, []), kiosks)
+                if news:  # one dict for every other door: checked once
+                    checked_command(news[0][1], news[0][2], limits=self.commands.limits)
+                told += news
+            self.commands.send_many(grouped(told, limits=self.commands.limits), checked=True)
             return
         except Exception:
             log.exception("could not pass on %d redemption(s) at once", len(redeemed))
