@@ -343,7 +343,8 @@ class Repository:
 
     def redemptions_of(self, store: str, coupon_ids: Sequence[str]) -> dict[str, list[StoredEvent]]:
         """`redemptions` for many coupons in one read (a batch's worth): each coupon's
-        stored redemptions in the order they arrived; a coupon with none is left out."""
+        stored redemptions in the order they arrived; a coupon with none is left out, as
+        is one whose id is too long to pass on (`tables.coupon_of`)."""
         found: dict[str, list[StoredEvent]] = {}
         ids = sorted(set(coupon_ids))
         with self._sessions() as session:
