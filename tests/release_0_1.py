@@ -147,9 +147,17 @@ def _checkin(
     return _event(n, kiosk, "checkin", at, {"member_id": member, "name": name, **data})
 
 
+def _redeemed(
+    n: int, kiosk: str, at: datetime, coupon: Any, *, store: str = STORE, **data: Any
+) -> dict[str, Any]:
+    return _event(
+        n, kiosk, "coupon.redeemed", at, {"coupon_id": coupon, "value": "10%", **data}, store=store
+    )
+
+
 #: The events of the shop: two kiosks, check-ins (one within the cool-down, one from an
-#: older kiosk that wrote no `counted`, one from a clock far ahead), a join, a coupon,
-#: refusals, another store.
+#: older kiosk that wrote no `counted`, one from a clock far ahead), a join, coupons (some
+#: redeemed twice, a visit card used too often), refusals, another store.
 EVENTS = [
     _checkin(1, "k1", _at(0), "ada", "Ada", visits=1, points_earned=10, points=10, counted=True),
     _checkin(
@@ -197,6 +205,20 @@ EVENTS = [
         **_checkin(12, "k2", _at(11), "bob", "Bob", points_earned=5, counted=True),
         "ts": datetime(2999, 1, 1, tzinfo=UTC),
     },
+    # Day 12: coupons redeemed twice (cp1 first on day 7), a visit card of two uses used
+    # three times, a refusal that names a coupon, redemptions whose coupon is no text of at
+    # most 256 characters (or none), the same coupon at another store.
+    _redeemed(13, "k2", _at(12), "cp1"),
+    _redeemed(14, "k1", _at(12, 1), "cp2"),
+    _redeemed(15, "k2", _at(12, 2), "cp2"),
+    _redeemed(16, "k1", _at(12, 3), "card-1", use=1, uses=2),
+    _redeemed(17, "k2", _at(12, 4), "card-1", use=2, uses=2),
+    _redeemed(18, "k1", _at(12, 5), "card-1", use=3, uses=2),
+    _event(19, "k1", "scan.rejected", _at(12, 6), {"reason": "already_used", "coupon_id": "cp2"}),
+    _redeemed(20, "k1", _at(12, 7), 42),
+    _event(21, "k2", "coupon.redeemed", _at(12, 8), {"value": "10%"}),
+    _redeemed(22, "k1", _at(12, 9), "x" * 300),
+    _redeemed(23, "k9", _at(12, 10), "cp2", store="s2"),
 ]
 
 #: What the upgrade must make of them, per (store, member).

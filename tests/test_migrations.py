@@ -14,7 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,8 @@ def test_the_bridge_works_on_an_upgraded_database(old_url: str) -> None:
         # The online side spends; the stats see the upgraded tables.
         assert members.change_points("ada", -40, "gift card").points == 0
         assert repo.today_stats(STORE)["overdrawn_members"] == 0
-        assert len(repo.events(store=STORE, limit=None)) == len(old.EVENTS)  # s2's not here
+        ours = [e for e in old.EVENTS if e["store"] == STORE]  # s2's are not here
+        assert len(repo.events(store=STORE, limit=None)) == len(ours) + 1  # and the visit
     finally:
         repo.close()
 
@@ -330,3 +331,51 @@ def test_the_upgrade_fills_the_insights_roll_ups_from_the_events(
     finally:
         repo.close()
         fresh.close()
+
+
+#: What migration 0006 puts in `events.coupon_id`, by event number: the coupon of each
+#: redemption whose `coupon_id` is text of at most 256 characters; nothing for a
+#: redemption of a number, of a longer id or of none, nor for a refusal naming a coupon.
+COUPONS = {
+    6: "cp1",
+    13: "cp1",
+    14: "cp2",
+    15: "cp2",
+    16: "card-1",
+    17: "card-1",
+    18: "card-1",
+    23: "cp2",
+}
+
+
+def test_the_upgrade_fills_each_redemptions_coupon(old_url: str) -> None:
+    """Migration 0006: the stored redemptions get their coupon in `events.coupon_id`, and
+    the figures that look coupons up by it count as they did from the JSON: on day 12
+    cp1 (first redeemed on day 7) and cp2 were each redeemed a second time, and the
+    visit card of two uses was used a third time; cp2 at the other store is its first
+    there. A batch of redemptions stored after the upgrade finds the earlier ones."""
+    repo = Repository.from_url(old_url)
+    try:
+        repo.migrate()
+        with repo.engine.connect() as conn:
+            got = dict(conn.execute(select(EventRow.id, EventRow.coupon_id)).all())
+        assert got == {event_id(n): COUPONS.get(n) for n in range(1, len(old.EVENTS) + 1)}
+
+        day_12 = old.START + timedelta(days=12, hours=12)
+        stats = repo.today_stats(STORE, now=day_12, zone=UTC)
+        assert (stats["redemptions"], stats["double_redemptions"], stats["card_overuses"]) == (
+            9,
+            2,
+            1,
+        )
+        assert stats["alerts"]["double_redemption"] is True
+        other = repo.today_stats("s2", now=day_12, zone=UTC)
+        assert (other["redemptions"], other["double_redemptions"]) == (1, 0)
+
+        found = repo.redemptions_of(STORE, ["cp1", "cp2", "card-1", "cp9"])
+        assert {c: [e.id for e in found[c]] for c in found} == {
+            c: [event_id(n) for n in sorted(COUPONS) if COUPONS[n] == c and n != 23]
+            for c in ("cp1", "cp2", "card-1")
+        }
+    finally:
+        repo.close()

@@ -194,11 +194,12 @@ def _overdrawn(session: Session, store: str) -> int:
 
 
 def _earlier_uses(first: Any) -> list[ColumnElement[bool]]:
-    """`first`: a redemption of the same code stored before this one."""
+    """`first`: a redemption of the same code stored before this one (an index range of
+    (store, coupon_id) per redemption, not a look into every one's JSON)."""
     return [
         first.store == EventRow.store,
+        first.coupon_id == EventRow.coupon_id,
         first.type == EventType.COUPON_REDEEMED.value,
-        first.data["coupon_id"].as_string() == EventRow.data["coupon_id"].as_string(),
         first.id != EventRow.id,
         or_(
             first.received_at < EventRow.received_at,
@@ -233,7 +234,7 @@ def _double_redemptions(dialect: str, store: str, in_today: tuple[ColumnElement[
         .where(
             *in_today,
             EventRow.type == EventType.COUPON_REDEEMED.value,
-            EventRow.data["coupon_id"].as_string().is_not(None),
+            EventRow.coupon_id.is_not(None),
             card_uses(dialect).is_(None),
             exists().where(*_earlier_uses(first)),
         )
@@ -252,7 +253,7 @@ def _card_overuses(dialect: str, store: str, in_today: tuple[ColumnElement[bool]
         .where(
             *in_today,
             EventRow.type == EventType.COUPON_REDEEMED.value,
-            EventRow.data["coupon_id"].as_string().is_not(None),
+            EventRow.coupon_id.is_not(None),
             uses.is_not(None),
             before.scalar_subquery() >= uses,
         )

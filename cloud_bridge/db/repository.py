@@ -67,7 +67,7 @@ from cloud_bridge.db.records import (
     plus_skew,
     stored_event,
 )
-from cloud_bridge.db.tables import CommandRow, EventRow, KioskRow, RejectedEventRow
+from cloud_bridge.db.tables import CommandRow, EventRow, KioskRow, RejectedEventRow, coupon_of
 from o2o_protocol.messages import Command, Event, EventType, Status
 from o2o_protocol.timeutil import parse_rfc3339
 
@@ -233,6 +233,7 @@ class Repository:
                     "ts": parse_rfc3339(e.ts),
                     "data": e.data,
                     "received_at": received,
+                    "coupon_id": coupon_of(e.type, e.data),
                 },
             )
         if not rows:
@@ -342,8 +343,8 @@ class Repository:
 
     def redemptions_of(self, store: str, coupon_ids: Sequence[str]) -> dict[str, list[StoredEvent]]:
         """`redemptions` for many coupons in one read (a batch's worth): each coupon's
-        stored redemptions in the order they arrived; a coupon with none is left out."""
-        coupon = EventRow.data["coupon_id"].as_string()
+        stored redemptions in the order they arrived; a coupon with none is left out, as
+        is one whose id is too long to pass on (`tables.coupon_of`)."""
         found: dict[str, list[StoredEvent]] = {}
         ids = sorted(set(coupon_ids))
         with self._sessions() as session:
@@ -353,12 +354,12 @@ class Repository:
                     .where(
                         EventRow.store == store,
                         EventRow.type == EventType.COUPON_REDEEMED.value,
-                        coupon.in_(ids[start : start + 500]),
+                        EventRow.coupon_id.in_(ids[start : start + 500]),  # an index range
                     )
                     .order_by(EventRow.received_at, EventRow.id)
                 )
                 for r in session.execute(stmt).all():
-                    found.setdefault(str(r.data["coupon_id"]), []).append(stored_event(r))
+                    found.setdefault(r.coupon_id, []).append(stored_event(r))
         return found
 
     def events(

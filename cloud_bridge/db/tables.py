@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from o2o_protocol.messages import EventType
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite has no zone type)."""
@@ -51,11 +53,17 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: UTCDateTime}
 
 
+#: Coupon ids the bridge can pass on to other doors (`coupon.used` takes up to 256
+#: characters; the codes it issues have 1-64).
+COUPON_ID = 256
+
+
 class EventRow(Base):
     __tablename__ = "events"
     __table_args__ = (
         Index("ix_events_store_ts", "store", "ts"),
         Index("ix_events_type", "type"),
+        Index("ix_events_store_coupon", "store", "coupon_id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -66,6 +74,20 @@ class EventRow(Base):
     ts: Mapped[datetime]
     data: Mapped[dict[str, Any]]
     received_at: Mapped[datetime]
+    #: A redemption's `data.coupon_id` (`coupon_of`), so finding a coupon's redemptions
+    #: is an index range, not a look into every redemption's JSON.
+    coupon_id: Mapped[str | None] = mapped_column(String(COUPON_ID))
+
+
+def coupon_of(type_: str, data: Any) -> str | None:
+    """What `events.coupon_id` holds: a `coupon.redeemed` event's `data.coupon_id` when it
+    is text of at most `COUPON_ID` characters, else NULL. Kiosks write a code's id there,
+    text; a number or a longer text is no coupon the bridge could tell other doors of, so
+    such a redemption is counted among the redemptions but never as a double one."""
+    if type_ != EventType.COUPON_REDEEMED or not isinstance(data, dict):
+        return None
+    coupon = data.get("coupon_id")
+    return coupon if isinstance(coupon, str) and len(coupon) <= COUPON_ID else None
 
 
 class KioskRow(Base):
