@@ -389,8 +389,6 @@ def simulate(
 #: As a kiosk's sync (kiosk/sync.py, kiosk/config.py): events per message, most unacked.
 LIVE_BATCH = 500
 MAX_IN_FLIGHT = 2000
-#: Each further re-send of one event waits twice as long as the one before, up to this.
-RESEND_MAX_S = 160.0
 #: How often the pacing loop makes the events that fell due and publishes them.
 TICK_S = 0.01
 #: Regular members per store in a live run: enough that a busy run still counts visits.
@@ -531,8 +529,7 @@ class _Mix:
 
 class _LiveKiosk:
     """One simulated kiosk: an outbox of envelopes, published in batches, removed when
-    an ack names them, re-sent when one waited `RESEND_S`, then twice as long each further
-    time up to `RESEND_MAX_S` (as kiosk/sync.py does)."""
+    an ack names them, re-sent when one waited `RESEND_S` (as kiosk/sync.py does)."""
 
     def __init__(self, store: str, kiosk: str, cfg: MqttConnection, first_seq: int) -> None:
         self.store, self.kiosk = store, kiosk
@@ -543,11 +540,8 @@ class _LiveKiosk:
         self.resent = 0
         self.rng = random.Random()  # seeded by `live`
         self.waiting: deque[tuple[dict[str, Any], float]] = deque()  # not yet published
-        #: id -> (envelope, recorded at, due again at, the wait that led there):
-        #: published, not acked.
-        self.in_flight: dict[str, tuple[dict[str, Any], float, float, float]] = {}
-        #: No entry of `in_flight` is due before this: most ticks need not look at them.
-        self.next_due = float("inf")
+        #: id -> (envelope, recorded at, last published at): published, not acked.
+        self.in_flight: dict[str, tuple[dict[str, Any], float, float]] = {}
         self.latencies: list[float] = []
         self.acked = 0
         self.counts: Counter[str] = Counter()
@@ -588,24 +582,18 @@ class _LiveKiosk:
     def pump(self, now: float) -> None:
         """Publish what waits, as room allows, and re-send what waited too long unacked."""
         with self._lock:
-            scan = now >= self.next_due
-            stale = [(i, e) for i, e in self.in_flight.items() if e[2] <= now] if scan else []
+            stale = [(i, e) for i, e in self.in_flight.items() if now - e[2] > RESEND_S]
             room = MAX_IN_FLIGHT - len(self.in_flight)
             fresh = []
             while self.waiting and room > 0:
                 envelope, recorded = self.waiting.popleft()
-                self.in_flight[envelope["id"]] = (envelope, recorded, now + RESEND_S, RESEND_S)
+                self.in_flight[envelope["id"]] = (envelope, recorded, now)
                 fresh.append(envelope)
                 room -= 1
-            for event_id, (envelope, recorded, _, wait) in stale:
-                wait = min(wait * 2, RESEND_MAX_S)
-                self.in_flight[event_id] = (envelope, recorded, now + wait, wait)
-            if scan:
-                self.next_due = min((e[2] for e in self.in_flight.values()), default=float("inf"))
-            elif fresh:
-                self.next_due = min(self.next_due, now + RESEND_S)
+            for event_id, (envelope, recorded, _) in stale:
+                self.in_flight[event_id] = (envelope, recorded, now)
         self.resent += len(stale)
-        batch = [e for _, (e, *_) in stale] + fresh
+        batch = [e for _, (e, _r, _s) in stale] + fresh
         for i in range(0, len(batch), LIVE_BATCH):
             payload = json.dumps(batch[i : i + LIVE_BATCH], separators=(",", ":")).encode()
             self.link.publish(self.topic, payload, qos=1)

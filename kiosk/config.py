@@ -37,8 +37,7 @@ _resolve = resolve_path
 class MqttSection(MqttConnection):
     #: Events per published batch while draining a backlog.
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 500
-    #: Un-acked events are published again after this long; each further time after
-    #: twice the wait before (kiosk/sync.py `RESEND_MAX_S` at most).
+    #: Un-acked events are published again after this long.
     resend_after_s: Annotated[float, Field(gt=0)] = 10.0
 
 

@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 
 #: At most this many events are in flight (published, not yet acked) at once.
 MAX_IN_FLIGHT = 2000
-#: Each further re-send of the same unacked event waits twice as long as the one before,
-#: up to this: a bridge that is behind is not sent the same backlog again and again, and
-#: an event that was truly lost still goes again within a couple of minutes.
-RESEND_MAX_S = 160.0
 STATUS_EVERY_S = 30.0
 
 T = TypeVar("T")
@@ -71,10 +67,9 @@ class Sync:
         self._wake = threading.Condition()
         self._acks: deque[list[str]] = deque()
         self._commands: deque[Command] = deque()
-        #: Event id -> (when it is due to be published again, the wait that led there).
-        #: The worker's alone: the network thread only raises `_resend_all`, so nobody
-        #: mutates it while the worker iterates it.
-        self._in_flight: dict[str, tuple[float, float]] = {}
+        #: Event id -> when it was last published. The worker's alone: the network thread
+        #: only raises `_resend_all`, so nobody mutates it while the worker iterates it.
+        self._in_flight: dict[str, float] = {}
         self._resend_all = False
         self._stopping = threading.Event()
         self._status_due = True
@@ -254,14 +249,15 @@ class Sync:
 
     def _publish_pending(self) -> None:
         now = time.monotonic()
-        room = MAX_IN_FLIGHT - sum(1 for due, _ in self._in_flight.values() if due > now)
+        stale = now - self.cfg.resend_after_s
+        room = MAX_IN_FLIGHT - sum(1 for t in self._in_flight.values() if t > stale)
         if room <= 0:
             return
         batch: list[dict[str, Any]] = []
         size = min(self.cfg.batch_size, room)
         for event in self.db.pending_raw(limit=MAX_IN_FLIGHT):
             sent = self._in_flight.get(event["id"])
-            if sent is not None and sent[0] > now:
+            if sent is not None and sent > stale:
                 continue
             batch.append(event)
             if len(batch) >= size:
@@ -280,11 +276,8 @@ class Sync:
         info = self._link.publish(self._t_events, payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return  # not connected after all; the next connection sends them
-        first = self.cfg.resend_after_s
         for event in batch:
-            sent = self._in_flight.get(event["id"])
-            wait = first if sent is None else min(max(sent[1] * 2, first), RESEND_MAX_S)
-            self._in_flight[event["id"]] = (now + wait, wait)
+            self._in_flight[event["id"]] = now
 
     def _status(self, *, online: bool) -> dict[str, Any]:
         return {

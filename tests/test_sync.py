@@ -11,7 +11,6 @@ The helpers here (`Bridge`, `Watcher`, `queue_events`, `KioskProcess`, ...) are 
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import queue
@@ -395,39 +394,6 @@ def test_outbox_drains_in_order_and_only_on_acks(
     finally:
         kiosk.sync.stop()
         bridge.close()
-        wire.close()
-
-
-def test_an_unacked_event_is_sent_again_later_each_time(
-    mosquitto_broker: MosquittoBroker, store: KioskDB
-) -> None:
-    """A bridge that is behind is not sent the same backlog every few seconds: each re-send
-    of an unacked event waits twice as long as the one before (docs/mqtt.md, Delivery)."""
-    wire = Watcher(mosquitto_broker.port, topics.kiosk_topic(STORE, KIOSK, topics.EVENTS))
-    sync = Sync(kiosk_mqtt(mosquitto_broker.url, resend_after_s=1.0), store, version="9")
-    try:
-        sync.start()
-        assert sync.wait_connected(TIMEOUT)
-        [event_id] = queue_events(store, 1)
-        sync.notify()
-        sent: list[float] = []
-
-        def published(times: int) -> Callable[[], bool]:
-            def check() -> bool:
-                for _topic, payload, _r in wire.drain():
-                    if any(e["id"] == event_id for e in json.loads(payload)):
-                        sent.append(time.monotonic())
-                return len(sent) >= times
-
-            return check
-
-        wait_until(published(4), what="the unacked event to be sent four times")
-        gaps = [b - a for a, b in itertools.pairwise(sent)]
-        # Due after 1 s, then 2 s, then 4 s (the worker looks at least every 0.5 s).
-        assert gaps[0] >= 0.9 and gaps[1] >= 1.9 and gaps[2] >= 3.9, gaps
-        assert gaps[0] < gaps[1] < gaps[2], gaps
-    finally:
-        sync.stop()
         wire.close()
 
 
