@@ -542,6 +542,8 @@ class _LiveKiosk:
         self.waiting: deque[tuple[dict[str, Any], float]] = deque()  # not yet published
         #: id -> (envelope, recorded at, last published at): published, not acked.
         self.in_flight: dict[str, tuple[dict[str, Any], float, float]] = {}
+        #: None of `in_flight` is due for a re-send before this: most ticks skip the look.
+        self.next_due = float("inf")
         self.latencies: list[float] = []
         self.acked = 0
         self.counts: Counter[str] = Counter()
@@ -582,7 +584,9 @@ class _LiveKiosk:
     def pump(self, now: float) -> None:
         """Publish what waits, as room allows, and re-send what waited too long unacked."""
         with self._lock:
-            stale = [(i, e) for i, e in self.in_flight.items() if now - e[2] > RESEND_S]
+            stale = []
+            if scan := now >= self.next_due:
+                stale = [(i, e) for i, e in self.in_flight.items() if now - e[2] > RESEND_S]
             room = MAX_IN_FLIGHT - len(self.in_flight)
             fresh = []
             while self.waiting and room > 0:
@@ -592,6 +596,11 @@ class _LiveKiosk:
                 room -= 1
             for event_id, (envelope, recorded, _) in stale:
                 self.in_flight[event_id] = (envelope, recorded, now)
+            if scan:
+                oldest = min((e[2] for e in self.in_flight.values()), default=float("inf"))
+                self.next_due = oldest + RESEND_S
+            elif fresh:
+                self.next_due = min(self.next_due, now + RESEND_S)
         self.resent += len(stale)
         batch = [e for _, (e, _r, _s) in stale] + fresh
         for i in range(0, len(batch), LIVE_BATCH):
