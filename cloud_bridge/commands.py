@@ -64,18 +64,21 @@ def grouped(
         out.append((kiosk, name, data))  # one that fits only alone stays alone
     for (kiosk, name), sized in groups.items():
         many, field = GROUPED[name]
-        for chunk in _chunks(sized, limits.command_bytes - _GROUP_OVERHEAD):
+        most = min(GROUP_MAX, limits.items)  # a shop's `items` limit holds for the list too
+        for chunk in _chunks(sized, limits.command_bytes - _GROUP_OVERHEAD, most):
             out.append((kiosk, many, {field: chunk}))
     return out
 
 
-def _chunks(sized: list[tuple[dict[str, Any], int]], room: int) -> Iterator[list[dict[str, Any]]]:
+def _chunks(
+    sized: list[tuple[dict[str, Any], int]], room: int, most: int
+) -> Iterator[list[dict[str, Any]]]:
     """The items in runs whose sizes (with a comma each) fit `room` bytes, and at most
-    `GROUP_MAX` items."""
+    `most` items."""
     chunk: list[dict[str, Any]] = []
     used = 0
     for data, size in sized:
-        if chunk and (used + size + 1 > room or len(chunk) == GROUP_MAX):
+        if chunk and (used + size + 1 > room or len(chunk) == most):
             yield chunk
             chunk, used = [], 0
         chunk.append(data)

@@ -86,6 +86,7 @@ def _drive(out: Path) -> dict[str, Any]:
                     "shown": all(s.get_root_window() is not None for s in result.star_buttons),
                 }
             )
+            report["strokes"] = on_ui(lambda: _strokes(app))
         except BaseException:
             report["error"] = traceback.format_exc()
         finally:
@@ -94,6 +95,31 @@ def _drive(out: Path) -> dict[str, Any]:
     app.bind(on_start=lambda *_: threading.Thread(target=scenario, daemon=True).start())
     app.run()
     return report
+
+
+def _strokes(app: Any) -> dict[str, int]:
+    """The start and result screens' `RoundLine` strokes, and how many of them are drawn
+    more than once (each is one textured rectangle; a second copy hardens its edges)."""
+    from kivy.graphics import Canvas
+
+    from kiosk.screens.shapes import RoundLine
+
+    def every(instruction: Any) -> Any:
+        """The instruction and all it holds (a widget's canvas holds its children's)."""
+        yield instruction
+        if isinstance(instruction, Canvas):
+            yield from every(instruction.before)
+            for child in instruction.children:
+                yield from every(child)
+            yield from every(instruction.after)
+        else:
+            for child in getattr(instruction, "children", ()):
+                yield from every(child)
+
+    drawn = [i for name in ("start", "result") for i in every(app.root.get_screen(name).canvas)]
+    strokes = [i for i in drawn if isinstance(i, RoundLine)]
+    twice = [line for line in strokes if sum(i is line._rect for i in drawn) != 1]
+    return {"strokes": len(strokes), "drawn_twice": len(twice)}
 
 
 def _driver_main(argv: list[str]) -> int:
@@ -118,6 +144,13 @@ def test_seldom_shown_screens_are_built_when_shown_and_gone_once_left(
     assert run["built_at_start"] == ["start", "result"]
     assert run["join_screens_alive"] == [False, False]
     assert run["digits_shown"] == ["", ""]  # each visit starts from an empty keypad
+
+
+def test_each_stroke_is_drawn_once(run: dict[str, Any]) -> None:
+    """The icons', stars' and scan frame's strokes soften their own edges: one drawing
+    each, or the edges come out hard."""
+    assert run["strokes"]["strokes"] >= 10
+    assert run["strokes"]["drawn_twice"] == 0
 
 
 def test_the_next_customer_gets_the_same_stars_empty(run: dict[str, Any]) -> None:

@@ -152,16 +152,20 @@ def _open_face(path: str, index: int) -> Any:
     from freetype import raw
 
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    size = os.fstat(fd).st_size
+    try:
+        size = os.fstat(fd).st_size
+    except OSError:
+        os.close(fd)
+        raise
 
     def read(_stream: Any, offset: int, buffer: Any, count: int) -> int:
         if count == 0:  # a seek: 0 means it can be done
             return 0 if offset <= size else 1
         try:
             data = os.pread(fd, count, offset)
-        except OSError:
-            return 0  # FreeType reports a short read as an error for this glyph
-        ctypes.memmove(buffer, data, len(data))
+            ctypes.memmove(buffer, data, len(data))
+        except Exception:  # nothing may escape into C: a short read is FreeType's error
+            return 0
         return len(data)
 
     callback = _READ(read)

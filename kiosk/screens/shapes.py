@@ -35,12 +35,14 @@ class RoundLine(InstructionGroup):
         self._circle: tuple[float, ...] = ()
         self._width = 1.0
         self._close = False
-        self._rect = Rectangle(size=(0, 0))
+        # noadd: made while the .kv rules fill a widget's canvas, it would also land in
+        # that canvas on its own, and be drawn twice.
+        self._rect = Rectangle(size=(0, 0), noadd=True)
         self.add(self._rect)
         #: What the texture holds: the shape moved to the texture's origin, and its size.
         self._drawn: tuple[Any, ...] = ()
         # The .kv rules set one property at a time: draw once, before the next frame.
-        self._redraw = Clock.create_trigger(lambda _dt: self._draw(), -1)
+        self._redraw = Clock.create_trigger(self._draw, -1)
         for key, value in kwargs.items():
             setattr(self, key, value)
 
@@ -80,7 +82,12 @@ class RoundLine(InstructionGroup):
         self._close = bool(value)
         self._redraw()
 
-    def _draw(self) -> None:
+    def _reloaded(self, _texture: Any) -> None:
+        """The GL context came back empty (Kivy reloads textures): draw the stroke again."""
+        self._drawn = ()
+        self._redraw()
+
+    def _draw(self, _dt: float = 0.0) -> None:
         w, ring = self._width, len(self._circle) == 3
         if ring:
             cx, cy, r = self._circle
@@ -103,6 +110,7 @@ class RoundLine(InstructionGroup):
             texture = self._rect.texture
             if texture is None or tuple(texture.size) != size:
                 texture = Texture.create(size=size, colorfmt="rgba")
+                texture.add_reload_observer(self._reloaded)
             texture.blit_buffer(rgba.tobytes(), colorfmt="rgba", bufferfmt="ubyte")
             self._rect.texture = texture
             self._drawn = key
