@@ -62,9 +62,9 @@ def grouped(
                 groups.setdefault((kiosk, name), []).append((data, size))
                 continue
         out.append((kiosk, name, data))  # one that fits only alone stays alone
+    most = min(GROUP_MAX, limits.items)  # a shop's `items` limit holds for the list too
     for (kiosk, name), sized in groups.items():
         many, field = GROUPED[name]
-        most = min(GROUP_MAX, limits.items)  # a shop's `items` limit holds for the list too
         for chunk in _chunks(sized, limits.command_bytes - _GROUP_OVERHEAD, most):
             out.append((kiosk, many, {field: chunk}))
     return out

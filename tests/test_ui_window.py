@@ -275,7 +275,7 @@ def test_chinese_renders_with_the_simplified_chinese_face(on_display: dict[str, 
 #: Draws 400 characters a door has not shown before, in both weights and two sizes, in a
 #: fresh process; prints the growth of resident memory and whether the font is mapped.
 NEW_NAMES = """
-import json, random
+import json, os, random
 import numpy  # what drawing a glyph imports, before the first reading
 from kiosk.screens import fonts
 
@@ -294,7 +294,8 @@ for char in {chr(rng.randint(0x4E00, 0x9FA5)) for _ in range(400)}:
     for path in paths:
         for size in (24, 48):
             fonts._glyph(path, size, char)
-mapped = [line for line in open("/proc/self/maps") if line.rstrip().endswith(tuple(paths))]
+files = tuple(os.path.realpath(path) for path in paths)  # the maps name the real file
+mapped = [line for line in open("/proc/self/maps") if line.rstrip().endswith(files)]
 print(json.dumps({"grew_mb": resident() - before, "mapped": mapped}))
 """
 
