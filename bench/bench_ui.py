@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -41,15 +40,22 @@ BENCH_FADE_S = 0.05
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    """This program's peak RSS. Not `ru_maxrss`: Linux carries that over from the process
+    that forked this one, so under `make bench` every child would report the parent's
+    peak (the insights bench's, some 750 MB). `VmHWM` starts anew with the program."""
+    return _status_mb("VmHWM")
 
 
 def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mb("VmRSS")
 
 
 def _rss_split_mb() -> dict[str, float]:
